@@ -15,6 +15,7 @@ USAGE = """seqedit list
 seqedit run [experiment=NAME] editor=NAME data=NAME model=NAME [key=value ...]
 seqedit data stats data=NAME [data.path=DIR] [key=value ...]
 seqedit init model=NAME data=NAME init.epochs=N [key=value ...]   train (or load) the initial model
+seqedit train-editor editor=sera|ke|mend model=NAME data=NAME [key=value ...]   training phase
 seqedit config [key=value ...]        print the resolved config
 seqedit leaderboard RUNS_DIR [out=DIR]  leaderboard.md and plots of every run below RUNS_DIR
 seqedit demo [quick=true]             the default job: initial models, every editor, leaderboard"""
@@ -60,6 +61,14 @@ def _init(overrides: list[str]) -> None:
     print(json.dumps({"weights": str(weights) if weights else None, "accuracy": report(adapter, datamodule)}))
 
 
+def _train_editor(overrides: list[str]) -> None:
+    from benchmark.config import instantiate
+    from benchmark.editor_training import train_editor
+
+    run_cfg = instantiate(compose(overrides))
+    print(json.dumps(train_editor(run_cfg, run_cfg.loop.progress)))
+
+
 def _config(overrides: list[str]) -> None:
     from benchmark.config import instantiate, to_yaml
 
@@ -97,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     if command == "data" and rest[:1] == ["stats"]:
         command, rest = "data stats", rest[1:]
     commands = {"list": lambda _: _list(), "run": _run, "data stats": _data_stats, "config": _config,
-                "leaderboard": _leaderboard, "demo": _demo, "init": _init}
+                "leaderboard": _leaderboard, "demo": _demo, "init": _init,
+                "train-editor": _train_editor}
     if command not in commands:
         print(f"seqedit: unknown command {command!r}; choose one of: {', '.join(commands)}", file=sys.stderr)
         return 2

@@ -17,7 +17,9 @@ from benchmark.registry import EDITORS
 PARTS = {"qa": "demo_qa", "fc": "demo_fc"}
 QUICK = {"qa": ["model=tiny-llama", "init.epochs=20", "loop.max_fold_examples=5", "loop.folds=[0]"],
          "fc": ["model=tiny-bert", "init.epochs=10", "loop.max_fold_examples=5", "loop.folds=[0]"]}
-PER_EDITOR = {"ft_kl_all": ["editor.kl_batch=32"], "ft_kl_last": ["editor.kl_batch=32"]}
+PER_EDITOR = {"ft_kl_all": ["editor.kl_batch=32"], "ft_kl_last": ["editor.kl_batch=32"],
+              "sera": ["editor.train_epochs=1"]}
+QUICK_EDITOR = {"sera": ["editor.encoder=tiny-bert", "editor.train_examples=200"]}
 
 
 def demo_editors() -> list[str]:
@@ -28,6 +30,7 @@ def demo(args: list[str]) -> Path:
     quick = "quick=true" in args
     extra = [a for a in args if a != "quick=true" and not a.startswith("output_dir=")]
     root = Path(next((a.split("=", 1)[1] for a in args if a.startswith("output_dir=")), "runs/demo"))
+    from benchmark.editor_training import train_editor
     from benchmark.run import run
 
     compose([])  # registers everything
@@ -45,9 +48,13 @@ def demo(args: list[str]) -> Path:
     for part, experiment, _ in plan:
         for editor in editors:
             overrides = [f"experiment={experiment}", f"editor={editor}", *(QUICK[part] if quick else []),
-                         *PER_EDITOR.get(editor, []), *extra, f"output_dir={root / part}", f"run_id={editor}"]
+                         *PER_EDITOR.get(editor, []), *(QUICK_EDITOR.get(editor, []) if quick else []), *extra,
+                         f"output_dir={root / part}", f"run_id={editor}"]
             print(f"[demo] {part} / {editor} ({time.perf_counter() - start:.0f} s so far)", flush=True)
-            run(compose(overrides))
+            cfg = compose(overrides)
+            if EDITORS.get(editor).target.needs_training:  # its training phase first (cached)
+                print(f"[demo] {part} / {editor}: training phase {train_editor(instantiate(cfg), False)}", flush=True)
+            run(cfg)
     from benchmark.leaderboard import build
 
     md, pngs = build(root)

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 import data  # noqa: F401  (registers datasets)
 import editors  # noqa: F401  (registers editors)
 from benchmark.config import RunConfig, instantiate, to_yaml
+from benchmark.editor_training import load_trained_state
 from benchmark.init import prepare_initial_model
 from benchmark.loop import SequentialEditingCallback, StreamItem, accuracy, seed_all
 from benchmark.metrics import aggregate
@@ -82,6 +83,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     bad = [f for f in folds if not 0 <= f < len(splits.folds)]
     if bad:
         raise ValueError(f"loop.folds: {bad} out of range; the data has {len(splits.folds)} folds")
+    # a missing training phase stops the run before anything is written
+    trained = load_trained_state(run_cfg) if EDITORS.get(run_cfg.editor.name).target.needs_training else None
     # the run folder is checked before the slow steps: an existing run is never overwritten
     run_dir = Path(run_cfg.output_dir) / (run_cfg.run_id or default_run_id(cfg))
     records = RunRecords(run_dir, to_yaml(cfg), run_cfg.seed, run_cfg.resume)
@@ -93,6 +96,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                          f"but data {run_cfg.data.name} is a {splits.task} task")
     prepare_initial_model(adapter, datamodule, run_cfg.model, run_cfg.init, run_cfg.loop.progress)
     editor = build_editor(run_cfg, adapter)
+    if trained is not None:
+        editor.load_trained(trained)
     editor.prepare(splits)
 
     initial_path = run_dir / "initial.json"

@@ -27,6 +27,21 @@ class EditorConfig:
 
 
 @dataclass
+class TrainedEditorConfig(EditorConfig):
+    """Shared fields of editors with a training phase; they all enter the cache key."""
+
+    train_epochs: int = field(default=3, metadata={"help": "epochs of the training phase"})
+    train_lr: float = field(default=1e-4, metadata={"help": "learning rate of the training phase"})
+    train_batch_size: int = field(default=16, metadata={"help": "batch size of the training phase"})
+    train_examples: int = field(default=10_000, metadata={"help": "D'train examples the training phase reads"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.train_epochs < 1 or self.train_lr <= 0 or self.train_batch_size < 1 or self.train_examples < 1:
+            raise ValueError("editor.train_epochs, train_batch_size, train_examples >= 1 and train_lr > 0 are required")
+
+
+@dataclass
 class EditResult:
     steps: int
     info: dict[str, Any] = field(default_factory=dict)  # editor-specific, JSON-serialisable
@@ -40,6 +55,7 @@ class Editor(L.LightningModule):
     needs_training: ClassVar[bool] = False  # a training phase must run before editing (KE, MEND)
     needs_memory: ClassVar[bool] = False  # reads the memory pool of D'train
     adds_parameters: ClassVar[bool] = False  # grows the model instead of changing its weights
+    answers_from_memory: ClassVar[bool] = False  # edits live beside the model, which never changes
 
     def __init__(self, config: EditorConfig, adapter: ModelAdapter):
         super().__init__()
@@ -83,13 +99,25 @@ class Editor(L.LightningModule):
 
     @contextmanager
     def disabled(self):
-        """The base model exactly, for editors that add parameters (`adds_parameters`)."""
+        """The base model exactly, for editors that add parameters or answer from a memory."""
         raise NotImplementedError(f"{type(self).__name__} adds no parameters to disable")
         yield
 
     def fold_report(self) -> dict[str, Any]:
         """Editor-specific results of a finished fold, stored with its record (JSON-serialisable)."""
         return {}
+
+    # -- training phase (needs_training) ------------------------------------------------------
+    def training_module(self, splits: EditSplits) -> L.LightningModule:
+        """A LightningModule with its own data loaders whose fit trains what the editor learns;
+        it logs `monitor` (higher is better) on D_val."""
+        raise NotImplementedError(f"{type(self).__name__} has no training phase")
+
+    def trained_state(self) -> dict[str, Any]:
+        raise NotImplementedError(f"{type(self).__name__} has no training phase")
+
+    def load_trained(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError(f"{type(self).__name__} has no training phase")
 
     # -- resume ---------------------------------------------------------------------------------
     def edit_state(self) -> dict[str, Any]:

@@ -81,9 +81,7 @@ class FTEditor(Editor):
         return self.config.kl_weight > 0
 
     def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
-        if self.config.layers == "last":
-            return dict(self.adapter.last_layer_parameters())
-        return dict(self.model.named_parameters())
+        return self.adapter.select_parameters(self.config.layers)
 
     def prepare(self, splits: EditSplits) -> None:
         super().prepare(splits)

@@ -68,3 +68,16 @@ def wrong_target(adapter, prompt: str):
         if answer.strip() and answer != own and adapter.scores([prompt], [answer]) == [0.0]:
             return answer
     raise AssertionError("no donor answer differs from the model's own")
+
+
+def trained_editor_state(editor: str, family: str, **overrides) -> dict:
+    """The training phase of `editor` on the facts task of `family` (cached on disk like the
+    initial models), as `seqedit train-editor` makes it."""
+    import torch
+
+    from benchmark.config import compose, instantiate
+    from benchmark.editor_training import train_editor
+
+    extra = {f"editor.{k}": v for k, v in overrides.items()}
+    run = instantiate(compose([f"editor={editor}", *data_for(family, **TRAINING[family], **extra)]))
+    return torch.load(train_editor(run, progress=False)["state"], weights_only=False)

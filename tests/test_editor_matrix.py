@@ -9,7 +9,7 @@ import torch
 
 from benchmark.registry import EDITORS
 from data.base import EditSplits, Example
-from tests.conftest import trained_tiny, wrong_target
+from tests.conftest import trained_editor_state, trained_tiny, wrong_target
 
 ROWS = {
     "ft_all": {"lr": 1e-3, "max_steps": 300},
@@ -17,21 +17,32 @@ ROWS = {
     "ft_kl_all": {"lr": 1e-3, "max_steps": 300, "kl_batch": 4},
     "ft_kl_last": {"lr": 1e-3, "max_steps": 300, "kl_batch": 4},
     "tpatcher": {"max_steps": 150},
+    "constrained_ft": {"lr": 1e-3, "max_steps": 300, "delta": 0.05},
+    "constrained_ft-fta-l2": {"lr": 1e-3, "max_steps": 300, "delta": 10.0, "norm": "l2", "mix": "fta", "block": "0"},
+    "knn_lm": {"epsilon": 0.01, "backend": "torch"},
+    "sera": {"encoder": "tiny-bert", "train_epochs": 3, "train_examples": 400, "backend": "torch"},
 }
+
+
+def _editor_name(row: str) -> str:
+    return row.split("-")[0]  # rows "NAME-variant" run a registered editor with other settings
 
 
 def test_every_registered_editor_has_a_row():
     import editors  # noqa: F401
 
-    assert set(EDITORS.names()) - {"scripted"} == set(ROWS)
+    assert set(EDITORS.names()) - {"scripted"} == {_editor_name(r) for r in ROWS}
 
 
-def _setup(name: str, family: str):
+def _setup(row: str, family: str):
     import editors  # noqa: F401
 
     adapter = trained_tiny(family)
+    name = _editor_name(row)
     entry = EDITORS.get(name)
-    editor = entry.target(entry.config_class(name=name, **ROWS[name]), adapter)
+    editor = entry.target(entry.config_class(name=name, **ROWS[row]), adapter)
+    if editor.needs_training:
+        editor.load_trained(trained_editor_state(name, family, **ROWS[row]))
     cls = adapter.task == "classification"
     words = ["Zanzibar", "Quito", "Oslo", "Lima", "Hanoi", "Doha"]
     memory = [Example(f"m{i}", f"{w} is known for", i % 2 if cls else f" {w}") for i, w in enumerate(words)]
@@ -53,11 +64,24 @@ def test_edit_flips_target_and_touches_only_its_parameters(name, family):
     assert editor.scores([example.prompt], [example.target]) == [0.0]
     before = {n: p.detach().clone() for n, p in adapter.model.named_parameters()}
     base = _outputs(adapter, [example, *memory])
+    base_answers = _answers(editor, memory)
     editor.edit(example)
     assert editor.scores([example.prompt], [example.target]) == [1.0]
     changed = {n for n, p in adapter.model.named_parameters() if not torch.equal(p, before[n])}
     allowed = set(editor.trainable_parameters())
     assert changed <= allowed
+    if editor.answers_from_memory:
+        # the model is untouched; the memory answers the edit and leaves unrelated inputs alone
+        assert not changed and torch.equal(_outputs(adapter, [example, *memory]), base)
+        with editor.disabled():
+            assert editor.scores([example.prompt], [example.target]) == [0.0]
+        assert _answers(editor, memory) == base_answers
+        state = editor.edit_state()
+        editor.reset()
+        assert editor.scores([example.prompt], [example.target]) == [0.0]
+        editor.load_edit_state(state)
+        assert editor.scores([example.prompt], [example.target]) == [1.0]
+        return
     if editor.adds_parameters:
         assert not changed and editor.params_added() > 0
         with editor.disabled():
@@ -73,3 +97,7 @@ def test_edit_flips_target_and_touches_only_its_parameters(name, family):
     assert editor.params_added() == 0
     editor.load_edit_state(state)
     assert torch.equal(_outputs(adapter, [example, *memory]), edited)
+
+
+def _answers(editor, examples):
+    return editor.scores([e.prompt for e in examples], [e.target for e in examples])

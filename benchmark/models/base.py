@@ -169,10 +169,53 @@ class ModelAdapter:
             out += self.example_scores(batch, self.scored_logits(batch)).tolist()
         return out
 
-    def last_layer_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        block = self.layer_modules()[-1]
+    def block_parameters(self, index: int = -1) -> list[tuple[str, nn.Parameter]]:
+        """Named parameters of transformer block `index` (of the blocks whose last FFN is edited:
+        the decoder stack of a seq2seq model)."""
+        layers = self.layer_modules()
+        if not -len(layers) <= index < len(layers):
+            raise ValueError(f"block {index} out of range: the model has {len(layers)} blocks (0..{len(layers) - 1})")
+        block = layers[index]
         prefix = next(n for n, m in self.model.named_modules() if m is block)
         return [(f"{prefix}.{n}", p) for n, p in block.named_parameters()]
+
+    def last_layer_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return self.block_parameters(-1)
+
+    def embedding_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """The input embedding matrix (tied to the output head where the model ties them)."""
+        table = self.model.get_input_embeddings().weight
+        return [next((n, p) for n, p in self.model.named_parameters() if p is table)]
+
+    def select_parameters(self, which: str) -> dict[str, nn.Parameter]:
+        """`all`, `last` (block), `embeddings`, or a block index: the parameters an editor tunes."""
+        if which == "all":
+            return dict(self.model.named_parameters())
+        if which == "last":
+            return dict(self.block_parameters(-1))
+        if which == "embeddings":
+            return dict(self.embedding_parameters())
+        try:
+            index = int(which)
+        except ValueError:
+            raise ValueError(f"parameters {which!r}: use all, last, embeddings or a block index") from None
+        return dict(self.block_parameters(index))
+
+    @torch.no_grad()
+    def answer_embeddings(self, prompts: list[str]) -> Tensor:
+        """[B, d] contextual embedding where each prompt's answer is read: the last block's
+        residual stream (before the final norm) at the first scored position ([CLS], the last
+        prompt token, the decoder's first step). It does not depend on the target, so a
+        placeholder target is encoded."""
+        placeholder = 0 if self.task == CLASSIFICATION else "x"
+        out = []
+        for i in range(0, len(prompts), self.config.eval_batch_size):
+            chunk = prompts[i : i + self.config.eval_batch_size]
+            batch = self.encode(chunk, [placeholder] * len(chunk))
+            seen = self.capture(batch)
+            first = torch.searchsorted(batch.owner, torch.arange(batch.size, device=batch.owner.device))
+            out.append((seen.residual + seen.ffn_out)[first].float())
+        return torch.cat(out) if out else torch.zeros(0, self.ffn_site().width)
 
     @torch.no_grad()
     def capture(self, batch: EncodedBatch, rows: str = "scored", layer: int = -1) -> TailCache:

@@ -1,0 +1,86 @@
+"""The training phase of editors that learn before they edit (`needs_training`: SERA's scope
+classifier, KE's and MEND's hypernetworks).
+
+`seqedit train-editor editor=NAME model=... data=...` is one Lightning fit of the module the editor
+gives (`training_module`), validated on D_val, the best checkpoint by its monitored metric kept.
+The trained state is cached under a key of everything that shaped it: the editor's training
+settings, the initial model (model, data, init) and the seed. A run loads the state trained for
+its model and data, or stops with the command that makes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from benchmark.cache import cache_dir
+from benchmark.init import init_key, prepare_initial_model
+
+# Editor fields that only matter while editing, not for what the training phase learns.
+EDIT_TIME_FIELDS = {"max_steps", "threshold", "backend"}
+
+
+def training_key(run_cfg) -> str:
+    editor = {k: v for k, v in asdict(run_cfg.editor).items() if k not in EDIT_TIME_FIELDS}
+    initial = init_key(run_cfg.model, run_cfg.data, run_cfg.init)
+    payload = json.dumps([editor, initial, run_cfg.seed], sort_keys=True, default=str)
+    return hashlib.sha1(payload.encode()).hexdigest()[:16]
+
+
+def trained_path(run_cfg) -> Path:
+    return cache_dir() / "editors" / f"{run_cfg.editor.name}-{training_key(run_cfg)}.pt"
+
+
+def train_command(run_cfg) -> str:
+    return (f"seqedit train-editor editor={run_cfg.editor.name} model={run_cfg.model.name} "
+            f"data={run_cfg.data.name} (plus this run's other overrides)")
+
+
+def load_trained_state(run_cfg) -> dict[str, Any]:
+    path = trained_path(run_cfg)
+    if not path.exists():
+        raise FileNotFoundError(f"editor {run_cfg.editor.name} has no trained state for this model and data "
+                                f"({path.name}); make it with: {train_command(run_cfg)}")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def train_editor(run_cfg, progress: bool = True) -> dict[str, Any]:
+    """Fit the editor's training module (or find it cached); returns where and how well."""
+    from benchmark.models import build_model
+    from benchmark.run import build_data, build_editor
+
+    path = trained_path(run_cfg)
+    if path.exists():
+        return {"state": str(path), "cached": True}
+    datamodule = build_data(run_cfg)
+    adapter = build_model(run_cfg.model)
+    prepare_initial_model(adapter, datamodule, run_cfg.model, run_cfg.init, progress)
+    editor = build_editor(run_cfg, adapter)
+    if not editor.needs_training:
+        raise ValueError(f"editor {run_cfg.editor.name} has no training phase")
+    module = editor.training_module(datamodule.splits)
+    folder = path.with_suffix(".checkpoints")
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    best = ModelCheckpoint(dirpath=folder, monitor=module.monitor, mode="max", save_top_k=1, save_weights_only=True)
+    L.seed_everything(run_cfg.seed, workers=True, verbose=False)
+    trainer = L.Trainer(max_epochs=run_cfg.editor.train_epochs, accelerator=run_cfg.trainer.accelerator, devices=1,
+                        logger=False, callbacks=[best], enable_progress_bar=progress, enable_model_summary=False,
+                        num_sanity_val_steps=0, deterministic=False)
+    trainer.fit(module)
+    if best.best_model_path:
+        module.load_state_dict(torch.load(best.best_model_path, map_location="cpu", weights_only=False)["state_dict"])
+    shutil.rmtree(folder, ignore_errors=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(editor.trained_state(), tmp)
+    tmp.replace(path)
+    score = best.best_model_score
+    return {"state": str(path), "cached": False, module.monitor: None if score is None else float(score)}

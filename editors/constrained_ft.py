@@ -1,0 +1,132 @@
+"""Constrained fine-tuning (Zhu et al. 2020, "Modifying Memories in Transformer Models").
+
+Fine-tune the chosen parameters on the edit under ||theta - theta_0|| <= delta, solved by
+projected Adam (their Algorithm 1, App. D): an Adam step, then the projection onto the constraint
+set. theta_0 is the model before editing began (the fold's initial model), so the bound holds for
+the sum of all edits of a fold, as in the paper's batch setting; in the sequential stream each
+mistake is trained until the model gets it right or `max_steps`.
+
+* `norm=linf` (their default, "consistently more stable"): element-wise clamp of theta - theta_0
+  to [-delta, delta]. `norm=l2`: rescale theta - theta_0 to length delta when longer; the norm is
+  taken over all tuned parameters together, as the constraint is on theta.
+* `block`: one transformer block by index (0 .. L-1; a seq2seq model's decoder blocks),
+  `embeddings`, `last` or `all`.
+* `mix=ftm` trains on the modified fact only; `mix=fta` adds, in every step, as many examples of
+  unmodified facts as there are modified ones (their App. B), drawn from the data's unmodified
+  facts where it has them (modified-facts datasets), otherwise from the memory pool of D'train.
+* `delta=inf` is plain fine-tuning of the chosen parameters.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from benchmark.registry import EDITORS
+from data.base import EditSplits, Example
+from editors.base import Editor, EditorConfig, EditResult
+from editors.ft import adam
+
+
+@dataclass
+class ConstrainedFTConfig(EditorConfig):
+    block: str = field(default="last", metadata={"help": "block index 0..L-1 | embeddings | last | all"})
+    delta: float = field(default=1e-3, metadata={"help": "bound on ||theta - theta_0||; inf is plain fine-tuning"})
+    norm: str = field(default="linf", metadata={"help": "linf (element-wise clamp) | l2 (ball over all tuned weights)"})
+    lr: float = field(default=1e-4, metadata={"help": "Adam learning rate"})
+    mix: str = field(default="ftm", metadata={"help": "ftm: modified facts only | fta: plus as many unmodified"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.block = str(self.block)
+        if self.block not in ("all", "last", "embeddings") and not self.block.lstrip("-").isdigit():
+            raise ValueError(f"editor.block must be a block index, embeddings, last or all, got {self.block!r}")
+        if not self.delta > 0:  # also rejects nan
+            raise ValueError(f"editor.delta must be positive (inf for no bound), got {self.delta}")
+        if self.norm not in ("linf", "l2"):
+            raise ValueError(f"editor.norm must be linf or l2, got {self.norm!r}")
+        if self.mix not in ("ftm", "fta"):
+            raise ValueError(f"editor.mix must be ftm or fta, got {self.mix!r}")
+        if self.lr <= 0:
+            raise ValueError(f"editor.lr must be positive, got {self.lr}")
+
+
+@torch.no_grad()
+def project(params: list[Tensor], initial: list[Tensor], delta: float, norm: str) -> None:
+    """In place: the nearest point of {theta : ||theta - theta_0|| <= delta} (App. D)."""
+    if math.isinf(delta):
+        return
+    if norm == "linf":
+        for p, p0 in zip(params, initial):
+            p.copy_(p0 + (p - p0).clamp_(-delta, delta))
+        return
+    length = torch.sqrt(sum(((p - p0).double() ** 2).sum() for p, p0 in zip(params, initial)))
+    if length > delta:
+        scale = delta / float(length)
+        for p, p0 in zip(params, initial):
+            p.copy_(p0 + (p - p0) * scale)
+
+
+class ConstrainedFTEditor(Editor):
+    config_class = ConstrainedFTConfig
+
+    def __init__(self, config: ConstrainedFTConfig, adapter):
+        super().__init__(config, adapter)
+        self.unmodified: list[Example] = []
+
+    @property
+    def needs_memory(self) -> bool:
+        return self.config.mix == "fta"
+
+    def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
+        return self.adapter.select_parameters(self.config.block)
+
+    def prepare(self, splits: EditSplits) -> None:
+        super().prepare(splits)
+        self.unmodified = list(splits.unmodified or splits.memory)
+        if self.needs_memory and not self.unmodified:
+            raise ValueError("editor.mix=fta needs unmodified facts or a memory pool, and the data gives neither")
+
+    def step_examples(self, example: Example) -> list[Example]:
+        """One minibatch: the modified fact, plus (FTA) as many unmodified facts, fresh each step."""
+        if self.config.mix == "ftm":
+            return [example]
+        return [example, *random.sample(self.unmodified, 1)]
+
+    def edit(self, example: Example) -> EditResult:
+        cfg, adapter = self.config, self.adapter
+        tuned = self.trainable_parameters()
+        params, initial = list(tuned.values()), [self._initial[n] for n in tuned]
+        optimizer = adam(params, cfg.lr)
+        probe = adapter.encode([example.prompt], [example.target])
+        steps = 0
+        with torch.enable_grad():
+            for steps in range(cfg.max_steps + 1):
+                with torch.no_grad():
+                    holds = bool(adapter.token_correct(probe, adapter.scored_logits(probe)).all())
+                if holds or steps == cfg.max_steps:
+                    break
+                batch_examples = self.step_examples(example)
+                batch = adapter.encode([e.prompt for e in batch_examples], [e.target for e in batch_examples])
+                loss = adapter.loss(batch, adapter.scored_logits(batch))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                project(params, initial, cfg.delta, cfg.norm)
+        return EditResult(steps=steps, info={"distance": self.distance()})
+
+    @torch.no_grad()
+    def distance(self) -> float:
+        """||theta - theta_0|| in the configured norm, over the tuned parameters."""
+        diffs = [(p - self._initial[n]).double() for n, p in self.trainable_parameters().items()]
+        if self.config.norm == "linf":
+            return max(float(d.abs().max()) for d in diffs)
+        return float(torch.sqrt(sum((d**2).sum() for d in diffs)))
+
+
+EDITORS.register("constrained_ft", ConstrainedFTEditor, ConstrainedFTConfig,
+                 "fine-tuning under ||theta - theta_0|| <= delta by projected Adam (Zhu et al. 2020)")

@@ -1,0 +1,186 @@
+"""Constrained fine-tuning (Zhu et al.) and kNN-LM: the bound, the mix, the override radius."""
+
+import math
+
+import pytest
+import torch
+
+from data.base import EditSplits, Example
+from editors.constrained_ft import ConstrainedFTConfig, ConstrainedFTEditor, project
+from editors.datastore import Datastore, faiss_available
+from editors.knn_lm import KNNLMConfig, KNNLMEditor
+from tests.conftest import trained_tiny, wrong_target
+
+WORDS = ["Zanzibar", "Quito", "Oslo", "Lima", "Hanoi", "Doha", "Accra", "Riga"]
+
+
+def _splits(task: str, unmodified=()) -> EditSplits:
+    cls = task == "classification"
+    memory = [Example(f"m{i}", f"{w} is known for", i % 2 if cls else f" {w}") for i, w in enumerate(WORDS)]
+    return EditSplits(task=task, train=memory, val=[], folds=[], train_subsample=[], test=[], memory=memory,
+                      unmodified=list(unmodified))
+
+
+def test_projection_linf_and_l2_are_the_nearest_points():
+    p0 = [torch.zeros(3), torch.zeros(2)]
+    p = [torch.tensor([0.5, -2.0, 0.1]), torch.tensor([3.0, 0.0])]
+    project(p, p0, 1.0, "linf")
+    assert torch.equal(p[0], torch.tensor([0.5, -1.0, 0.1])) and torch.equal(p[1], torch.tensor([1.0, 0.0]))
+    q = [torch.tensor([3.0, 0.0, 0.0]), torch.tensor([0.0, 4.0])]  # joint length 5
+    project(q, p0, 1.0, "l2")
+    assert torch.allclose(q[0], torch.tensor([0.6, 0.0, 0.0])) and torch.allclose(q[1], torch.tensor([0.0, 0.8]))
+    inside = [torch.tensor([0.1, 0.0, 0.0]), torch.tensor([0.0, 0.1])]
+    project(inside, p0, 1.0, "l2")
+    assert torch.equal(inside[0], torch.tensor([0.1, 0.0, 0.0]))
+
+
+@pytest.mark.parametrize("norm,delta", [("linf", 2e-3), ("l2", 0.05)])
+def test_edits_stay_within_delta_and_frozen_blocks_stay_put(norm, delta):
+    adapter = trained_tiny("decoder")
+    editor = ConstrainedFTEditor(ConstrainedFTConfig(name="constrained_ft", block="0", delta=delta, norm=norm,
+                                                     lr=1e-2, max_steps=20), adapter)
+    editor.prepare(_splits(adapter.task))
+    before = {n: p.detach().clone() for n, p in adapter.model.named_parameters()}
+    tuned = set(editor.trainable_parameters())
+    assert tuned == {n for n, _ in adapter.block_parameters(0)}
+    for prompt in ["The capital of France is", "Kyoto is a city in", "The capital of Kenya is"]:
+        editor.edit(Example("e", prompt, wrong_target(adapter, prompt)))  # lr 1e-2: pushes into the bound
+    assert editor.distance() <= delta * (1 + 1e-5)
+    assert editor.distance() >= delta * 0.5, "the edits never reached the bound; the test would not test it"
+    for name, p in adapter.model.named_parameters():
+        if name not in tuned:
+            assert torch.equal(p, before[name]), name
+    diffs = torch.cat([(p - before[n]).flatten() for n, p in adapter.model.named_parameters() if n in tuned])
+    size = diffs.abs().max() if norm == "linf" else diffs.norm()
+    assert size <= delta * (1 + 1e-5)
+
+
+def test_fta_batches_mix_as_many_unmodified_facts_as_modified():
+    adapter = trained_tiny("decoder")
+    unmodified = [Example(f"u{i}", f"{w} lies in", " Asia") for i, w in enumerate(WORDS)]
+    editor = ConstrainedFTEditor(ConstrainedFTConfig(name="constrained_ft", mix="fta"), adapter)
+    editor.prepare(_splits(adapter.task, unmodified))
+    edit = Example("e", "The capital of France is", " Oslo")
+    seen = set()
+    for _ in range(20):
+        batch = editor.step_examples(edit)
+        assert batch[0] is edit and len(batch) == 2 and batch[1] in unmodified
+        seen.add(batch[1].uid)
+    assert len(seen) > 1, "the unmodified examples are not resampled per step"
+    ftm = ConstrainedFTEditor(ConstrainedFTConfig(name="constrained_ft", mix="ftm"), adapter)
+    assert ftm.step_examples(edit) == [edit]
+
+
+@pytest.mark.parametrize("bad", [{"delta": 0}, {"delta": -1.0}, {"norm": "l1"}, {"block": "middle"}, {"mix": "x"}])
+def test_constrained_ft_rejects_impossible_settings(bad):
+    with pytest.raises(ValueError, match="editor\\."):
+        ConstrainedFTConfig(**bad)
+
+
+def test_delta_inf_is_plain_fine_tuning():
+    p = [torch.tensor([5.0])]
+    project(p, [torch.zeros(1)], math.inf, "linf")
+    assert p[0].item() == 5.0
+
+
+def test_knn_overrides_only_within_epsilon(family):
+    adapter = trained_tiny(family)
+    editor = KNNLMEditor(KNNLMConfig(name="knn_lm", epsilon=0.0, backend="torch"), adapter)
+    editor.prepare(_splits(adapter.task))
+    prompt = "The capital of France is"
+    example = Example("e", prompt, wrong_target(adapter, prompt))
+    editor.edit(example)
+    assert editor.scores([prompt], [example.target]) == [1.0]  # distance 0 to its own key
+    key = editor.keys([prompt])
+    others = ["Kyoto is a city in", "The currency of Peru is the", "Canada is a country in"]
+    distance = editor.store.search(editor.keys(others))[0]
+    assert (distance > 0).all()
+    targets = [example.target] * len(others)
+    with editor.disabled():
+        base = editor.scores(others, targets)
+    assert editor.scores(others, targets) == base  # outside epsilon: the model answers
+    editor.config.epsilon = float(distance.max()) + 1e-3  # now all fall inside: the edit's answer
+    assert editor.scores(others, targets) == [1.0] * len(others)
+    assert torch.equal(editor.keys([prompt]), key)
+
+
+def test_knn_datastore_from_training_data_survives_reset():
+    adapter = trained_tiny("decoder")
+    editor = KNNLMEditor(KNNLMConfig(name="knn_lm", source="edits+train", backend="torch"), adapter)
+    splits = _splits(adapter.task)
+    editor.prepare(splits)
+    assert len(editor.store) == len(splits.train)
+    editor.edit(Example("e", "The capital of France is", " Oslo"))
+    assert len(editor.store) == len(splits.train) + 1
+    editor.reset()
+    assert len(editor.store) == len(splits.train)
+
+
+@pytest.mark.skipif(not faiss_available(), reason="faiss not installed")
+def test_faiss_and_torch_search_agree():
+    g = torch.Generator().manual_seed(0)
+    keys, queries = torch.randn(5000, 32, generator=g), torch.randn(64, 32, generator=g)
+    stores = {b: Datastore(32, b, chunk=1024) for b in ("torch", "faiss")}
+    for store in stores.values():
+        store.add(keys[:3000], list(range(3000)))
+        store.search(queries)  # faiss indexes the first part here
+        store.add(keys[3000:], list(range(3000, 5000)))
+    (dt, it), (df, i_f) = (stores[b].search(queries) for b in ("torch", "faiss"))
+    assert torch.equal(it, i_f) and torch.allclose(dt, df, atol=1e-3)
+    exact = torch.cdist(queries, keys).min(1)
+    assert torch.equal(it, exact.indices)
+    for store in stores.values():
+        store.truncate(2000)
+    assert torch.equal(stores["torch"].search(queries)[1], stores["faiss"].search(queries)[1])
+    assert (stores["faiss"].search(queries)[1] < 2000).all()
+
+
+SERA_ROW = {"encoder": "tiny-bert", "train_epochs": 3, "train_examples": 400, "backend": "torch"}
+
+
+def test_sera_answers_from_the_cache_in_scope_and_from_the_model_out_of_scope():
+    from editors.sera import SERAConfig, SERAEditor
+    from tests.conftest import trained_editor_state
+
+    adapter = trained_tiny("decoder")
+    editor = SERAEditor(SERAConfig(name="sera", **SERA_ROW), adapter)
+    editor.load_trained(trained_editor_state("sera", "decoder", **SERA_ROW))
+    editor.prepare(_splits(adapter.task))
+    edits = [Example(f"e{i}", p, wrong_target(adapter, p)) for i, p in
+             enumerate(["The capital of France is", "Kyoto is a city in"])]
+    for e in edits:
+        editor.edit(e)
+    queries = ["What is the capital of France?", "The capital city of France is", "Kyoto lies in the country",
+               "The currency of Peru is the", "Canada is a country in", "Zanzibar is known for", *[e.prompt for e in edits]]
+    keys = editor.keys(queries)
+    distance, index = editor.store.search(keys)
+    cosine = keys @ editor.keys([e.prompt for e in edits]).T
+    assert torch.allclose(1 - distance**2 / 2, cosine.max(1).values, atol=1e-4)  # nearest = most similar
+    in_scope = editor.in_scope(distance).tolist()
+    assert in_scope[-2:] == [True, True] and not all(in_scope), in_scope
+    # the answer each query should get: the nearest edit's label in scope, the model's otherwise
+    targets = [edits[int(i)].target for i in index]
+    with editor.disabled():
+        base = editor.scores(queries, targets)
+    got = editor.scores(queries, targets)
+    assert got == [1.0 if s else b for s, b in zip(in_scope, base)]
+
+
+def test_sera_training_is_cached_and_a_run_without_it_says_how_to_make_it(tmp_path, monkeypatch):
+    from benchmark.config import compose, instantiate
+    from benchmark.editor_training import train_editor
+    from benchmark.run import run
+    from tests.conftest import TRAINING, data_for, trained_editor_state
+
+    trained_editor_state("sera", "decoder", **SERA_ROW)
+    extra = {f"editor.{k}": v for k, v in SERA_ROW.items()}
+    cfg = compose(["editor=sera", *data_for("decoder", **TRAINING["decoder"], **extra)])
+    assert train_editor(instantiate(cfg), progress=False)["cached"] is True
+    monkeypatch.setenv("SEQEDIT_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match="seqedit train-editor editor=sera model=tiny-llama data=facts"):
+        run(compose(["editor=sera", f"output_dir={tmp_path}", *extra_list(extra)]))
+    assert not any((tmp_path).glob("sera-*")), "a failed run left a folder behind"
+
+
+def extra_list(extra: dict) -> list[str]:
+    return [f"{k}={v}" for k, v in extra.items()]
