@@ -16,8 +16,10 @@ seqedit run [experiment=NAME] editor=NAME data=NAME model=NAME [key=value ...]
 seqedit data stats data=NAME [data.path=DIR] [key=value ...]
 seqedit init model=NAME data=NAME init.epochs=N [key=value ...]   train (or load) the initial model
 seqedit train-editor editor=sera|ke|mend model=NAME data=NAME [key=value ...]   training phase
+seqedit sweep sweeps/FILE.yaml [--count N] [key=value ...]   offline W&B sweep, trials run here
 seqedit config [key=value ...]        print the resolved config
 seqedit leaderboard RUNS_DIR [out=DIR]  leaderboard.md and plots of every run below RUNS_DIR
+                                      (a sweep folder: the best trial per editor)
 seqedit demo [quick=true]             the default job: initial models, every editor, leaderboard"""
 
 EXPECTED = (ConfigError, UnknownNameError, DataError, ValueError, FileNotFoundError, FileExistsError)
@@ -69,6 +71,29 @@ def _train_editor(overrides: list[str]) -> None:
     print(json.dumps(train_editor(run_cfg, run_cfg.loop.progress)))
 
 
+def _sweep(args: list[str]) -> None:
+    from benchmark.sweep import run_sweep, sweep_leaderboard
+
+    files = [a for a in args if a.endswith((".yaml", ".yml"))]
+    if len(files) != 1:
+        raise ValueError("seqedit sweep needs one sweep file, e.g. sweeps/tpatcher.yaml")
+    count, rest, out = "1", [], "runs/sweeps"
+    it = iter(a for a in args if a != files[0])
+    for arg in it:
+        if arg == "--count":
+            count = next(it, "")
+        elif arg.startswith("--count="):
+            count = arg.split("=", 1)[1]
+        elif arg.startswith("out="):
+            out = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+    if not count.isdigit():
+        raise ValueError(f"--count needs a whole number, got {count!r}")
+    folder = run_sweep(files[0], int(count), rest, out)
+    print(sweep_leaderboard(folder))
+
+
 def _config(overrides: list[str]) -> None:
     from benchmark.config import instantiate, to_yaml
 
@@ -82,6 +107,13 @@ def _leaderboard(args: list[str]) -> None:
 
     if not args:
         raise ValueError("seqedit leaderboard needs RUNS_DIR")
+    from pathlib import Path
+
+    if (Path(args[0]) / "trials.jsonl").exists():  # a sweep folder: the best trial per editor
+        from benchmark.sweep import sweep_leaderboard
+
+        print(sweep_leaderboard(args[0]))
+        return
     out = next((a.split("=", 1)[1] for a in args[1:] if a.startswith("out=")), None)
     md, pngs = build(args[0], out)
     print(md)
@@ -103,11 +135,13 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
+    if command != "sweep":  # W&B agents pass `--key=value`; it means `key=value`
+        rest = [a[2:] if a.startswith("--") and "=" in a else a for a in rest]
     if command == "data" and rest[:1] == ["stats"]:
         command, rest = "data stats", rest[1:]
     commands = {"list": lambda _: _list(), "run": _run, "data stats": _data_stats, "config": _config,
                 "leaderboard": _leaderboard, "demo": _demo, "init": _init,
-                "train-editor": _train_editor}
+                "train-editor": _train_editor, "sweep": _sweep}
     if command not in commands:
         print(f"seqedit: unknown command {command!r}; choose one of: {', '.join(commands)}", file=sys.stderr)
         return 2

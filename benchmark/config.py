@@ -54,7 +54,12 @@ class LoggerConfig:
 class TrainerConfig:
     accelerator: str = field(default="cpu", metadata={"help": "Lightning accelerator"})
     devices: int = field(default=1, metadata={"help": "Lightning devices"})
-    strategy: str = field(default="auto", metadata={"help": "Lightning strategy"})
+    strategy: str = field(default="auto", metadata={"help": "Lightning strategy; ddp spreads folds over processes"})
+    num_nodes: int = field(default=1, metadata={"help": "machines of a DDP run (folds spread over all processes)"})
+
+    def __post_init__(self) -> None:
+        if self.devices < 1 or self.num_nodes < 1:
+            raise ValueError("trainer.devices and trainer.num_nodes must be at least 1")
 
 
 @dataclass

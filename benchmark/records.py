@@ -97,9 +97,23 @@ class RunRecords:
         return torch.load(path, weights_only=False) if path.exists() else None
 
     def write_json(self, name: str, payload: dict[str, Any]) -> None:
-        tmp = self.dir / (name + ".tmp")
+        self.write_json_to(self.dir, name, payload)
+
+    @staticmethod
+    def write_json_to(folder: Path, name: str, payload: dict[str, Any]) -> None:
+        tmp = Path(folder) / (name + ".tmp")
         tmp.write_text(json.dumps(_finite(payload), indent=2, sort_keys=False, default=float))
-        tmp.replace(self.dir / name)
+        tmp.replace(Path(folder) / name)
+
+    @staticmethod
+    def write_merged(folder: Path, config_yaml: str, seed: int, lines: list[dict]) -> None:
+        """The run folder of a multi-process run: its config and every rank's records as one file."""
+        folder = Path(folder)
+        header = f"# seed: {seed}\n# code_version: {code_version()}\n"
+        (folder / "config.yaml").write_text(header + without_resume(config_yaml))
+        tmp = folder / (RECORDS + ".tmp")
+        tmp.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+        tmp.replace(folder / RECORDS)
 
     def close(self) -> None:
         self._handle.close()

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 import data  # noqa: F401  (registers datasets)
 import editors  # noqa: F401  (registers editors)
 from benchmark.config import RunConfig, instantiate, to_yaml
+from benchmark.distributed import gather, merge_initial, merge_lines, process_rank
 from benchmark.editor_training import load_trained_state
 from benchmark.init import prepare_initial_model
 from benchmark.loop import SequentialEditingCallback, StreamItem, accuracy, seed_all
@@ -87,7 +88,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     trained = load_trained_state(run_cfg) if EDITORS.get(run_cfg.editor.name).target.needs_training else None
     # the run folder is checked before the slow steps: an existing run is never overwritten
     run_dir = Path(run_cfg.output_dir) / (run_cfg.run_id or default_run_id(cfg))
-    records = RunRecords(run_dir, to_yaml(cfg), run_cfg.seed, run_cfg.resume)
+    rank, world = process_rank(run_cfg.trainer)
+    if world > 1:  # this process's share of the folds, recorded in its own folder
+        if not run_cfg.resume and (run_dir / "edits.jsonl").exists():
+            raise FileExistsError(f"{run_dir} already holds records; pass resume=true or another run_id")
+        folds = folds[rank::world]
+    records = RunRecords(run_dir if world == 1 else run_dir / "ranks" / str(rank), to_yaml(cfg), run_cfg.seed,
+                         run_cfg.resume)
     start = _plan_resume(records, folds) if run_cfg.resume else {f: 0 for f in folds}
 
     adapter = build_model(run_cfg.model)
@@ -100,7 +107,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         editor.load_trained(trained)
     editor.prepare(splits)
 
-    initial_path = run_dir / "initial.json"
+    initial_path = records.dir / "initial.json"
     if initial_path.exists():
         initial = json.loads(initial_path.read_text())
     else:
@@ -122,20 +129,43 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         loggers.append(WandbLogger(project=run_cfg.logger.project, name=run_dir.name, save_dir=str(run_dir),
                                    offline=run_cfg.logger.wandb_mode == "offline"))
     trainer = L.Trainer(accelerator=run_cfg.trainer.accelerator, devices=run_cfg.trainer.devices,
-                        strategy=run_cfg.trainer.strategy, logger=loggers, callbacks=[callback],
-                        inference_mode=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False)
-    if stream:
+                        num_nodes=run_cfg.trainer.num_nodes, strategy=run_cfg.trainer.strategy, logger=loggers,
+                        callbacks=[callback], inference_mode=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False)
+    if stream or world > 1:  # under DDP every process must enter test(): it starts the others
         trainer.test(editor, dataloaders=DataLoader(stream, batch_size=None, collate_fn=lambda x: x), verbose=False)
+    if world > 1:
+        results = _gather_ranks(records, initial, run_dir, to_yaml(cfg), run_cfg.seed, rank, world)
+    else:
+        results = summarize(records)
+    final = {f"final/{k}": v["mean"] for k, v in results["metrics"].items() if v["mean"] is not None}
     for logger in loggers:
+        logger.log_metrics(final, step=callback.global_step)  # what a W&B sweep optimises
         logger.finalize("success")
-    results = summarize(records)
-    records.write_json("results.json", results)
+        if hasattr(logger, "experiment") and type(logger).__name__ == "WandbLogger":
+            logger.experiment.finish()  # else the next run in this process (a sweep trial) reuses it
+    if rank == 0:
+        RunRecords.write_json_to(run_dir, "results.json", results)
     records.close()
     return results
 
 
+def _gather_ranks(records: RunRecords, initial: dict, run_dir: Path, config_yaml: str, seed: int, rank: int,
+                  world: int) -> dict[str, Any]:
+    """Rank 0 writes the records of every rank as one run; every rank returns the whole results."""
+    parts = gather((records.lines, initial), world)
+    lines = merge_lines([p[0] for p in parts])
+    if rank == 0:
+        RunRecords.write_merged(run_dir, config_yaml, seed, lines)
+        RunRecords.write_json_to(run_dir, "initial.json", merge_initial([p[1] for p in parts]))
+    return summarize_lines(lines, run_dir)
+
+
 def summarize(records: RunRecords) -> dict[str, Any]:
-    per_fold = {r["fold"]: r["metrics"] for r in records.lines if r["type"] == "fold_end"}
-    return {"run_dir": str(records.dir), "folds": {str(k): v for k, v in sorted(per_fold.items())},
+    return summarize_lines(records.lines, records.dir)
+
+
+def summarize_lines(lines: list[dict], run_dir: Path) -> dict[str, Any]:
+    per_fold = {r["fold"]: r["metrics"] for r in lines if r["type"] == "fold_end"}
+    return {"run_dir": str(run_dir), "folds": {str(k): v for k, v in sorted(per_fold.items())},
             "metrics": aggregate(per_fold)}
