@@ -92,7 +92,6 @@ def _read_trials(path: Path) -> list[dict[str, Any]]:
 def run_sweep(path: str | Path, count: int, extra: list[str], out_root: str | Path = "runs/sweeps") -> Path:
     """Propose and run `count` more trials of the sweep; returns the sweep folder."""
     import sweeps
-
     from benchmark.run import run
 
     if count < 1:

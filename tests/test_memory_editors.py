@@ -151,7 +151,8 @@ def test_sera_answers_from_the_cache_in_scope_and_from_the_model_out_of_scope():
     for e in edits:
         editor.edit(e)
     queries = ["What is the capital of France?", "The capital city of France is", "Kyoto lies in the country",
-               "The currency of Peru is the", "Canada is a country in", "Zanzibar is known for", *[e.prompt for e in edits]]
+               "The currency of Peru is the", "Canada is a country in", "Zanzibar is known for",
+               *[e.prompt for e in edits]]
     keys = editor.keys(queries)
     distance, index = editor.store.search(keys)
     cosine = keys @ editor.keys([e.prompt for e in edits]).T
