@@ -3,7 +3,8 @@ set (QA with SmolLM2-135M, fact-checking with MiniLM-L6), then the leaderboard a
 
 `quick=true` runs the same pipeline on tiny models with a few examples (seconds; used by tests).
 Extra `key=value` overrides apply to every run. Demo-only change from the paper's settings, for
-2 CPU cores: the KL baselines sample 32 memory examples per step instead of 512.
+2 CPU cores: the KL baselines sample 32 memory examples per step instead of 512, and the
+training phases (SERA, KE, MEND) run one epoch (KE and MEND on 300 D'train edits).
 """
 
 from __future__ import annotations
@@ -18,8 +19,12 @@ PARTS = {"qa": "demo_qa", "fc": "demo_fc"}
 QUICK = {"qa": ["model=tiny-llama", "init.epochs=20", "loop.max_fold_examples=5", "loop.folds=[0]"],
          "fc": ["model=tiny-bert", "init.epochs=10", "loop.max_fold_examples=5", "loop.folds=[0]"]}
 PER_EDITOR = {"ft_kl_all": ["editor.kl_batch=32"], "ft_kl_last": ["editor.kl_batch=32"],
-              "sera": ["editor.train_epochs=1"]}
-QUICK_EDITOR = {"sera": ["editor.encoder=tiny-bert", "editor.train_examples=200"]}
+              "sera": ["editor.train_epochs=1"],
+              "ke": ["editor.train_epochs=1", "editor.train_examples=300"],
+              "mend": ["editor.train_epochs=1", "editor.train_examples=300"]}
+QUICK_EDITOR = {"sera": ["editor.encoder=tiny-bert", "editor.train_examples=200"],
+                "ke": ["editor.edit_lr=0.1", "editor.train_examples=50"],
+                "mend": ["editor.edit_lr=0.1", "editor.train_examples=50"]}
 
 
 def demo_editors() -> list[str]:

@@ -1,0 +1,94 @@
+"""KnowledgeEditor (De Cao et al. 2021, "Editing Factual Knowledge in Language Models").
+
+A hypernetwork reads the edit, the input x with its wanted answer a, through a bidirectional LSTM
+over the (frozen) model's input embeddings, and from that condition h predicts, for each edited
+matrix W, gates and a step size that shape W's gradient into the update:
+
+    dW = -lr_l * sigmoid(eta) * ((sigmoid(alpha) gamma^T) * grad_W + sigmoid(beta) delta^T)
+
+(alpha, beta over W's rows, gamma, delta over its columns, eta a scalar; all linear in h). It is
+trained with the paper's constrained objective: the edit loss on x and its equivalents, subject to
+KL(f(x') || f_edited(x')) <= margin on other inputs x', as a Lagrangian whose multiplier is
+learned by gradient ascent (it grows while the constraint is violated).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from benchmark.registry import EDITORS
+from data.base import Example
+from editors.hypernet import HypernetConfig, HypernetEditor
+
+
+@dataclass
+class KEConfig(HypernetConfig):
+    lstm_hidden: int = field(default=128, metadata={"help": "hidden size of each direction of the BiLSTM"})
+    margin: float = field(default=1e-3, metadata={"help": "m: bound on the locality KL in the constraint"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.lstm_hidden < 1 or self.margin < 0:
+            raise ValueError("editor.lstm_hidden >= 1 and editor.margin >= 0 are required")
+
+
+class KEHypernet(nn.Module):
+    def __init__(self, embed_dim: int, hidden: int, shapes: list[tuple[int, int]]):
+        super().__init__()
+        self.lstm = nn.LSTM(embed_dim, hidden, batch_first=True, bidirectional=True)
+        self.heads = nn.ModuleList(nn.Linear(2 * hidden, 2 * out_dim + 2 * in_dim + 1) for out_dim, in_dim in shapes)
+        self.shapes = shapes
+        for head, (out_dim, in_dim) in zip(self.heads, shapes):  # start as gradient descent:
+            nn.init.normal_(head.weight, std=1e-3)  # alpha, beta, eta ~ 0; gamma ~ 1; delta ~ 0
+            nn.init.zeros_(head.bias)
+            head.bias.data[2 * out_dim : 2 * out_dim + in_dim] = 1.0
+        self.raw_multiplier = nn.Parameter(torch.zeros(()))  # Lagrange multiplier, softplus > 0
+
+    def condition(self, embeddings: Tensor) -> Tensor:
+        return self.lstm(embeddings)[0].mean(1).squeeze(0)
+
+    def update(self, h: Tensor, site: int, grad: Tensor) -> Tensor:
+        out_dim, in_dim = self.shapes[site]
+        alpha, beta, gamma, delta, eta = self.heads[site](h).split([out_dim, out_dim, in_dim, in_dim, 1])
+        scale = torch.sigmoid(alpha)[:, None] * gamma[None, :]
+        shift = torch.sigmoid(beta)[:, None] * delta[None, :]
+        return torch.sigmoid(eta) * (scale * grad + shift)
+
+
+class KEEditor(HypernetEditor):
+    config_class = KEConfig
+
+    def __init__(self, config: KEConfig, adapter):
+        super().__init__(config, adapter)
+        embed_dim = adapter.model.get_input_embeddings().weight.shape[1]
+        self.hypernet = KEHypernet(embed_dim, config.lstm_hidden, [tuple(m.weight.shape) for _, m in self.sites])
+        self.hypernet.eval()  # training mode only inside the training phase's fit
+
+    def _edit_embeddings(self, example: Example, target: Any) -> Tensor:
+        ids = self.adapter.tokenizer(f"{example.prompt} {target}", return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            return self.adapter.model.get_input_embeddings()(ids.to(self.adapter.device)).float()
+
+    def updates(self, example: Example, target: Any, grads: list[tuple[Tensor, Tensor]]) -> list[Tensor]:
+        h = self.hypernet.condition(self._edit_embeddings(example, target))
+        out = []
+        for i, (u, delta) in enumerate(grads):
+            grad = delta.T @ u  # dL/dW of y = W u + b
+            out.append(-self.log_lr[i].exp() * self.hypernet.update(h, i, grad))
+        return out
+
+    def meta_loss(self, edit_loss: Tensor, locality_kl: Tensor) -> Tensor:
+        # min over the hypernetwork, max over the multiplier: the multiplier's gradient is
+        # -(KL - m), so a descent step raises it while the constraint is violated.
+        multiplier = F.softplus(self.hypernet.raw_multiplier)
+        violation = locality_kl - self.config.margin
+        return edit_loss + multiplier.detach() * violation - multiplier * violation.detach()
+
+
+EDITORS.register("ke", KEEditor, KEConfig,
+                 "KnowledgeEditor: a BiLSTM-conditioned hypernetwork gates each edit's gradient into an update")

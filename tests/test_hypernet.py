@@ -1,0 +1,98 @@
+"""KE and MEND: where they edit, what their updates look like, that training teaches them to edit,
+and that a saved trained editor gives the same updates."""
+
+import pytest
+import torch
+
+from benchmark.config import compose, instantiate
+from benchmark.registry import EDITORS
+from benchmark.run import build_data
+from editors.hypernet import HypernetTraining
+from tests.conftest import TRAINING, data_for, trained_editor_state, trained_tiny
+
+ROW = {"edit_lr": 0.1, "train_examples": 200, "train_epochs": 3, "train_lr": 1e-3}
+
+
+def _editor(name, family, state=None, **overrides):
+    import editors  # noqa: F401
+
+    adapter = trained_tiny(family)
+    entry = EDITORS.get(name)
+    editor = entry.target(entry.config_class(name=name, **{**ROW, **overrides}), adapter)
+    if state is not None:
+        editor.load_trained(state)
+    return adapter, editor
+
+
+def _splits(family):
+    return build_data(instantiate(compose(data_for(family, **TRAINING[family])))).splits
+
+
+@pytest.mark.parametrize("name", ["ke", "mend"])
+def test_updates_have_the_shapes_of_the_last_blocks_ffn_weights(name):
+    adapter, editor = _editor(name, "decoder", blocks=1)
+    site = adapter.ffn_site(-1)
+    assert [m for _, m in editor.sites] == [site.in_proj, site.out_proj]
+    example = _splits("decoder").val[0]
+    updates = editor.updates(example, example.target, editor.gradients([example.prompt], [example.target]))
+    assert [u.shape for u in updates] == [m.weight.shape for _, m in editor.sites]
+    assert all(u.abs().sum() > 0 for u in updates)
+    before = {n: p.detach().clone() for n, p in adapter.model.named_parameters()}
+    editor.edit(example)
+    changed = {n for n, p in adapter.model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == set(editor.trainable_parameters())
+
+
+def test_the_gradient_factors_rebuild_the_true_gradient():
+    adapter, editor = _editor("mend", "decoder")
+    example = _splits("decoder").val[0]
+    factors = editor.gradients([example.prompt], [example.target])
+    weights = [m.weight for _, m in editor.sites]
+    for w in weights:
+        w.requires_grad_(True)
+    batch = adapter.encode([example.prompt], [example.target])
+    true = torch.autograd.grad(adapter.loss(batch, adapter.scored_logits(batch)), weights)
+    for (u, delta), g in zip(factors, true):
+        assert torch.allclose(delta.T @ u, g, atol=1e-6)
+
+
+def _success(editor, adapter, splits, n=40):
+    module = HypernetTraining(editor, splits)
+    hits = []
+    for example in splits.val[:n]:
+        target = module._target(example)
+        with torch.no_grad():
+            updates = editor.updates(example, target, editor.gradients([example.prompt], [target]))
+            batch = adapter.encode([example.prompt], [target])
+            with editor.applied(updates):
+                hits.append(float(adapter.token_correct(batch, adapter.scored_logits(batch)).all()))
+    return sum(hits) / len(hits)
+
+
+@pytest.mark.parametrize("name", ["ke", "mend"])
+def test_a_trained_editor_flips_labels_more_often_than_chance(name):
+    state = trained_editor_state(name, "classifier", **ROW)
+    adapter, editor = _editor(name, "classifier", state)
+    # 40 binary edits: under chance (p = 0.5) a rate >= 0.65 has probability < 0.05
+    assert _success(editor, adapter, _splits("classifier")) >= 0.65
+
+
+def test_training_teaches_ke_to_answer_new_objects():
+    splits = _splits("decoder")
+    untrained = _success(*reversed(_editor("ke", "decoder")), splits)
+    trained = _success(*reversed(_editor("ke", "decoder", trained_editor_state("ke", "decoder", **ROW))), splits)
+    assert trained > untrained + 0.1, (untrained, trained)
+
+
+@pytest.mark.parametrize("name", ["ke", "mend"])
+def test_a_saved_trained_editor_gives_identical_updates(name, tmp_path):
+    state = trained_editor_state(name, "decoder", **ROW)
+    torch.save(state, tmp_path / "editor.pt")
+    example = _splits("decoder").val[3]
+    results = []
+    for loaded in (state, torch.load(tmp_path / "editor.pt", weights_only=False)):
+        _, editor = _editor(name, "decoder", loaded)
+        with torch.no_grad():
+            grads = editor.gradients([example.prompt], [example.target])
+            results.append(editor.updates(example, example.target, grads))
+    assert all(torch.equal(a, b) for a, b in zip(*results))
