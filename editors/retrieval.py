@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from benchmark.models.seq2seq import normalize_answer
-from data.base import CLASSIFICATION, EditSplits, Example
+from data.base import CLASSIFICATION, Example
 from editors.base import Editor, EditResult
 from editors.datastore import Datastore
 
@@ -42,9 +42,6 @@ class RetrievalEditor(Editor):
         """Entries present from the start of every fold (not edits)."""
         self.store.add(self.keys([e.prompt for e in examples]), [e.target for e in examples])
         self.preloaded = len(self.store)
-
-    def prepare(self, splits: EditSplits) -> None:
-        super().prepare(splits)  # freezes the model: nothing here trains it
 
     def edit(self, example: Example) -> EditResult:
         key = self.keys([example.prompt])

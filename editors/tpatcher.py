@@ -84,6 +84,10 @@ class TPatcherConfig(EditorConfig):
     )
     min_steps: int = field(default=0, metadata={"help": "optimise at least this many steps (published code: 100)"})
     use_memory_loss: bool = field(default=True, metadata={"help": "ablation switch: False drops l_m1 and l_m2"})
+    memory_refresh: int = field(default=1, metadata={
+        "help": "steps between full memory scans choosing the top-k entries; in between only the candidate "
+                "rows are scanned (1: every step, exact)"})
+    memory_candidates: int = field(default=4, metadata={"help": "candidate rows kept between scans, times topk"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -95,6 +99,8 @@ class TPatcherConfig(EditorConfig):
             raise ValueError(f"editor.l_m2_sign must be margin or paper, got {self.l_m2_sign!r}")
         if self.lr <= 0 or self.topk < 1 or self.topk_activation < 1 or self.max_patches < 1:
             raise ValueError("editor.lr > 0 and editor.topk, topk_activation, max_patches >= 1 are required")
+        if self.memory_refresh < 1 or self.memory_candidates < 1:
+            raise ValueError("editor.memory_refresh and editor.memory_candidates must be at least 1")
         if min(self.activation_weight, self.memory_weight, self.stop_margin, self.min_steps) < 0:
             raise ValueError("editor.activation_weight, memory_weight, stop_margin and min_steps must be >= 0")
 
@@ -233,25 +239,54 @@ class TPatcherEditor(Editor):
             return bool((target - runner_up >= margin).all())
         return True
 
-    def losses(self, logits: Tensor, batch: EncodedBatch, own: Tensor, keys: Tensor, bias: Tensor) -> dict[str, Tensor]:
+    def losses(self, logits: Tensor, batch: EncodedBatch, own: Tensor, keys: Tensor, bias: Tensor,
+               memory: QueryMemory | None = None) -> dict[str, Tensor]:
         """Each term of the patch loss; `own` are the patches' own queries [n, d]. Also returns
-        the largest memory activation under "memory_max" (not a loss term)."""
+        the largest memory activation under "memory_max" (not a loss term). `memory` is the
+        memory to read (the screened candidates between full scans; the whole memory by default)."""
         cfg = self.config
+        memory = self.memory if memory is None else memory
         A = (own * keys.T).sum(-1) + bias  # [n]
         out = {"edit": self.adapter.loss(batch, logits)}
         out["activation"] = torch.exp(-A).squeeze(0) if len(A) == 1 else smooth_top(-A, cfg.topk_activation)
-        if cfg.use_memory_loss and len(self.memory):
+        if cfg.use_memory_loss and len(memory):
             n = keys.shape[1]
-            shift = self.gamma if cfg.l_m2_sign == "margin" else -self.gamma
             k, b = keys.detach(), bias.detach()
             # S(.; k) has gradient only at its top-k entries: find them without gradient, then
             # recompute just those k entries with it (same values, same gradient).
-            top1, top2 = self.memory.top_entries(k, b, [torch.zeros_like(b), shift - A.detach()], cfg.topk)
-            entries1 = self.memory.entries(keys, bias, top1)
+            top1, top2 = memory.top_entries(k, b, self._shifts(A.detach(), b), cfg.topk)
+            entries1 = memory.entries(keys, bias, top1)
             out["memory_max"] = entries1.detach().max()
             out["memory1"] = torch.exp(entries1 - self.beta).mean()
-            out["memory2"] = torch.exp(self.memory.entries(keys, bias, top2) - A[top2 % n] + shift).mean()
+            out["memory2"] = torch.exp(memory.entries(keys, bias, top2) - A[top2 % n] + self._shift).mean()
         return out
+
+    @property
+    def _shift(self) -> float:
+        return self.gamma if self.config.l_m2_sign == "margin" else -self.gamma
+
+    def _shifts(self, A: Tensor, bias: Tensor) -> list[Tensor]:
+        """Per-patch offsets under which l_m1 and l_m2 rank the memory entries."""
+        return [torch.zeros_like(bias), self._shift - A]
+
+    @torch.no_grad()
+    def _screen(self, keys: Tensor, bias: Tensor, A: Tensor,
+                previous: Tensor | None) -> tuple[QueryMemory, Tensor, int]:
+        """One full scan: the memory rows holding the top `memory_candidates * topk` entries of
+        either memory loss, as a small memory read until the next scan. Also counts the true
+        top-k rows the previous candidates had missed (the screen's measured error)."""
+        cfg, n = self.config, keys.shape[1]
+        full = self.memory.matrix @ keys + bias
+        wide = min(cfg.memory_candidates * cfg.topk, full.numel())
+        shifted = [(full + shift).flatten() for shift in self._shifts(A, bias)]
+        rows = torch.cat([v.topk(wide).indices // n for v in shifted]).unique()
+        missed = 0
+        if previous is not None:
+            true_rows = torch.cat([v.topk(min(cfg.topk, v.numel())).indices // n for v in shifted]).unique()
+            missed = int((~torch.isin(true_rows, previous)).sum())
+        screen = QueryMemory(self.memory.width).to(self.memory.rows.device)
+        screen.append(self.memory.matrix[rows])
+        return screen, rows, missed
 
     def edit(self, example: Example) -> EditResult:
         cfg, adapter = self.config, self.adapter
@@ -275,16 +310,27 @@ class TPatcherEditor(Editor):
             return self.act(q.to(keys.dtype) @ keys + bias) @ (value_dir * value_scale)
 
         steps, solved = 0, False
+        screening = cfg.memory_refresh > 1 and len(self.memory) > cfg.memory_candidates * cfg.topk
+        screen, rows, last_scan, missed, scans = None, None, 0, 0, 0
         with torch.enable_grad():
             for steps in range(cfg.max_steps + 1):
+                if screening and (screen is None or steps - last_scan >= cfg.memory_refresh):
+                    A = ((own * keys.T).sum(-1) + bias).detach()
+                    screen, rows, miss = self._screen(keys.detach(), bias.detach(), A, rows)
+                    last_scan, missed, scans = steps, missed + miss, scans + 1
                 if cfg.mode == "fast":
                     logits = adapter.tail(cache.ffn_out + new_delta(query).to(cache.ffn_out.dtype), cache.residual)
                 else:
                     with adapter.added_to_ffn(new_delta, cfg.layer):
                         logits = adapter.scored_logits(batch)
-                terms = self.losses(logits, batch, own, keys, bias)
+                terms = self.losses(logits, batch, own, keys, bias, screen)
                 solved = self._solved(batch, logits.detach())
                 quiet = not cfg.stop_below_beta or float(terms.get("memory_max", -torch.inf)) <= self.silent_below
+                if screening and solved and quiet and cfg.stop_below_beta:  # the stop rule reads all the memory
+                    with torch.no_grad():
+                        quiet = float((self.memory.matrix @ keys + bias).max()) <= self.silent_below
+                    if not quiet:
+                        last_scan = -cfg.memory_refresh  # rescan before the next step
                 if (solved and quiet and steps >= cfg.min_steps) or steps == cfg.max_steps:
                     break
                 loss = terms["edit"] + cfg.activation_weight * terms["activation"]
@@ -302,6 +348,8 @@ class TPatcherEditor(Editor):
             mem_max = (self.memory.matrix @ keys + bias).max(0).values if len(self.memory) else None
         info = {"patches": n, "solved": solved, "activation": own_act.tolist(),
                 "memory_max": mem_max.tolist() if mem_max is not None else []}
+        if screening:  # rows of the true top-k that the candidates lacked, summed over rescans
+            info.update(memory_scans=scans, screen_missed_rows=missed)
         return EditResult(steps=steps, info=info)
 
     @torch.no_grad()
