@@ -145,10 +145,11 @@ def sweep_leaderboard(folder: str | Path) -> str:
         if editor not in best or sign * trial["metric"] > sign * best[editor]["metric"]:
             best[editor] = trial
     lines = [f"# Sweep {folder.name}: best trial per editor by {metric} ({goal})", "",
-             f"| editor | trial | {metric} | settings |", "|---|---|---|---|"]
+             f"| editor | trial | {metric} | settings | resolved config |", "|---|---|---|---|---|"]
     for editor, trial in sorted(best.items()):
         settings = " ".join(f"`{o}`" for o in overrides_of(trial["config"]))
-        lines.append(f"| {editor} | {trial['run_id']} | {trial['metric']:.4f} | {settings} |")
+        config = Path(trial["run_dir"]) / "config.yaml"
+        lines.append(f"| {editor} | {trial['run_id']} | {trial['metric']:.4f} | {settings} | {config} |")
     text = "\n".join(lines) + "\n"
     (folder / "best.md").write_text(text)
     return text

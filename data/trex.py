@@ -2,11 +2,14 @@
 `relations.jsonl` with one template per relation ("[X] was born in [Y] .").
 
 Each fact is an Example whose prompt is the relation template's probe and whose equivalents are
-its training evidences (`evidences[].masked_sentence`). Causal-LM form: the text before the mask,
-the object as continuation; an evidence whose mask is not at the end (only punctuation after it)
-cannot be read by a left-to-right model and is left out (counted), and so is a fact whose
-template has the object before the end. (The masked-LM cloze form needs a masked-LM adapter,
-which seqedit does not have yet; those evidences are what `data stats` reports as dropped.)
+its training evidences (`evidences[].masked_sentence`). Two forms (`data.form`):
+
+* `causal`: the text before the mask, the object as continuation; an evidence whose mask is not
+  at the end (only punctuation after it) cannot be read by a left-to-right model and is left out
+  (counted), and so is a fact whose template has the object before the end;
+* `masked`: the cloze sentences as they are, `[MASK]` anywhere, for masked LMs (the `masked`
+  model family, e.g. `tiny-bert-mlm` or any BERT/RoBERTa MLM): every evidence is kept.
+
 T-REx has no held-out probes, so D_test is D_tr: TestR equals TrainR here.
 
 Knowledge modification: `modify` facts (32, 128, 512, ...) of D'train get a new object of the
@@ -39,10 +42,16 @@ def causal_prefix(masked: str) -> str | None:
     return before.rstrip()
 
 
+def cloze(masked: str) -> str | None:
+    """The sentence itself when it holds exactly one mask, else None."""
+    return masked.strip() if masked.count(MASK) == 1 else None
+
+
 @dataclass
 class TrexConfig(DataConfig):
     relations: list[str] | None = field(default=None, metadata={"help": "relation ids (default: every P*.jsonl)"})
     modify: int = field(default=32, metadata={"help": "facts to modify (the edit stream)"})
+    form: str = field(default="causal", metadata={"help": "causal (text before the mask) | masked (cloze)"})
     folds: int = 1
     train_subsample: int = 1000
 
@@ -50,6 +59,8 @@ class TrexConfig(DataConfig):
         super().__post_init__()
         if self.modify < 1:
             raise ValueError("data.modify must be at least 1")
+        if self.form not in ("causal", "masked"):
+            raise ValueError(f"data.form must be causal or masked, got {self.form!r}")
 
 
 class TrexDataModule(EditDataModule):
@@ -81,16 +92,19 @@ class TrexDataModule(EditDataModule):
                 if relation not in templates:
                     raise DataError(f"{where}: relation {relation} has no template in relations.jsonl")
                 subject, obj = get(record, "sub_label", where, str), get(record, "obj_label", where, str)
-                probe = causal_prefix(templates[relation].replace("[X]", subject).replace("[Y]", MASK))
+                read = causal_prefix if self.config.form == "causal" else cloze
+                probe = read(templates[relation].replace("[X]", subject).replace("[Y]", MASK))
                 if probe is None:
-                    self.dropped["template object not at the end"] += 1
+                    self.dropped["template object not at the end" if read is causal_prefix
+                                 else "template without one [MASK]"] += 1
                     continue
                 evidences = []
                 for i, evidence in enumerate(get(record, "evidences", where, list)):
                     masked = get(evidence, "masked_sentence", f"{where} evidence {i}", str)
-                    prefix = causal_prefix(masked)
+                    prefix = read(masked)
                     if prefix is None:
-                        self.dropped["evidence mask not at the end (masked-LM only)"] += 1
+                        self.dropped["evidence mask not at the end (masked-LM only)" if read is causal_prefix
+                                     else "evidence without exactly one [MASK]"] += 1
                     elif prefix not in evidences and prefix != probe:
                         evidences.append(prefix)
                 examples.append(Example(uid=str(record.get("uuid", where)), prompt=probe, target=" " + obj,

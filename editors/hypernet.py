@@ -174,6 +174,12 @@ class HypernetTraining(L.LightningModule):
             pool.setdefault(e.relation, []).append(e.target)
         self.pool = pool
 
+    def on_fit_start(self) -> None:
+        calibrate = getattr(self.editor, "calibrate", None)
+        if calibrate is not None:
+            sample = self.train_examples[:64]
+            calibrate(sample, [self._target(e) for e in sample])
+
     def _target(self, example: Example) -> Any:
         return training_target(example, self.pool, self.editor.adapter.task)
 

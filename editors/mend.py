@@ -102,6 +102,17 @@ class MENDEditor(HypernetEditor):
             out.append(-self.log_lr[i].exp() * (pseudo_delta.T @ pseudo_u))
         return out
 
+    @torch.no_grad()
+    def calibrate(self, examples: list[Example], targets: list[Any]) -> None:
+        """Running statistics of (u, delta) from training edits before the first step, so that
+        `edit_lr` applies to normalised factors from the start (MEND initialises its norms so)."""
+        self.hypernet.train()
+        for example, target in zip(examples, targets):
+            grads = self.gradients([example.prompt], [target])
+            for (_, module), (u, delta) in zip(self.sites, grads):
+                net = self.hypernet[self.shape_key[tuple(module.weight.shape)]]
+                net.norm_u(u), net.norm_d(delta)
+
     def meta_loss(self, edit_loss: Tensor, locality_kl: Tensor) -> Tensor:
         return self.config.edit_weight * edit_loss + self.config.locality_weight * locality_kl
 

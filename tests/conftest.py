@@ -8,7 +8,7 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 # Rebuildable caches (tokenizer, facts table, initial models) persist between test sessions.
 os.environ.setdefault("SEQEDIT_CACHE", str(ROOT / ".cache" / "seqedit"))
 
-FAMILIES = {"decoder": "tiny-llama", "seq2seq": "tiny-bart", "classifier": "tiny-bert"}
+FAMILIES = {"decoder": "tiny-llama", "seq2seq": "tiny-bart", "classifier": "tiny-bert", "masked": "tiny-bert-mlm"}
 
 
 @pytest.fixture(params=list(FAMILIES), ids=list(FAMILIES))
@@ -33,6 +33,7 @@ def data_for(family: str, **overrides) -> list[str]:
 # one country to everything); these settings bring all three to ~100% on D'train. The last epoch
 # is kept: D_val (unseen facts) peaks early, and the tests want a model that knows D'train.
 TRAINING = {"decoder": {"init.epochs": 20, "init.keep": "last"}, "classifier": {"init.epochs": 20, "init.keep": "last"},
+            "masked": {"init.epochs": 20, "init.keep": "last"},
             "seq2seq": {"init.epochs": 60, "init.batch_size": 16, "init.keep": "last"}}
 
 

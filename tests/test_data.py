@@ -111,6 +111,32 @@ def test_trex_modified_facts():
     assert dm.dropped["evidence mask not at the end (masked-LM only)"] > 0
 
 
+@needs_shared
+def test_trex_masked_form_keeps_every_cloze_evidence_and_a_masked_lm_reads_them():
+    causal = datamodule("data=trex", f"data.path={SHARED_DATA / 'trex'}", "data.modify=32")
+    masked = datamodule("data=trex", f"data.path={SHARED_DATA / 'trex'}", "data.modify=32", "data.form=masked")
+    assert masked.records_read == causal.records_read
+    assert not any("mask" in reason for reason in masked.dropped)
+    stream = masked.splits.folds[0]
+    assert len(stream) == 32 and all(e.prompt.count("[MASK]") == 1 for e in stream)
+    expected = 0  # every distinct one-mask evidence sentence of every fact, read straight from the files
+    for path in sorted((SHARED_DATA / "trex").glob("P*.jsonl")):
+        for line in path.read_text().splitlines():
+            sentences = {ev["masked_sentence"].strip() for ev in json.loads(line)["evidences"]}
+            expected += sum(s.count("[MASK]") == 1 for s in sentences)
+    assert sum(len(e.equivalents) for e in masked.splits.train) == expected
+    assert expected > sum(len(e.equivalents) for e in causal.splits.train)
+    from tests.conftest import tiny
+
+    adapter = tiny("tiny-bert-mlm")
+    sentences = [q for e in stream[:4] for q in e.equivalents[:2]]
+    batch = adapter.encode(sentences, [stream[0].target] * len(sentences))
+    mask_id = adapter.tokenizer.mask_token_id
+    assert bool((batch.inputs["input_ids"][batch.score_mask] == mask_id).all())
+    assert len(adapter.scores(sentences, [e.target for e in stream[:4] for _ in range(2)][: len(sentences)])) \
+        == len(sentences)
+
+
 def test_json_mapped_dataset(tmp_path):
     path = tmp_path / "edits.jsonl"
     rows = [{"q": f"Who wrote book {i}?", "a": {"text": f"Author {i}"}, "para": f"Book {i} was written by"}

@@ -28,7 +28,7 @@ from data.base import CLASSIFICATION
 class ModelConfig:
     name: str = field(default="tiny-llama", metadata={"help": "registered model, Hugging Face name or local path"})
     family: str | None = field(
-        default=None, metadata={"help": "classifier | seq2seq | decoder; inferred from the model when unset"}
+        default=None, metadata={"help": "classifier | seq2seq | decoder | masked; inferred from the model when unset"}
     )
     seed: int = field(default=0, metadata={"help": "seed of random initialisation (tiny models, new heads)"})
     dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16"})
@@ -43,8 +43,8 @@ class ModelConfig:
     eval_batch_size: int = field(default=64, metadata={"help": "batch size of every evaluation"})
 
     def __post_init__(self) -> None:
-        if self.family not in (None, "classifier", "seq2seq", "decoder"):
-            raise ValueError(f"model.family must be classifier, seq2seq or decoder, got {self.family!r}")
+        if self.family not in (None, "classifier", "seq2seq", "decoder", "masked"):
+            raise ValueError(f"model.family must be classifier, seq2seq, decoder or masked, got {self.family!r}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.metric not in ("exact_match", "token_accuracy"):

@@ -13,12 +13,14 @@ import torch
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
+    AutoModelForMaskedLM,
     AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     BartConfig,
     BartForConditionalGeneration,
     BertConfig,
+    BertForMaskedLM,
     BertForSequenceClassification,
     LlamaConfig,
     LlamaForCausalLM,
@@ -29,10 +31,12 @@ from benchmark.cache import cache_dir
 from benchmark.models.base import ModelAdapter, ModelConfig
 from benchmark.models.decoder import DecoderLMAdapter
 from benchmark.models.encoder import EncoderClassifierAdapter
+from benchmark.models.masked import MaskedLMAdapter
 from benchmark.models.seq2seq import Seq2SeqAdapter
 from benchmark.registry import MODELS, UnknownNameError
 
-ADAPTERS = {"classifier": EncoderClassifierAdapter, "seq2seq": Seq2SeqAdapter, "decoder": DecoderLMAdapter}
+ADAPTERS = {"classifier": EncoderClassifierAdapter, "seq2seq": Seq2SeqAdapter, "decoder": DecoderLMAdapter,
+            "masked": MaskedLMAdapter}
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<mask>"]
 TINY_VOCAB = 4096
 
@@ -101,6 +105,15 @@ def build_tiny_bert(cfg: ModelConfig) -> ModelAdapter:
     return _finish(BertForSequenceClassification(config), tok, cfg, "classifier")
 
 
+def build_tiny_bert_mlm(cfg: ModelConfig) -> ModelAdapter:
+    tok = tiny_tokenizer(with_eos=True)
+    torch.manual_seed(cfg.seed)
+    config = BertConfig(vocab_size=len(tok), hidden_size=cfg.hidden, intermediate_size=2 * cfg.hidden,
+                        num_hidden_layers=cfg.layers, num_attention_heads=4, max_position_embeddings=256,
+                        pad_token_id=tok.pad_token_id)
+    return _finish(BertForMaskedLM(config), tok, cfg, "masked")
+
+
 def build_tiny_bart(cfg: ModelConfig) -> ModelAdapter:
     tok = tiny_tokenizer(with_eos=True)
     torch.manual_seed(cfg.seed)
@@ -114,6 +127,8 @@ def build_tiny_bart(cfg: ModelConfig) -> ModelAdapter:
 
 def infer_family(hf_config) -> str:
     archs = " ".join(getattr(hf_config, "architectures", None) or [])
+    if "MaskedLM" in archs:
+        return "masked"
     if "SequenceClassification" in archs or hf_config.model_type in ("bert", "roberta"):
         return "classifier"
     return "seq2seq" if getattr(hf_config, "is_encoder_decoder", False) else "decoder"
@@ -130,6 +145,8 @@ def load_pretrained(cfg: ModelConfig, path: str | None = None, **load_kwargs) ->
         model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, **load_kwargs)
     elif family == "seq2seq":
         model = AutoModelForSeq2SeqLM.from_pretrained(source, **load_kwargs)
+    elif family == "masked":
+        model = AutoModelForMaskedLM.from_pretrained(source, **load_kwargs)
     else:
         model = AutoModelForCausalLM.from_pretrained(source, **load_kwargs)
     return _finish(model, tok, cfg, family)
@@ -150,4 +167,6 @@ def build_model(cfg: ModelConfig) -> ModelAdapter:
 
 MODELS.register("tiny-llama", build_tiny_llama, ModelConfig, "random tiny LLaMA decoder LM (SwiGLU), for tests")
 MODELS.register("tiny-bert", build_tiny_bert, ModelConfig, "random tiny BERT encoder + binary head, for tests")
+MODELS.register("tiny-bert-mlm", build_tiny_bert_mlm, ModelConfig,
+                "random tiny BERT with its masked-LM head, for cloze (masked) tests")
 MODELS.register("tiny-bart", build_tiny_bart, ModelConfig, "random tiny BART seq2seq model, for tests")
