@@ -28,9 +28,12 @@ EDIT_TIME_FIELDS = {"max_steps", "threshold", "backend"}
 
 
 def training_key(run_cfg) -> str:
+    from benchmark.registry import EDITORS
+
     editor = {k: v for k, v in asdict(run_cfg.editor).items() if k not in EDIT_TIME_FIELDS}
     initial = init_key(run_cfg.model, run_cfg.data, run_cfg.init)
-    payload = json.dumps([editor, initial, run_cfg.seed], sort_keys=True, default=str)
+    version = EDITORS.get(run_cfg.editor.name).target.training_version  # bumped when training code changes
+    payload = json.dumps([editor, initial, run_cfg.seed, version], sort_keys=True, default=str)
     return hashlib.sha1(payload.encode()).hexdigest()[:16]
 
 

@@ -142,7 +142,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     for logger in loggers:
         logger.log_metrics(final, step=callback.global_step)  # what a W&B sweep optimises
         logger.finalize("success")
-        if hasattr(logger, "experiment") and type(logger).__name__ == "WandbLogger":
+        if type(logger).__name__ == "WandbLogger":
             logger.experiment.finish()  # else the next run in this process (a sweep trial) reuses it
     if rank == 0:
         RunRecords.write_json_to(run_dir, "results.json", results)

@@ -56,6 +56,7 @@ class Editor(L.LightningModule):
     needs_memory: ClassVar[bool] = False  # reads the memory pool of D'train
     adds_parameters: ClassVar[bool] = False  # grows the model instead of changing its weights
     answers_from_memory: ClassVar[bool] = False  # edits live beside the model, which never changes
+    training_version: ClassVar[int] = 1  # part of the trained state's cache key: bump when training changes
     one_shot: ClassVar[bool] = False  # one predicted update per edit (KE, MEND), not optimised until right
 
     def __init__(self, config: EditorConfig, adapter: ModelAdapter):

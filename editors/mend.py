@@ -80,6 +80,7 @@ class GradientTransform(nn.Module):
 
 class MENDEditor(HypernetEditor):
     config_class = MENDConfig
+    training_version = 2  # 2: norms calibrated before training
 
     def __init__(self, config: MENDConfig, adapter):
         super().__init__(config, adapter)
