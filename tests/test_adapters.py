@@ -69,3 +69,16 @@ def test_tiny_models_are_deterministic_by_seed():
     c = tiny("tiny-llama", seed=4)
     pa, pb, pc = (next(x.model.parameters()) for x in (a, b, c))
     assert torch.equal(pa, pb) and not torch.equal(pa, pc)
+
+
+def test_frozen_projection_matches_the_linear_layer_and_its_gradient():
+    from benchmark.models.base import project
+
+    layer = torch.nn.Linear(16, 50).requires_grad_(False)
+    x = torch.randn(3, 16, requires_grad=True)
+    out = project(x, layer)
+    (fast,) = torch.autograd.grad((out * torch.arange(50.0)).sum(), x)
+    (slow,) = torch.autograd.grad((layer(x) * torch.arange(50.0)).sum(), x)
+    assert torch.allclose(out, layer(x), atol=1e-6) and torch.allclose(fast, slow, atol=1e-5)
+    layer.weight.requires_grad_(True)  # a trained head goes through the layer itself
+    assert project(x, layer).grad_fn.name() != out.grad_fn.name()

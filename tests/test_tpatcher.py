@@ -124,12 +124,13 @@ def test_short_stream_keeps_every_edit(family, tmp_path):
     assert fold["SR"] == 1.0 and fold["ER"] == 1.0
 
 
-def test_memory_top_entries_match_the_full_expression():
+@pytest.mark.parametrize("quantized", [False, True], ids=["fp32-scan", "int8-scan"])
+def test_memory_top_entries_match_the_full_expression(quantized):
     from editors.patch_memory import QueryMemory
 
     generator = torch.Generator().manual_seed(0)
     rows = torch.randn(4000, 48, generator=generator)
-    memory = QueryMemory(48)
+    memory = QueryMemory(48, quantized=quantized)
     memory.append(rows[:3000])
     memory.append(rows[3000:])  # grows in place
     keys = (torch.randn(48, 3, generator=generator) * 0.2).requires_grad_()
@@ -143,6 +144,52 @@ def test_memory_top_entries_match_the_full_expression():
     assert fast.item() == pytest.approx(full.item(), rel=1e-6)
     for a, b in zip(fast_grad, full_grad):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert memory.scans["bounded" if quantized else "full"] == 1
+
+
+@pytest.mark.parametrize("patches", [1, 3])
+def test_int8_memory_scan_finds_exactly_the_fp32_top_entries(patches):
+    """The int8 scan's error bound must hold row by row: any miss changes the top-k set. Rows share
+    a common part (as FFN queries do), width 40 is padded to the kernel's 64, keys drift as Adam
+    moves them, and one patch's two shifts share one ranking."""
+    from editors.patch_memory import QueryMemory
+
+    generator = torch.Generator().manual_seed(1)
+    common = 3 * torch.randn(40, generator=generator)
+    rows = common + torch.randn(6000, 40, generator=generator) * torch.rand(6000, 1, generator=generator)
+    quantized, plain = QueryMemory(40, quantized=True), QueryMemory(40)
+    for memory in (quantized, plain):
+        memory.append(rows[:2000])
+        memory.append(rows[2000:])  # later rows are coded against the first rows' centre
+    own = rows[:patches] + 0.1 * torch.randn(patches, 40, generator=generator)
+    keys = (own / own.pow(2).sum(-1, keepdim=True)).T
+    for trial in range(12):
+        bias = 0.1 * torch.randn(patches, generator=generator)
+        shifts = [torch.zeros(patches), 3.0 - (own * keys.T).sum(-1) - bias]
+        found = quantized.top_entries(keys, bias, shifts, 200)
+        expected = plain.top_entries(keys, bias, shifts, 200)
+        for a, b in zip(found, expected):
+            assert set(a.tolist()) == set(b.tolist()), trial
+        keys = keys + 0.01 * torch.randn(keys.shape, generator=generator)
+    assert quantized.scans["bounded"] == 12 and quantized.scans["full"] == 0
+    assert quantized.scans["rescored_rows"] < 12 * len(rows) / 2  # the bound did rule rows out
+
+
+def test_int8_and_fp32_memory_scans_give_the_same_patches():
+    memory = build_data(instantiate(compose(data_for("decoder")))).splits.memory[:300]
+    results = []
+    for scan in ("fp32", "int8"):
+        adapter = trained_tiny("decoder")
+        editor = _editor(adapter, max_steps=60, topk=8, memory_scan=scan)
+        editor.prepare(EditSplits(adapter.task, [], [], [], [], [], memory=memory))
+        torch.manual_seed(0)
+        prompt = "The capital of France is"
+        result = editor.edit(Example("e", prompt, wrong_target(adapter, prompt)))
+        results.append((result, editor.bank.keys.clone(), editor.bank.values.clone()))
+    (fp32, fp32_keys, fp32_values), (int8, int8_keys, int8_values) = results
+    assert int8.info["rescored_rows_per_scan"] > 0 and "rescored_rows_per_scan" not in fp32.info
+    assert int8.steps == fp32.steps
+    assert torch.allclose(int8_keys, fp32_keys, atol=1e-5) and torch.allclose(int8_values, fp32_values, atol=1e-5)
 
 
 

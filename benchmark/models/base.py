@@ -24,6 +24,31 @@ from torch import Tensor, nn
 from data.base import CLASSIFICATION
 
 
+class _FrozenProjection(torch.autograd.Function):
+    """x W^T for a frozen W and a few rows x; the backward gives dL/dx = g W only. CPU BLAS runs
+    W x^T (W's rows read in order) much faster than x W^T for a vocabulary-sized W: 7 rows x
+    49,152 x 576 took 6 ms against 25 ms on 2 cores; autograd's own backward of W x^T, W^T g^T,
+    took 104 ms, hence this function."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor) -> Tensor:
+        ctx.save_for_backward(weight)
+        return (weight @ x.T).T.contiguous()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (weight,) = ctx.saved_tensors
+        return grad @ weight, None
+
+
+def project(x: Tensor, layer: nn.Linear) -> Tensor:
+    """`layer(x)` for the rows x of a tail; through `_FrozenProjection` when its weight is frozen."""
+    if not isinstance(layer, nn.Linear) or layer.weight.requires_grad or x.dim() != 2:
+        return layer(x)
+    out = _FrozenProjection.apply(x, layer.weight)
+    return out if layer.bias is None else out + layer.bias
+
+
 @dataclass
 class ModelConfig:
     name: str = field(default="tiny-llama", metadata={"help": "registered model, Hugging Face name or local path"})

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from benchmark.models.base import EncodedBatch, FFNSite, ModelAdapter
+from benchmark.models.base import EncodedBatch, FFNSite, ModelAdapter, project
 from data.base import GENERATION
 
 # model_type -> where things are. The only place that names a decoder's modules.
@@ -59,7 +59,7 @@ class DecoderLMAdapter(ModelAdapter):
 
     def tail(self, ffn_out: Tensor, residual: Tensor) -> Tensor:
         hidden = self.model.get_submodule(self.layout["final_norm"])(residual + ffn_out)
-        return self.model.get_output_embeddings()(hidden)
+        return project(hidden, self.model.get_output_embeddings())
 
     def encode(self, prompts: list[str], targets: list[Any]) -> EncodedBatch:
         tok = self.tokenizer

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from benchmark.models.base import EncodedBatch, FFNSite, ModelAdapter
+from benchmark.models.base import EncodedBatch, FFNSite, ModelAdapter, project
 from data.base import GENERATION
 
 
@@ -40,7 +40,7 @@ class Seq2SeqAdapter(ModelAdapter):
         decoder = self.model.get_decoder()
         if getattr(decoder, "layer_norm", None) is not None:  # mBART's final decoder norm
             hidden = decoder.layer_norm(hidden)
-        return self.model.lm_head(hidden) + self.model.final_logits_bias
+        return project(hidden, self.model.lm_head) + self.model.final_logits_bias
 
     def encode(self, prompts: list[str], targets: list[Any]) -> EncodedBatch:
         tok = self.tokenizer
