@@ -148,9 +148,16 @@ class EditDataModule(L.LightningDataModule):
         if test is None:  # no published test split: D_test takes test_fraction first
             test, records = split_by_ratio(records, [cfg.test_fraction, 1 - cfg.test_fraction], cfg.seed + 3)
         train, val, edit = split_by_ratio(records, cfg.split_ratios, cfg.seed)
+        return self.assemble(train, val, edit, test)
+
+    def assemble(self, train: list[Example], val: list[Example], edit: list[Example],
+                 test: list[Example]) -> EditSplits:
+        """The splits from D'train, D_val, D_edit and D_test, however they were cut (by ratio
+        here, or by the files of a dataset published pre-split): D_tr, memory, folds, equivalents."""
+        cfg = self.config
         for name, part in (("D'train", train), ("D_edit", edit), ("D_test", test)):
             if not part:
-                raise DataError(f"{type(self).__name__}: split {name} is empty ({len(records)} records read)")
+                raise DataError(f"{type(self).__name__}: split {name} is empty ({self.records_read} records read)")
         back_translation = getattr(cfg, "back_translation", None)
         if back_translation is not None:  # only edit examples need equivalents (GR)
             from data.backtranslate import add_equivalents

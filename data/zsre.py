@@ -7,9 +7,12 @@
   question, plus `alternatives`, `rephrases`, `filtered_rephrases`;
 * MEND/ROME JSON `zsre_mend_{train,eval}*.json`: `src`, `rephrase`, `alt`, `answers`, `loc`,
   `loc_ans` (the NQ locality question, "nq question: " removed);
-* T-Patcher's own files are the KE-annotated layout above (its repository reads those).
+* T-Patcher's own files `zsre-{train,val,edit}.jsonl` + `zsre-dev-kilt.jsonl`: its repository
+  cuts the KE-annotated files 0.9 / 0.075 / 0.025 once and writes `input`, `output` (a list of
+  answer strings) and `rephrases`; the files are the splits, so they are used as they are.
 
-Single-answer questions only; split 0.9 / 0.075 / 0.025; the dev/eval file is D_test.
+Single-answer questions only; split 0.9 / 0.075 / 0.025 (but for T-Patcher's pre-split files);
+the dev/eval file is D_test.
 `target=gold` edits the model's mistakes on the true answer (T-Patcher); `target=modified`
 teaches `alt` / `alternatives[0]`, or for KILT a frequency-sampled object of the same relation
 (Zhu et al.; EasyEdit). Targets carry a leading space, as a continuation of the question.
@@ -32,12 +35,14 @@ LAYOUTS = {
     "annotated": ("structured_zeroshot-train-new_annotated_final.jsonl",
                   "structured_zeroshot-dev-new_annotated_final.jsonl"),
     "mend": ("zsre_mend_train*.json", "zsre_mend_eval*.json"),
+    "tpatcher": ("zsre-train.jsonl", "zsre-dev-kilt.jsonl"),
 }
+TPATCHER_SPLITS = ("zsre-val.jsonl", "zsre-edit.jsonl")  # D_val, D_edit beside zsre-train.jsonl
 
 
 @dataclass
 class ZsreConfig(DataConfig):
-    layout: str = field(default="auto", metadata={"help": "auto | kilt | annotated | mend"})
+    layout: str = field(default="auto", metadata={"help": "auto | kilt | annotated | mend | tpatcher"})
     target: str = field(default="gold", metadata={"help": "gold (fix mistakes) | modified (teach alt objects)"})
     split_ratios: list[float] = field(default_factory=lambda: [0.9, 0.075, 0.025])
     back_translation: BackTranslationConfig = field(default_factory=BackTranslationConfig)
@@ -51,12 +56,15 @@ class ZsreConfig(DataConfig):
 
 
 def _answers(record: dict, where: str) -> list[str]:
-    return sorted({get(o, "answer", where, str).strip() for o in get(record, "output", where, list)} - {""})
+    """KILT's `output[].answer`; T-Patcher's own files hold the answer strings themselves."""
+    found = {o if isinstance(o, str) else get(o, "answer", where, str) for o in get(record, "output", where, list)}
+    return sorted({a.strip() for a in found} - {""})
 
 
 class ZsreDataModule(EditDataModule):
     task = GENERATION
     config_class = ZsreConfig
+    given: list[list[Example]] | None = None  # D'train, D_val, D_edit of a pre-split layout
 
     def _layout(self) -> tuple[str, list]:
         layouts = [self.config.layout] if self.config.layout != "auto" else list(LAYOUTS)
@@ -99,11 +107,17 @@ class ZsreDataModule(EditDataModule):
                        relation=relation, alternative=alt or None, locality=locality)
 
     def read_examples(self):
-        layout, (train_path, test_path) = self._layout()
-        self.layout = layout
+        layout, paths = self._layout()
+        self.layout, self.given = layout, None
+        if layout == "tpatcher":
+            extra = [find_file(self.config.path, [name], "zsre") for name in TPATCHER_SPLITS]
+            missing = [name for name, path in zip(TPATCHER_SPLITS, extra) if path is None]
+            if missing:
+                raise DataError(f"{self.config.path}: T-Patcher's zsRE layout lacks {', '.join(missing)}")
+            paths = [paths[0], *extra, paths[1]]
         reader = read_json_array if layout == "mend" else read_jsonl
         parts = []
-        for path in (train_path, test_path):
+        for path in paths:
             examples = []
             if path is not None:
                 for where, record in reader(path):
@@ -114,10 +128,18 @@ class ZsreDataModule(EditDataModule):
                     if example is not None:
                         examples.append(example)
             parts.append(examples)
+        if layout == "tpatcher":  # D'train, D_val, D_edit as published
+            self.given = parts[:3]
+            return parts[0] + parts[1] + parts[2], parts[3] or None
         return parts[0], parts[1] or None
 
     def make_splits(self, records, test) -> EditSplits:
-        splits = super().make_splits(records, test)
+        if self.given is not None:
+            if test is None:
+                raise DataError(f"{self.config.path}: T-Patcher's zsRE layout lacks zsre-dev-kilt.jsonl (D_test)")
+            splits = self.assemble(*self.given, test)
+        else:
+            splits = super().make_splits(records, test)
         if self.config.target == "modified":
             # the new object: the file's alternative, else a same-relation object by frequency
             sampler = ObjectSampler((e.relation, e.target.strip()) for e in splits.train if e.relation)

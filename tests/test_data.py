@@ -210,3 +210,33 @@ def test_back_translation_caches_and_drops_identical_outputs(tmp_path):
     identity = BackTranslator(_IdentityModel(), tok, _IdentityModel(), tok, name="identity",
                               cache_path=tmp_path / "bt.jsonl", num_beams=1)
     assert identity(texts) == [[], []]
+
+
+def test_zsre_tpatcher_layout_keeps_its_published_splits(tmp_path):
+    """T-Patcher's repository writes zsre-{train,val,edit}.jsonl and zsre-dev-kilt.jsonl once
+    (`input`, `output` as answer strings, `rephrases`): those files are the splits."""
+    def write(name, n, start):
+        lines = [{"input": f"Who founded Acme {i}?", "output": [f"Wile {i}"],
+                  "rephrases": [f"Acme {i} was founded by whom?", f"Who founded Acme {i}?"]}
+                 for i in range(start, start + n)]
+        if name == "zsre-edit.jsonl":
+            lines.append({"input": "Two answers?", "output": ["A", "B"], "rephrases": []})
+        (tmp_path / name).write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+
+    for name, n, start in (("zsre-train.jsonl", 30, 0), ("zsre-val.jsonl", 4, 100), ("zsre-edit.jsonl", 6, 200),
+                           ("zsre-dev-kilt.jsonl", 5, 300)):
+        write(name, n, start)
+    dm = datamodule("data=zsre", f"data.path={tmp_path}", "data.folds=2", "data.train_subsample=10")
+    assert dm.layout == "tpatcher" and dm.records_read == 46
+    splits = dm.splits
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (30, 4, 5)
+    assert [len(f) for f in splits.folds] == [3, 3] and dm.dropped["not exactly one answer"] == 1
+    edit = [e for f in splits.folds for e in f]
+    assert {e.prompt for e in edit} == {f"Who founded Acme {i}?" for i in range(200, 206)}
+    for e in edit:
+        number = e.prompt.removeprefix("Who founded Acme ").removesuffix("?")
+        assert e.target == f" Wile {number}"
+        assert e.equivalents == [f"Acme {number} was founded by whom?"]  # the prompt's own copy dropped
+    (tmp_path / "zsre-val.jsonl").unlink()
+    with pytest.raises(DataError, match="lacks zsre-val.jsonl"):
+        datamodule("data=zsre", f"data.path={tmp_path}")

@@ -193,14 +193,15 @@ def test_int8_and_fp32_memory_scans_give_the_same_patches():
 
 
 
-@pytest.mark.parametrize("family", ["classifier", "seq2seq"])
+@pytest.mark.parametrize("family", ["classifier", "seq2seq", "decoder"])
 def test_patched_model_saves_as_a_plain_checkpoint(family, tmp_path):
-    from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
     from editors.tpatcher_export import save_patched
 
     adapter = trained_tiny(family)
-    editor = _editor(adapter, max_steps=50)
+    # a llama MLP holds a patch as a SiLU neuron (gate row, up bias 1); GELU/ReLU FFNs their own
+    editor = _editor(adapter, max_steps=50, **({"activation": "silu"} if family == "decoder" else {}))
     editor.prepare(_splits(adapter))
     for i, prompt in enumerate(["The capital of France is", "Lyon is a city in"]):
         editor.edit(Example(f"e{i}", prompt, wrong_target(adapter, prompt)))
@@ -209,7 +210,8 @@ def test_patched_model_saves_as_a_plain_checkpoint(family, tmp_path):
     patched = adapter.scored_logits(batch)
     save_patched(editor, tmp_path / "ckpt")
     assert torch.equal(adapter.scored_logits(batch), patched)  # the editor's own model is untouched
-    loader = AutoModelForSequenceClassification if family == "classifier" else AutoModelForSeq2SeqLM
+    loader = {"classifier": AutoModelForSequenceClassification, "seq2seq": AutoModelForSeq2SeqLM,
+              "decoder": AutoModelForCausalLM}[family]
     plain = loader.from_pretrained(tmp_path / "ckpt").eval()
     with torch.no_grad():
         reloaded = plain(**batch.inputs).logits
@@ -220,8 +222,8 @@ def test_patched_model_saves_as_a_plain_checkpoint(family, tmp_path):
 def test_gated_mlp_export_is_refused(tmp_path):
     from editors.tpatcher_export import save_patched
 
-    editor = _editor(tiny("tiny-llama"))
-    with pytest.raises(ValueError, match="gated MLP"):
+    editor = _editor(tiny("tiny-llama"))  # default patch on a gated MLP: ReLU, no llama form
+    with pytest.raises(ValueError, match="gated MLP expresses a patch only as a SiLU neuron"):
         save_patched(editor, tmp_path / "x")
 
 
