@@ -177,6 +177,7 @@ class TPatcherEditor(Editor):
         self.patch_queries = torch.zeros(0, site.width)  # each patch's own mistake query (Fig. 5)
         self.patch_labels: list[str] = []  # "edit.mistake", as the paper labels Fig. 5
         self.initial_memory_len = 0
+        self._seen_queries: dict[tuple[str, str], Tensor] = {}  # of the example being checked
         self._handles = []
         self._enable()
 
@@ -212,9 +213,20 @@ class TPatcherEditor(Editor):
         self.memory.append(self._queries(splits.memory).to(self.adapter.device))
         self.initial_memory_len = len(self.memory)
 
+    def scores(self, prompts: list[str], targets: list) -> list[float]:
+        """The loop's check of one stream example also keeps its FFN queries, which the memory
+        takes in `after_example` without a second forward (patches leave the queries as they are)."""
+        if not (self.config.memory_update and len(prompts) == 1):
+            return super().scores(prompts, targets)
+        score, queries = self.adapter.score_and_queries(prompts[0], targets[0], self.config.layer)
+        self._seen_queries[(prompts[0], str(targets[0]))] = queries
+        return [score]
+
     def after_example(self, example: Example) -> None:
+        seen, self._seen_queries = self._seen_queries, {}
         if self.config.memory_update:
-            self.memory.append(self._queries([example]))
+            rows = seen.get((example.prompt, str(example.target)))
+            self.memory.append(rows if rows is not None else self._queries([example]))
 
     def reset(self) -> None:
         super().reset()

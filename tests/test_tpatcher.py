@@ -277,3 +277,23 @@ def test_screened_memory_tracks_full_scans_and_keeps_the_stop_rule_exact():
     assert screened.info["screen_missed_rows"] <= screened.info["memory_scans"]
     assert abs(screened.steps - exact.steps) <= 0.2 * exact.steps
     assert torch.allclose(screened_keys, exact_keys, atol=0.05)
+
+
+@pytest.mark.parametrize("family", ["decoder", "seq2seq"])
+def test_memory_takes_the_checked_examples_queries_without_a_second_forward(family, monkeypatch):
+    adapter = trained_tiny(family)
+    editor = _editor(adapter)
+    editor.prepare(_splits(adapter))
+    forwards = []
+    original = type(adapter)._forward_scored
+    monkeypatch.setattr(type(adapter), "_forward_scored",
+                        lambda self, batch: forwards.append(1) or original(self, batch))
+    for i, prompt in enumerate(["The capital of France is", "Lyon is a city in", "Oslo is known for"]):
+        example = Example(f"s{i}", prompt, wrong_target(adapter, prompt) if i == 1 else " Paris")
+        before, calls = len(editor.memory), len(forwards)
+        assert editor.scores([example.prompt], [example.target]) == adapter.scores([example.prompt], [example.target])
+        forwards_in_check = len(forwards) - calls
+        editor.after_example(example)
+        assert len(forwards) - calls == forwards_in_check  # the memory read the check's forward
+        expected = editor._queries([example])
+        assert torch.equal(editor.memory.matrix[before:], expected)

@@ -108,6 +108,7 @@ class TailCache:
     query: Tensor  # [N, d]
     ffn_out: Tensor  # [N, d] base FFN(q), before the residual add
     residual: Tensor  # [N, d]
+    logits: Tensor | None = None  # the forward's scored logits (what `scored_logits` returns)
 
 
 def _first_tensor(args: tuple, kwargs: dict) -> Tensor:
@@ -194,6 +195,13 @@ class ModelAdapter:
             out += self.example_scores(batch, self.scored_logits(batch)).tolist()
         return out
 
+    def score_and_queries(self, prompt: str, target: Any, layer: int = -1) -> tuple[float, Tensor]:
+        """One example's `scores` and the FFN queries of `layer` at its scored rows, from one
+        forward where the score is read from the teacher-forced logits."""
+        batch = self.encode([prompt], [target])
+        cache = self.capture(batch, "scored", layer)
+        return float(self.example_scores(batch, cache.logits)[0]), cache.query.float()
+
     def block_parameters(self, index: int = -1) -> list[tuple[str, nn.Parameter]]:
         """Named parameters of transformer block `index` (of the blocks whose last FFN is edited:
         the decoder stack of a seq2seq model)."""
@@ -265,12 +273,12 @@ class ModelAdapter:
             site.out_proj.register_forward_hook(keep_out),
         ]
         try:
-            self._forward_scored(batch)
+            logits = self._forward_scored(batch)
         finally:
             for h in handles:
                 h.remove()
         mask = batch.score_mask if rows == "scored" else batch.valid_mask
-        return TailCache(**{k: v[mask] for k, v in seen.items()})
+        return TailCache(**{k: v[mask] for k, v in seen.items()}, logits=logits)
 
     def add_to_ffn(self, delta_fn, layer: int = -1) -> list:
         """From now on the FFN output of `layer` is FFN(q) + delta_fn(q) (unchanged where delta_fn

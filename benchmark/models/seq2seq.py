@@ -89,3 +89,10 @@ class Seq2SeqAdapter(ModelAdapter):
             texts = self.generate(prompts[i : i + step])
             out += [float(normalize_answer(p) == normalize_answer(t)) for p, t in zip(texts, targets[i : i + step])]
         return out
+
+    def score_and_queries(self, prompt: str, target: Any, layer: int = -1) -> tuple[float, Tensor]:
+        if self.config.metric == "token_accuracy":
+            return super().score_and_queries(prompt, target, layer)
+        # the score is a generation, not the teacher-forced forward that holds the queries
+        queries = self.capture(self.encode([prompt], [target]), "scored", layer).query.float()
+        return self.scores([prompt], [target])[0], queries
