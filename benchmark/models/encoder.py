@@ -12,7 +12,30 @@ from benchmark.models.base import EncodedBatch, FFNSite, ModelAdapter
 from data.base import CLASSIFICATION
 
 
-class EncoderClassifierAdapter(ModelAdapter):
+class BertLayout:
+    """Where a BERT/RoBERTa encoder keeps its blocks, last FFN and residual, and what follows the
+    FFN (residual add, LayerNorm, then the family's `_head`): shared by the classifier and the
+    masked-LM adapters."""
+
+    model: nn.Module
+
+    def layer_modules(self) -> nn.ModuleList:
+        return self.model.base_model.encoder.layer
+
+    def ffn_site(self, layer: int = -1) -> FFNSite:
+        act = "relu" if self.model.config.hidden_act == "relu" else "gelu"
+        return self._site(layer, lambda b: (b.intermediate.dense, b.output.dense), act, False,
+                          self.model.config.hidden_size)
+
+    def _residual_site(self, layer: int) -> tuple[nn.Module, int]:
+        return self.layer_modules()[layer].output, 1  # BertOutput(hidden_states, input_tensor)
+
+    def tail(self, ffn_out: Tensor, residual: Tensor) -> Tensor:
+        out = self.layer_modules()[-1].output
+        return self._head(out.LayerNorm(out.dropout(ffn_out) + residual))
+
+
+class EncoderClassifierAdapter(BertLayout, ModelAdapter):
     family = "classifier"
     task = CLASSIFICATION
 
@@ -24,27 +47,12 @@ class EncoderClassifierAdapter(ModelAdapter):
             raise ValueError("encoder classifier needs a one-logit head (num_labels=1)")
         self.encoder = model.base_model
 
-    def layer_modules(self) -> nn.ModuleList:
-        return self.encoder.encoder.layer
-
-    def ffn_site(self, layer: int = -1) -> FFNSite:
-        act = "relu" if self.model.config.hidden_act == "relu" else "gelu"
-        return self._site(layer, lambda b: (b.intermediate.dense, b.output.dense), act, False,
-                          self.model.config.hidden_size)
-
-    def _residual_site(self, layer: int) -> tuple[nn.Module, int]:
-        return self.layer_modules()[layer].output, 1  # BertOutput(hidden_states, input_tensor)
-
     def _head(self, cls_state: Tensor) -> Tensor:
         # BertForSequenceClassification / RobertaForSequenceClassification heads on [CLS].
         if self.model.config.model_type == "bert":
             pooled = self.encoder.pooler.activation(self.encoder.pooler.dense(cls_state))
             return self.model.classifier(self.model.dropout(pooled)).squeeze(-1)
         return self.model.classifier(cls_state[:, None, :]).squeeze(-1)
-
-    def tail(self, ffn_out: Tensor, residual: Tensor) -> Tensor:
-        out = self.layer_modules()[-1].output
-        return self._head(out.LayerNorm(out.dropout(ffn_out) + residual))
 
     def encode(self, prompts: list[str], targets: list[Any]) -> EncodedBatch:
         enc = self.tokenizer(prompts, padding=True, truncation=True, max_length=128, return_tensors="pt")

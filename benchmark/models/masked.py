@@ -13,15 +13,16 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from benchmark.models.base import EncodedBatch, FFNSite, ModelAdapter
+from benchmark.models.base import EncodedBatch, ModelAdapter
+from benchmark.models.encoder import BertLayout
 from data.base import GENERATION
 
 MASK = "[MASK]"
 
 
-class MaskedLMAdapter(ModelAdapter):
+class MaskedLMAdapter(BertLayout, ModelAdapter):
     family = "masked"
     task = GENERATION
 
@@ -36,23 +37,8 @@ class MaskedLMAdapter(ModelAdapter):
         empty = tokenizer("", add_special_tokens=True)["input_ids"]  # e.g. [CLS] [SEP]
         self._open, self._close = empty[:1], empty[1:]
 
-    def layer_modules(self) -> nn.ModuleList:
-        return self.model.base_model.encoder.layer
-
-    def ffn_site(self, layer: int = -1) -> FFNSite:
-        act = "relu" if self.model.config.hidden_act == "relu" else "gelu"
-        return self._site(layer, lambda b: (b.intermediate.dense, b.output.dense), act, False,
-                          self.model.config.hidden_size)
-
-    def _residual_site(self, layer: int) -> tuple[nn.Module, int]:
-        return self.layer_modules()[layer].output, 1  # BertOutput(hidden_states, input_tensor)
-
     def _head(self, hidden: Tensor) -> Tensor:
         return self.model.cls(hidden) if self.model.config.model_type == "bert" else self.model.lm_head(hidden)
-
-    def tail(self, ffn_out: Tensor, residual: Tensor) -> Tensor:
-        out = self.layer_modules()[-1].output
-        return self._head(out.LayerNorm(out.dropout(ffn_out) + residual))
 
     def _answer_ids(self, target: Any) -> list[int]:
         text = str(target).strip()
