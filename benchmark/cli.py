@@ -153,10 +153,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands[command](rest)
     except EXPECTED as err:
-        message = " ".join(str(err).split())
-        print(f"seqedit: {message}", file=sys.stderr)
+        print(f"seqedit: {_one_line(err)}", file=sys.stderr)
         return 2
+    except OSError as err:  # a read-only or full disk, a missing folder: name the path
+        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+        print(f"seqedit: {where}{err.strerror or _one_line(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("seqedit: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        from benchmark.loop import RunInterrupted
+
+        if isinstance(err, RunInterrupted):
+            print(f"seqedit: {err}", file=sys.stderr)
+            return err.exit_code
+        raise
     return 0
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ whose config dataclass then types that whole group, so an unknown key is an erro
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,10 @@ class LoopConfig:
     folds: list[int] | None = field(default=None, metadata={"help": "fold indices to run (default all)"})
     max_fold_examples: int | None = field(default=None, metadata={"help": "cut each fold's stream to this"})
     test_limit: int | None = field(default=None, metadata={"help": "evaluate on at most this many D_test examples"})
-    save_state: bool = field(default=True, metadata={"help": "save the editor state after each edit (resume)"})
+    save_state: bool = field(default=True, metadata={"help": "save the editor state after edits (resume)"})
+    state_every: int = field(default=1, metadata={
+        "help": "edits between saved editor states; a resume redoes at most this many edits (raise it where a "
+                "state is large, e.g. ft_all)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar over the stream"})
 
     def stream(self, fold: list) -> list:
@@ -39,8 +43,17 @@ class LoopConfig:
         return fold[: self.max_fold_examples]
 
     def __post_init__(self) -> None:
-        if self.eval_every < 1:
-            raise ValueError(f"loop.eval_every must be at least 1, got {self.eval_every}")
+        for key in ("eval_every", "state_every"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"loop.{key} must be at least 1, got {getattr(self, key)}")
+        for key in ("max_fold_examples", "test_limit"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ValueError(f"loop.{key} must be at least 1 (or null for all), got {getattr(self, key)}")
+        if self.folds is not None:
+            if len(set(self.folds)) != len(self.folds):
+                raise ValueError(f"loop.folds lists a fold twice: {list(self.folds)}")
+            if any(f < 0 for f in self.folds):
+                raise ValueError(f"loop.folds are fold indices (0, 1, ...), got {list(self.folds)}")
 
 
 @dataclass
@@ -50,9 +63,12 @@ class LoggerConfig:
     project: str = field(default="seqedit", metadata={"help": "W&B project"})
 
 
+ACCELERATORS = ("cpu", "gpu", "cuda", "auto")
+
+
 @dataclass
 class TrainerConfig:
-    accelerator: str = field(default="cpu", metadata={"help": "Lightning accelerator"})
+    accelerator: str = field(default="cpu", metadata={"help": "Lightning accelerator: cpu | gpu | cuda | auto"})
     devices: int = field(default=1, metadata={"help": "Lightning devices"})
     strategy: str = field(default="auto", metadata={"help": "Lightning strategy; ddp spreads folds over processes"})
     num_nodes: int = field(default=1, metadata={"help": "machines of a DDP run (folds spread over all processes)"})
@@ -60,6 +76,16 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         if self.devices < 1 or self.num_nodes < 1:
             raise ValueError("trainer.devices and trainer.num_nodes must be at least 1")
+        if self.accelerator not in ACCELERATORS:
+            raise ValueError(f"trainer.accelerator must be one of {', '.join(ACCELERATORS)}, got {self.accelerator!r}")
+        if self.strategy not in ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true"):
+            raise ValueError(f"trainer.strategy must be auto or ddp, got {self.strategy!r}")
+        if self.accelerator in ("gpu", "cuda"):
+            import torch
+
+            if torch.cuda.device_count() < self.devices:
+                raise ValueError(f"trainer.accelerator={self.accelerator} with trainer.devices={self.devices}, "
+                                 f"but this machine has {torch.cuda.device_count()} CUDA devices")
 
 
 @dataclass
@@ -86,6 +112,8 @@ def _split_overrides(overrides: list[str]) -> tuple[dict[str, str], str | None, 
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         if key in GROUPS:
+            if not value.strip():
+                raise ConfigError(f"{key}= names nothing; give {key}=NAME (`seqedit list` shows the names)")
             choices[key] = value
         elif key == "experiment":
             experiment = value
@@ -159,12 +187,30 @@ def compose(overrides: list[str] | None = None, experiment_file: str | Path | No
     try:
         for layer in layers:
             schema = OmegaConf.merge(schema, layer)
-        schema = OmegaConf.merge(schema, OmegaConf.from_dotlist(rest))
+        for item in rest:
+            schema = OmegaConf.merge(schema, _parse_override(item))
     except (ConfigKeyError, ConfigAttributeError) as err:
         raise ConfigError(_unknown_key_message(err, schema)) from None
     except OmegaConfBaseException as err:
         raise ConfigError(f"{str(err).splitlines()[0]} (key {err.full_key})") from None
     return schema
+
+
+def _parse_override(item: str) -> DictConfig:
+    """One `key=value`, parsed alone so that a malformed one is named."""
+    try:
+        return OmegaConf.from_dotlist([item])
+    except Exception as err:  # grammar and YAML errors alike
+        raise ConfigError(f"override {item!r} cannot be parsed ({' '.join(str(err).split())[:120]})") from None
+
+
+def _no_nan(node: Any, path: str = "") -> None:
+    """NaN passes every `<`/`>` check a config makes; refuse it by name before anything runs."""
+    if isinstance(node, float) and math.isnan(node):
+        raise ConfigError(f"{path}=nan is not a number a setting can take")
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        _no_nan(value, f"{path}.{key}" if path else str(key))
 
 
 def _unknown_key_message(err: OmegaConfBaseException, schema: DictConfig) -> str:
@@ -177,6 +223,7 @@ def _unknown_key_message(err: OmegaConfBaseException, schema: DictConfig) -> str
 
 def instantiate(cfg: DictConfig) -> RunConfig:
     """Typed objects with every `__post_init__` check run; errors become one line."""
+    _no_nan(OmegaConf.to_container(cfg, resolve=False))
     try:
         run = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as err:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,9 @@ import lightning as L
 import torch
 
 from benchmark.cache import cache_dir
-from benchmark.init import init_key, prepare_initial_model
+from benchmark.init import deterministic, init_key, prepare_initial_model
+from benchmark.keep_best import KeepBest
+from benchmark.records import load_tensors
 
 # Editor fields that only matter while editing, not for what the training phase learns.
 EDIT_TIME_FIELDS = {"max_steps", "threshold", "backend"}
@@ -51,7 +52,7 @@ def load_trained_state(run_cfg) -> dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"editor {run_cfg.editor.name} has no trained state for this model and data "
                                 f"({path.name}); make it with: {train_command(run_cfg)}")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return load_tensors(path)
 
 
 def train_editor(run_cfg, progress: bool = True) -> dict[str, Any]:
@@ -68,22 +69,17 @@ def train_editor(run_cfg, progress: bool = True) -> dict[str, Any]:
     editor = build_editor(run_cfg, adapter)
     if not editor.needs_training:
         raise ValueError(f"editor {run_cfg.editor.name} has no training phase")
-    module = editor.training_module(datamodule.splits)
-    folder = path.with_suffix(".checkpoints")
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    best = ModelCheckpoint(dirpath=folder, monitor=module.monitor, mode="max", save_top_k=1, save_weights_only=True)
+    module = editor.training_module(datamodule.splits.for_editor())
+    best = KeepBest(module.monitor)
     L.seed_everything(run_cfg.seed, workers=True, verbose=False)
     trainer = L.Trainer(max_epochs=run_cfg.editor.train_epochs, accelerator=run_cfg.trainer.accelerator, devices=1,
-                        logger=False, callbacks=[best], enable_progress_bar=progress, enable_model_summary=False,
-                        num_sanity_val_steps=0, deterministic=False)
-    trainer.fit(module)
-    if best.best_model_path:
-        module.load_state_dict(torch.load(best.best_model_path, map_location="cpu", weights_only=False)["state_dict"])
-    shutil.rmtree(folder, ignore_errors=True)
+                        logger=False, callbacks=[best], enable_checkpointing=False, enable_progress_bar=progress,
+                        enable_model_summary=False, num_sanity_val_steps=0, deterministic=False)
+    with deterministic(run_cfg.init.threads):  # the same threads setting as the initial model's training
+        trainer.fit(module)
+    best.restore(module)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(editor.trained_state(), tmp)
     tmp.replace(path)
-    score = best.best_model_score
-    return {"state": str(path), "cached": False, module.monitor: None if score is None else float(score)}
+    return {"state": str(path), "cached": False, module.monitor: best.best}

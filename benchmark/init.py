@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from benchmark.cache import cache_dir
+from benchmark.keep_best import KeepBest
 from benchmark.models.base import ModelAdapter
 from data.base import EditDataModule, Example
 
@@ -29,10 +30,15 @@ class InitConfig:
     lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
     batch_size: int = field(default=32, metadata={"help": "training batch size"})
     keep: str = field(default="best_val", metadata={"help": "best_val (epoch with the best D_val accuracy) | last"})
+    threads: int | None = field(default=None, metadata={
+        "help": "CPU threads while training the initial model and an editor's training phase (1: the same model "
+                "whatever the machine's core count; None: torch's default); not part of the cache keys"})
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.lr <= 0 or self.batch_size < 1:
             raise ValueError("init.epochs >= 0, init.lr > 0 and init.batch_size >= 1 are required")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"init.threads must be at least 1 (or null), got {self.threads}")
         if self.keep not in ("best_val", "last"):
             raise ValueError(f"init.keep must be best_val or last, got {self.keep!r}")
 
@@ -66,10 +72,28 @@ class TaskModule(L.LightningModule):
 _NOT_TRAINING_DATA = {"folds", "train_subsample", "memory_size"}
 
 
+@contextmanager
+def deterministic(threads: int | None):
+    """Fixed thread count and deterministic kernels while training: a sum over 1 thread is added in
+    one order, so the trained model does not depend on how many cores the machine has."""
+    if threads is None:
+        yield
+        return
+    before, strict = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+        torch.use_deterministic_algorithms(strict)
+
+
 def init_key(model_cfg, data_cfg, init_cfg: InitConfig) -> str:
     data_fields = {k: v for k, v in asdict(data_cfg).items() if k not in _NOT_TRAINING_DATA}
     model_fields = {k: v for k, v in asdict(model_cfg).items() if k not in ("eval_batch_size", "metric", "device")}
-    payload = json.dumps([model_fields, data_fields, asdict(init_cfg)], sort_keys=True, default=str)
+    init_fields = {k: v for k, v in asdict(init_cfg).items() if k != "threads"}
+    payload = json.dumps([model_fields, data_fields, init_fields], sort_keys=True, default=str)
     return hashlib.sha1(payload.encode()).hexdigest()[:16]
 
 
@@ -81,28 +105,25 @@ def prepare_initial_model(adapter: ModelAdapter, datamodule: EditDataModule, mod
     folder = cache_dir() / "initial" / init_key(model_cfg, datamodule.config, init_cfg)
     weights = folder / "model.safetensors"
     if not weights.exists():
-        from lightning.pytorch.callbacks import ModelCheckpoint
-
         folder.mkdir(parents=True, exist_ok=True)
         splits = datamodule.splits
         module = TaskModule(adapter, init_cfg.lr)
         adapter.model.train()
         # keep the epoch with the best D_val accuracy (the paper validates its initial models on D_val)
-        best = ModelCheckpoint(dirpath=folder / "checkpoints", monitor="val_acc", mode="max", save_top_k=1,
-                               save_weights_only=True)
+        best = KeepBest("val_acc")
         keep_best = init_cfg.keep == "best_val"
         trainer = L.Trainer(max_epochs=init_cfg.epochs, accelerator="auto" if model_cfg.device != "cpu" else "cpu",
                             devices=1, logger=False, callbacks=[best] if keep_best else [],
-                            enable_checkpointing=keep_best, enable_progress_bar=progress,
+                            enable_checkpointing=False, enable_progress_bar=progress,
                             enable_model_summary=False, num_sanity_val_steps=0)
         loader = DataLoader(splits.train, batch_size=init_cfg.batch_size, shuffle=True, collate_fn=list,
                             generator=torch.Generator().manual_seed(model_cfg.seed))
         val = DataLoader(splits.val or splits.train[:64], batch_size=64, collate_fn=list)
-        trainer.fit(module, loader, val)
-        if keep_best and best.best_model_path:
-            checkpoint = torch.load(best.best_model_path, map_location="cpu", weights_only=False)
-            module.load_state_dict(checkpoint["state_dict"])
-            shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+        torch.manual_seed(model_cfg.seed)  # dropout masks: the same model from the same settings
+        with deterministic(init_cfg.threads):
+            trainer.fit(module, loader, val)
+        if keep_best:
+            best.restore(module)
         adapter.model.eval()
         state = {k: v.contiguous() for k, v in adapter.model.state_dict().items()}
         tmp = folder / "model.tmp"

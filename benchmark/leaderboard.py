@@ -24,15 +24,26 @@ COLUMNS = ["SR", "GR", "ER", "TrainR", "TestR", "A_M", "A_FS", "A_mean", "E", "N
 
 
 def load_runs(root: Path) -> list[dict]:
-    runs = []
-    for results in sorted(Path(root).rglob("results.json")):
-        folder = results.parent
-        cfg = OmegaConf.load(folder / "config.yaml")
-        lines = [json.loads(x) for x in (folder / "edits.jsonl").read_text().splitlines() if x.strip()]
-        runs.append({"dir": folder, "editor": cfg.editor.name, "model": str(cfg.model.name),
-                     "data": cfg.data.name + (f"/{cfg.data.task}" if "task" in cfg.data else ""),
-                     "metrics": json.loads(results.read_text())["metrics"], "lines": lines})
-    return runs
+    return [_load_run(results.parent) for results in sorted(Path(root).rglob("results.json"))]
+
+
+def _load_run(folder: Path) -> dict:
+    """One run folder; a file that is not what a run writes is a one-line error naming it."""
+    name = "config.yaml"
+    try:
+        cfg = OmegaConf.load(folder / name)
+        run = {"dir": folder, "editor": str(cfg.editor.name), "model": str(cfg.model.name),
+               "data": str(cfg.data.name) + (f"/{cfg.data.task}" if "task" in cfg.data else "")}
+        name = "edits.jsonl"
+        run["lines"] = [json.loads(x) for x in (folder / name).read_text().splitlines() if x.strip()]
+        name = "results.json"
+        metrics = json.loads((folder / name).read_text())["metrics"]
+        if not isinstance(metrics, dict):
+            raise TypeError("metrics is not a mapping")
+        run["metrics"] = metrics
+    except Exception as err:  # YAML, JSON, a missing key or file: all mean "not a run folder"
+        raise ValueError(f"{folder / name}: not a readable run file ({' '.join(str(err).split())[:100]})") from None
+    return run
 
 
 def _cell(stat: dict | None, name: str) -> str:

@@ -8,8 +8,12 @@ the initial model. The editor only edits and answers.
 
 from __future__ import annotations
 
+import os
 import random
+import signal
+import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +41,43 @@ def edit_seed(seed: int, fold: int, index: int) -> int:
     return (seed * 1_000_003 + fold * 10_007 + index) % (2**31)
 
 
+class RunInterrupted(Exception):
+    """SIGINT or SIGTERM stopped the stream between two examples; records and state agree."""
+
+    def __init__(self, signum: int, edits: int):
+        self.signum, self.edits = signum, edits
+        name = signal.Signals(signum).name
+        super().__init__(f"stopped by {name} after {edits} edits; the records and editor state are saved; "
+                         "continue with the same command and resume=true")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+@contextmanager
+def stop_on_signals(callback: SequentialEditingCallback):
+    """SIGINT/SIGTERM ask the loop to stop after the example in progress (its edit is finished and
+    recorded, so nothing half-done is written); a second signal stops at once, which is as safe
+    (records are fsync'ed, the state is renamed into place) but redoes that edit on resume."""
+
+    def handler(signum, _frame):
+        if callback.stop_requested:
+            print(f"seqedit: {signal.Signals(signum).name} again: stopping now; resume=true redoes the edit "
+                  "in progress", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        callback.stop_requested = signum
+        print(f"seqedit: {signal.Signals(signum).name}: stopping after the example in progress",
+              file=sys.stderr, flush=True)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -62,6 +103,8 @@ class SequentialEditingCallback(L.Callback):
         self.edits: list[dict] = []  # this fold's edit records
         self.bar = tqdm(total=total, desc="editing", disable=not loop.progress, dynamic_ncols=True)
         self.global_step = 0
+        self.stop_requested = 0  # the signal that asked the stream to stop
+        self.state_bytes: list[int] = []  # size of each saved editor state
 
     # -- fold boundaries -------------------------------------------------------------------------
     def _start_fold(self, editor: Editor, fold: int) -> None:
@@ -97,6 +140,8 @@ class SequentialEditingCallback(L.Callback):
 
     # -- Lightning hooks -----------------------------------------------------------------------
     def on_test_batch_start(self, trainer, pl_module, batch: StreamItem, batch_idx: int, dataloader_idx: int = 0):
+        if self.stop_requested:
+            self.interrupt(pl_module, self.stop_requested)
         if batch.fold != self.fold:
             self._end_fold(pl_module)
             self._start_fold(pl_module, batch.fold)
@@ -106,6 +151,12 @@ class SequentialEditingCallback(L.Callback):
     def on_test_end(self, trainer, pl_module):
         self._end_fold(pl_module)
         self.bar.close()
+
+    def interrupt(self, editor: Editor, signum: int) -> None:
+        """Stop between two examples: the state is saved to cover every record, then the run ends."""
+        if self.fold is not None and self.edits and self.loop.save_state:
+            self.state_bytes.append(self.records.save_state(self.fold, editor.edit_state()))
+        raise RunInterrupted(signum, self.global_step)
 
     # -- one stream example ----------------------------------------------------------------------
     def _process(self, editor: Editor, item: StreamItem) -> None:
@@ -134,8 +185,8 @@ class SequentialEditingCallback(L.Callback):
             self._log({"edit/success": float(record["success"]), "edit/seconds": record["seconds"], "SR": sr})
             if len(self.edits) % self.loop.eval_every == 0:
                 self._evaluate(editor)
-            if self.loop.save_state:
-                self.records.save_state(item.fold, editor.edit_state())
+            if self.loop.save_state and len(self.edits) % self.loop.state_every == 0:
+                self.state_bytes.append(self.records.save_state(item.fold, editor.edit_state()))
 
     def _evaluate(self, editor: Editor) -> None:
         fold_examples = self.splits.folds[self.fold]

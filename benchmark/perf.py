@@ -22,6 +22,7 @@ import json
 import resource
 import statistics
 import time
+from functools import partial
 
 import torch
 from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
@@ -29,7 +30,7 @@ from transformers import BertConfig, BertForSequenceClassification, LlamaConfig,
 from benchmark.cache import cache_dir
 from benchmark.models.base import ModelConfig
 from benchmark.models.zoo import ADAPTERS, tiny_tokenizer
-from data.base import EditSplits, Example
+from data.base import EditorData, Example
 from data.facts import TEMPLATES, raw_facts
 from editors.tpatcher import TPatcherConfig, TPatcherEditor
 
@@ -74,28 +75,34 @@ def examples(family: str, n: int) -> list[Example]:
 
 
 def memory_rows(editor: TPatcherEditor, family: str, skip: int, size: int) -> float:
-    """Fill the memory with `size` real, distinct queries (computed once, then cached on disk);
-    returns the seconds it took per 1,000 examples when computed."""
-    path = cache_dir() / "perf" / f"{family}-{skip}-{size}.pt"
+    """Fill the memory with `size` real, distinct queries of the patched layer (computed once,
+    then cached on disk); returns the seconds it took per 1,000 examples when computed."""
+    layer = editor.config.layer
+    path = cache_dir() / "perf" / f"{family}-{skip}-{size}{'' if layer == -1 else f'-layer{layer}'}.pt"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         rows, count, start = [], 0, time.perf_counter()
-        per_example = 1 if family == "classifier" else 5  # the decoder's 5 answer positions
+        # rows per example: the classifier's [CLS], the decoder's 5 answer positions; at an earlier
+        # layer every position, so fewer examples fill the memory
+        per_example = (1 if family == "classifier" else 5) if layer == -1 else 10
         pool = examples(family, skip + -(-size // per_example))[skip:]
         for i in range(0, len(pool), 512):
             rows.append(editor._queries(pool[i : i + 512]))
             count += len(pool[i : i + 512])
+            if sum(len(r) for r in rows) >= size:
+                break
         seconds = (time.perf_counter() - start) * 1000 / count
         torch.save({"rows": torch.cat(rows)[:size], "seconds": seconds}, path)
-    saved = torch.load(path)
+    saved = torch.load(path, weights_only=True)
     editor.memory.append(saved["rows"])
     return saved["seconds"]
 
 
-def time_edits(adapter, family: str, mode: str, edits: list[Example], memory: int, steps: int, **overrides):
-    cfg = TPatcherConfig(name="tpatcher", mode=mode, max_steps=steps, min_steps=steps, **overrides)
+def time_edits(adapter, family: str, mode: str, edits: list[Example], memory: int, steps: int, layer: int = -1,
+               **overrides):
+    cfg = TPatcherConfig(name="tpatcher", mode=mode, max_steps=steps, min_steps=steps, layer=layer, **overrides)
     editor = TPatcherEditor(cfg, adapter)
-    editor.prepare(EditSplits(adapter.task, [], [], [], [], [], memory=[]))
+    editor.prepare(EditorData(adapter.task, [], [], memory=[]))
     build_seconds = memory_rows(editor, family, len(edits), memory)
     times, step_counts, missed = [], [], 0
     for i, ex in enumerate(edits):
@@ -119,6 +126,7 @@ def main(argv=None) -> None:
     parser.add_argument("--memory", type=int, default=40_000)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--refresh", type=int, default=10, help="memory_refresh of the screened run")
+    parser.add_argument("--layer", type=int, default=-1, help="patched block (editor.layer; -1: the last)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -126,15 +134,15 @@ def main(argv=None) -> None:
         adapter = build(family)
         edits = examples(family, args.edits)
         # naive: the straightforward editor, a full forward and a full fp32 memory scan each step
-        naive, naive_steps, naive_keys, *_ = time_edits(adapter, family, "naive", edits, args.memory, args.steps,
-                                                        memory_scan="fp32")
-        fast, fast_steps, fast_keys, build_s, _ = time_edits(adapter, family, "fast", edits, args.memory, args.steps)
-        fp32, _, fp32_keys, *_ = time_edits(adapter, family, "fast", edits, args.memory, args.steps, memory_scan="fp32")
-        screened, _, screened_keys, _, missed = time_edits(adapter, family, "fast", edits, args.memory, args.steps,
-                                                           memory_refresh=args.refresh)
+        run = partial(time_edits, adapter, family, edits=edits, memory=args.memory, steps=args.steps, layer=args.layer)
+        naive, naive_steps, naive_keys, *_ = run(mode="naive", memory_scan="fp32")
+        fast, fast_steps, fast_keys, build_s, _ = run(mode="fast")
+        fp32, _, fp32_keys, *_ = run(mode="fast", memory_scan="fp32")
+        screened, _, screened_keys, _, missed = run(mode="fast", memory_refresh=args.refresh)
         print(json.dumps({
             "family": family,
             "model": "bert-base-sized encoder" if family == "classifier" else "smollm2-135m-sized llama",
+            "layer": args.layer,
             "memory_size": args.memory,
             "steps_per_edit": args.steps,
             "edits": args.edits,

@@ -2,16 +2,27 @@
 resume, and the results file.
 
 Crash safety: a record line is appended and fsync'ed, then the editor state is written to a temp
-file and renamed, naming how many record lines it covers. On resume the records are cut back to
-that count, so records and model state always agree; at most the edit in progress is redone
-(with the same per-edit seed, so with the same outcome).
+file and renamed, naming how many record lines it covers and the hash of the last of them. On
+resume the records are verified against it (every line whole and valid JSON, the covered lines
+present, the last one's hash equal) and cut back to that count, so records and model state always
+agree; at most the edit in progress is redone (with the same per-edit seed, so with the same
+outcome). Anything else (a damaged middle line, records shorter than the state, another run's
+state) is a one-line `ResumeError` naming the file and line, never a silent rewrite.
+
+Safe by default: state files hold tensors, numbers, strings, lists and dicts only, and are read
+with `torch.load(weights_only=True)`, which executes nothing. A run folder is locked (`flock`)
+while a run writes it.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import math
 import os
+import pickle
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -19,6 +30,55 @@ from typing import Any
 import torch
 
 RECORDS = "edits.jsonl"
+
+
+class ResumeError(ValueError):
+    """A run folder whose records or state cannot be trusted; the message names the file and line."""
+
+
+class RunLockedError(ValueError):
+    """Another process is writing the run folder."""
+
+
+def line_hash(record: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(record).encode()).hexdigest()[:16]
+
+
+def load_tensors(path: Path) -> Any:
+    """A state file written by `torch.save`, read without executing anything (weights_only): a
+    file that needs more than tensors and plain containers is refused, as is a damaged one."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ResumeError(f"{path}: not a readable state file ({first})") from None
+
+
+class RunLock:
+    """An exclusive `flock` on RUN/.lock for as long as a run writes the folder; the kernel drops
+    it when the process dies, so a crashed run never blocks the next one."""
+
+    def __init__(self, run_dir: Path):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = run_dir / ".lock"
+        self._handle = open(self.path, "a+")
+        try:
+            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._handle.seek(0)
+            holder = self._handle.read().strip() or "?"
+            self._handle.close()
+            raise RunLockedError(f"{run_dir} is being written by another run (pid {holder}); wait for it to end "
+                                 "or choose another run_id") from None
+        self._handle.seek(0)
+        self._handle.truncate()
+        self._handle.write(str(os.getpid()))
+        self._handle.flush()
+
+    def release(self) -> None:
+        if not self._handle.closed:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
 
 
 def code_version() -> str:
@@ -53,6 +113,10 @@ class RunRecords:
         elif self.path.exists() and self.path.stat().st_size > 0:
             raise FileExistsError(f"{self.dir} already holds records; pass resume=true or another run_id")
         self.dir.mkdir(parents=True, exist_ok=True)
+        if not resume:  # no records: whatever an earlier, failed start left is stale
+            for name in ("initial.json", "results.json", RECORDS):
+                (self.dir / name).unlink(missing_ok=True)
+            shutil.rmtree(self.state_dir, ignore_errors=True)
         self.state_dir.mkdir(exist_ok=True)
         if not resume:
             config_path.write_text(header + without_resume(config_yaml))
@@ -60,18 +124,32 @@ class RunRecords:
         self._handle = open(self.path, "a", encoding="utf-8")
 
     def _read(self) -> list[dict]:
+        """Every record line, verified: only a last line without its newline (cut by a crash while
+        it was written, so no state covers it) is dropped; any other bad line is an error."""
         if not self.path.exists():
             return []
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise ResumeError(f"{self.path}: not UTF-8 text at byte {err.start}") from None
+        raws = text.split("\n")
+        if raws[-1]:  # no newline at the end: the line being written when the run stopped
+            raws[-1] = ""
         lines = []
-        for raw in self.path.read_text(encoding="utf-8").splitlines():
+        for number, raw in enumerate(raws[:-1], 1):
             try:
-                lines.append(json.loads(raw))
+                record = json.loads(raw)
             except json.JSONDecodeError:
-                break  # a line cut by the crash: it and anything after it are dropped
+                record = None
+            if not isinstance(record, dict) or "type" not in record:
+                raise ResumeError(f"{self.path}:{number}: damaged record line; the run cannot be resumed safely")
+            lines.append(record)
         return lines
 
     def truncate(self, keep: int) -> None:
         """Keep the first `keep` record lines (those the saved state covers)."""
+        if keep == len(self.lines) and self.path.exists() and self.path.read_bytes().endswith(b"\n"):
+            return  # nothing to cut: the file stays as it is
         self._handle.close()
         self.lines = self.lines[:keep]
         tmp = self.path.with_suffix(".tmp")
@@ -86,15 +164,30 @@ class RunRecords:
         os.fsync(self._handle.fileno())
         self.lines.append(record)
 
-    def save_state(self, fold: int, state: dict[str, Any]) -> None:
+    def save_state(self, fold: int, state: dict[str, Any]) -> int:
+        """Write the editor state covering every record so far; returns its size in bytes."""
         path = self.state_dir / f"fold{fold}.pt"
         tmp = path.with_suffix(".tmp")
-        torch.save({"lines": len(self.lines), "editor": state}, tmp)
+        last = line_hash(self.lines[-1]) if self.lines else ""
+        torch.save({"lines": len(self.lines), "last": last, "editor": state}, tmp)
         tmp.replace(path)
+        return path.stat().st_size
 
     def load_state(self, fold: int) -> dict[str, Any] | None:
+        """The saved state of `fold`, checked against the records it says it covers."""
         path = self.state_dir / f"fold{fold}.pt"
-        return torch.load(path, weights_only=False) if path.exists() else None
+        if not path.exists():
+            return None
+        state = load_tensors(path)
+        if not (isinstance(state, dict) and isinstance(state.get("lines"), int) and "editor" in state):
+            raise ResumeError(f"{path}: not a seqedit state file")
+        covered = state["lines"]
+        if covered > len(self.lines):
+            raise ResumeError(f"{path}: covers {covered} record lines but {self.path} has {len(self.lines)}; "
+                              "the records were cut or replaced")
+        if covered and line_hash(self.lines[covered - 1]) != state.get("last"):
+            raise ResumeError(f"{self.path}:{covered}: differs from the record the state {path.name} was saved after")
+        return state
 
     def write_json(self, name: str, payload: dict[str, Any]) -> None:
         self.write_json_to(self.dir, name, payload)

@@ -5,24 +5,27 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 import data  # noqa: F401  (registers datasets)
 import editors  # noqa: F401  (registers editors)
-from benchmark.config import RunConfig, instantiate, to_yaml
+from benchmark.config import ConfigError, RunConfig, instantiate, to_yaml
+from benchmark.csvlog import AppendingCSVLogger
 from benchmark.distributed import gather, merge_initial, merge_lines, process_rank
 from benchmark.editor_training import load_trained_state
 from benchmark.init import prepare_initial_model
-from benchmark.loop import SequentialEditingCallback, StreamItem, accuracy, seed_all
+from benchmark.loop import SequentialEditingCallback, StreamItem, accuracy, seed_all, stop_on_signals
 from benchmark.metrics import aggregate
 from benchmark.models import build_model
-from benchmark.records import RunRecords, without_resume
+from benchmark.records import ResumeError, RunLock, RunRecords, without_resume
 from benchmark.registry import DATASETS, EDITORS
 from data.base import EditDataModule, EditSplits
 from editors.base import Editor
@@ -44,12 +47,22 @@ def default_run_id(cfg: DictConfig) -> str:
     return f"{cfg.editor.name}-{cfg.data.name}-{Path(str(cfg.model.name)).name}-s{cfg.seed}-{digest}"
 
 
+def run_folder(run_cfg: RunConfig, cfg: DictConfig) -> Path:
+    """output_dir/run_id; a run id is one folder name, so a run never writes outside output_dir."""
+    run_id = run_cfg.run_id or default_run_id(cfg)
+    if Path(run_id).is_absolute() or len(Path(run_id).parts) != 1 or run_id in (".", "..") or "\\" in run_id:
+        raise ConfigError(f"run_id={run_id!r}: must be one folder name (no '/', '..' or absolute path); "
+                          "the folder is made inside output_dir")
+    return Path(run_cfg.output_dir) / run_id
+
+
 def _plan_resume(records: RunRecords, folds: list[int]) -> dict[int, int]:
-    """Cut the records back to what the saved states cover; return {fold: first index to run}."""
+    """Verify the records against the saved states and cut them back to what the states cover;
+    return {fold: first index to run}."""
     ended = {r["fold"] for r in records.lines if r["type"] == "fold_end"}
     open_folds = [f for f in folds if f not in ended and any(r.get("fold") == f for r in records.lines)]
     if len(open_folds) > 1:
-        raise ValueError(f"{records.dir}: folds {open_folds} are all half done; cannot tell which state is current")
+        raise ResumeError(f"{records.path}: folds {open_folds} are all half done; cannot tell which state is current")
     start = {f: 0 for f in folds if f not in ended}
     if open_folds:
         fold = open_folds[0]
@@ -75,29 +88,55 @@ def _initial_accuracies(editor: Editor, splits: EditSplits, folds: list[int], lo
     return out
 
 
+def _fold_indices(run_cfg: RunConfig, splits: EditSplits) -> list[int]:
+    folds = run_cfg.loop.folds if run_cfg.loop.folds is not None else list(range(len(splits.folds)))
+    bad = [f for f in folds if not 0 <= f < len(splits.folds)]
+    if bad:
+        raise ConfigError(f"loop.folds: {bad} out of range; the data has {len(splits.folds)} folds "
+                          f"(0..{len(splits.folds) - 1})")
+    return folds
+
+
+def _finished(records: RunRecords, folds: list[int]) -> bool:
+    ended = {r["fold"] for r in records.lines if r["type"] == "fold_end"}
+    return set(folds) <= ended and (records.dir / "results.json").exists()
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
+    """One run: every check that can fail runs before the slow steps (initial model, editing), and
+    the run folder is locked while it is written."""
     run_cfg = instantiate(cfg)
     seed_all(run_cfg.seed)
     datamodule = build_data(run_cfg)
     splits = datamodule.splits
-    folds = run_cfg.loop.folds if run_cfg.loop.folds is not None else list(range(len(splits.folds)))
-    bad = [f for f in folds if not 0 <= f < len(splits.folds)]
-    if bad:
-        raise ValueError(f"loop.folds: {bad} out of range; the data has {len(splits.folds)} folds")
+    folds = _fold_indices(run_cfg, splits)
     # a missing training phase stops the run before anything is written
     trained = load_trained_state(run_cfg) if EDITORS.get(run_cfg.editor.name).target.needs_training else None
-    # the run folder is checked before the slow steps: an existing run is never overwritten
-    run_dir = Path(run_cfg.output_dir) / (run_cfg.run_id or default_run_id(cfg))
+    run_dir = run_folder(run_cfg, cfg)
     rank, world = process_rank(run_cfg.trainer)
+    folder = run_dir if world == 1 else run_dir / "ranks" / str(rank)
     if world > 1:  # this process's share of the folds, recorded in its own folder
         if not run_cfg.resume and (run_dir / "edits.jsonl").exists():
             raise FileExistsError(f"{run_dir} already holds records; pass resume=true or another run_id")
         folds = folds[rank::world]
-    records = RunRecords(run_dir if world == 1 else run_dir / "ranks" / str(rank), to_yaml(cfg), run_cfg.seed,
-                         run_cfg.resume)
-    start = _plan_resume(records, folds) if run_cfg.resume else {f: 0 for f in folds}
+    lock = RunLock(folder)
+    try:
+        records = RunRecords(folder, to_yaml(cfg), run_cfg.seed, run_cfg.resume)
+        try:
+            if run_cfg.resume and world == 1 and _finished(records, folds):
+                print(f"seqedit: {run_dir} is finished; nothing to resume", file=sys.stderr)
+                return json.loads((run_dir / "results.json").read_text())
+            start = _plan_resume(records, folds) if run_cfg.resume else {f: 0 for f in folds}
+            return _edit_folds(run_cfg, cfg, datamodule, trained, records, run_dir, folds, start, rank, world)
+        finally:
+            records.close()
+    finally:
+        lock.release()
 
+
+def _build_editor(run_cfg: RunConfig, datamodule: EditDataModule, trained) -> Editor:
     adapter = build_model(run_cfg.model)
+    splits = datamodule.splits
     if adapter.task != splits.task:
         raise ValueError(f"model {run_cfg.model.name} ({adapter.family}) answers {adapter.task}, "
                          f"but data {run_cfg.data.name} is a {splits.task} task")
@@ -105,19 +144,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     editor = build_editor(run_cfg, adapter)
     if trained is not None:
         editor.load_trained(trained)
-    editor.prepare(splits)
+    editor.prepare(splits.for_editor())  # what an editor may learn from; never D_tr, D_test
+    return editor
 
-    initial_path = records.dir / "initial.json"
-    if initial_path.exists():
-        initial = json.loads(initial_path.read_text())
-    else:
-        initial = _initial_accuracies(editor, splits, folds, run_cfg.loop)
-        records.write_json("initial.json", initial)
 
-    stream = [StreamItem(f, i, ex) for f in folds if f in start
-              for i, ex in enumerate(run_cfg.loop.stream(splits.folds[f])) if i >= start[f]]
-    callback = SequentialEditingCallback(splits, records, run_cfg.loop, run_cfg.seed, initial, len(stream))
-    loggers = [CSVLogger(run_dir, name="logs", version="")]
+def _loggers(run_cfg: RunConfig, run_dir: Path, resume_step: int | None) -> list:
+    loggers = [AppendingCSVLogger(run_dir, resume_step)]
     if run_cfg.logger.wandb:
         from lightning.pytorch.loggers import WandbLogger
 
@@ -125,28 +157,61 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             import wandb  # noqa: F401
         except ImportError:
             raise ValueError("logger.wandb=true needs the wandb package: pip install -e '.[wandb]'") from None
-
+        # a fixed id per run folder: a resumed run continues the same W&B history
+        run_key = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:12]
         loggers.append(WandbLogger(project=run_cfg.logger.project, name=run_dir.name, save_dir=str(run_dir),
-                                   offline=run_cfg.logger.wandb_mode == "offline"))
+                                   offline=run_cfg.logger.wandb_mode == "offline", id=run_key, resume="allow"))
+    return loggers
+
+
+def _edit_folds(run_cfg: RunConfig, cfg: DictConfig, datamodule: EditDataModule, trained, records: RunRecords,
+                run_dir: Path, folds: list[int], start: dict[int, int], rank: int, world: int) -> dict[str, Any]:
+    splits = datamodule.splits
+    editor = _build_editor(run_cfg, datamodule, trained)
+    initial_path = records.dir / "initial.json"
+    if run_cfg.resume and initial_path.exists():
+        initial = json.loads(initial_path.read_text())
+    else:
+        initial = _initial_accuracies(editor, splits, folds, run_cfg.loop)
+        records.write_json("initial.json", initial)
+
+    stream = [StreamItem(f, i, ex) for f in folds if f in start
+              for i, ex in enumerate(run_cfg.loop.stream(splits.folds[f])) if i >= start[f]]
+    done_edits = sum(1 for r in records.lines if r["type"] == "edit" and r["edited"])
+    callback = SequentialEditingCallback(splits, records, run_cfg.loop, run_cfg.seed, initial, len(stream))
+    callback.global_step = done_edits
+    loggers = _loggers(run_cfg, records.dir, done_edits if run_cfg.resume else None)
     trainer = L.Trainer(accelerator=run_cfg.trainer.accelerator, devices=run_cfg.trainer.devices,
                         num_nodes=run_cfg.trainer.num_nodes, strategy=run_cfg.trainer.strategy, logger=loggers,
                         callbacks=[callback], inference_mode=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False)
     if stream or world > 1:  # under DDP every process must enter test(): it starts the others
-        trainer.test(editor, dataloaders=DataLoader(stream, batch_size=None, collate_fn=lambda x: x), verbose=False)
+        with stop_on_signals(callback):
+            try:
+                trainer.test(editor, dataloaders=DataLoader(stream, batch_size=None, collate_fn=lambda x: x),
+                             verbose=False)
+            except SIGTERMException:  # Lightning's own SIGTERM stop (a SystemExit with status 0)
+                callback.interrupt(editor, signal.SIGTERM)
     if world > 1:
         results = _gather_ranks(records, initial, run_dir, to_yaml(cfg), run_cfg.seed, rank, world)
     else:
         results = summarize(records)
+    if callback.state_bytes:
+        results["state_bytes_per_edit"] = round(sum(callback.state_bytes) / len(callback.state_bytes))
+    truncated = len(getattr(editor.adapter, "truncated_prompts", ()))
+    if truncated:
+        results["prompts_truncated"] = truncated
+        print(f"seqedit: {truncated} prompts were longer than the model's window and lost their start",
+              file=sys.stderr)
     final = {f"final/{k}": v["mean"] for k, v in results["metrics"].items() if v["mean"] is not None}
     for logger in loggers:
         logger.log_metrics(final, step=callback.global_step)  # what a W&B sweep optimises
         logger.finalize("success")
         if type(logger).__name__ == "WandbLogger":
             logger.experiment.finish()  # else the next run in this process (a sweep trial) reuses it
+    loggers[0].close()
     if rank == 0:
         RunRecords.write_json_to(run_dir, "results.json", results)
-    records.close()
     return results
 
 

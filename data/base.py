@@ -37,6 +37,19 @@ class Example:
     locality: list[tuple[str, Any]] = field(default_factory=list)  # (prompt, answer) to keep
 
 
+@dataclass(frozen=True)
+class EditorData:
+    """All an editor is ever handed besides the stream example it edits: D'train without D_tr,
+    D_val and the memory pool. D_tr, D_test and the A_F\\S facts stay with the loop, which
+    measures TrainR, TestR and A_F\\S on them; an editor cannot train on what it is scored on
+    because it never holds it."""
+
+    task: str
+    train: list[Example]
+    val: list[Example]
+    memory: list[Example]
+
+
 @dataclass
 class EditSplits:
     task: str
@@ -47,6 +60,12 @@ class EditSplits:
     test: list[Example]
     memory: list[Example]
     unmodified: list[Example] = field(default_factory=list)  # A_F\S set; empty unless modified facts
+
+    def for_editor(self) -> EditorData:
+        """What an editor may learn from (see `EditorData`)."""
+        held_out = {id(e) for e in (*self.train_subsample, *self.test, *self.unmodified)}
+        return EditorData(task=self.task, train=[e for e in self.train if id(e) not in held_out], val=list(self.val),
+                          memory=[e for e in self.memory if id(e) not in held_out])
 
     def sizes(self) -> dict[str, int]:
         return {
@@ -72,7 +91,9 @@ class DataConfig:
         default_factory=lambda: [0.8, 0.1, 0.1],
         metadata={"help": "D'train / D_val / D_edit fractions of the training records"},
     )
-    folds: int = field(default=20, metadata={"help": "number of D_edit folds (independent streams)"})
+    folds: int | None = field(default=None, metadata={
+        "help": "number of D_edit folds (independent streams); default 20 as in the paper, or one per D_edit example "
+                "where there are fewer (said in the notices); more folds than D_edit examples is an error"})
     train_subsample: int = field(default=10_000, metadata={"help": "size of D_tr, sampled from D'train"})
     memory_size: int = field(default=40_000, metadata={"help": "memory pool, from D'train minus D_tr"})
     max_records: int | None = field(default=None, metadata={"help": "read at most this many records"})
@@ -85,7 +106,7 @@ class DataConfig:
             raise ValueError(f"data.split_ratios must sum to 1, got {sum(self.split_ratios)}")
         if not 0 < self.test_fraction < 1:
             raise ValueError(f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
-        if self.folds < 1:
+        if self.folds is not None and self.folds < 1:
             raise ValueError("data.folds must be at least 1")
         if self.train_subsample < 0 or self.memory_size < 0:
             raise ValueError("data.train_subsample and data.memory_size must be >= 0")
@@ -141,7 +162,32 @@ class EditDataModule(L.LightningDataModule):
     # -- shared ------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if self.splits is None:
-            self.splits = self.make_splits(*self.read_examples())
+            self.splits = self.make_splits(*self._without_duplicates(*self.read_examples()))
+
+    def _without_duplicates(self, records: list[Example], test: list[Example] | None):
+        """A (prompt, target) pair counts once: repeats are dropped before splitting, and a test
+        record that is also a training record is dropped from the test file, so no example is in
+        two splits (it would be trained on, edited and scored at once)."""
+        seen: set[tuple[str, str]] = set()
+        kept = []
+        for e in records:
+            key = (e.prompt, str(e.target))
+            if key in seen:
+                self.dropped["duplicate (prompt, target) (records)"] += 1
+            else:
+                seen.add(key)
+                kept.append(e)
+        if test is not None:
+            fresh, test_seen = [], set()
+            for e in test:
+                key = (e.prompt, str(e.target))
+                if key in seen or key in test_seen:
+                    self.dropped["test record repeating another record (records)"] += 1
+                else:
+                    test_seen.add(key)
+                    fresh.append(e)
+            test = fresh
+        return kept, test
 
     def make_splits(self, records: list[Example], test: list[Example] | None) -> EditSplits:
         cfg = self.config
@@ -173,11 +219,23 @@ class EditDataModule(L.LightningDataModule):
             task=self.task,
             train=train,
             val=val,
-            folds=cut_folds(edit, min(cfg.folds, len(edit))),
+            folds=cut_folds(edit, self.fold_count(len(edit), "D_edit examples")),
             train_subsample=[train[i] for i in tr_idx],
             test=test,
             memory=memory,
         )
+
+    def fold_count(self, available: int, what: str) -> int:
+        """data.folds, checked against how many examples there are to cut into folds."""
+        asked = self.config.folds
+        if asked is None:
+            if available < 20:
+                self.notices.append(f"{available} {what}: {available} folds of one example (data.folds unset; "
+                                    "the paper's 20 needs 20)")
+            return min(20, available)
+        if asked > available:
+            raise DataError(f"data.folds={asked} but there are only {available} {what}; use data.folds <= {available}")
+        return asked
 
     def stats(self) -> dict[str, Any]:
         self.setup()

@@ -122,7 +122,7 @@ class FactsConfig(DataConfig):
     relations: list[str] = field(default_factory=lambda: list(TEMPLATES), metadata={"help": "relations to use"})
     min_city_population: int = field(default=1_000_000, metadata={"help": "cities at least this large"})
     split_ratios: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])
-    folds: int = 5
+    folds: int | None = 5
     train_subsample: int = 300
 
     def __post_init__(self) -> None:

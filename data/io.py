@@ -14,29 +14,49 @@ def _existing(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder; this setting takes a file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file")
     return path
+
+
+def _text(path: Path) -> str:
+    """The file as UTF-8 text; a byte that is not UTF-8 is named by its line."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte {raw[err.start]:#04x}); save the file as UTF-8") from None
+
+
+def read_records(path: str | Path) -> Iterator[tuple[str, dict]]:
+    """Records of a JSON array or JSONL file, told apart by their first character, not the name."""
+    path = _existing(path)
+    head = _text(path).lstrip()[:1]
+    return read_json_array(path) if head == "[" else read_jsonl(path)
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[str, dict]]:
     """Yield (where, record) with `where` = "FILE:LINE"; blank lines are skipped."""
     path = _existing(path)
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{number}: malformed JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-            yield f"{path}:{number}", record
+    for number, line in enumerate(_text(path).split("\n"), 1):  # not splitlines: U+2028 may sit in a string
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{number}: malformed JSON ({err.msg} at column {err.colno})") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+        yield f"{path}:{number}", record
 
 
 def read_json_array(path: str | Path) -> Iterator[tuple[str, dict]]:
     """Yield (where, record) from a JSON array file; `where` = "FILE:LINE (record N)"."""
     path = _existing(path)
-    text = path.read_text(encoding="utf-8")
+    text = _text(path)
     try:
         records = json.loads(text)
     except json.JSONDecodeError as err:
@@ -58,9 +78,12 @@ def _object_lines(text: str) -> list[int]:
     for ch in text:
         if ch == "\n":
             line += 1
-        if in_string:
-            escape = ch == "\\" and not escape
-            if ch == '"' and not escape:
+        if in_string:  # a backslash escapes the next character, itself included
+            if escape:
+                escape = False
+            elif ch == "\\":
+                escape = True
+            elif ch == '"':
                 in_string = False
             continue
         if ch == '"':

@@ -15,12 +15,11 @@ label values to 0/1. A separate `test_path` is D_test; otherwise D_test is carve
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from benchmark.registry import DATASETS
 from data.base import CLASSIFICATION, GENERATION, DataConfig, DataError, EditDataModule, Example
 from data.io import field as get
-from data.io import read_json_array, read_jsonl
+from data.io import read_records
 
 KNOWN_FIELDS = ("prompt", "target", "equivalents", "locality_prompt", "locality_answer", "relation", "id")
 
@@ -62,18 +61,21 @@ class JsonMapDataModule(EditDataModule):
 
     def _read(self, path: str) -> list[Example]:
         cfg, fields = self.config, self.config.fields
-        reader = read_json_array if Path(path).suffix == ".json" else read_jsonl
+        reader = read_records  # a JSON array or JSONL, whatever the file is named
         out = []
         for where, record in reader(path):
-            self.records_read += 1
-            if cfg.max_records and len(out) >= cfg.max_records:
+            if cfg.max_records and self.records_read >= cfg.max_records:
                 break
+            self.records_read += 1
             prompt = get(record, fields["prompt"], where, str)
             raw = get(record, fields["target"], where, (str, int, bool))
             if self.task == CLASSIFICATION:
                 if str(raw) not in cfg.labels:
                     raise DataError(f"{where}: label {raw!r} of field '{fields['target']}' is not in data.labels")
                 target = cfg.labels[str(raw)]
+            elif not str(raw).strip():
+                self.dropped["empty target (records)"] += 1
+                continue
             else:
                 target = cfg.target_prefix + str(raw).strip()
             equivalents = (_strings(get(record, fields["equivalents"], where), where, fields["equivalents"])

@@ -52,7 +52,7 @@ class TrexConfig(DataConfig):
     relations: list[str] | None = field(default=None, metadata={"help": "relation ids (default: every P*.jsonl)"})
     modify: int = field(default=32, metadata={"help": "facts to modify (the edit stream)"})
     form: str = field(default="causal", metadata={"help": "causal (text before the mask) | masked (cloze)"})
-    folds: int = 1
+    folds: int | None = 1
     train_subsample: int = 1000
 
     def __post_init__(self) -> None:
@@ -131,9 +131,10 @@ class TrexDataModule(EditDataModule):
         rest = [records[i] for i in order[cfg.modify :]]
         if not stream:
             raise DataError(f"{cfg.path}: no fact could be modified")
+        folds = cut_folds(stream, self.fold_count(len(stream), "modified facts"))
         subsample = rest[: cfg.train_subsample]
         memory = rest[cfg.train_subsample : cfg.train_subsample + cfg.memory_size]
-        return EditSplits(task=self.task, train=records, val=[], folds=cut_folds(stream, min(cfg.folds, len(stream))),
+        return EditSplits(task=self.task, train=records, val=[], folds=folds,
                           train_subsample=subsample, test=subsample, memory=memory, unmodified=subsample)
 
 

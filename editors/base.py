@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from benchmark.models.base import ModelAdapter
-from data.base import EditSplits, Example
+from data.base import EditorData, Example
 
 
 @dataclass
@@ -71,7 +71,7 @@ class Editor(L.LightningModule):
         """Parameters this editor changes; they are saved and restored between folds."""
         return {}
 
-    def prepare(self, splits: EditSplits) -> None:
+    def prepare(self, data: EditorData) -> None:
         """Once per run, before the first fold: freeze what the editor does not own (no wasted
         gradients), snapshot the initial weights, read the memory."""
         trainable = set(map(id, self.trainable_parameters().values()))
@@ -110,7 +110,7 @@ class Editor(L.LightningModule):
         return {}
 
     # -- training phase (needs_training) ------------------------------------------------------
-    def training_module(self, splits: EditSplits) -> L.LightningModule:
+    def training_module(self, data: EditorData) -> L.LightningModule:
         """A LightningModule with its own data loaders whose fit trains what the editor learns;
         it logs `monitor` (higher is better) on D_val."""
         raise NotImplementedError(f"{type(self).__name__} has no training phase")
@@ -123,8 +123,10 @@ class Editor(L.LightningModule):
 
     # -- resume ---------------------------------------------------------------------------------
     def edit_state(self) -> dict[str, Any]:
-        """Everything the edits so far have changed, to continue a fold after a crash."""
-        return {n: p.detach().clone() for n, p in self.trainable_parameters().items()}
+        """Everything the edits so far have changed, to continue a fold after a crash: the trainable
+        tensors that differ from the fold's initial model (`reset` restores the others)."""
+        return {n: p.detach().clone() for n, p in self.trainable_parameters().items()
+                if not torch.equal(p, self._initial[n])}
 
     @torch.no_grad()
     def load_edit_state(self, state: dict[str, Any]) -> None:

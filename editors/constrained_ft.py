@@ -12,8 +12,9 @@ mistake is trained until the model gets it right or `max_steps`.
 * `block`: one transformer block by index (0 .. L-1; a seq2seq model's decoder blocks),
   `embeddings`, `last` or `all`.
 * `mix=ftm` trains on the modified fact only; `mix=fta` adds, in every step, as many examples of
-  unmodified facts as there are modified ones (their App. B), drawn from the data's unmodified
-  facts where it has them (modified-facts datasets), otherwise from the memory pool of D'train.
+  unmodified facts as there are modified ones (their App. B), drawn from the memory pool (facts
+  of D'train outside D_tr). Never from D_tr, on which A_F\\S, TrainR (and T-REx's TestR) are
+  measured: an editor is not handed it (`EditorData`).
 * `delta=inf` is plain fine-tuning of the chosen parameters.
 """
 
@@ -27,7 +28,7 @@ import torch
 from torch import Tensor
 
 from benchmark.registry import EDITORS
-from data.base import EditSplits, Example
+from data.base import EditorData, Example
 from editors.base import Editor, EditorConfig, EditResult
 from editors.ft import adam
 
@@ -85,11 +86,12 @@ class ConstrainedFTEditor(Editor):
     def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
         return self.adapter.select_parameters(self.config.block)
 
-    def prepare(self, splits: EditSplits) -> None:
-        super().prepare(splits)
-        self.unmodified = list(splits.unmodified or splits.memory)
+    def prepare(self, data: EditorData) -> None:
+        super().prepare(data)
+        self.unmodified = list(data.memory)
         if self.needs_memory and not self.unmodified:
-            raise ValueError("editor.mix=fta needs unmodified facts or a memory pool, and the data gives neither")
+            raise ValueError("editor.mix=fta needs unmodified facts from the memory pool, and the data gives none "
+                             "(raise data.memory_size or lower data.train_subsample)")
 
     def step_examples(self, example: Example) -> list[Example]:
         """One minibatch: the modified fact, plus (FTA) as many unmodified facts, fresh each step."""

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from benchmark.registry import EDITORS
-from data.base import CLASSIFICATION, EditSplits, Example
+from data.base import CLASSIFICATION, EditorData, Example
 from editors.base import Editor, EditorConfig, EditResult
 
 
@@ -83,9 +83,9 @@ class FTEditor(Editor):
     def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
         return self.adapter.select_parameters(self.config.layers)
 
-    def prepare(self, splits: EditSplits) -> None:
-        super().prepare(splits)
-        self.memory = list(splits.memory)
+    def prepare(self, data: EditorData) -> None:
+        super().prepare(data)
+        self.memory = list(data.memory)
         if self.needs_memory and not self.memory:
             raise ValueError(f"editor {self.config.name}: the KL term needs a memory set, and data gives none")
 

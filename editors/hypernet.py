@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from data.base import CLASSIFICATION, EditSplits, Example
+from data.base import CLASSIFICATION, EditorData, Example
 from editors.base import Editor, EditResult, TrainedEditorConfig
 from editors.ft import output_kl
 
@@ -140,10 +140,10 @@ class HypernetEditor(Editor):
         return EditResult(steps=1, info={"update_norm": float(sum(dw.norm() ** 2 for dw in updates) ** 0.5)})
 
     # -- the training phase ----------------------------------------------------------------------
-    def training_module(self, splits: EditSplits) -> HypernetTraining:
+    def training_module(self, data: EditorData) -> HypernetTraining:
         for p in self.model.parameters():
             p.requires_grad_(False)
-        return HypernetTraining(self, splits)
+        return HypernetTraining(self, data)
 
     def hypernet_parameters(self) -> list[nn.Parameter]:
         return [*self.hypernet.parameters(), self.log_lr]
@@ -164,13 +164,13 @@ class HypernetEditor(Editor):
 class HypernetTraining(L.LightningModule):
     monitor = "val_edit_success"
 
-    def __init__(self, editor: HypernetEditor, splits: EditSplits):
+    def __init__(self, editor: HypernetEditor, data: EditorData):
         super().__init__()
         self.editor, self.cfg = editor, editor.config
-        self.train_examples = splits.train[: self.cfg.train_examples]
-        self.val_examples = (splits.val or splits.train[-32:])[:64]
+        self.train_examples = data.train[: self.cfg.train_examples]
+        self.val_examples = (data.val or data.train[-32:])[:64]
         pool: dict[str | None, list[Any]] = {}
-        for e in splits.train:
+        for e in data.train:
             pool.setdefault(e.relation, []).append(e.target)
         self.pool = pool
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from benchmark.registry import EDITORS
-from data.base import EditSplits
+from data.base import EditorData
 from editors.base import EditorConfig
 from editors.datastore import BACKENDS
 from editors.retrieval import RetrievalEditor
@@ -56,11 +56,11 @@ class KNNLMEditor(RetrievalEditor):
     def in_scope(self, distance: Tensor) -> Tensor:
         return distance <= self.config.epsilon
 
-    def prepare(self, splits: EditSplits) -> None:
-        super().prepare(splits)
+    def prepare(self, data: EditorData) -> None:
+        super().prepare(data)
         if self.config.source == "edits+train":
             with torch.no_grad():
-                self.preload(splits.train)
+                self.preload(data.train)
 
 
 EDITORS.register("knn_lm", KNNLMEditor, KNNLMConfig,

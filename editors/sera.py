@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from benchmark.models import ModelConfig, build_model
 from benchmark.registry import EDITORS
-from data.base import EditSplits, Example
+from data.base import EditorData, Example
 from editors.base import TrainedEditorConfig
 from editors.datastore import BACKENDS
 from editors.retrieval import RetrievalEditor
@@ -141,12 +141,12 @@ class SERAEditor(RetrievalEditor):
             probability = torch.sigmoid(self.classifier.logit_from_cosine(cosine.to(self.classifier.scale)))
         return probability > self.config.threshold
 
-    def training_module(self, splits: EditSplits) -> ScopeTraining:
-        train = splits.train[: self.config.train_examples]
+    def training_module(self, data: EditorData) -> ScopeTraining:
+        train = data.train[: self.config.train_examples]
         if not any(e.equivalents for e in train):
             raise ValueError("sera: D'train has no equivalent inputs to learn the scope of an edit from")
         self.classifier.train()
-        val = scope_pairs(splits.val or splits.train[-64:], seed=1)
+        val = scope_pairs(data.val or data.train[-64:], seed=1)
         return ScopeTraining(self.classifier, scope_pairs(train, seed=0), val, self.config)
 
     def trained_state(self) -> dict:

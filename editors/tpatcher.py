@@ -18,10 +18,11 @@ Choices where the paper is silent or ambiguous, each a config field:
   beta -3, gamma 3: ReLU is exactly zero below threshold (SiLU leaks silu(s)*v onto every token,
   and the leaks of many patches add up), and beta = 0 left no margin in the prototype. For SiLU
   "by the same reasoning" as GELU(-3) ~ -0.004 we take beta -8 (|silu(-8)| ~ 0.003), gamma 8.
-* Memory rows are the FFN queries at the *scored* positions of memory examples (the [CLS] state;
-  the positions that predict answer tokens): the only ones whose patch activation reaches an
-  answer. Patching the last FFN leaves its queries unchanged, so the memory is computed once and
-  grows by the stream's examples as editing proceeds (`memory_update`).
+* Memory rows are the patched FFN's queries where its output can reach an answer: at the last
+  FFN (the default) the *scored* positions of memory examples (the [CLS] state; the positions
+  that predict answer tokens); at an earlier FFN (`layer`) every real position, since the later
+  blocks' attention carries each to the answer. A patch leaves its own FFN's queries unchanged,
+  so the memory is computed once and grows by the stream's examples (`memory_update`).
 * S(.; k) over the memory needs gradient only at its top-k entries: they are found by one scan
   without gradient and only those k entries are recomputed with gradient (same values, same
   gradient; editors/patch_memory.py). On CPU the scan reads an int8 copy of the memory under a
@@ -37,10 +38,12 @@ Choices where the paper is silent or ambiguous, each a config field:
   firing on memory queries after a handful of steps; the published code instead trains at least
   100 steps (`min_steps`). `stop_margin` > 0 demands a logit margin, which raises GR.
 
-Fast path: the patch sits in the last FFN and all that follows it is position-wise, so the FFN
-query, its output (with the earlier patches) and the residual at the scored positions are
-computed once per edit, and each step only runs patch -> residual -> norm -> head on those rows.
-`mode=naive` runs the full model every step, for checking.
+Fast path: everything before the patched FFN is computed once per edit (its queries, its output
+with the earlier patches, the residual), and each step runs only what follows it
+(`ModelAdapter.capture`): at the last FFN patch -> residual -> norm -> head on the scored rows
+(all position-wise); at an earlier FFN the block's output on every position and each later block,
+called with the arguments it got in the captured forward. Exact at any layer (tests compare it
+with `mode=naive`, which runs the full model every step).
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ from torch import Tensor, nn
 
 from benchmark.models.base import EncodedBatch
 from benchmark.registry import EDITORS
-from data.base import CLASSIFICATION, EditSplits, Example
+from data.base import CLASSIFICATION, EditorData, Example
 from editors.base import Editor, EditorConfig, EditResult
 from editors.patch_memory import QUANTIZED_SCAN, QueryMemory
 
@@ -112,6 +115,10 @@ class TPatcherConfig(EditorConfig):
             raise ValueError("editor.activation_weight, memory_weight, stop_margin and min_steps must be >= 0")
 
 
+def info_max(values: Tensor | None) -> float:
+    return float(values.max()) if values is not None and values.numel() else float("-inf")
+
+
 def smooth_top(values: Tensor, k: int) -> Tensor:
     """S(v; k) = mean(topk(exp(v), k)); topk before exp (same elements, exp is monotone)."""
     flat = values.reshape(-1)
@@ -153,7 +160,10 @@ class TPatcherEditor(Editor):
 
     def __init__(self, config: TPatcherConfig, adapter):
         super().__init__(config, adapter)
-        site = adapter.ffn_site(config.layer)
+        try:
+            site = adapter.ffn_site(config.layer)
+        except ValueError as err:
+            raise ValueError(f"editor.layer: {err}") from None
         if config.activation != "auto":
             act = config.activation
             beta, gamma = THRESHOLDS[act]
@@ -204,13 +214,13 @@ class TPatcherEditor(Editor):
         for i in range(0, len(examples), step):
             part = examples[i : i + step]
             batch = self.adapter.encode([e.prompt for e in part], [e.target for e in part])
-            rows.append(self.adapter.capture(batch, "scored", self.config.layer).query.float())
+            rows.append(self.adapter.memory_queries(batch, self.config.layer).float())
         return torch.cat(rows) if rows else torch.zeros(0, self.site.width)
 
-    def prepare(self, splits: EditSplits) -> None:
-        super().prepare(splits)
+    def prepare(self, data: EditorData) -> None:
+        super().prepare(data)
         self.memory.to(self.adapter.device)
-        self.memory.append(self._queries(splits.memory).to(self.adapter.device))
+        self.memory.append(self._queries(data.memory).to(self.adapter.device))
         self.initial_memory_len = len(self.memory)
 
     def scores(self, prompts: list[str], targets: list) -> list[float]:
@@ -314,13 +324,12 @@ class TPatcherEditor(Editor):
     def edit(self, example: Example) -> EditResult:
         cfg, adapter = self.config, self.adapter
         batch = adapter.encode([example.prompt], [example.target])
-        cache = adapter.capture(batch, "scored", cfg.layer)  # with the earlier patches in place
-        logits0 = adapter.tail(cache.ffn_out, cache.residual)
-        wrong = (~adapter.token_correct(batch, logits0)).nonzero().squeeze(1)
+        cache = adapter.capture(batch, cfg.layer)  # with the earlier patches in place
+        wrong = (~adapter.token_correct(batch, cache.logits)).nonzero().squeeze(1)
         rows = wrong[: cfg.max_patches] if adapter.task != CLASSIFICATION else torch.arange(1)
         if len(rows) == 0:  # right under teacher forcing yet judged wrong (normalisation): patch the first
             rows = torch.arange(1)
-        own = cache.query[rows].float()
+        own = cache.query[cache.scored][rows].float()
         n, width = len(rows), self.site.width
         keys = nn.Parameter((own / own.pow(2).sum(-1, keepdim=True)).T.clone())  # initial activation 1
         bias = nn.Parameter(torch.zeros(n, device=own.device))
@@ -334,7 +343,7 @@ class TPatcherEditor(Editor):
         def new_delta(q: Tensor) -> Tensor:
             return self.act(q.to(keys.dtype) @ keys + bias) @ (value_dir * value_scale)
 
-        steps, solved = 0, False
+        steps, solved, quiet = 0, False, False
         screening = cfg.memory_refresh > 1 and len(self.memory) > cfg.memory_candidates * cfg.topk
         screen, rows, last_scan, missed, scans = None, None, 0, 0, 0
         scanned = dict(self.memory.scans)
@@ -345,7 +354,7 @@ class TPatcherEditor(Editor):
                     screen, rows, miss = self._screen(keys.detach(), bias.detach(), A, rows)
                     last_scan, missed, scans = steps, missed + miss, scans + 1
                 if cfg.mode == "fast":
-                    logits = adapter.tail(cache.ffn_out + new_delta(query).to(cache.ffn_out.dtype), cache.residual)
+                    logits = cache.finish(cache.ffn_out + new_delta(query).to(cache.ffn_out.dtype))
                 else:
                     with adapter.added_to_ffn(new_delta, cfg.layer):
                         logits = adapter.scored_logits(batch)
@@ -372,8 +381,12 @@ class TPatcherEditor(Editor):
         with torch.no_grad():
             own_act = (own @ keys + bias).diagonal() if n > 1 else (own @ keys + bias).reshape(-1)
             mem_max = (self.memory.matrix @ keys + bias).max(0).values if len(self.memory) else None
-        info = {"patches": n, "solved": solved, "activation": own_act.tolist(),
+        # "solved" is the stop rule (the edit holds and, with stop_below_beta, the patch is silent on
+        # the memory); an edit stopped by max_steps says which half failed
+        info = {"patches": n, "solved": solved and quiet, "holds": solved, "activation": own_act.tolist(),
                 "memory_max": mem_max.tolist() if mem_max is not None else []}
+        if not (solved and quiet):
+            info["failure"] = self._failure(own, own_act, mem_max, solved)
         bounded = self.memory.scans["bounded"] - scanned["bounded"]
         if bounded:  # what the int8 scan left to rescore in fp32, per step (of the memory's rows)
             rescored = self.memory.scans["rescored_rows"] - scanned["rescored_rows"]
@@ -381,6 +394,20 @@ class TPatcherEditor(Editor):
         if screening:  # rows of the true top-k that the candidates lacked, summed over rescans
             info.update(memory_scans=scans, screen_missed_rows=missed)
         return EditResult(steps=steps, info=info)
+
+    @torch.no_grad()
+    def _failure(self, own: Tensor, own_act: Tensor, mem_max: Tensor | None, holds: bool) -> str:
+        """Why an edit ran to max_steps, in one line: which half of the stop rule failed, and how
+        close the edit's queries are to the memory (near-identical queries, as a tiny model's are,
+        make "fire on the edit, stay silent on the memory" infeasible)."""
+        why = (f"the patch fires on the memory (pre-activation {info_max(mem_max):.3g} > {self.silent_below:g})"
+               if holds else "the edit does not hold")
+        if float(own_act.min()) <= self.silent_below:
+            why += f"; the patch is silent on its own query (pre-activation {float(own_act.min()):.3g})"
+        if len(self.memory):
+            cosine = F.normalize(own, dim=-1) @ F.normalize(self.memory.matrix, dim=-1).T
+            why += f"; nearest memory query at cosine {float(cosine.max()):.4f}"
+        return f"max_steps ({self.config.max_steps}): {why}"
 
     @torch.no_grad()
     def fold_report(self) -> dict:

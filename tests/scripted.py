@@ -40,6 +40,7 @@ class ScriptedConfig(EditorConfig):
     forget: bool = False  # each edit erases the previous edit and t1
     crash_at: int = -1  # raise on this edit call (simulated crash), counting from 0
     equivalents_learned: int = 1  # of each edit's equivalents, how many the edit also fixes
+    sleep: float = 0.0  # seconds each edit takes (signal tests)
 
 
 class Crash(RuntimeError):
@@ -65,6 +66,10 @@ class ScriptedEditor(Editor):
             ScriptedEditor.calls += 1
             raise Crash("simulated crash")
         ScriptedEditor.calls += 1
+        if self.config.sleep:
+            import time
+
+            time.sleep(self.config.sleep)
         if self.config.forget:
             self.knowledge.pop(self.last, None)
             self.knowledge.pop("t1", None)

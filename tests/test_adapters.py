@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from tests.conftest import FAMILIES, tiny
@@ -17,6 +18,37 @@ def test_tail_reproduces_logits_exactly(family):
     cache = adapter.capture(batch)
     assert cache.query.shape[0] == full.shape[0] == batch.targets.shape[0]
     assert torch.allclose(adapter.tail(cache.ffn_out, cache.residual), full, atol=1e-5)
+
+
+@pytest.mark.parametrize("layer", [-1, -2, 0])
+def test_finish_after_any_ffn_equals_the_full_forward(family, layer):
+    """`capture(batch, layer).finish` reruns only what follows block `layer`'s FFN; with any change
+    of that FFN's output (a delta of its query, at every position as a hook adds it) it gives the
+    full forward's logits. Three blocks, so -1, -2 and 0 are three different blocks, and a batch
+    of prompts of different lengths (padding)."""
+    adapter = tiny(FAMILIES[family], layers=3)
+    prompts, targets = _examples(adapter)
+    batch = adapter.encode(prompts, targets)
+    cache = adapter.capture(batch, layer)
+    assert torch.allclose(cache.finish(cache.ffn_out), cache.logits, atol=1e-5)
+    assert int(cache.scored.sum()) == batch.targets.shape[0]
+
+    def delta(q):
+        return 3 * q.flip(-1)
+
+    with adapter.added_to_ffn(delta, layer):
+        full = adapter.scored_logits(batch)
+    assert (full - cache.logits).abs().max() > 1e-4  # the change reaches the answer
+    assert torch.allclose(cache.finish(cache.ffn_out + delta(cache.query)), full, atol=1e-5)
+    memory = adapter.memory_queries(batch, layer)
+    expected = batch.score_mask if layer % 3 == 2 else batch.valid_mask
+    assert memory.shape[0] == int(expected.sum())
+
+
+def test_layer_out_of_range_is_one_line(family):
+    adapter = tiny(FAMILIES[family])
+    with pytest.raises(ValueError, match="layer 5 out of range: the model has 2 blocks"):
+        adapter.ffn_site(5)
 
 
 def test_added_delta_changes_output_and_removal_restores_exactly(family):

@@ -61,7 +61,7 @@ def test_object_sampler_follows_frequency_and_never_returns_the_original():
 
 @needs_shared
 def test_fever_reader_on_the_real_sample():
-    dm = datamodule("data=fever", f"data.path={SHARED_DATA / 'fever'}", "data.folds=2")
+    dm = datamodule("data=fever", f"data.path={SHARED_DATA / 'fever'}", "data.folds=1")
     assert dm.records_read == 10 and len(dm.splits.test) == 5
     assert {e.target for e in dm.splits.test} <= {0, 1}
     assert "no back-translation model" in dm.notices[0]
@@ -167,6 +167,9 @@ def test_bad_input_names_file_line_and_field(tmp_path, content, message):
 def test_empty_split_and_missing_folder(tmp_path):
     (tmp_path / "fever-train-kilt.jsonl").write_text('{"id": 1, "input": "x", "output": [{"answer": "SUPPORTS"}]}\n')
     (tmp_path / "fever-dev-kilt.jsonl").write_text("")
+    with pytest.raises(DataError, match="fever-dev-kilt.jsonl: empty file"):
+        datamodule("data=fever", f"data.path={tmp_path}")
+    (tmp_path / "fever-dev-kilt.jsonl").write_text("\n")  # no record: the split is empty
     with pytest.raises(DataError, match="is empty"):
         datamodule("data=fever", f"data.path={tmp_path}")
     with pytest.raises(DataError, match="not a folder"):

@@ -39,32 +39,41 @@ def test_edits_stay_within_delta_and_frozen_blocks_stay_put(norm, delta):
     adapter = trained_tiny("decoder")
     editor = ConstrainedFTEditor(ConstrainedFTConfig(name="constrained_ft", block="0", delta=delta, norm=norm,
                                                      lr=1e-2, max_steps=20), adapter)
-    editor.prepare(_splits(adapter.task))
+    editor.prepare(_splits(adapter.task).for_editor())
     before = {n: p.detach().clone() for n, p in adapter.model.named_parameters()}
     tuned = set(editor.trainable_parameters())
     assert tuned == {n for n, _ in adapter.block_parameters(0)}
     for prompt in ["The capital of France is", "Kyoto is a city in", "The capital of Kenya is"]:
         editor.edit(Example("e", prompt, wrong_target(adapter, prompt)))  # lr 1e-2: pushes into the bound
-    assert editor.distance() <= delta * (1 + 1e-5)
+    # float32 rounding of theta0 + projected(theta - theta0) leaves up to an ulp of theta per entry: past
+    # delta by that much (L-inf) or by sqrt(entries) times it (L2, the entries' errors adding up)
+    ulp = 4 * torch.finfo(torch.float32).eps * max(p.abs().max().item() for p in before.values())
+    entries = sum(p.numel() for n, p in adapter.model.named_parameters() if n in tuned)
+    slack = ulp if norm == "linf" else ulp * entries**0.5
+    assert editor.distance() <= delta + slack
     assert editor.distance() >= delta * 0.5, "the edits never reached the bound; the test would not test it"
     for name, p in adapter.model.named_parameters():
         if name not in tuned:
             assert torch.equal(p, before[name]), name
     diffs = torch.cat([(p - before[n]).flatten() for n, p in adapter.model.named_parameters() if n in tuned])
     size = diffs.abs().max() if norm == "linf" else diffs.norm()
-    assert size <= delta * (1 + 1e-5)
+    assert size <= delta + slack
 
 
 def test_fta_batches_mix_as_many_unmodified_facts_as_modified():
+    """FTA's unmodified facts come from the memory pool, never from D_tr (the A_F\\S facts)."""
     adapter = trained_tiny("decoder")
-    unmodified = [Example(f"u{i}", f"{w} lies in", " Asia") for i, w in enumerate(WORDS)]
+    held_out = [Example(f"u{i}", f"{w} lies in", " Asia") for i, w in enumerate(WORDS)]  # D_tr = A_F\S set
+    splits = _splits(adapter.task, held_out)
+    splits.train, splits.train_subsample = splits.train + held_out, held_out
     editor = ConstrainedFTEditor(ConstrainedFTConfig(name="constrained_ft", mix="fta"), adapter)
-    editor.prepare(_splits(adapter.task, unmodified))
+    editor.prepare(splits.for_editor())
     edit = Example("e", "The capital of France is", " Oslo")
     seen = set()
-    for _ in range(20):
+    for _ in range(40):
         batch = editor.step_examples(edit)
-        assert batch[0] is edit and len(batch) == 2 and batch[1] in unmodified
+        assert batch[0] is edit and len(batch) == 2 and batch[1] in splits.memory
+        assert all(batch[1] is not e for e in held_out)
         seen.add(batch[1].uid)
     assert len(seen) > 1, "the unmodified examples are not resampled per step"
     ftm = ConstrainedFTEditor(ConstrainedFTConfig(name="constrained_ft", mix="ftm"), adapter)
@@ -86,7 +95,7 @@ def test_delta_inf_is_plain_fine_tuning():
 def test_knn_overrides_only_within_epsilon(family):
     adapter = trained_tiny(family)
     editor = KNNLMEditor(KNNLMConfig(name="knn_lm", epsilon=0.0, backend="torch"), adapter)
-    editor.prepare(_splits(adapter.task))
+    editor.prepare(_splits(adapter.task).for_editor())
     prompt = "The capital of France is"
     example = Example("e", prompt, wrong_target(adapter, prompt))
     editor.edit(example)
@@ -108,7 +117,7 @@ def test_knn_datastore_from_training_data_survives_reset():
     adapter = trained_tiny("decoder")
     editor = KNNLMEditor(KNNLMConfig(name="knn_lm", source="edits+train", backend="torch"), adapter)
     splits = _splits(adapter.task)
-    editor.prepare(splits)
+    editor.prepare(splits.for_editor())
     assert len(editor.store) == len(splits.train)
     editor.edit(Example("e", "The capital of France is", " Oslo"))
     assert len(editor.store) == len(splits.train) + 1
@@ -145,7 +154,7 @@ def test_sera_answers_from_the_cache_in_scope_and_from_the_model_out_of_scope():
     adapter = trained_tiny("decoder")
     editor = SERAEditor(SERAConfig(name="sera", **SERA_ROW), adapter)
     editor.load_trained(trained_editor_state("sera", "decoder", **SERA_ROW))
-    editor.prepare(_splits(adapter.task))
+    editor.prepare(_splits(adapter.task).for_editor())
     edits = [Example(f"e{i}", p, wrong_target(adapter, p)) for i, p in
              enumerate(["The capital of France is", "Kyoto is a city in"])]
     for e in edits:

@@ -4,15 +4,19 @@ Editors and the loop see a model through three ideas:
 
 * an `EncodedBatch` whose *scored positions* are the hidden states that decide the answer
   (the [CLS] state of a classifier, the positions that predict each target token of a generator);
-* the last FFN (`FFNSite`): the module whose input is the FFN query `q`, the module whose output
+* a block's FFN (`FFNSite`): the module whose input is the FFN query `q`, the module whose output
   is `FFN(q)` (before the residual add), and the activation;
-* `tail(ffn_out, residual)`: everything after that FFN, which is position-wise (residual add,
-  norms, head), so running it on the scored positions alone gives exactly the model's logits.
-  This is what makes T-Patcher's fast path exact, not an approximation.
+* `FFNCache.finish(ffn_out)`: everything after one block's FFN, run from cached inputs. After the
+  last block's FFN all that follows is position-wise (residual add, norms, head), so it runs on the
+  scored positions alone. After an earlier block's FFN the later blocks mix positions: they run on
+  every position, called with exactly the arguments (masks, rotary tables, encoder states) they
+  received in the captured forward. Either way the logits are the model's own, not an
+  approximation; this is what makes T-Patcher's fast path exact at any layer.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,6 +80,14 @@ class ModelConfig:
             raise ValueError(f"model.metric must be exact_match or token_accuracy, got {self.metric!r}")
         if self.layers < 1 or self.hidden < 8 or self.eval_batch_size < 1:
             raise ValueError("model.layers >= 1, model.hidden >= 8 and model.eval_batch_size >= 1 are required")
+        if self.checkpoint is not None:
+            from pathlib import Path
+
+            if not Path(self.checkpoint).is_file():
+                raise ValueError(f"model.checkpoint={self.checkpoint}: no such file")
+            if not str(self.checkpoint).endswith(".safetensors"):
+                raise ValueError(f"model.checkpoint={self.checkpoint}: must be a .safetensors file (pickled "
+                                 "checkpoints are not loaded: they can run code)")
 
 
 @dataclass
@@ -98,17 +110,40 @@ class EncodedBatch:
     targets: Tensor  # classification: float labels [B]; generation: token ids [N]
     owner: Tensor  # [N] example index of each scored position
     size: int  # number of examples B
-    valid_mask: Tensor  # [B, T] bool: every real (non-padding) position, for memory queries
+    valid_mask: Tensor  # [B, T] bool: every real (non-padding) position
 
 
 @dataclass
-class TailCache:
-    """What the last FFN saw and produced on a batch, at the selected positions (rows)."""
+class BlockCall:
+    """One later block as the captured forward called it: replayed on a new hidden state."""
 
-    query: Tensor  # [N, d]
-    ffn_out: Tensor  # [N, d] base FFN(q), before the residual add
-    residual: Tensor  # [N, d]
-    logits: Tensor | None = None  # the forward's scored logits (what `scored_logits` returns)
+    module: nn.Module
+    args: tuple
+    kwargs: dict
+
+    def __call__(self, hidden: Tensor) -> Tensor:
+        if self.args:
+            out = self.module(hidden, *self.args[1:], **self.kwargs)
+        else:
+            out = self.module(**{**self.kwargs, "hidden_states": hidden})
+        return out[0] if isinstance(out, tuple) else out
+
+
+@dataclass
+class FFNCache:
+    """What one block's FFN saw and produced on a batch, and how to finish the forward from there.
+
+    Rows are the positions whose FFN output can reach a scored logit: the scored positions when
+    the block is the last, every position ([B*T], padding included, as a hook sees them) otherwise.
+    `scored` marks the scored positions among the rows (in batch order)."""
+
+    query: Tensor  # [R, d]
+    ffn_out: Tensor  # [R, d] FFN(q) with whatever hooks add to it, before the residual add
+    residual: Tensor  # [R, d]
+    scored: Tensor  # [R] bool
+    memory: Tensor  # [R] bool: the rows that are memory queries (`ModelAdapter.memory_queries`)
+    logits: Tensor | None = None  # the captured forward's scored logits
+    finish: Callable[[Tensor], Tensor] | None = None  # new ffn_out rows -> scored logits
 
 
 def _first_tensor(args: tuple, kwargs: dict) -> Tensor:
@@ -116,8 +151,8 @@ def _first_tensor(args: tuple, kwargs: dict) -> Tensor:
 
 
 class ModelAdapter:
-    """Base adapter. Subclasses set `family`, implement `encode`, `ffn_site`, `_residual_site`,
-    `tail` and `_forward_scored`."""
+    """Base adapter. Subclasses set `family`, implement `encode`, `ffn_site`, `layer_modules`,
+    `_residual_site`, `block_output`, `head` and `_forward_scored`."""
 
     family: str = ""
     task: str = ""
@@ -145,9 +180,18 @@ class ModelAdapter:
         """(module, argument index) whose forward input is the residual that FFN(q) is added to."""
         raise NotImplementedError
 
+    def block_output(self, layer: int, ffn_out: Tensor, residual: Tensor) -> Tensor:
+        """Block `layer`'s output from its FFN output and the residual (pre-LN: their sum;
+        post-LN: the block's norm of it)."""
+        raise NotImplementedError
+
+    def head(self, hidden: Tensor) -> Tensor:
+        """Logits from the last block's output at scored rows (final norm, pooler, vocabulary head)."""
+        raise NotImplementedError
+
     def tail(self, ffn_out: Tensor, residual: Tensor) -> Tensor:
         """Logits at scored rows from the last FFN's output; exact because all of it is position-wise."""
-        raise NotImplementedError
+        return self.head(self.block_output(-1, ffn_out, residual))
 
     def _forward_scored(self, batch: EncodedBatch) -> Tensor:
         raise NotImplementedError
@@ -156,6 +200,9 @@ class ModelAdapter:
     def _site(self, layer: int, projections, activation: str, gated: bool, width: int) -> FFNSite:
         """FFNSite of block `layer`; `projections(block)` gives its (in_proj, out_proj)."""
         layers = self.layer_modules()
+        if not -len(layers) <= layer < len(layers):
+            raise ValueError(f"layer {layer} out of range: the model has {len(layers)} blocks "
+                             f"({-len(layers)}..{len(layers) - 1})")
         index = layer % len(layers)
         in_proj, out_proj = projections(layers[index])
         return FFNSite(in_proj=in_proj, out_proj=out_proj, activation=activation, gated=gated, width=width,
@@ -196,11 +243,19 @@ class ModelAdapter:
         return out
 
     def score_and_queries(self, prompt: str, target: Any, layer: int = -1) -> tuple[float, Tensor]:
-        """One example's `scores` and the FFN queries of `layer` at its scored rows, from one
+        """One example's `scores` and its FFN queries of `layer` (`memory_queries`), from one
         forward where the score is read from the teacher-forced logits."""
         batch = self.encode([prompt], [target])
-        cache = self.capture(batch, "scored", layer)
-        return float(self.example_scores(batch, cache.logits)[0]), cache.query.float()
+        cache = self.capture(batch, layer)
+        return float(self.example_scores(batch, cache.logits)[0]), cache.query[cache.memory].float()
+
+    @torch.no_grad()
+    def memory_queries(self, batch: EncodedBatch, layer: int = -1) -> Tensor:
+        """The FFN queries of `layer` through which a change of that FFN can reach an answer: the
+        scored positions at the last block; every real position at an earlier one, since the
+        later blocks' attention carries it to the scored ones."""
+        cache = self.capture(batch, layer)
+        return cache.query[cache.memory]
 
     def block_parameters(self, index: int = -1) -> list[tuple[str, nn.Parameter]]:
         """Named parameters of transformer block `index` (of the blocks whose last FFN is edited:
@@ -251,12 +306,15 @@ class ModelAdapter:
         return torch.cat(out) if out else torch.zeros(0, self.ffn_site().width)
 
     @torch.no_grad()
-    def capture(self, batch: EncodedBatch, rows: str = "scored", layer: int = -1) -> TailCache:
-        """One full forward that records the FFN query, output and residual at `rows`
-        ("scored" positions or every "valid" position)."""
+    def capture(self, batch: EncodedBatch, layer: int = -1) -> FFNCache:
+        """One full forward that records block `layer`'s FFN query, output and residual at the
+        rows that can reach an answer (see `FFNCache`) and, for an earlier block, the calls of
+        every later block, so that `finish` reruns only what follows the FFN."""
         site = self.ffn_site(layer)
         seen: dict[str, Tensor] = {}
-        res_module, res_arg = self._residual_site(layer)
+        res_module, res_arg = self._residual_site(site.layer_index)
+        later = list(self.layer_modules())[site.layer_index + 1 :]
+        calls: dict[int, BlockCall] = {}
 
         def keep_query(_m, args, kwargs):
             seen.setdefault("query", _first_tensor(args, kwargs))
@@ -267,18 +325,41 @@ class ModelAdapter:
         def keep_out(_m, _args, output):
             seen.setdefault("ffn_out", output)
 
+        def keep_call(index):
+            def hook(module, args, kwargs):
+                calls.setdefault(index, BlockCall(module, args, dict(kwargs)))
+            return hook
+
         handles = [
             site.in_proj.register_forward_pre_hook(keep_query, with_kwargs=True),
             res_module.register_forward_pre_hook(keep_residual, with_kwargs=True),
             site.out_proj.register_forward_hook(keep_out),
+            *[block.register_forward_pre_hook(keep_call(i), with_kwargs=True) for i, block in enumerate(later)],
         ]
         try:
             logits = self._forward_scored(batch)
         finally:
             for h in handles:
                 h.remove()
-        mask = batch.score_mask if rows == "scored" else batch.valid_mask
-        return TailCache(**{k: v[mask] for k, v in seen.items()}, logits=logits)
+        if site.is_last:
+            rows = {k: v[batch.score_mask] for k, v in seen.items()}
+            n = len(rows["query"])
+            ones = torch.ones(n, dtype=torch.bool, device=batch.score_mask.device)
+            return FFNCache(**rows, scored=ones, memory=ones, logits=logits,
+                            finish=lambda out: self.tail(out, rows["residual"]))
+        shape = seen["query"].shape  # [B, T, d]
+        rows = {k: v.reshape(-1, v.shape[-1]) for k, v in seen.items()}
+        replay = [calls[i] for i in range(len(later))]
+
+        def finish(out: Tensor) -> Tensor:
+            hidden = self.block_output(site.layer_index, out.reshape(*shape[:-1], -1),
+                                       rows["residual"].reshape(*shape[:-1], -1))
+            for call in replay:
+                hidden = call(hidden)
+            return self.head(hidden[batch.score_mask])
+
+        return FFNCache(**rows, scored=batch.score_mask.reshape(-1), memory=batch.valid_mask.reshape(-1),
+                        logits=logits, finish=finish)
 
     def add_to_ffn(self, delta_fn, layer: int = -1) -> list:
         """From now on the FFN output of `layer` is FFN(q) + delta_fn(q) (unchanged where delta_fn

@@ -44,6 +44,9 @@ class DecoderLMAdapter(ModelAdapter):
         self.layout = LAYOUTS[model_type]
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
+        # prompts longer than the model's window lose their start (the end leads to the answer)
+        self.window = getattr(model.config, "max_position_embeddings", None) or 2048
+        self.truncated_prompts: set[int] = set()  # hashes of the prompts cut
 
     def layer_modules(self) -> nn.ModuleList:
         return self.model.get_submodule(self.layout["layers"])
@@ -57,8 +60,11 @@ class DecoderLMAdapter(ModelAdapter):
         # Pre-LN block: h + FFN(norm(h)); the norm's input is the residual.
         return self.layer_modules()[layer].get_submodule(self.layout["pre_ffn_norm"]), 0
 
-    def tail(self, ffn_out: Tensor, residual: Tensor) -> Tensor:
-        hidden = self.model.get_submodule(self.layout["final_norm"])(residual + ffn_out)
+    def block_output(self, layer: int, ffn_out: Tensor, residual: Tensor) -> Tensor:
+        return residual + ffn_out
+
+    def head(self, hidden: Tensor) -> Tensor:
+        hidden = self.model.get_submodule(self.layout["final_norm"])(hidden)
         return project(hidden, self.model.get_output_embeddings())
 
     def encode(self, prompts: list[str], targets: list[Any]) -> EncodedBatch:
@@ -69,6 +75,10 @@ class DecoderLMAdapter(ModelAdapter):
             t = tok(str(target), add_special_tokens=False)["input_ids"]
             if not t:
                 raise ValueError(f"target {target!r} of prompt {prompt!r} tokenizes to nothing")
+            if len(p) + len(t) > self.window:
+                keep = max(self.window - len(t) - 1, 1)
+                p = p[:1] + p[-keep:]  # the first token (BOS where the tokenizer adds one), then the end
+                self.truncated_prompts.add(hash(prompt))
             rows.append(p + t)
             spans.append((len(p) - 1, len(p) - 1 + len(t)))  # positions that predict the target
         width = max(map(len, rows))
@@ -94,7 +104,7 @@ class DecoderLMAdapter(ModelAdapter):
 
     def _forward_scored(self, batch: EncodedBatch) -> Tensor:
         # Run the head on the scored positions only: the vocabulary projection dominates the cost.
-        hidden = self.model.base_model(**batch.inputs).last_hidden_state
+        hidden = self.model.base_model(**batch.inputs, use_cache=False).last_hidden_state
         return self.model.get_output_embeddings()(hidden[batch.score_mask])
 
     @torch.no_grad()

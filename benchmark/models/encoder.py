@@ -13,8 +13,8 @@ from data.base import CLASSIFICATION
 
 
 class BertLayout:
-    """Where a BERT/RoBERTa encoder keeps its blocks, last FFN and residual, and what follows the
-    FFN (residual add, LayerNorm, then the family's `_head`): shared by the classifier and the
+    """Where a BERT/RoBERTa encoder keeps its blocks, last FFN and residual, and what follows a
+    block's FFN (residual add, LayerNorm; after the last block the family's `_head`): shared by the classifier and the
     masked-LM adapters."""
 
     model: nn.Module
@@ -30,9 +30,12 @@ class BertLayout:
     def _residual_site(self, layer: int) -> tuple[nn.Module, int]:
         return self.layer_modules()[layer].output, 1  # BertOutput(hidden_states, input_tensor)
 
-    def tail(self, ffn_out: Tensor, residual: Tensor) -> Tensor:
-        out = self.layer_modules()[-1].output
-        return self._head(out.LayerNorm(out.dropout(ffn_out) + residual))
+    def block_output(self, layer: int, ffn_out: Tensor, residual: Tensor) -> Tensor:
+        out = self.layer_modules()[layer].output
+        return out.LayerNorm(out.dropout(ffn_out) + residual)
+
+    def head(self, hidden: Tensor) -> Tensor:
+        return self._head(hidden)
 
 
 class EncoderClassifierAdapter(BertLayout, ModelAdapter):
@@ -67,7 +70,7 @@ class EncoderClassifierAdapter(BertLayout, ModelAdapter):
             targets=torch.tensor([float(t) for t in targets], device=dev),
             owner=torch.arange(n, device=dev),
             size=n,
-            valid_mask=score.to(dev),  # only [CLS] reaches the head, so only it is a memory query
+            valid_mask=mask.to(dev),
         )
 
     def _forward_scored(self, batch: EncodedBatch) -> Tensor:

@@ -75,7 +75,7 @@ class MaskedLMAdapter(BertLayout, ModelAdapter):
             targets=torch.tensor([t for a in answers for t in a], device=dev),
             owner=torch.tensor([i for i, a in enumerate(answers) for _ in a], device=dev),
             size=len(rows),
-            valid_mask=score.to(dev),  # the mask positions are where the answer is read
+            valid_mask=valid.to(dev),
         )
 
     def _forward_scored(self, batch: EncodedBatch) -> Tensor:

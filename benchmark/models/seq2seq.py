@@ -32,11 +32,21 @@ class Seq2SeqAdapter(ModelAdapter):
         act = "relu" if self.model.config.activation_function == "relu" else "gelu"
         return self._site(layer, lambda b: (b.fc1, b.fc2), act, False, self.model.config.d_model)
 
-    def _residual_site(self, layer: int) -> tuple[nn.Module, int]:
-        return self.layer_modules()[layer].fc1, 0  # post-LN block: the residual is q itself
+    @property
+    def _pre_ln(self) -> bool:
+        return self.model.config.model_type == "mbart"  # mBART normalises before the FFN, BART after
 
-    def tail(self, ffn_out: Tensor, residual: Tensor) -> Tensor:
-        hidden = self.layer_modules()[-1].final_layer_norm(residual + ffn_out)
+    def _residual_site(self, layer: int) -> tuple[nn.Module, int]:
+        block = self.layer_modules()[layer]
+        # post-LN (BART): the residual is q itself; pre-LN (mBART): the input of the FFN's norm
+        return (block.final_layer_norm if self._pre_ln else block.fc1), 0
+
+    def block_output(self, layer: int, ffn_out: Tensor, residual: Tensor) -> Tensor:
+        if self._pre_ln:
+            return residual + ffn_out
+        return self.layer_modules()[layer].final_layer_norm(residual + ffn_out)
+
+    def head(self, hidden: Tensor) -> Tensor:
         decoder = self.model.get_decoder()
         if getattr(decoder, "layer_norm", None) is not None:  # mBART's final decoder norm
             hidden = decoder.layer_norm(hidden)
@@ -71,7 +81,7 @@ class Seq2SeqAdapter(ModelAdapter):
         )
 
     def _forward_scored(self, batch: EncodedBatch) -> Tensor:
-        return self.model(**batch.inputs).logits[batch.score_mask]
+        return self.model(**batch.inputs, use_cache=False).logits[batch.score_mask]
 
     @torch.no_grad()
     def generate(self, prompts: list[str], max_new_tokens: int = 16) -> list[str]:
@@ -94,5 +104,5 @@ class Seq2SeqAdapter(ModelAdapter):
         if self.config.metric == "token_accuracy":
             return super().score_and_queries(prompt, target, layer)
         # the score is a generation, not the teacher-forced forward that holds the queries
-        queries = self.capture(self.encode([prompt], [target]), "scored", layer).query.float()
+        queries = self.memory_queries(self.encode([prompt], [target]), layer).float()
         return self.scores([prompt], [target])[0], queries

@@ -74,7 +74,11 @@ def _finish(model, tokenizer, cfg: ModelConfig, family: str) -> ModelAdapter:
     if cfg.checkpoint:
         from safetensors.torch import load_file
 
-        state = load_file(cfg.checkpoint)
+        try:
+            state = load_file(cfg.checkpoint)
+        except Exception as err:  # safetensors' own error types: a damaged or foreign file
+            raise ValueError(f"model.checkpoint={cfg.checkpoint}: not a readable safetensors file "
+                             f"({' '.join(str(err).split())[:100]})") from None
         missing, unexpected = model.load_state_dict(state, strict=False)
         current = model.state_dict()
         loaded = {current[n].data_ptr() for n in state if n in current}
@@ -152,11 +156,42 @@ def load_pretrained(cfg: ModelConfig, path: str | None = None, **load_kwargs) ->
     return _finish(model, tok, cfg, family)
 
 
+def _hub_reachable(timeout: float = 2.0) -> bool:
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _locally_available(name: str) -> bool:
+    """A local folder, or a hub name already in the Hugging Face cache."""
+    from pathlib import Path
+
+    if Path(name).exists():
+        return True
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # not a valid repo id
+        return False
+
+
 def build_model(cfg: ModelConfig) -> ModelAdapter:
     if cfg.name in MODELS:
         return MODELS.get(cfg.name).target(cfg)
+    # offline, an unknown name would spend half a minute in the hub client's retries
+    kwargs = {} if _locally_available(cfg.name) or _hub_reachable() else {"local_files_only": True}
     try:
-        return load_pretrained(cfg)
+        return load_pretrained(cfg, **kwargs)
     except OSError as err:  # neither a local folder nor reachable on a hub
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UnknownNameError(

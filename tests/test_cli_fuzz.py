@@ -1,0 +1,78 @@
+"""Fuzzing the command line: any set of `key=value` overrides either resolves (exit 0) or is
+refused in one line that starts with `seqedit:` (exit 2); never a traceback."""
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from omegaconf import OmegaConf
+
+from benchmark.cli import main
+from benchmark.config import compose
+
+EDITORS = ["tpatcher", "ft_all", "ft_kl_last", "constrained_ft", "knn_lm", "sera", "ke", "mend"]
+DATASETS = ["facts", "fever", "zsre", "trex", "json"]
+
+
+def _keys() -> list[str]:
+    keys = set()
+    for editor, data in zip(EDITORS, DATASETS * 2):
+        cfg = OmegaConf.to_container(compose([f"editor={editor}", f"data={data}"]))
+        stack = [("", cfg)]
+        while stack:
+            prefix, node = stack.pop()
+            for k, v in node.items():
+                key = f"{prefix}{k}"
+                if isinstance(v, dict) and v:
+                    stack.append((key + ".", v))
+                else:
+                    keys.add(key)
+    return sorted(keys)
+
+
+KEYS = _keys()
+ODD = ["", "[0", "{", "null", "[0,0]", "[-1]", "[0, 1, 0]", "nan", "NaN", "inf", "-inf", "true", "[]", "{a: 1}",
+       "${oops}", "???", "-1", "0", "1e309", "-0", "'", '"', "\\", "..", "/", "a=b", "1,2", "0x10", "[[1]]"]
+values = st.one_of(st.integers(-10**12, 10**12).map(str), st.floats().map(str), st.sampled_from(ODD),
+                   st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=12))
+keys = st.one_of(st.sampled_from(KEYS), st.sampled_from(["editor", "data", "model", "experiment"]),
+                 st.sampled_from(KEYS).map(lambda k: k + ".nope"), st.text(max_size=8))
+override = st.one_of(st.tuples(keys, values).map(lambda kv: f"{kv[0]}={kv[1]}"), st.text(max_size=10))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(EDITORS), st.lists(override, min_size=1, max_size=4))
+def test_any_overrides_resolve_or_fail_in_one_line(editor, overrides):
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    err, out = io.StringIO(), io.StringIO()
+    with redirect_stderr(err), redirect_stdout(out):
+        code = main(["config", f"editor={editor}", *overrides])
+    message = err.getvalue()
+    assert code in (0, 2), message
+    if code == 2:
+        assert message.startswith("seqedit: ") and message.count("\n") == 1, message
+    else:
+        assert not message
+
+
+@pytest.mark.parametrize("overrides, names", [
+    (["loop.folds=[0"], "loop.folds=[0"),
+    (["loop.folds=[0,0]"], "loop.folds"),
+    (["loop.max_fold_examples=-50"], "loop.max_fold_examples"),
+    (["loop.max_fold_examples=0"], "loop.max_fold_examples"),
+    (["loop.test_limit=-1"], "loop.test_limit"),
+    (["editor="], "editor="),
+    (["editor.lr=nan"], "editor.lr"),
+    (["editor.layer=99"], None),  # checked when the model is known: see test_adapters
+    (["trainer.accelerator=tpu"], "trainer.accelerator"),
+    (["model.checkpoint=/etc/passwd"], "model.checkpoint"),
+    (["data.folds=0"], "data.folds"),
+])
+def test_the_reported_bad_inputs_name_their_key(capsys, overrides, names):
+    code = main(["config", *overrides])
+    err = capsys.readouterr().err
+    if names is None:
+        assert code == 0
+        return
+    assert code == 2 and err.count("\n") == 1 and names in err, err

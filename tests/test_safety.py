@@ -1,0 +1,162 @@
+"""Runs that survive faults: nothing executes code from a run folder, resume verifies before it
+trusts, one writer per run folder, signals stop cleanly, and run ids stay inside output_dir."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from benchmark.cli import main
+from benchmark.records import ResumeError, RunLock, RunLockedError
+from benchmark.registry import UnknownNameError
+from tests import scripted
+from tests.conftest import ROOT
+from tests.test_loop import _run
+
+
+class Payload:
+    """Pickled, it would create `marker` when loaded with weights_only=False."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _metrics(result):
+    return {f: {k: v for k, v in m.items() if k != "edit_seconds_median"} for f, m in result["folds"].items()}
+
+
+def _crashed_run(tmp_path, crash_at=2):
+    with pytest.raises(scripted.Crash):
+        _run(tmp_path, f"editor.crash_at={crash_at}", "editor.forget=true")
+
+
+def _resume(tmp_path, crash_at=2):
+    return _run(tmp_path, f"editor.crash_at={crash_at}", "editor.forget=true", "resume=true", calls=99)
+
+
+def test_a_hostile_state_file_is_refused_without_running_it(tmp_path):
+    _crashed_run(tmp_path)
+    marker = tmp_path / "pwned"
+    torch.save({"lines": 1, "last": "", "editor": Payload(marker)}, tmp_path / "r" / "state" / "fold0.pt")
+    with pytest.raises(ResumeError, match="fold0.pt: not a readable state file"):
+        _resume(tmp_path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_a_damaged_state_file_is_one_line(tmp_path, damage):
+    _crashed_run(tmp_path)
+    path = tmp_path / "r" / "state" / "fold0.pt"
+    path.write_bytes(path.read_bytes()[:40] if damage == "truncated" else b"not a state file at all")
+    with pytest.raises(ResumeError, match="fold0.pt"):
+        _resume(tmp_path)
+
+
+def test_a_half_written_last_line_is_dropped_and_the_edit_redone(tmp_path):
+    clean = _run(tmp_path / "clean", "editor.forget=true")
+    _crashed_run(tmp_path)
+    records = tmp_path / "r" / "edits.jsonl"
+    with open(records, "a") as handle:  # the crash hit while a record was being written
+        handle.write('{"type": "edit", "fold": 0, "ind')
+    assert _metrics(_resume(tmp_path)) == _metrics(clean)
+
+
+def test_records_cut_before_the_state_are_refused(tmp_path):
+    """Removing the last whole record would redo an edit on top of its own saved state."""
+    _crashed_run(tmp_path)
+    records = tmp_path / "r" / "edits.jsonl"
+    lines = records.read_text().splitlines(keepends=True)
+    records.write_text("".join(lines[:-1]))
+    with pytest.raises(ResumeError, match="covers 3 record lines but .* has 2"):
+        _resume(tmp_path)
+
+
+def test_a_damaged_middle_line_is_named_and_nothing_is_rewritten(tmp_path):
+    _crashed_run(tmp_path)
+    records = tmp_path / "r" / "edits.jsonl"
+    lines = records.read_text().splitlines(keepends=True)
+    lines[1] = lines[1][:20] + "\n"  # a line cut short in the middle of the file
+    records.write_text("".join(lines))
+    before = records.read_bytes()
+    with pytest.raises(ResumeError, match=r"edits.jsonl:2: damaged record line"):
+        _resume(tmp_path)
+    assert records.read_bytes() == before
+
+
+def test_a_changed_covered_record_is_refused(tmp_path):
+    _crashed_run(tmp_path)
+    records = tmp_path / "r" / "edits.jsonl"
+    lines = [json.loads(x) for x in records.read_text().splitlines()]
+    lines[-1]["success"] = not lines[-1]["success"]
+    records.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    with pytest.raises(ResumeError, match="differs from the record the state"):
+        _resume(tmp_path)
+
+
+def test_the_csv_log_is_continued_and_a_finished_run_is_not_touched(tmp_path):
+    _crashed_run(tmp_path)
+    log = tmp_path / "r" / "logs" / "metrics.csv"
+    before = log.read_text().splitlines()
+    assert len(before) > 1
+    _resume(tmp_path)
+    after = log.read_text().splitlines()
+    assert after[: len(before)] == before and len(after) > len(before)
+    steps = [int(line.split(",")[0]) for line in after[1:] if line.split(",")[1] == "edit/success"]
+    assert steps == sorted(steps) and len(steps) == len(set(steps))  # one row per edit, numbered on
+    folder = {p: p.read_bytes() for p in (tmp_path / "r").rglob("*") if p.is_file() and p.name != ".lock"}
+    _resume(tmp_path)  # finished: nothing to do
+    assert {p: p.read_bytes() for p in folder} == folder
+
+
+def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path):
+    lock = RunLock(tmp_path / "r")
+    try:
+        with pytest.raises(RunLockedError, match=f"pid {os.getpid()}"):
+            _run(tmp_path)
+    finally:
+        lock.release()
+    _run(tmp_path)  # released: the run goes ahead
+
+
+def test_a_failed_start_leaves_nothing_that_blocks_a_retry(tmp_path):
+    with pytest.raises(UnknownNameError, match="no-such-model-anywhere"):
+        _run(tmp_path, "model=no-such-model-anywhere")  # fails after the run folder was made
+    result = _run(tmp_path)
+    assert result["folds"]["0"]["E"] == 3
+
+
+@pytest.mark.parametrize("run_id", ["../x", "/tmp/elsewhere", "a/b", ".."])
+def test_run_ids_stay_inside_output_dir(tmp_path, capsys, run_id):
+    code = main(["run", "editor=scripted", "data=handmade", f"output_dir={tmp_path}", f"run_id={run_id}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "must be one folder name" in err
+    assert not (tmp_path.parent / "x").exists()
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_stops_cleanly_and_resume_finishes_the_same(tmp_path, signum, code):
+    args = [sys.executable, "-c", "import sys; from tests import scripted; from benchmark.cli import main; "
+            "sys.exit(main(sys.argv[1:]))", "run", "editor=scripted", "data=handmade", "model=tiny-llama",
+            f"output_dir={tmp_path}", "run_id=r", "loop.progress=false", "editor.forget=true", "editor.sleep=0.4"]
+    proc = subprocess.Popen(args, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    records = tmp_path / "r" / "edits.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (records.exists() and records.read_text().count("\n") >= 2):
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    last = err.strip().splitlines()[-1]
+    assert "resume=true" in last and signal.Signals(signum).name in last
+    assert not (tmp_path / "r" / "results.json").exists()
+    resumed = _run(tmp_path, "editor.forget=true", "editor.sleep=0.4", "resume=true")
+    clean = _run(tmp_path / "clean", "editor.forget=true", "editor.sleep=0.4")
+    assert _metrics(resumed) == _metrics(clean)
