@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import warnings
+from pathlib import Path
 
 from benchmark.config import ConfigError, compose
 from benchmark.registry import DATASETS, EDITORS, MODELS, UnknownNameError
@@ -16,7 +17,8 @@ seqedit run [experiment=NAME] editor=NAME data=NAME model=NAME [key=value ...]
 seqedit data stats data=NAME [data.path=DIR] [key=value ...]
 seqedit init model=NAME data=NAME init.epochs=N [key=value ...]   train (or load) the initial model
 seqedit train-editor editor=sera|ke|mend model=NAME data=NAME [key=value ...]   training phase
-seqedit sweep sweeps/FILE.yaml [--count N] [key=value ...]   offline W&B sweep, trials run here
+seqedit sweep sweeps/FILE.yaml [--count N] [--test] [key=value ...]   offline W&B sweep, trials run here;
+                                      --test: the best trial per editor run again on D_edit/D_test
 seqedit config [key=value ...]        print the resolved config
 seqedit leaderboard RUNS_DIR [out=DIR]  leaderboard.md and plots of every run below RUNS_DIR
                                       (a sweep folder: the best trial per editor)
@@ -77,10 +79,12 @@ def _sweep(args: list[str]) -> None:
     files = [a for a in args if a.endswith((".yaml", ".yml"))]
     if len(files) != 1:
         raise ValueError("seqedit sweep needs one sweep file, e.g. sweeps/tpatcher.yaml")
-    count, rest, out = "1", [], "runs/sweeps"
+    count, rest, out, test = "1", [], "runs/sweeps", False
     it = iter(a for a in args if a != files[0])
     for arg in it:
-        if arg == "--count":
+        if arg == "--test":
+            test = True
+        elif arg == "--count":
             count = next(it, "")
         elif arg.startswith("--count="):
             count = arg.split("=", 1)[1]
@@ -90,7 +94,12 @@ def _sweep(args: list[str]) -> None:
             rest.append(arg)
     if not count.isdigit():
         raise ValueError(f"--count needs a whole number, got {count!r}")
-    folder = run_sweep(files[0], int(count), rest, out)
+    folder = run_sweep(files[0], int(count), rest, out) if int(count) > 0 or not test else \
+        Path(out) / Path(files[0]).stem
+    if test:
+        from benchmark.sweep import test_best
+
+        test_best(folder)
     print(sweep_leaderboard(folder))
 
 

@@ -29,6 +29,9 @@ class ConfigError(ValueError):
 @dataclass
 class LoopConfig:
     eval_every: int = field(default=50, metadata={"help": "edits between ER/TrainR/TestR evaluations"})
+    split: str = field(default="edit", metadata={
+        "help": "edit: stream D_edit's folds (the reported protocol) | val: stream D_val's, for tuning settings; "
+                "D_test is then not read (no TestR) and editors are not handed D_val"})
     folds: list[int] | None = field(default=None, metadata={"help": "fold indices to run (default all)"})
     max_fold_examples: int | None = field(default=None, metadata={"help": "cut each fold's stream to this"})
     test_limit: int | None = field(default=None, metadata={"help": "evaluate on at most this many D_test examples"})
@@ -43,6 +46,8 @@ class LoopConfig:
         return fold[: self.max_fold_examples]
 
     def __post_init__(self) -> None:
+        if self.split not in ("edit", "val"):
+            raise ValueError(f"loop.split must be edit or val, got {self.split!r}")
         for key in ("eval_every", "state_every"):
             if getattr(self, key) < 1:
                 raise ValueError(f"loop.{key} must be at least 1, got {getattr(self, key)}")

@@ -33,7 +33,7 @@ from editors.base import Editor
 class StreamItem:
     fold: int
     index: int
-    example: Example
+    example: Example | None  # None: nothing left to stream in the fold, only its end to record
 
 
 def edit_seed(seed: int, fold: int, index: int) -> int:
@@ -145,8 +145,9 @@ class SequentialEditingCallback(L.Callback):
         if batch.fold != self.fold:
             self._end_fold(pl_module)
             self._start_fold(pl_module, batch.fold)
-        self._process(pl_module, batch)
-        self.bar.update(1)
+        if batch.example is not None:
+            self._process(pl_module, batch)
+            self.bar.update(1)
 
     def on_test_end(self, trainer, pl_module):
         self._end_fold(pl_module)

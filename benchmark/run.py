@@ -7,6 +7,7 @@ import hashlib
 import json
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +109,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     run_cfg = instantiate(cfg)
     seed_all(run_cfg.seed)
     datamodule = build_data(run_cfg)
-    splits = datamodule.splits
+    splits = streamed_splits(datamodule, run_cfg.loop.split)
     folds = _fold_indices(run_cfg, splits)
     # a missing training phase stops the run before anything is written
     trained = load_trained_state(run_cfg) if EDITORS.get(run_cfg.editor.name).target.needs_training else None
@@ -127,16 +128,24 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 print(f"seqedit: {run_dir} is finished; nothing to resume", file=sys.stderr)
                 return json.loads((run_dir / "results.json").read_text())
             start = _plan_resume(records, folds) if run_cfg.resume else {f: 0 for f in folds}
-            return _edit_folds(run_cfg, cfg, datamodule, trained, records, run_dir, folds, start, rank, world)
+            return _edit_folds(run_cfg, cfg, datamodule, splits, trained, records, run_dir, folds, start, rank,
+                               world)
         finally:
             records.close()
     finally:
         lock.release()
 
 
-def _build_editor(run_cfg: RunConfig, datamodule: EditDataModule, trained) -> Editor:
+def streamed_splits(datamodule: EditDataModule, split: str) -> EditSplits:
+    """The splits a run works with: as read (`loop.split=edit`), or for tuning (`val`) with D_val's
+    folds streamed instead of D_edit's, D_test left unread and D_val out of the editor's hands."""
+    if split == "edit":
+        return datamodule.splits
+    return replace(datamodule.splits, folds=datamodule.val_stream(), test=[], val=[])
+
+
+def _build_editor(run_cfg: RunConfig, datamodule: EditDataModule, splits: EditSplits, trained) -> Editor:
     adapter = build_model(run_cfg.model)
-    splits = datamodule.splits
     if adapter.task != splits.task:
         raise ValueError(f"model {run_cfg.model.name} ({adapter.family}) answers {adapter.task}, "
                          f"but data {run_cfg.data.name} is a {splits.task} task")
@@ -164,10 +173,10 @@ def _loggers(run_cfg: RunConfig, run_dir: Path, resume_step: int | None) -> list
     return loggers
 
 
-def _edit_folds(run_cfg: RunConfig, cfg: DictConfig, datamodule: EditDataModule, trained, records: RunRecords,
-                run_dir: Path, folds: list[int], start: dict[int, int], rank: int, world: int) -> dict[str, Any]:
-    splits = datamodule.splits
-    editor = _build_editor(run_cfg, datamodule, trained)
+def _edit_folds(run_cfg: RunConfig, cfg: DictConfig, datamodule: EditDataModule, splits: EditSplits, trained,
+                records: RunRecords, run_dir: Path, folds: list[int], start: dict[int, int], rank: int,
+                world: int) -> dict[str, Any]:
+    editor = _build_editor(run_cfg, datamodule, splits, trained)
     initial_path = records.dir / "initial.json"
     if run_cfg.resume and initial_path.exists():
         initial = json.loads(initial_path.read_text())
@@ -175,8 +184,11 @@ def _edit_folds(run_cfg: RunConfig, cfg: DictConfig, datamodule: EditDataModule,
         initial = _initial_accuracies(editor, splits, folds, run_cfg.loop)
         records.write_json("initial.json", initial)
 
-    stream = [StreamItem(f, i, ex) for f in folds if f in start
-              for i, ex in enumerate(run_cfg.loop.stream(splits.folds[f])) if i >= start[f]]
+    stream = []
+    for f in (f for f in folds if f in start):
+        rest = [StreamItem(f, i, ex) for i, ex in enumerate(run_cfg.loop.stream(splits.folds[f])) if i >= start[f]]
+        # a fold whose every example was recorded but whose end was not (stopped just before it)
+        stream += rest or [StreamItem(f, start[f], None)]
     done_edits = sum(1 for r in records.lines if r["type"] == "edit" and r["edited"])
     callback = SequentialEditingCallback(splits, records, run_cfg.loop, run_cfg.seed, initial, len(stream))
     callback.global_step = done_edits
@@ -196,6 +208,7 @@ def _edit_folds(run_cfg: RunConfig, cfg: DictConfig, datamodule: EditDataModule,
         results = _gather_ranks(records, initial, run_dir, to_yaml(cfg), run_cfg.seed, rank, world)
     else:
         results = summarize(records)
+    results["split"] = run_cfg.loop.split  # edit: D_edit streamed (report); val: D_val streamed (tuning)
     if callback.state_bytes:
         results["state_bytes_per_edit"] = round(sum(callback.state_bytes) / len(callback.state_bytes))
     truncated = len(getattr(editor.adapter, "truncated_prompts", ()))

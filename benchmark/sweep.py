@@ -24,6 +24,15 @@ from benchmark.config import ConfigError, compose, instantiate
 from benchmark.metrics import METRICS
 
 
+def _sweeps():
+    """W&B's search engine, imported quietly: its pydantic models warn at import time, and an
+    error message of ours must stay one line."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import sweeps
+    return sweeps
+
+
 def _format(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(_format(v) for v in value) + "]"
@@ -59,7 +68,7 @@ def _candidate_values(spec: dict[str, Any]) -> list[Any]:
 
 def validate_sweep(spec: Any, path: str | Path) -> None:
     """W&B's own schema, then every parameter value against seqedit's config schema."""
-    import sweeps
+    sweeps = _sweeps()
 
     if not isinstance(spec, dict) or not isinstance(spec.get("parameters"), dict):
         raise ConfigError(f"{path}: a sweep file needs a `parameters` mapping")
@@ -91,7 +100,7 @@ def _read_trials(path: Path) -> list[dict[str, Any]]:
 
 def run_sweep(path: str | Path, count: int, extra: list[str], out_root: str | Path = "runs/sweeps") -> Path:
     """Propose and run `count` more trials of the sweep; returns the sweep folder."""
-    import sweeps
+    sweeps = _sweeps()
     from benchmark.run import run
 
     if count < 1:
@@ -130,9 +139,7 @@ def run_sweep(path: str | Path, count: int, extra: list[str], out_root: str | Pa
     return folder
 
 
-def sweep_leaderboard(folder: str | Path) -> str:
-    """The best trial per editor for the sweep's metric, with its settings (markdown)."""
-    folder = Path(folder)
+def _best_trials(folder: Path) -> tuple[dict[str, dict[str, Any]], str, str]:
     spec = yaml.safe_load((folder / "sweep.yaml").read_text())
     metric, goal = spec["metric"]["name"], spec["metric"].get("goal", "maximize")
     best: dict[str, dict[str, Any]] = {}
@@ -144,12 +151,49 @@ def sweep_leaderboard(folder: str | Path) -> str:
         sign = 1 if goal == "maximize" else -1
         if editor not in best or sign * trial["metric"] > sign * best[editor]["metric"]:
             best[editor] = trial
-    lines = [f"# Sweep {folder.name}: best trial per editor by {metric} ({goal})", "",
-             f"| editor | trial | {metric} | settings | resolved config |", "|---|---|---|---|---|"]
+    return best, metric, goal
+
+
+def test_best(folder: str | Path) -> list[Path]:
+    """Run each editor's best trial again on the reported protocol (`loop.split=edit`: D_edit
+    streamed, TestR on D_test), into `test-<trial>` beside the trials; returns their folders."""
+    from benchmark.run import run
+
+    folder = Path(folder)
+    best, _, _ = _best_trials(folder)
+    out = []
+    for _editor, trial in sorted(best.items()):
+        overrides = [o for o in trial["overrides"] if not o.startswith(("loop.split=", "run_id="))]
+        results = run(compose([*overrides, "loop.split=edit", f"run_id=test-{trial['run_id']}"]))
+        out.append(Path(results["run_dir"]))
+    return out
+
+
+REPORTED = ["SR", "GR", "ER", "TrainR", "TestR", "A_M", "A_FS", "A_mean"]
+
+
+def sweep_leaderboard(folder: str | Path) -> str:
+    """The best trial per editor for the sweep's metric, with its settings (markdown); where the
+    best trial was also run on the reported protocol (`seqedit sweep FILE --test`), its metrics."""
+    folder = Path(folder)
+    best, metric, goal = _best_trials(folder)
+    tuned_on = {json.loads((Path(t["run_dir"]) / "results.json").read_text()).get("split", "edit")
+                for t in best.values()}
+    where = "D_val (loop.split=val)" if tuned_on == {"val"} else "the edit stream itself (loop.split=edit)"
+    lines = [f"# Sweep {folder.name}: best trial per editor by {metric} ({goal}), chosen on {where}", "",
+             "Test columns: the chosen trial run again on D_edit with TestR on D_test (`seqedit sweep FILE --test`); "
+             "`-` where it was not run.", "",
+             f"| editor | trial | {metric} (tuning) | " + " | ".join(f"test {m}" for m in REPORTED)
+             + " | settings | resolved config |",
+             "|---|---|---|" + "---|" * len(REPORTED) + "---|---|"]
     for editor, trial in sorted(best.items()):
         settings = " ".join(f"`{o}`" for o in overrides_of(trial["config"]))
         config = Path(trial["run_dir"]) / "config.yaml"
-        lines.append(f"| {editor} | {trial['run_id']} | {trial['metric']:.4f} | {settings} | {config} |")
+        test_path = folder / f"test-{trial['run_id']}" / "results.json"
+        tested = json.loads(test_path.read_text())["metrics"] if test_path.exists() else {}
+        cells = [f"{tested[m]['mean']:.4f}" if tested.get(m, {}).get("mean") is not None else "-" for m in REPORTED]
+        lines.append(f"| {editor} | {trial['run_id']} | {trial['metric']:.4f} | " + " | ".join(cells)
+                     + f" | {settings} | {config} |")
     text = "\n".join(lines) + "\n"
     (folder / "best.md").write_text(text)
     return text

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import lightning as L
@@ -236,6 +236,21 @@ class EditDataModule(L.LightningDataModule):
         if asked > available:
             raise DataError(f"data.folds={asked} but there are only {available} {what}; use data.folds <= {available}")
         return asked
+
+    def stream_examples(self, examples: list[Example]) -> list[Example]:
+        """Examples as a stream meets them: datasets that edit towards modified targets replace the
+        target here (D_edit's in `make_splits`; D_val's for `val_stream`)."""
+        return examples
+
+    def val_stream(self) -> list[list[Example]]:
+        """D_val cut into as many folds as D_edit (at most one example a fold), as a stream meets
+        them: `loop.split=val`, for tuning an editor's settings without looking at D_edit/D_test.
+        Copies, so the initial model's own D_val (best-epoch selection) is untouched."""
+        self.setup()
+        if not self.splits.val:
+            raise DataError(f"loop.split=val: data {self.config.name or type(self).__name__} has no D_val to stream")
+        copies = self.stream_examples([replace(e) for e in self.splits.val])
+        return cut_folds(copies, min(len(self.splits.folds), len(copies)))
 
     def stats(self) -> dict[str, Any]:
         self.setup()

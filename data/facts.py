@@ -176,11 +176,21 @@ class FactsDataModule(EditDataModule):
                 raise ValueError("data.target=modified needs data.task=qa")
             rng = random.Random(self.config.seed + 2)
             for fold in splits.folds:
-                for ex in fold:
-                    new = self._sampler.sample(rng, ex.relation, ex.target.strip())
-                    ex.original_target, ex.target = ex.target, " " + new
+                self._modify(fold, rng)
             splits.unmodified = splits.train_subsample
         return splits
+
+    def _modify(self, examples: list[Example], rng: random.Random) -> list[Example]:
+        """Each fact's target becomes another object of its relation, sampled by frequency."""
+        for ex in examples:
+            new = self._sampler.sample(rng, ex.relation, ex.target.strip())
+            ex.original_target, ex.target = ex.target, " " + new
+        return examples
+
+    def stream_examples(self, examples: list[Example]) -> list[Example]:
+        if self.config.target != "modified":
+            return examples
+        return self._modify(examples, random.Random(self.config.seed + 4))
 
 
 DATASETS.register("facts", FactsDataModule, FactsConfig,

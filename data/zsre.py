@@ -141,23 +141,31 @@ class ZsreDataModule(EditDataModule):
         else:
             splits = super().make_splits(records, test)
         if self.config.target == "modified":
-            # the new object: the file's alternative, else a same-relation object by frequency
-            sampler = ObjectSampler((e.relation, e.target.strip()) for e in splits.train if e.relation)
+            self._sampler = ObjectSampler((e.relation, e.target.strip()) for e in splits.train if e.relation)
             rng = random.Random(self.config.seed + 2)
             for fold in splits.folds:
-                kept = []
-                for ex in fold:
-                    new = ex.alternative
-                    if new is None and ex.relation:
-                        new = sampler.sample(rng, ex.relation, ex.target.strip())
-                    if not new or new == ex.target.strip():
-                        self.dropped["no modified object"] += 1
-                        continue
-                    ex.original_target, ex.target = ex.target, " " + new
-                    kept.append(ex)
-                fold[:] = kept
+                fold[:] = self._modify(fold, rng)
             splits.unmodified = splits.train_subsample
         return splits
+
+    def _modify(self, examples: list[Example], rng: random.Random) -> list[Example]:
+        """The new object: the file's alternative, else a same-relation object by frequency."""
+        kept = []
+        for ex in examples:
+            new = ex.alternative
+            if new is None and ex.relation:
+                new = self._sampler.sample(rng, ex.relation, ex.target.strip())
+            if not new or new == ex.target.strip():
+                self.dropped["no modified object"] += 1
+                continue
+            ex.original_target, ex.target = ex.target, " " + new
+            kept.append(ex)
+        return kept
+
+    def stream_examples(self, examples: list[Example]) -> list[Example]:
+        if self.config.target != "modified":
+            return examples
+        return self._modify(examples, random.Random(self.config.seed + 4))
 
 
 DATASETS.register("zsre", ZsreDataModule, ZsreConfig,

@@ -243,3 +243,19 @@ def test_zsre_tpatcher_layout_keeps_its_published_splits(tmp_path):
     (tmp_path / "zsre-val.jsonl").unlink()
     with pytest.raises(DataError, match="lacks zsre-val.jsonl"):
         datamodule("data=zsre", f"data.path={tmp_path}")
+
+
+def test_val_stream_is_d_val_modified_like_d_edit_and_leaves_d_val_alone():
+    dm = datamodule("data=facts", "data.target=modified")
+    folds = dm.val_stream()
+    streamed = [e for fold in folds for e in fold]
+    assert len(folds) == len(dm.splits.folds) and len(streamed) == len(dm.splits.val)
+    assert {e.uid for e in streamed} == {e.uid for e in dm.splits.val}
+    assert all(e.original_target is not None and e.target != e.original_target for e in streamed)
+    assert all(e.original_target is None for e in dm.splits.val)  # the initial model's D_val is untouched
+
+
+@needs_shared
+def test_val_stream_of_data_without_d_val_is_one_line():
+    with pytest.raises(DataError, match="has no D_val"):
+        datamodule("data=trex", f"data.path={SHARED_DATA / 'trex'}").val_stream()

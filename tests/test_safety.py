@@ -160,3 +160,17 @@ def test_a_signal_stops_cleanly_and_resume_finishes_the_same(tmp_path, signum, c
     resumed = _run(tmp_path, "editor.forget=true", "editor.sleep=0.4", "resume=true")
     clean = _run(tmp_path / "clean", "editor.forget=true", "editor.sleep=0.4")
     assert _metrics(resumed) == _metrics(clean)
+
+
+def test_a_run_stopped_between_a_folds_last_example_and_its_end_finishes_that_fold(tmp_path):
+    """Found by the fault-injection test: every example of the last fold recorded, its fold_end
+    not; the resumed run must still end that fold (it used to stream nothing and drop it)."""
+    clean = _run(tmp_path / "clean", "editor.forget=true")
+    _run(tmp_path, "editor.forget=true")
+    records = tmp_path / "r" / "edits.jsonl"
+    lines = records.read_text().splitlines(keepends=True)
+    assert json.loads(lines[-1])["type"] == "fold_end"
+    records.write_text("".join(lines[:-1]))
+    (tmp_path / "r" / "results.json").unlink()
+    resumed = _run(tmp_path, "editor.forget=true", "resume=true")
+    assert _metrics(resumed) == _metrics(clean) and set(resumed["folds"]) == {"0", "1"}

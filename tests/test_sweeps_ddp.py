@@ -44,9 +44,14 @@ def test_a_bad_sweep_file_is_one_line_naming_the_key(tmp_path, change, message):
 def test_offline_sweep_runs_trials_continues_and_reports_the_best(tmp_path):
     import yaml
 
-    from benchmark.sweep import run_sweep, sweep_leaderboard
+    from benchmark.sweep import run_sweep, sweep_leaderboard, test_best
+
+    from benchmark.config import compose, instantiate
+    from benchmark.run import build_data
 
     extra = [*TINY_RUN, "loop.folds=[0]", "editor.max_steps=30"]
+    data = build_data(instantiate(compose(["experiment=demo_qa", "data.target=modified", *extra])))
+    val_uids = {e.uid for e in data.splits.val}
     folder = run_sweep(ROOT / "sweeps" / "ft_kl.yaml", 1, extra, tmp_path)
     run_sweep(ROOT / "sweeps" / "ft_kl.yaml", 1, extra, tmp_path)  # a second call continues the search
     trials = [json.loads(line) for line in (folder / "trials.jsonl").read_text().splitlines()]
@@ -60,9 +65,19 @@ def test_offline_sweep_runs_trials_continues_and_reports_the_best(tmp_path):
         assert list((Path(t["run_dir"]) / "wandb").glob("offline-run-*")), "not logged to W&B offline"
         csv = (Path(t["run_dir"]) / "logs" / "metrics.csv").read_text()
         assert any(line.split(",")[1] == "final/A_mean" for line in csv.splitlines()[1:])
+        assert results["split"] == "val" and results["metrics"]["TestR"]["mean"] is None  # D_test unread
+        streamed = {json.loads(x)["uid"] for x in (Path(t["run_dir"]) / "edits.jsonl").read_text().splitlines()
+                    if json.loads(x)["type"] == "edit"}
+        assert streamed <= val_uids  # tuned on D_val facts only
     board = sweep_leaderboard(folder)
     best = max(trials, key=lambda t: t["metric"])
-    assert f"| ft_kl_last | {best['run_id']} | {best['metric']:.4f} |" in board
+    assert "chosen on D_val (loop.split=val)" in board
+    assert f"| ft_kl_last | {best['run_id']} | {best['metric']:.4f} | - |" in board  # not tested yet
+    (tested,) = test_best(folder)
+    results = json.loads((tested / "results.json").read_text())
+    assert tested.name == f"test-{best['run_id']}" and results["split"] == "edit"
+    board = sweep_leaderboard(folder)
+    assert f"| {results['metrics']['SR']['mean']:.4f} |" in board.split(best["run_id"], 1)[1]
 
 
 def test_wandb_agent_style_arguments_are_overrides(capsys):
