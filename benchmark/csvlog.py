@@ -22,6 +22,9 @@ class AppendingCSVLogger(Logger):
     def __init__(self, folder: Path, resume_step: int | None = None):
         super().__init__()
         self.path = Path(folder) / "logs" / "metrics.csv"
+        self._handle = None
+        if rank_zero_only.rank != 0:  # one file for the run, written by rank 0 alone
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is None or not self.path.exists():
             self.path.write_text(",".join(HEADER) + "\n")
@@ -68,5 +71,5 @@ class AppendingCSVLogger(Logger):
         self._handle.flush()
 
     def close(self) -> None:
-        if not self._handle.closed:
+        if self._handle is not None and not self._handle.closed:
             self._handle.close()

@@ -70,7 +70,10 @@ def stop_on_signals(callback: SequentialEditingCallback):
         print(f"seqedit: {signal.Signals(signum).name}: stopping after the example in progress",
               file=sys.stderr, flush=True)
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: signals stay with whoever owns them
+        previous = {}
     try:
         yield
     finally:

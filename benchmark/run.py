@@ -192,7 +192,7 @@ def _edit_folds(run_cfg: RunConfig, cfg: DictConfig, datamodule: EditDataModule,
     done_edits = sum(1 for r in records.lines if r["type"] == "edit" and r["edited"])
     callback = SequentialEditingCallback(splits, records, run_cfg.loop, run_cfg.seed, initial, len(stream))
     callback.global_step = done_edits
-    loggers = _loggers(run_cfg, records.dir, done_edits if run_cfg.resume else None)
+    loggers = _loggers(run_cfg, run_dir, done_edits if run_cfg.resume else None)
     trainer = L.Trainer(accelerator=run_cfg.trainer.accelerator, devices=run_cfg.trainer.devices,
                         num_nodes=run_cfg.trainer.num_nodes, strategy=run_cfg.trainer.strategy, logger=loggers,
                         callbacks=[callback], inference_mode=False, enable_checkpointing=False,
