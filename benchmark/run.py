@@ -149,8 +149,10 @@ def _build_editor(run_cfg: RunConfig, datamodule: EditDataModule, splits: EditSp
     if adapter.task != splits.task:
         raise ValueError(f"model {run_cfg.model.name} ({adapter.family}) answers {adapter.task}, "
                          f"but data {run_cfg.data.name} is a {splits.task} task")
-    prepare_initial_model(adapter, datamodule, run_cfg.model, run_cfg.init, run_cfg.loop.progress)
+    # the editor is built first, so that its checks against the model (a layer out of range, say)
+    # fail before the initial model's training; it changes nothing until it edits
     editor = build_editor(run_cfg, adapter)
+    prepare_initial_model(adapter, datamodule, run_cfg.model, run_cfg.init, run_cfg.loop.progress)
     if trained is not None:
         editor.load_trained(trained)
     editor.prepare(splits.for_editor())  # what an editor may learn from; never D_tr, D_test

@@ -38,16 +38,21 @@ def read_records(path: str | Path) -> Iterator[tuple[str, dict]]:
     return read_json_array(path) if head == "[" else read_jsonl(path)
 
 
+def _loads(text: str, path: Path, first_line: int = 1) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        line = first_line + err.lineno - 1
+        raise DataError(f"{path}:{line}: malformed JSON ({err.msg} at column {err.colno})") from None
+
+
 def read_jsonl(path: str | Path) -> Iterator[tuple[str, dict]]:
     """Yield (where, record) with `where` = "FILE:LINE"; blank lines are skipped."""
     path = _existing(path)
     for number, line in enumerate(_text(path).split("\n"), 1):  # not splitlines: U+2028 may sit in a string
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{number}: malformed JSON ({err.msg} at column {err.colno})") from None
+        record = _loads(line, path, number)
         if not isinstance(record, dict):
             raise DataError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
         yield f"{path}:{number}", record
@@ -57,10 +62,7 @@ def read_json_array(path: str | Path) -> Iterator[tuple[str, dict]]:
     """Yield (where, record) from a JSON array file; `where` = "FILE:LINE (record N)"."""
     path = _existing(path)
     text = _text(path)
-    try:
-        records = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}:{err.lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
+    records = _loads(text, path)
     if not isinstance(records, list):
         raise DataError(f"{path}:1: expected a JSON array of records")
     # Line of each record's opening brace, so errors point into the file.
