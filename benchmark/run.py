@@ -211,8 +211,9 @@ def _edit_folds(run_cfg: RunConfig, cfg: DictConfig, datamodule: EditDataModule,
     else:
         results = summarize(records)
     results["split"] = run_cfg.loop.split  # edit: D_edit streamed (report); val: D_val streamed (tuning)
-    if callback.state_bytes:
-        results["state_bytes_per_edit"] = round(sum(callback.state_bytes) / len(callback.state_bytes))
+    made = callback.global_step - done_edits  # edits made by this process
+    if callback.state_bytes and made:  # what resumability costs: state bytes written per edit
+        results["state_bytes_per_edit"] = round(sum(callback.state_bytes) / made)
     truncated = len(getattr(editor.adapter, "truncated_prompts", ()))
     if truncated:
         results["prompts_truncated"] = truncated

@@ -162,17 +162,20 @@ class EditDataModule(L.LightningDataModule):
     # -- shared ------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if self.splits is None:
-            self.splits = self.make_splits(*self._without_duplicates(*self.read_examples()))
+            self.splits = self.make_splits(*self._clean(*self.read_examples()))
 
-    def _without_duplicates(self, records: list[Example], test: list[Example] | None):
-        """A (prompt, target) pair counts once: repeats are dropped before splitting, and a test
-        record that is also a training record is dropped from the test file, so no example is in
-        two splits (it would be trained on, edited and scored at once)."""
+    def _clean(self, records: list[Example], test: list[Example] | None):
+        """Records with an empty target are dropped; a (prompt, target) pair counts once: repeats
+        are dropped before splitting, and a test record that is also a training record is dropped
+        from the test file, so no example is in two splits (it would be trained on, edited and
+        scored at once)."""
         seen: set[tuple[str, str]] = set()
         kept = []
         for e in records:
             key = (e.prompt, str(e.target))
-            if key in seen:
+            if isinstance(e.target, str) and not e.target.strip():
+                self.dropped["empty target (records)"] += 1
+            elif key in seen:
                 self.dropped["duplicate (prompt, target) (records)"] += 1
             else:
                 seen.add(key)
@@ -181,7 +184,9 @@ class EditDataModule(L.LightningDataModule):
             fresh, test_seen = [], set()
             for e in test:
                 key = (e.prompt, str(e.target))
-                if key in seen or key in test_seen:
+                if isinstance(e.target, str) and not e.target.strip():
+                    self.dropped["empty target (records)"] += 1
+                elif key in seen or key in test_seen:
                     self.dropped["test record repeating another record (records)"] += 1
                 else:
                     test_seen.add(key)

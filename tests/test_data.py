@@ -259,3 +259,15 @@ def test_val_stream_is_d_val_modified_like_d_edit_and_leaves_d_val_alone():
 def test_val_stream_of_data_without_d_val_is_one_line():
     with pytest.raises(DataError, match="has no D_val"):
         datamodule("data=trex", f"data.path={SHARED_DATA / 'trex'}").val_stream()
+
+
+def test_empty_targets_and_repeats_are_dropped_and_counted(tmp_path):
+    path = tmp_path / "edits.json"  # JSONL under a .json name: read as JSONL
+    rows = [{"q": f"Where is town {i}?", "a": f"Region {i % 7}"} for i in range(60)]
+    rows += [{"q": "Where is nowhere?", "a": "  "}, rows[0], rows[1]]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    dm = datamodule("data=json", f"data.path={path}", "data.fields={prompt: q, target: a}", "data.folds=2")
+    assert dm.dropped["empty target (records)"] == 1
+    assert dm.dropped["duplicate (prompt, target) (records)"] == 2
+    every = [*dm.splits.train, *dm.splits.val, *dm.splits.test, *[e for f in dm.splits.folds for e in f]]
+    assert len(every) == len({(e.prompt, e.target) for e in every}) == 60
