@@ -3,11 +3,22 @@
 Adam at lr 1e-5 on the edit example until the model gets it right, within `max_steps`. The KL
 variants add KL(f_pre || f) on `kl_batch` examples sampled from the memory set, f_pre being the
 model before this edit; its outputs are computed once per edit, since they do not change.
+
+`recipe=official` follows the published code instead (ZeroYuHuang/Transformer-Patcher,
+scripts/ft.py and src/utils.py at commit fec629a; the README's recipe table cites each line):
+tuned weights exclude biases, norms, embeddings and heads (ft.py:114); every step runs in train
+mode, dropout on (ft.py:184); the QA loss is label-smoothed NLL, eps 0.1, summed over tokens
+(ft.py:198, seq2seq_modules.py:536); the KL reference is the fold's *original* model (ft.py:204),
+on memory batches of 64 reshuffled every step (sme_dataset.py:146-149) as many as fit in 512 minus
+the past edits, accumulated exactly as `get_kl_diver_loss` does (utils.py:202-228, its division
+inside the loop included), plus up to 100 past edits divided by their count; at most
+`max_steps` + 1 steps (2,000 by default, utils.py:33; ft.py:180 stops at `edit_step > max`).
 """
 
 from __future__ import annotations
 
 import random
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -18,15 +29,28 @@ from benchmark.registry import EDITORS
 from data.base import CLASSIFICATION, EditorData, Example
 from editors.base import Editor, EditorConfig, EditResult
 
+RECIPES = ("seqedit", "official")
+# published code: parameters whose names contain these are never fine-tuned (scripts/ft.py:114)
+OFFICIAL_FROZEN = ("bias", "norm", "embeddings", "classifier", "pooler", "shared", "embed", "positions")
+OFFICIAL_STEPS, OFFICIAL_KL_BATCH, OFFICIAL_PAST, OFFICIAL_SMOOTHING = 2000, 64, 100, 0.1
+
 
 @dataclass
 class FTConfig(EditorConfig):
+    max_steps: int | None = field(default=None, metadata={
+        "help": "optimisation steps allowed per edit; unset: 100 (seqedit recipe) or 2,000 (official)"})
     layers: str = field(default="all", metadata={"help": "all | last: which parameters are fine-tuned"})
     lr: float = field(default=1e-5, metadata={"help": "Adam learning rate"})
     kl_weight: float = field(default=0.0, metadata={"help": "weight of the KL term; 0 is plain FT"})
     kl_batch: int = field(default=512, metadata={"help": "memory examples sampled for the KL term"})
+    recipe: str = field(default="seqedit", metadata={
+        "help": "seqedit | official: the published code's choices (see editors/ft.py and the README's recipe table)"})
 
     def __post_init__(self) -> None:
+        if self.recipe not in RECIPES:
+            raise ValueError(f"editor.recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
+        if self.max_steps is None:
+            self.max_steps = OFFICIAL_STEPS if self.recipe == "official" else 100
         super().__post_init__()
         if self.layers not in ("all", "last"):
             raise ValueError(f"editor.layers must be all or last, got {self.layers!r}")
@@ -69,27 +93,80 @@ def adam(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=lr, foreach=True)
 
 
+def kl_batches_used(available: int, batch_size: int, total: int, past: int) -> int:
+    """How many memory batches the published loop reads before it stops (utils.py:208-216)."""
+    used, seen = 0, 0
+    while used < available:
+        used, seen = used + 1, seen + batch_size
+        if seen + batch_size >= total - past:
+            break
+    return used
+
+
+def published_kl(batch_kls, batch_size: int, total: int, past: int) -> Tensor | float:
+    """The memory KL as the published `get_kl_diver_loss` accumulates it (utils.py:208-217): each
+    batch adds its mean KL times its size; the running sum is divided by the examples seen so far
+    *inside* the loop, except after the last batch, which stops once the next would reach
+    total - past. So the last batch weighs batch_size times its mean KL, the others far less."""
+    kl, seen = 0.0, 0
+    for batch_kl in batch_kls:
+        kl = kl + batch_kl * batch_size
+        seen += batch_size
+        if seen + batch_size >= total - past:
+            break
+        kl = kl / seen
+    return kl
+
+
+def label_smoothed_nll(logits: Tensor, targets: Tensor, eps: float) -> Tensor:
+    """The published label-smoothed NLL (utils.py:122-139), summed over the tokens."""
+    lprobs = logits.float().log_softmax(-1)
+    nll = -lprobs.gather(-1, targets[:, None]).sum()
+    smooth = -lprobs.sum()
+    eps_i = eps / (lprobs.size(-1) - 1)
+    return (1.0 - eps - eps_i) * nll + eps_i * smooth
+
+
 class FTEditor(Editor):
     config_class = FTConfig
 
     def __init__(self, config: FTConfig, adapter):
         super().__init__(config, adapter)
         self.memory: list[Example] = []
+        self.original: dict[str, Tensor] = {}  # official recipe: the fold's original weights
+        self.past: list[Example] = []  # official recipe: this fold's edited examples
 
     @property
     def needs_memory(self) -> bool:  # declared per instance: only the KL variants read memory
         return self.config.kl_weight > 0
 
     def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
-        return self.adapter.select_parameters(self.config.layers)
+        chosen = self.adapter.select_parameters(self.config.layers)
+        if self.config.recipe == "official":
+            chosen = {n: p for n, p in chosen.items() if not any(e in n.lower() for e in OFFICIAL_FROZEN)}
+        return chosen
 
     def prepare(self, data: EditorData) -> None:
         super().prepare(data)
         self.memory = list(data.memory)
         if self.needs_memory and not self.memory:
-            raise ValueError(f"editor {self.config.name}: the KL term needs a memory set, and data gives none")
+            raise ValueError(f"editor {self.config.name}: the KL term needs a memory set, and data gives none "
+                             "(raise data.memory_size or lower data.train_subsample)")
+
+    def reset(self) -> None:
+        super().reset()
+        self.past = []
+
+    def edit_state(self) -> dict:
+        return {"weights": super().edit_state(), "past": [[e.prompt, e.target] for e in self.past]}
+
+    def load_edit_state(self, state: dict) -> None:
+        super().load_edit_state(state["weights"])
+        self.past = [Example(f"past{i}", p, t) for i, (p, t) in enumerate(state["past"])]
 
     def edit(self, example: Example) -> EditResult:
+        if self.config.recipe == "official":
+            return self._edit_official(example)
         cfg, adapter = self.config, self.adapter
         params = list(self.trainable_parameters().values())
         optimizer = adam(params, cfg.lr)
@@ -112,6 +189,80 @@ class FTEditor(Editor):
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+        return EditResult(steps=steps)
+
+    # -- the published code's recipe -----------------------------------------------------------
+    def _edit_loss(self, batch) -> Tensor:
+        adapter = self.adapter
+        adapter.model.train()  # every step with dropout on, as ft.py:184
+        try:
+            logits = adapter.scored_logits(batch)
+        finally:
+            adapter.model.eval()
+        if adapter.task == CLASSIFICATION:
+            return adapter.loss(batch, logits)
+        return label_smoothed_nll(logits, batch.targets, OFFICIAL_SMOOTHING)
+
+    @contextmanager
+    def _original_weights(self):
+        """The fold's original model for a forward without gradient: the tuned tensors swapped."""
+        params = self.trainable_parameters()
+        current = {n: p.detach().clone() for n, p in params.items()}
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(self._initial[n])
+            try:
+                yield
+            finally:
+                for n, p in params.items():
+                    p.copy_(current[n])
+
+    def _kl_references(self) -> tuple[list, list[Tensor], int]:
+        """This step's KL inputs, freshly shuffled memory batches and past edits, with the fold's
+        original model's outputs on them (one swap of the tuned tensors for all). Computed before
+        the step's edit loss, whose graph must not see the swap."""
+        adapter, past = self.adapter, self.past
+        memory = random.sample(self.memory, len(self.memory))  # a reshuffled loader each step
+        chunks = [memory[i : i + OFFICIAL_KL_BATCH] for i in range(0, len(memory), OFFICIAL_KL_BATCH)]
+        chunks = chunks[: kl_batches_used(len(chunks), OFFICIAL_KL_BATCH, self.config.kl_batch, len(past))]
+        chosen = past if len(past) < OFFICIAL_PAST else random.sample(past, OFFICIAL_PAST)
+        groups = [*chunks, *[[e] for e in chosen]]
+        batches = [adapter.encode([e.prompt for e in g], [e.target for e in g]) for g in groups]
+        with self._original_weights():
+            references = [adapter.scored_logits(b) for b in batches]
+        return batches, references, len(chunks)
+
+    def official_kl(self, inputs: tuple | None = None) -> Tensor | float:
+        """KL to the fold's original model: memory batches as `published_kl` sums them, plus the
+        past edits' KL divided by their count (utils.py:218-227)."""
+        batches, references, n_memory = inputs or self._kl_references()
+        kls = [output_kl(self.adapter.task, ref, self.adapter.scored_logits(b)) for ref, b in zip(references, batches)]
+        kl = published_kl(kls[:n_memory], OFFICIAL_KL_BATCH, self.config.kl_batch, len(self.past))
+        if self.past:
+            kl = kl + sum(kls[n_memory:]) / len(self.past)
+        return kl
+
+    def _edit_official(self, example: Example) -> EditResult:
+        cfg, adapter = self.config, self.adapter
+        optimizer = torch.optim.Adam(list(self.trainable_parameters().values()), lr=cfg.lr)
+        batch = adapter.encode([example.prompt], [example.target])
+        steps = 0
+        with torch.enable_grad():
+            while True:
+                with torch.no_grad():
+                    if bool(adapter.token_correct(batch, adapter.scored_logits(batch)).all()):
+                        break
+                if steps > cfg.max_steps:  # the published check: max_steps + 1 steps at most
+                    break
+                inputs = self._kl_references() if cfg.kl_weight > 0 else None
+                loss = self._edit_loss(batch)
+                if inputs is not None:
+                    loss = loss + cfg.kl_weight * self.official_kl(inputs)
+                loss.backward()
+                optimizer.step()
+                steps += 1
+                optimizer.zero_grad()
+        self.past.append(example)
         return EditResult(steps=steps)
 
 

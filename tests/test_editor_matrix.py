@@ -16,6 +16,7 @@ ROWS = {
     "ft_last": {"lr": 1e-3, "max_steps": 300},
     "ft_kl_all": {"lr": 1e-3, "max_steps": 300, "kl_batch": 4},
     "ft_kl_last": {"lr": 1e-3, "max_steps": 300, "kl_batch": 4},
+    "ft_kl_last-official": {"lr": 1e-3, "max_steps": 300, "kl_batch": 4, "recipe": "official"},
     "tpatcher": {"max_steps": 150},
     "constrained_ft": {"lr": 1e-3, "max_steps": 300, "delta": 0.05},
     "constrained_ft-fta-l2": {"lr": 1e-3, "max_steps": 300, "delta": 10.0, "norm": "l2", "mix": "fta", "block": "0"},

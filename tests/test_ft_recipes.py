@@ -1,0 +1,81 @@
+"""FT's `recipe=official`: the published code's choices (ZeroYuHuang/Transformer-Patcher,
+scripts/ft.py and src/utils.py), checked piece by piece against that code's arithmetic."""
+
+import pytest
+import torch
+
+from data.base import EditorData, Example
+from editors.ft import (
+    OFFICIAL_FROZEN,
+    FTConfig,
+    FTEditor,
+    kl_batches_used,
+    label_smoothed_nll,
+    published_kl,
+)
+from tests.conftest import trained_tiny, wrong_target
+
+
+def test_the_memory_kl_is_accumulated_as_the_published_loop_does():
+    kls = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
+    expected = 0.0  # utils.py:208-217 by hand: divide inside the loop, not after the last batch
+    for seen, value in zip(range(64, 64 * 7, 64), kls[:6]):
+        expected = (expected + value * 64) / seen
+    expected += kls[6] * 64
+    assert kl_batches_used(8, 64, 512, 0) == 7
+    assert published_kl(kls[:7], 64, 512, 0) == pytest.approx(expected)
+    assert kl_batches_used(8, 64, 512, 100) == 6 and kl_batches_used(8, 64, 512, 500) == 1
+    assert kl_batches_used(2, 64, 512, 0) == 2  # a small memory: every batch
+
+
+def test_label_smoothed_nll_is_the_published_formula():
+    logits = torch.randn(3, 7)
+    targets = torch.tensor([1, 4, 6])
+    lprobs = logits.log_softmax(-1)
+    nll, smooth, eps = -lprobs[torch.arange(3), targets].sum(), -lprobs.sum(), 0.1
+    expected = (1 - eps - eps / 6) * nll + eps / 6 * smooth
+    assert label_smoothed_nll(logits, targets, eps).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def _editor(recipe, **overrides):
+    adapter = trained_tiny("decoder")
+    editor = FTEditor(FTConfig(name="ft_kl_last", layers="last", kl_weight=1.0, kl_batch=8, lr=1e-3,
+                               recipe=recipe, **overrides), adapter)
+    memory = [Example(f"m{i}", p, wrong_target(adapter, p)) for i, p in
+              enumerate(["The capital of Italy is", "Kyoto is a city in", "Canada is a country in"])]
+    editor.prepare(EditorData(adapter.task, [], [], memory=memory))
+    return adapter, editor
+
+
+def test_official_recipe_tunes_no_bias_norm_or_embedding_and_caps_steps_at_max_plus_one():
+    adapter, editor = _editor("official", max_steps=2)
+    assert FTConfig(name="ft_all", recipe="official").max_steps == 2000 and FTConfig(name="ft_all").max_steps == 100
+    names = set(editor.trainable_parameters())
+    everything = {n for n, _ in adapter.block_parameters(-1)}
+    assert names and names < everything
+    assert all(not any(word in n.lower() for word in OFFICIAL_FROZEN) for n in names)
+    modes = []
+    original = type(adapter).scored_logits
+    adapter.scored_logits = lambda batch: modes.append(adapter.model.training) or original(adapter, batch)
+    prompt = "The capital of France is"
+    result = editor.edit(Example("e", prompt, wrong_target(adapter, prompt)))
+    assert result.steps <= 3
+    assert True in modes and False in modes  # edit loss in train mode, checks and KL in eval mode
+    assert not adapter.model.training
+
+
+def test_official_kl_is_to_the_original_model_and_seqedit_kl_to_the_pre_edit_one():
+    for recipe in ("official", "seqedit"):
+        adapter, editor = _editor(recipe, max_steps=40)
+        for prompt in ["The capital of France is", "Lyon is a city in"]:
+            editor.edit(Example(prompt, prompt, wrong_target(adapter, prompt)))
+        if recipe == "official":
+            assert len(editor.past) == 2
+            assert float(editor.official_kl()) > 0  # the edited model differs from the original
+            state = editor.edit_state()
+            editor.reset()
+            assert editor.past == [] and float(editor.official_kl()) == pytest.approx(0, abs=1e-6)
+            editor.load_edit_state(state)
+            assert [e.prompt for e in editor.past] == ["The capital of France is", "Lyon is a city in"]
+        else:
+            assert editor.past == []  # the seqedit recipe keeps no past edits: its reference is f_pre
