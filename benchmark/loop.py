@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import lightning as L
@@ -165,13 +165,16 @@ class SequentialEditingCallback(L.Callback):
     # -- one stream example ----------------------------------------------------------------------
     def _process(self, editor: Editor, item: StreamItem) -> None:
         ex = item.example
+        # the editor gets the example without its equivalents and locality pairs: GR and Loc are
+        # measured on them, so they are kept out of its reach by construction
+        shown = replace(ex, equivalents=[], locality=[])
         record = {"type": "edit", "fold": item.fold, "index": item.index, "uid": ex.uid}
         mistake = editor.scores([ex.prompt], [ex.target])[0] < 1
         record.update(mistake=mistake, edited=mistake, success=None, gr=[], seconds=None, steps=0)
         if mistake:
             seed_all(edit_seed(self.seed, item.fold, item.index))
             start = time.perf_counter()
-            result = editor.edit(ex)
+            result = editor.edit(shown)
             record["seconds"] = time.perf_counter() - start
             record["steps"] = result.steps
             record["info"] = result.info
@@ -179,7 +182,7 @@ class SequentialEditingCallback(L.Callback):
             if ex.equivalents:
                 record["gr"] = editor.scores(ex.equivalents, [ex.target] * len(ex.equivalents))
             record["params_added"] = editor.params_added()
-        editor.after_example(ex)
+        editor.after_example(shown)
         self.records.append(record)
         if mistake:
             self.edits.append(record)

@@ -74,8 +74,9 @@ class ScriptedEditor(Editor):
             self.knowledge.pop(self.last, None)
             self.knowledge.pop("t1", None)
         self.knowledge[example.prompt] = example.target
-        for eq in example.equivalents[: self.config.equivalents_learned]:
-            self.knowledge[eq] = example.target
+        assert not example.equivalents, "the loop hands an editor no equivalents (GR is measured on them)"
+        for i in range(self.config.equivalents_learned):  # ex() names an example's equivalents uid~i
+            self.knowledge[f"{example.prompt}~{i}"] = example.target
         self.last = example.prompt
         return EditResult(steps=1)
 
