@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -118,6 +119,9 @@ def prepare_initial_model(adapter: ModelAdapter, datamodule: EditDataModule, mod
                             enable_model_summary=False, num_sanity_val_steps=0)
         loader = DataLoader(splits.train, batch_size=init_cfg.batch_size, shuffle=True, collate_fn=list,
                             generator=torch.Generator().manual_seed(model_cfg.seed))
+        if not splits.val and keep_best:
+            print("seqedit: the data has no D_val; the initial model's best epoch is chosen on 64 D'train examples",
+                  file=sys.stderr)
         val = DataLoader(splits.val or splits.train[:64], batch_size=64, collate_fn=list)
         torch.manual_seed(model_cfg.seed)  # dropout masks: the same model from the same settings
         with deterministic(init_cfg.threads):

@@ -149,6 +149,7 @@ def _build_editor(run_cfg: RunConfig, datamodule: EditDataModule, splits: EditSp
     if adapter.task != splits.task:
         raise ValueError(f"model {run_cfg.model.name} ({adapter.family}) answers {adapter.task}, "
                          f"but data {run_cfg.data.name} is a {splits.task} task")
+    datamodule.check_model(adapter.family)
     # the editor is built first, so that its checks against the model (a layer out of range, say)
     # fail before the initial model's training; it changes nothing until it edits
     editor = build_editor(run_cfg, adapter)

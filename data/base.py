@@ -242,6 +242,9 @@ class EditDataModule(L.LightningDataModule):
             raise DataError(f"data.folds={asked} but there are only {available} {what}; use data.folds <= {available}")
         return asked
 
+    def check_model(self, family: str) -> None:
+        """Refuse a model family this data's prompts are not written for (one line)."""
+
     def stream_examples(self, examples: list[Example]) -> list[Example]:
         """Examples as a stream meets them: datasets that edit towards modified targets replace the
         target here (D_edit's in `make_splits`; D_val's for `val_stream`)."""

@@ -117,6 +117,9 @@ class TrexDataModule(EditDataModule):
         rng = random.Random(cfg.seed)
         order = list(range(len(records)))
         rng.shuffle(order)
+        if cfg.modify >= len(records):
+            raise DataError(f"data.modify={cfg.modify} but {cfg.path} gives {len(records)} facts; modify fewer, so "
+                            "that unmodified facts remain for D_tr (A_F\\S, TrainR) and the memory")
         chosen = set(order[: cfg.modify])
         sampler = ObjectSampler((e.relation, e.target.strip()) for e in records)
         stream = []
@@ -132,10 +135,18 @@ class TrexDataModule(EditDataModule):
         if not stream:
             raise DataError(f"{cfg.path}: no fact could be modified")
         folds = cut_folds(stream, self.fold_count(len(stream), "modified facts"))
+        self.notices.append("no D_val: every T-REx fact is in D'train; an initial fit with init.keep=best_val "
+                            "chooses its epoch on 64 D'train facts, and loop.split=val is not available")
         subsample = rest[: cfg.train_subsample]
         memory = rest[cfg.train_subsample : cfg.train_subsample + cfg.memory_size]
         return EditSplits(task=self.task, train=records, val=[], folds=folds,
                           train_subsample=subsample, test=subsample, memory=memory, unmodified=subsample)
+
+
+    def check_model(self, family: str) -> None:
+        if self.config.form == "masked" and family != "masked":
+            raise DataError(f"data.form=masked writes cloze prompts with [MASK] for a masked LM; model family "
+                            f"{family} would read the literal text; use data.form=causal")
 
 
 DATASETS.register("trex", TrexDataModule, TrexConfig, "LAMA T-REx cloze facts with modified objects (Zhu et al.)")

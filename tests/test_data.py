@@ -271,3 +271,16 @@ def test_empty_targets_and_repeats_are_dropped_and_counted(tmp_path):
     assert dm.dropped["duplicate (prompt, target) (records)"] == 2
     every = [*dm.splits.train, *dm.splits.val, *dm.splits.test, *[e for f in dm.splits.folds for e in f]]
     assert len(every) == len({(e.prompt, e.target) for e in every}) == 60
+
+
+@needs_shared
+def test_trex_traps_are_said_or_refused():
+    path = f"data.path={SHARED_DATA / 'trex'}"
+    dm = datamodule("data=trex", path)
+    assert any("no D_val" in n for n in dm.notices)
+    dm.check_model("masked")
+    masked = datamodule("data=trex", path, "data.form=masked")
+    with pytest.raises(DataError, match="data.form=masked .* model family decoder"):
+        masked.check_model("decoder")
+    with pytest.raises(DataError, match="data.modify=100000 but"):
+        datamodule("data=trex", path, "data.modify=100000")
