@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import signal
 import sys
 from dataclasses import replace
@@ -212,6 +213,11 @@ def _edit_folds(run_cfg: RunConfig, cfg: DictConfig, datamodule: EditDataModule,
     else:
         results = summarize(records)
     results["split"] = run_cfg.loop.split  # edit: D_edit streamed (report); val: D_val streamed (tuning)
+    notes = _null_metric_notes(results, initial, run_cfg.loop.split)
+    if notes:
+        results["notes"] = notes
+        for note in notes:
+            print(f"seqedit: {note}", file=sys.stderr)
     made = callback.global_step - done_edits  # edits made by this process
     if callback.state_bytes and made:  # what resumability costs: state bytes written per edit
         results["state_bytes_per_edit"] = round(sum(callback.state_bytes) / made)
@@ -230,6 +236,29 @@ def _edit_folds(run_cfg: RunConfig, cfg: DictConfig, datamodule: EditDataModule,
     if rank == 0:
         RunRecords.write_json_to(run_dir, "results.json", results)
     return results
+
+
+def _null_metric_notes(results: dict[str, Any], initial: dict[str, Any], split: str) -> list[str]:
+    """Why a metric is null, in words: a ratio to an initial accuracy of 0, a split not read."""
+    metrics, notes = results["metrics"], []
+
+    def missing(name: str) -> bool:
+        value = metrics.get(name, {}).get("mean", 0.0)
+        return value is None or (isinstance(value, float) and math.isnan(value))
+
+    for name, key, what in (("TrainR", "train_subsample", "D_tr"), ("TestR", "test", "D_test")):
+        if not missing(name):
+            continue
+        accuracy = initial.get(key)
+        if name == "TestR" and split == "val":
+            notes.append("TestR is null: loop.split=val leaves D_test unread while tuning")
+        elif accuracy is None or (isinstance(accuracy, float) and math.isnan(accuracy)):
+            notes.append(f"{name} is null: {what} is empty")
+        else:
+            notes.append(f"{name} is null: the initial model gets none of {what} right (a ratio to 0)")
+    if missing("GR"):
+        notes.append("GR is null: no edited example has equivalent inputs")
+    return notes
 
 
 def _gather_ranks(records: RunRecords, initial: dict, run_dir: Path, config_yaml: str, seed: int, rank: int,

@@ -88,3 +88,17 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path, crash_at):
                                 for k, v in clean["folds"].items()}
     lines = _edit_lines(tmp_path / "crashed")
     assert [(x["fold"], x["index"]) for x in lines] == [(0, i) for i in range(4)] + [(1, i) for i in range(2)]
+
+
+def test_a_null_ratio_says_why():
+    from benchmark.run import _null_metric_notes
+
+    nan = float("nan")
+    results = {"metrics": {"TrainR": {"mean": nan}, "TestR": {"mean": None}, "GR": {"mean": nan},
+                           "SR": {"mean": 1.0}}}
+    notes = _null_metric_notes(results, {"train_subsample": 0.0, "test": nan}, "edit")
+    assert notes == ["TrainR is null: the initial model gets none of D_tr right (a ratio to 0)",
+                     "TestR is null: D_test is empty", "GR is null: no edited example has equivalent inputs"]
+    assert _null_metric_notes(results, {"train_subsample": 0.5, "test": 0.5}, "val")[1] == \
+        "TestR is null: loop.split=val leaves D_test unread while tuning"
+    assert _null_metric_notes({"metrics": {"TrainR": {"mean": 1.0}}}, {}, "edit") == []
