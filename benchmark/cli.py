@@ -20,6 +20,8 @@ seqedit train-editor editor=sera|ke|mend model=NAME data=NAME [key=value ...]   
 seqedit sweep sweeps/FILE.yaml [--count N] [--test] [key=value ...]   offline W&B sweep, trials run here;
                                       --test: the best trial per editor run again on D_edit/D_test
 seqedit config [key=value ...]        print the resolved config
+seqedit help [GROUP ...] [editor=NAME data=NAME model=NAME]   every key: type, default, help
+                                      (GROUP: editor data model loop init logger trainer run)
 seqedit leaderboard RUNS_DIR [out=DIR]  leaderboard.md and plots of every run below RUNS_DIR
                                       (a sweep folder: the best trial per editor)
 seqedit demo [quick=true]             the default job: initial models, every editor, leaderboard"""
@@ -111,6 +113,36 @@ def _config(overrides: list[str]) -> None:
     print(to_yaml(cfg), end="")
 
 
+HELP_GROUPS = ("editor", "data", "model", "loop", "init", "logger", "trainer", "run")
+
+
+def _help(args: list[str]) -> None:
+    """Each config key of the chosen groups with its type, default and help text, from the
+    dataclasses themselves (the one place they are written)."""
+    import dataclasses
+
+    from benchmark.config import instantiate
+
+    groups = [a for a in args if "=" not in a]
+    unknown = [g for g in groups if g not in HELP_GROUPS]
+    if unknown:
+        raise ValueError(f"seqedit help: unknown group {unknown[0]!r}; choose from {', '.join(HELP_GROUPS)}")
+    chosen = instantiate(compose([a for a in args if "=" in a]))
+    for group in groups or list(HELP_GROUPS):
+        node = chosen if group == "run" else getattr(chosen, group)
+        title = f"{group} ({node.name})" if group in ("editor", "data", "model") else group
+        print(f"{title}:")
+        for f in dataclasses.fields(node):
+            value = getattr(node, f.name)
+            if dataclasses.is_dataclass(value) or (group == "run" and f.name in HELP_GROUPS):
+                continue
+            kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+            text = f.metadata.get("help", "")
+            key = f"{group}.{f.name}" if group != "run" else f.name
+            print(f"  {key}: {kind} = {value!r}" + (f"  # {text}" if text else ""))
+        print()
+
+
 def _leaderboard(args: list[str]) -> None:
     from benchmark.leaderboard import build
 
@@ -140,8 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="seqedit", usage=USAGE)
     parser.add_argument("command", nargs="+")
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv or argv[0] in ("-h", "--help") or any(a in ("-h", "--help") for a in argv[1:]):
         print(USAGE)
+        if argv and argv[0] not in ("-h", "--help"):
+            print("\nEvery key, its type, default and help: seqedit help [GROUP] [editor=NAME data=NAME model=NAME]")
         return 0
     command, rest = argv[0], argv[1:]
     if command != "sweep":  # W&B agents pass `--key=value`; it means `key=value`
@@ -150,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         command, rest = "data stats", rest[1:]
     commands = {"list": lambda _: _list(), "run": _run, "data stats": _data_stats, "config": _config,
                 "leaderboard": _leaderboard, "demo": _demo, "init": _init,
-                "train-editor": _train_editor, "sweep": _sweep}
+                "train-editor": _train_editor, "sweep": _sweep, "help": _help}
     if command not in commands:
         print(f"seqedit: unknown command {command!r}; choose one of: {', '.join(commands)}", file=sys.stderr)
         return 2

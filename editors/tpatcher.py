@@ -68,10 +68,11 @@ GATED_DEFAULT = ("relu", -3.0, 3.0)
 
 @dataclass
 class TPatcherConfig(EditorConfig):
-    max_steps: int = 300
+    max_steps: int = field(default=300, metadata={"help": "steps per edit at most (published code: 2,000)"})
     lr: float = field(default=0.01, metadata={"help": "Adam learning rate of the patch"})
     activation_weight: float = field(default=1.0, metadata={"help": "a: weight of the activation loss"})
-    memory_weight: float = field(default=10.0, metadata={"help": "m: weight of the memory losses (paper: 5 FC, 10 QA)"})
+    memory_weight: float = field(default=10.0, metadata={
+        "help": "m: weight of the memory losses (paper: 10 for both tasks; published code: 5)"})
     topk: int = field(default=1000, metadata={"help": "k of S(.; k) in the memory losses"})
     topk_activation: int = field(default=5, metadata={"help": "k_a of S(-A; k_a) for several patches"})
     activation: str = field(default="auto", metadata={"help": "auto | relu | gelu | silu: patch activation"})

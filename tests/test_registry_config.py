@@ -72,3 +72,14 @@ def test_bad_yaml_names_file(tmp_path: Path):
     bad.write_text("editor: {name: ft_all\n")
     with pytest.raises(ConfigError, match=str(bad)):
         compose([], experiment_file=bad)
+
+
+def test_help_prints_every_key_with_its_default_and_help(capsys):
+    from benchmark.cli import main
+
+    assert main(["help", "editor", "loop", "editor=tpatcher", "editor.lr=0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "editor (tpatcher):" in out and "editor.lr: float = 0.5  # Adam learning rate of the patch" in out
+    assert "loop.split: str = 'edit'" in out and "data." not in out
+    assert main(["run", "--help"]) == 0 and "seqedit help" in capsys.readouterr().out
+    assert main(["help", "nope"]) == 2
