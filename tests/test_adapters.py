@@ -114,3 +114,35 @@ def test_frozen_projection_matches_the_linear_layer_and_its_gradient():
     assert torch.allclose(out, layer(x), atol=1e-6) and torch.allclose(fast, slow, atol=1e-5)
     layer.weight.requires_grad_(True)  # a trained head goes through the layer itself
     assert project(x, layer).grad_fn.name() != out.grad_fn.name()
+
+
+@pytest.mark.parametrize("layer", [-1, 0])
+def test_finish_on_a_pre_ln_seq2seq_model(layer):
+    """mBART normalises before its FFN (BART after): its residual is the norm's input and the
+    block output a plain sum; `finish` must reproduce its forward too."""
+    from transformers import MBartConfig, MBartForConditionalGeneration
+
+    from benchmark.models.base import ModelConfig
+    from benchmark.models.seq2seq import Seq2SeqAdapter
+    from benchmark.models.zoo import tiny_tokenizer
+
+    tok = tiny_tokenizer(with_eos=True)
+    torch.manual_seed(0)
+    config = MBartConfig(vocab_size=len(tok), d_model=32, encoder_layers=2, decoder_layers=2,
+                         encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+                         decoder_ffn_dim=64, max_position_embeddings=64, pad_token_id=tok.pad_token_id,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         decoder_start_token_id=tok.eos_token_id)
+    adapter = Seq2SeqAdapter(MBartForConditionalGeneration(config), tok, ModelConfig(name="tiny-mbart"))
+    prompts, targets = ["The capital of France is", "Lyon is a city in"], [" Paris", " France"]
+    batch = adapter.encode(prompts, targets)
+    cache = adapter.capture(batch, layer)
+    assert torch.allclose(cache.finish(cache.ffn_out), cache.logits, atol=1e-5)
+
+    def delta(q):
+        return 3 * q.flip(-1)
+
+    with adapter.added_to_ffn(delta, layer):
+        full = adapter.scored_logits(batch)
+    assert (full - cache.logits).abs().max() > 1e-4
+    assert torch.allclose(cache.finish(cache.ffn_out + delta(cache.query)), full, atol=1e-5)
