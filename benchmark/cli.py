@@ -134,7 +134,7 @@ def _help(args: list[str]) -> None:
         print(f"{title}:")
         for f in dataclasses.fields(node):
             value = getattr(node, f.name)
-            if dataclasses.is_dataclass(value) or (group == "run" and f.name in HELP_GROUPS):
+            if dataclasses.is_dataclass(value):  # run's own groups are listed under their names
                 continue
             kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
             text = f.metadata.get("help", "")

@@ -170,29 +170,25 @@ class EditDataModule(L.LightningDataModule):
         from the test file, so no example is in two splits (it would be trained on, edited and
         scored at once)."""
         seen: set[tuple[str, str]] = set()
+        kept = self._keep_new(records, seen, "duplicate (prompt, target) (records)")
+        if test is not None:
+            test = self._keep_new(test, seen, "test record repeating another record (records)")
+        return kept, test
+
+    def _keep_new(self, examples: list[Example], seen: set[tuple[str, str]], repeated: str) -> list[Example]:
+        """The examples whose target is not empty and whose (prompt, target) is not in `seen` (which
+        grows); the others are counted under their reason."""
         kept = []
-        for e in records:
+        for e in examples:
             key = (e.prompt, str(e.target))
             if isinstance(e.target, str) and not e.target.strip():
                 self.dropped["empty target (records)"] += 1
             elif key in seen:
-                self.dropped["duplicate (prompt, target) (records)"] += 1
+                self.dropped[repeated] += 1
             else:
                 seen.add(key)
                 kept.append(e)
-        if test is not None:
-            fresh, test_seen = [], set()
-            for e in test:
-                key = (e.prompt, str(e.target))
-                if isinstance(e.target, str) and not e.target.strip():
-                    self.dropped["empty target (records)"] += 1
-                elif key in seen or key in test_seen:
-                    self.dropped["test record repeating another record (records)"] += 1
-                else:
-                    test_seen.add(key)
-                    fresh.append(e)
-            test = fresh
-        return kept, test
+        return kept
 
     def make_splits(self, records: list[Example], test: list[Example] | None) -> EditSplits:
         cfg = self.config

@@ -20,7 +20,7 @@ from tests.test_loop import _run
 
 
 class Payload:
-    """Pickled, it would create `marker` when loaded with weights_only=False."""
+    """Pickled, it would create `marker` if a loader unpickled arbitrary objects."""
 
     def __init__(self, marker):
         self.marker = str(marker)
