@@ -32,6 +32,9 @@ class LoopConfig:
     split: str = field(default="edit", metadata={
         "help": "edit: stream D_edit's folds (the reported protocol) | val: stream D_val's, for tuning settings; "
                 "D_test is then not read (no TestR) and editors are not handed D_val"})
+    mode: str = field(default="stream", metadata={
+        "help": "stream: the sequential stream, an edit per mistake (T-Patcher) | batch: every fact of a fold "
+                "edited at once with all its training forms (Zhu et al., Sec. 4); needs an editor that edits batches"})
     folds: list[int] | None = field(default=None, metadata={"help": "fold indices to run (default all)"})
     max_fold_examples: int | None = field(default=None, metadata={"help": "cut each fold's stream to this"})
     test_limit: int | None = field(default=None, metadata={"help": "evaluate on at most this many D_test examples"})
@@ -48,6 +51,8 @@ class LoopConfig:
     def __post_init__(self) -> None:
         if self.split not in ("edit", "val"):
             raise ValueError(f"loop.split must be edit or val, got {self.split!r}")
+        if self.mode not in ("stream", "batch"):
+            raise ValueError(f"loop.mode must be stream or batch, got {self.mode!r}")
         for key in ("eval_every", "state_every"):
             if getattr(self, key) < 1:
                 raise ValueError(f"loop.{key} must be at least 1, got {getattr(self, key)}")
@@ -185,7 +190,11 @@ def compose(overrides: list[str] | None = None, experiment_file: str | Path | No
                                                    f"{', '.join(registry.names())}")))
         else:
             config_class = registry.get(name).config_class
-        schema[group] = OmegaConf.structured(config_class(name=name))
+        # the class's field defaults, not an instance's: `__post_init__` resolves unset fields (a
+        # recipe's defaults) only once every override is in
+        config_class(name=name)  # its own checks, before anything is merged
+        schema[group] = OmegaConf.structured(config_class)
+        schema[group].name = name
         for layer in layers:  # a layer's settings for another editor/dataset/model do not apply
             if _group_name(layer, group) not in (None, name):
                 del layer[group]

@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader
 from benchmark.cache import cache_dir
 from benchmark.keep_best import KeepBest
 from benchmark.models.base import ModelAdapter
-from data.base import EditDataModule, Example
+from benchmark.registry import DATASETS
+from data.base import EditDataModule, Example, with_training_forms
 
 
 @dataclass
@@ -94,7 +95,11 @@ def init_key(model_cfg, data_cfg, init_cfg: InitConfig) -> str:
     data_fields = {k: v for k, v in asdict(data_cfg).items() if k not in _NOT_TRAINING_DATA}
     model_fields = {k: v for k, v in asdict(model_cfg).items() if k not in ("eval_batch_size", "metric", "device")}
     init_fields = {k: v for k, v in asdict(init_cfg).items() if k != "threads"}
-    payload = json.dumps([model_fields, data_fields, init_fields], sort_keys=True, default=str)
+    parts = [model_fields, data_fields, init_fields]
+    version = getattr(DATASETS.get(data_cfg.name).target, "version", 1) if data_cfg.name in DATASETS else 1
+    if version != 1:  # what the reader makes of the same files changed: a new initial model
+        parts.append({"data_version": version})
+    payload = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha1(payload.encode()).hexdigest()[:16]
 
 
@@ -117,8 +122,9 @@ def prepare_initial_model(adapter: ModelAdapter, datamodule: EditDataModule, mod
                             devices=1, logger=False, callbacks=[best] if keep_best else [],
                             enable_checkpointing=False, enable_progress_bar=progress,
                             enable_model_summary=False, num_sanity_val_steps=0)
-        loader = DataLoader(splits.train, batch_size=init_cfg.batch_size, shuffle=True, collate_fn=list,
-                            generator=torch.Generator().manual_seed(model_cfg.seed))
+        # every training form of a fact (Zhu et al.: the model learns facts from their evidence)
+        loader = DataLoader(with_training_forms(splits.train), batch_size=init_cfg.batch_size, shuffle=True,
+                            collate_fn=list, generator=torch.Generator().manual_seed(model_cfg.seed))
         if not splits.val and keep_best:
             print("seqedit: the data has no D_val; the initial model's best epoch is chosen on 64 D'train examples",
                   file=sys.stderr)

@@ -4,6 +4,9 @@
 a mistake it calls `editor.edit`, then records SR at once and GR on the equivalents. Every
 `eval_every` edits and at the end of a fold it records ER, TrainR and TestR. Each fold starts from
 the initial model. The editor only edits and answers.
+
+`loop.mode=batch` is Zhu et al.'s setting instead: the fold's facts are edited at once (with all
+their training forms, for a fixed number of epochs), then scored as a stream would be.
 """
 
 from __future__ import annotations
@@ -93,6 +96,19 @@ def accuracy(editor: Editor, examples: list[Example], targets: list[Any] | None 
     return mean(editor.scores([e.prompt for e in examples], targets or [e.target for e in examples]))
 
 
+def probe_accuracy(editor: Editor, facts: list[Example]) -> float:
+    """Accuracy on the facts' held-out probes, every probe one statement (Zhu et al.'s test set);
+    NaN where no fact has a probe."""
+    prompts = [p for e in facts for p in e.probes]
+    return mean(editor.scores(prompts, [e.target for e in facts for _ in e.probes])) if prompts else float("nan")
+
+
+def shown_to_editor(example: Example) -> Example:
+    """The example as an editor gets it: without its equivalents (GR), locality pairs (Loc) and
+    held-out probes (A_M), which are measured, so kept out of its reach by construction."""
+    return replace(example, equivalents=[], locality=[], probes=[])
+
+
 class SequentialEditingCallback(L.Callback):
     def __init__(self, splits: EditSplits, records: RunRecords, loop: LoopConfig, seed: int,
                  initial: dict[str, Any], total: int):
@@ -108,6 +124,7 @@ class SequentialEditingCallback(L.Callback):
         self.global_step = 0
         self.stop_requested = 0  # the signal that asked the stream to stop
         self.state_bytes: list[int] = []  # size of each saved editor state
+        self.batch_done = False
 
     # -- fold boundaries -------------------------------------------------------------------------
     def _start_fold(self, editor: Editor, fold: int) -> None:
@@ -118,6 +135,7 @@ class SequentialEditingCallback(L.Callback):
         if state is not None and done:  # resuming this fold: the records were cut to the state
             editor.load_edit_state(state["editor"])
         self.edits = [r for r in done if r["edited"]]
+        self.batch_done = bool(done)  # batch mode: a fold's batch is recorded whole or not at all
 
     def _end_fold(self, editor: Editor) -> None:
         if self.fold is None:
@@ -132,9 +150,9 @@ class SequentialEditingCallback(L.Callback):
             "params_added": editor.params_added(),
             "base_params": editor.adapter.parameter_count(),
         }
-        if self.splits.unmodified:
-            final["modified"] = accuracy(editor, fold_examples)
-            final["unmodified"] = accuracy(editor, self.splits.unmodified)
+        if self.splits.unmodified:  # Zhu et al.: on held-out probes only
+            final["modified"] = probe_accuracy(editor, fold_examples)
+            final["unmodified"] = probe_accuracy(editor, self.splits.unmodified)
         metrics = fold_metrics(self.edits, final, self.initial)
         self.records.append({"type": "fold_end", "fold": self.fold, "final": final, "metrics": metrics,
                              "editor": editor.fold_report()})
@@ -149,7 +167,10 @@ class SequentialEditingCallback(L.Callback):
             self._end_fold(pl_module)
             self._start_fold(pl_module, batch.fold)
         if batch.example is not None:
-            self._process(pl_module, batch)
+            if self.loop.mode == "batch":
+                self._process_batch(pl_module, batch)
+            else:
+                self._process(pl_module, batch)
             self.bar.update(1)
 
     def on_test_end(self, trainer, pl_module):
@@ -165,9 +186,7 @@ class SequentialEditingCallback(L.Callback):
     # -- one stream example ----------------------------------------------------------------------
     def _process(self, editor: Editor, item: StreamItem) -> None:
         ex = item.example
-        # the editor gets the example without its equivalents and locality pairs: GR and Loc are
-        # measured on them, so they are kept out of its reach by construction
-        shown = replace(ex, equivalents=[], locality=[])
+        shown = shown_to_editor(ex)
         record = {"type": "edit", "fold": item.fold, "index": item.index, "uid": ex.uid}
         mistake = editor.scores([ex.prompt], [ex.target])[0] < 1
         record.update(mistake=mistake, edited=mistake, success=None, gr=[], seconds=None, steps=0)
@@ -194,6 +213,34 @@ class SequentialEditingCallback(L.Callback):
                 self._evaluate(editor)
             if self.loop.save_state and len(self.edits) % self.loop.state_every == 0:
                 self.state_bytes.append(self.records.save_state(item.fold, editor.edit_state()))
+
+    def _process_batch(self, editor: Editor, item: StreamItem) -> None:
+        """`loop.mode=batch` (Zhu et al., Sec. 4): at the fold's first example, every fact of the
+        fold is edited at once (all of them, as Zhu et al. modify m facts whatever the model
+        answered); each gets an edit record with its success and GR after the batch."""
+        if self.batch_done:
+            return
+        self.batch_done = True
+        facts = self.loop.stream(self.splits.folds[item.fold])
+        before = editor.scores([e.prompt for e in facts], [e.target for e in facts])
+        seed_all(edit_seed(self.seed, item.fold, 0))
+        start = time.perf_counter()
+        result = editor.edit_batch([shown_to_editor(e) for e in facts])
+        seconds = time.perf_counter() - start
+        after = editor.scores([e.prompt for e in facts], [e.target for e in facts])
+        for index, (ex, was, now) in enumerate(zip(facts, before, after)):
+            record = {"type": "edit", "fold": item.fold, "index": index, "uid": ex.uid, "mistake": was < 1,
+                      "edited": True, "success": now == 1, "seconds": seconds / len(facts), "steps": result.steps,
+                      "gr": editor.scores(ex.equivalents, [ex.target] * len(ex.equivalents)) if ex.equivalents else [],
+                      "params_added": editor.params_added(),
+                      "info": {"batch_size": len(facts), "batch_seconds": seconds,
+                               **(result.info if index == 0 else {})}}
+            self.records.append(record)
+            self.edits.append(record)
+        self.global_step += len(facts)
+        self._log({"SR": mean([float(r["success"]) for r in self.edits]), "edit/seconds": seconds})
+        if self.loop.save_state:
+            self.state_bytes.append(self.records.save_state(item.fold, editor.edit_state()))
 
     def _evaluate(self, editor: Editor) -> None:
         fold_examples = self.splits.folds[self.fold]

@@ -14,7 +14,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 import data  # noqa: F401  (registers datasets)
@@ -24,7 +24,7 @@ from benchmark.csvlog import AppendingCSVLogger
 from benchmark.distributed import gather, merge_initial, merge_lines, process_rank
 from benchmark.editor_training import load_trained_state
 from benchmark.init import prepare_initial_model
-from benchmark.loop import SequentialEditingCallback, StreamItem, accuracy, seed_all, stop_on_signals
+from benchmark.loop import SequentialEditingCallback, StreamItem, accuracy, probe_accuracy, seed_all, stop_on_signals
 from benchmark.metrics import aggregate
 from benchmark.models import build_model
 from benchmark.records import ResumeError, RunLock, RunRecords, without_resume
@@ -86,7 +86,7 @@ def _initial_accuracies(editor: Editor, splits: EditSplits, folds: list[int], lo
     out = {"train_subsample": accuracy(editor, splits.train_subsample), "test": accuracy(editor, test),
            "mistakes": mistakes}
     if splits.unmodified:
-        out["unmodified"] = accuracy(editor, splits.unmodified)
+        out["unmodified"] = probe_accuracy(editor, splits.unmodified)
     return out
 
 
@@ -108,12 +108,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """One run: every check that can fail runs before the slow steps (initial model, editing), and
     the run folder is locked while it is written."""
     run_cfg = instantiate(cfg)
+    # from here the config is the one that runs: every field a recipe or dataset resolves is filled in,
+    # so results, run ids and resume checks name the real settings
+    cfg = OmegaConf.structured(run_cfg)
     seed_all(run_cfg.seed)
     datamodule = build_data(run_cfg)
     splits = streamed_splits(datamodule, run_cfg.loop.split)
     folds = _fold_indices(run_cfg, splits)
+    editor_class = EDITORS.get(run_cfg.editor.name).target
+    if run_cfg.loop.mode == "batch" and not editor_class.edits_batches:
+        batch_editors = ", ".join(n for n in EDITORS.names() if EDITORS.get(n).target.edits_batches)
+        raise ConfigError(f"loop.mode=batch: editor {run_cfg.editor.name} edits one example at a time; "
+                          f"batch editors: {batch_editors}")
     # a missing training phase stops the run before anything is written
-    trained = load_trained_state(run_cfg) if EDITORS.get(run_cfg.editor.name).target.needs_training else None
+    trained = load_trained_state(run_cfg) if editor_class.needs_training else None
     run_dir = run_folder(run_cfg, cfg)
     rank, world = process_rank(run_cfg.trainer)
     folder = run_dir if world == 1 else run_dir / "ranks" / str(rank)

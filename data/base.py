@@ -35,6 +35,33 @@ class Example:
     original_target: Any = None  # the true object when `target` is a modified one (Zhu et al.)
     alternative: Any = None  # a new object the file proposes (zsRE `alt`), for target=modified
     locality: list[tuple[str, Any]] = field(default_factory=list)  # (prompt, answer) to keep
+    # Zhu et al.'s protocol: more training forms of the same fact (its supporting evidence), which
+    # the initial fit and an editor may train on, and held-out probes, which only the loop reads
+    # (A_M, A_F\S). The loop hands an editor the example without probes, equivalents and locality.
+    forms: list[str] = field(default_factory=list)
+    probes: list[str] = field(default_factory=list)
+
+    def training_prompts(self) -> list[str]:
+        """The edit prompt and every other training form of the fact."""
+        return [self.prompt, *self.forms]
+
+
+def hold_out_probes(example: Example, rng: random.Random) -> Example:
+    """Zhu et al., App. A (zsRE): of a fact's questions, two go to the held-out probes if it has
+    more than three, none if it has one, one otherwise; the rest are training forms. The edit
+    prompt (the first question) always stays a training form, so the probes are drawn from the
+    others. Under this protocol the probes are also the equivalents (GR right after an edit)."""
+    questions = [example.prompt, *example.equivalents]
+    held = 2 if len(questions) > 3 else 0 if len(questions) == 1 else 1
+    rest = questions[1:]
+    probes = rng.sample(rest, held)
+    forms = [q for q in rest if q not in probes]
+    return replace(example, forms=forms, probes=probes, equivalents=list(probes))
+
+
+def with_training_forms(examples: list[Example]) -> list[Example]:
+    """One example per training form (the initial fit learns a fact from all its evidence)."""
+    return [replace(e, prompt=p, forms=[]) for e in examples for p in e.training_prompts()]
 
 
 @dataclass(frozen=True)
@@ -59,13 +86,17 @@ class EditSplits:
     train_subsample: list[Example]
     test: list[Example]
     memory: list[Example]
-    unmodified: list[Example] = field(default_factory=list)  # A_F\S set; empty unless modified facts
+    # A_F\S's facts (Zhu et al.), scored on their held-out probes; empty unless modified facts
+    unmodified: list[Example] = field(default_factory=list)
 
     def for_editor(self) -> EditorData:
         """What an editor may learn from (see `EditorData`)."""
         held_out = {id(e) for e in (*self.train_subsample, *self.test, *self.unmodified)}
-        return EditorData(task=self.task, train=[e for e in self.train if id(e) not in held_out], val=list(self.val),
-                          memory=[e for e in self.memory if id(e) not in held_out])
+
+        def shown(examples: list[Example]) -> list[Example]:  # probes are evaluation data, whoever's
+            return [replace(e, probes=[]) if e.probes else e for e in examples if id(e) not in held_out]
+
+        return EditorData(task=self.task, train=shown(self.train), val=shown(self.val), memory=shown(self.memory))
 
     def sizes(self) -> dict[str, int]:
         return {
@@ -145,6 +176,7 @@ class EditDataModule(L.LightningDataModule):
 
     task: ClassVar[str] = GENERATION
     config_class: ClassVar[type] = DataConfig
+    version: ClassVar[int] = 1  # bump when the same files and settings give other examples (new initial models)
 
     def __init__(self, config: DataConfig):
         super().__init__()
@@ -169,18 +201,18 @@ class EditDataModule(L.LightningDataModule):
         are dropped before splitting, and a test record that is also a training record is dropped
         from the test file, so no example is in two splits (it would be trained on, edited and
         scored at once)."""
-        seen: set[tuple[str, str]] = set()
+        seen: set[tuple[str, ...]] = set()
         kept = self._keep_new(records, seen, "duplicate (prompt, target) (records)")
         if test is not None:
             test = self._keep_new(test, seen, "test record repeating another record (records)")
         return kept, test
 
-    def _keep_new(self, examples: list[Example], seen: set[tuple[str, str]], repeated: str) -> list[Example]:
+    def _keep_new(self, examples: list[Example], seen: set[tuple[str, ...]], repeated: str) -> list[Example]:
         """The examples whose target is not empty and whose (prompt, target) is not in `seen` (which
         grows); the others are counted under their reason."""
         kept = []
         for e in examples:
-            key = (e.prompt, str(e.target))
+            key = (e.prompt, str(e.target), *e.probes)  # two facts may share an evidence sentence, not a probe
             if isinstance(e.target, str) and not e.target.strip():
                 self.dropped["empty target (records)"] += 1
             elif key in seen:
@@ -275,7 +307,7 @@ class EditDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        return self._loader(self.splits.train)
+        return self._loader(with_training_forms(self.splits.train))
 
     def val_dataloader(self) -> DataLoader:
         self.setup()

@@ -10,7 +10,9 @@ others are its equivalent inputs (GR). Two tasks:
   same relation, drawn by frequency (the same sampler as modified facts).
 
 `target=modified` replaces each edit example's object by a frequency-sampled other object of its
-relation (Zhu et al. 2020); the unmodified facts (A_F\\S) are then D_tr. Deterministic by seed.
+relation (Zhu et al. 2020) and follows their protocol: each fact's templates are split into
+training forms and held-out probes (`hold_out_probes`, their zsRE rule); A_M and A_F\\S (on D_tr's
+facts) are read on the probes. Deterministic by seed.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from benchmark.registry import DATASETS
-from data.base import CLASSIFICATION, GENERATION, DataConfig, EditDataModule, EditSplits, Example
+from data.base import CLASSIFICATION, GENERATION, DataConfig, EditDataModule, EditSplits, Example, hold_out_probes
 from data.modify import ObjectSampler
 
 CONTINENTS = {"AF": "Africa", "AS": "Asia", "EU": "Europe", "NA": "North America", "OC": "Oceania",
@@ -138,6 +140,7 @@ class FactsConfig(DataConfig):
 
 class FactsDataModule(EditDataModule):
     config_class = FactsConfig
+    version = 2  # 2: target=modified splits each fact's templates into training forms and probes
 
     def __init__(self, config: FactsConfig):
         super().__init__(config)
@@ -170,10 +173,14 @@ class FactsDataModule(EditDataModule):
         return examples, None
 
     def make_splits(self, records, test) -> EditSplits:
-        splits = super().make_splits(records, test)
         if self.config.target == "modified":
             if self.task != GENERATION:
                 raise ValueError("data.target=modified needs data.task=qa")
+            # Zhu et al.'s protocol: each fact's templates split into training forms and held-out probes
+            rng = random.Random(self.config.seed + 5)
+            records = [hold_out_probes(e, rng) for e in records]
+        splits = super().make_splits(records, test)
+        if self.config.target == "modified":
             rng = random.Random(self.config.seed + 2)
             for fold in splits.folds:
                 self._modify(fold, rng)

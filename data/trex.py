@@ -1,28 +1,33 @@
-"""T-REx cloze facts from LAMA (Zhu et al. 2020, App. A): per-relation `P*.jsonl` files and
+r"""T-REx cloze facts from LAMA (Zhu et al. 2020, App. A): per-relation `P*.jsonl` files and
 `relations.jsonl` with one template per relation ("[X] was born in [Y] .").
 
-Each fact is an Example whose prompt is the relation template's probe and whose equivalents are
-its training evidences (`evidences[].masked_sentence`). Two forms (`data.form`):
+Zhu et al.'s roles: "we use the masked sentences and the objects from Wikipedia as the training
+set, and the cloze-type question constructed from the templates as the test set". So each fact
+is an Example whose training forms are its evidences (`evidences[].masked_sentence`): the first
+is the edit prompt, the others `forms`; the relation template is its held-out probe (`probes`, and
+the equivalents on which GR is read right after an edit). The initial fit trains on every
+evidence; A_M and A_F\S are read on the templates only, which no editor is handed. Two forms
+(`data.form`):
 
 * `causal`: the text before the mask, the object as continuation; an evidence whose mask is not
   at the end (only punctuation after it) cannot be read by a left-to-right model and is left out
-  (counted), and so is a fact whose template has the object before the end;
+  (counted), and so is a fact whose template has the object before the end or that keeps no
+  evidence;
 * `masked`: the cloze sentences as they are, `[MASK]` anywhere, for masked LMs (the `masked`
   model family, e.g. `tiny-bert-mlm` or any BERT/RoBERTa MLM): every evidence is kept.
 
-T-REx has no held-out probes, so D_test is D_tr: TestR equals TrainR here.
-
 Knowledge modification: `modify` facts (32, 128, 512, ...) of D'train get a new object of the
 same relation, drawn by its frequency in the training set and never the original; all their
-evidences follow (same sentences, new answer). They form the edit stream; A_F\\S is measured on
-D_tr, facts left unmodified.
+evidences and their probe follow (same sentences, new answer). They form the edit stream. D_tr
+(TrainR) is a sample of the unmodified facts, read on their evidence; its facts' templates are
+D_test (TestR) and A_F\S's probes.
 """
 
 from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from benchmark.registry import DATASETS
 from data.base import GENERATION, DataConfig, DataError, EditDataModule, EditSplits, Example, cut_folds
@@ -66,6 +71,7 @@ class TrexConfig(DataConfig):
 class TrexDataModule(EditDataModule):
     task = GENERATION
     config_class = TrexConfig
+    version = 2  # 2: evidences are the training forms, the template the held-out probe (Zhu et al.)
 
     def _templates(self) -> dict[str, str]:
         from data.io import find_file
@@ -95,20 +101,24 @@ class TrexDataModule(EditDataModule):
                 read = causal_prefix if self.config.form == "causal" else cloze
                 probe = read(templates[relation].replace("[X]", subject).replace("[Y]", MASK))
                 if probe is None:
-                    self.dropped["template object not at the end" if read is causal_prefix
-                                 else "template without one [MASK]"] += 1
+                    self.dropped["facts whose template has the object not at the end" if read is causal_prefix
+                                 else "facts whose template has not one [MASK]"] += 1
                     continue
                 evidences = []
                 for i, evidence in enumerate(get(record, "evidences", where, list)):
                     masked = get(evidence, "masked_sentence", f"{where} evidence {i}", str)
                     prefix = read(masked)
                     if prefix is None:
-                        self.dropped["evidence mask not at the end (masked-LM only)" if read is causal_prefix
-                                     else "evidence without exactly one [MASK]"] += 1
+                        self.dropped["evidence sentences with the mask not at the end (masked-LM only)"
+                                     if read is causal_prefix else "evidence sentences without exactly one [MASK]"] += 1
                     elif prefix not in evidences and prefix != probe:
                         evidences.append(prefix)
-                examples.append(Example(uid=str(record.get("uuid", where)), prompt=probe, target=" " + obj,
-                                        equivalents=evidences, relation=relation))
+                if not evidences:
+                    self.dropped["facts with no usable evidence sentence"] += 1
+                    continue
+                examples.append(Example(uid=str(record.get("uuid", where)), prompt=evidences[0], target=" " + obj,
+                                        forms=evidences[1:], probes=[probe], equivalents=[probe],
+                                        relation=relation))
         return examples, None
 
     def make_splits(self, records, test) -> EditSplits:
@@ -129,8 +139,7 @@ class TrexDataModule(EditDataModule):
             if new is None:
                 self.dropped["relation has a single object"] += 1
                 continue
-            stream.append(Example(ex.uid, ex.prompt, " " + new, list(ex.equivalents), ex.relation,
-                                  original_target=ex.target))
+            stream.append(replace(ex, target=" " + new, original_target=ex.target))
         rest = [records[i] for i in order[cfg.modify :]]
         if not stream:
             raise DataError(f"{cfg.path}: no fact could be modified")
@@ -139,8 +148,9 @@ class TrexDataModule(EditDataModule):
                             "chooses its epoch on 64 D'train facts, and loop.split=val is not available")
         subsample = rest[: cfg.train_subsample]
         memory = rest[cfg.train_subsample : cfg.train_subsample + cfg.memory_size]
+        probes = [Example(f"{e.uid}:probe", p, e.target, relation=e.relation) for e in subsample for p in e.probes]
         return EditSplits(task=self.task, train=records, val=[], folds=folds,
-                          train_subsample=subsample, test=subsample, memory=memory, unmodified=subsample)
+                          train_subsample=subsample, test=probes, memory=memory, unmodified=subsample)
 
 
     def check_model(self, family: str) -> None:

@@ -15,7 +15,9 @@ Single-answer questions only; split 0.9 / 0.075 / 0.025 (but for T-Patcher's pre
 the dev/eval file is D_test.
 `target=gold` edits the model's mistakes on the true answer (T-Patcher); `target=modified`
 teaches `alt` / `alternatives[0]`, or for KILT a frequency-sampled object of the same relation
-(Zhu et al.; EasyEdit). Targets carry a leading space, as a continuation of the question.
+(Zhu et al.; EasyEdit), and follows Zhu et al.'s protocol: each fact's questions are split into
+training forms and held-out probes (two if it has more than three, none if one, else one), and
+A_M / A_F\\S are read on the probes alone. Targets carry a leading space, as a continuation of the question.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 
 from benchmark.registry import DATASETS
 from data.backtranslate import BackTranslationConfig
-from data.base import GENERATION, DataConfig, DataError, EditDataModule, EditSplits, Example
+from data.base import GENERATION, DataConfig, DataError, EditDataModule, EditSplits, Example, hold_out_probes
 from data.io import field as get
 from data.io import find_file, read_json_array, read_jsonl
 from data.modify import ObjectSampler
@@ -64,6 +66,7 @@ def _answers(record: dict, where: str) -> list[str]:
 class ZsreDataModule(EditDataModule):
     task = GENERATION
     config_class = ZsreConfig
+    version = 2  # 2: target=modified splits each fact's questions into training forms and probes
     given: list[list[Example]] | None = None  # D'train, D_val, D_edit of a pre-split layout
 
     def _layout(self) -> tuple[str, list]:
@@ -134,6 +137,11 @@ class ZsreDataModule(EditDataModule):
         return parts[0], parts[1] or None
 
     def make_splits(self, records, test) -> EditSplits:
+        if self.config.target == "modified":  # Zhu et al.: questions split into training forms and probes
+            rng = random.Random(self.config.seed + 5)
+            records = [hold_out_probes(e, rng) for e in records]
+            if self.given is not None:
+                self.given = [[hold_out_probes(e, rng) for e in part] for part in self.given]
         if self.given is not None:
             if test is None:
                 raise DataError(f"{self.config.path}: T-Patcher's zsRE layout lacks zsre-dev-kilt.jsonl (D_test)")

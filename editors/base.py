@@ -58,6 +58,7 @@ class Editor(L.LightningModule):
     answers_from_memory: ClassVar[bool] = False  # edits live beside the model, which never changes
     training_version: ClassVar[int] = 1  # part of the trained state's cache key: bump when training changes
     one_shot: ClassVar[bool] = False  # one predicted update per edit (KE, MEND), not optimised until right
+    edits_batches: ClassVar[bool] = False  # implements `edit_batch` (loop.mode=batch, Zhu et al.)
 
     def __init__(self, config: EditorConfig, adapter: ModelAdapter):
         super().__init__()
@@ -88,6 +89,10 @@ class Editor(L.LightningModule):
 
     def edit(self, example: Example) -> EditResult:
         raise NotImplementedError
+
+    def edit_batch(self, examples: list[Example]) -> EditResult:
+        """Edit every example at once, from all their training forms (`edits_batches` editors)."""
+        raise NotImplementedError(f"{type(self).__name__} edits one example at a time")
 
     def after_example(self, example: Example) -> None:
         """Called after every stream example, edited or not (T-Patcher grows its memory here)."""

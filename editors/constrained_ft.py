@@ -16,13 +16,18 @@ mistake is trained until the model gets it right or `max_steps`.
   of D'train outside D_tr). Never from D_tr, on which A_F\\S, TrainR (and T-REx's TestR) are
   measured: an editor is not handed it (`EditorData`).
 * `delta=inf` is plain fine-tuning of the chosen parameters.
+* Every step trains on all the fact's training forms (its supporting evidence, `Example.forms`;
+  the edit prompt alone where a dataset has none). In the stream an edit runs until the edit
+  prompt is right or `max_steps`; in `loop.mode=batch` (Zhu et al., Sec. 4 and App. B) the fold's
+  facts are edited together: `epochs` passes over all their forms in shuffled minibatches of
+  `batch_size` (their 10 and 128), FTA adding `batch_size` unmodified forms to each.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -40,6 +45,8 @@ class ConstrainedFTConfig(EditorConfig):
     norm: str = field(default="linf", metadata={"help": "linf (element-wise clamp) | l2 (ball over all tuned weights)"})
     lr: float = field(default=1e-4, metadata={"help": "Adam learning rate"})
     mix: str = field(default="ftm", metadata={"help": "ftm: modified facts only | fta: plus as many unmodified"})
+    epochs: int = field(default=10, metadata={"help": "loop.mode=batch: passes over the facts' forms (Zhu et al.: 10)"})
+    batch_size: int = field(default=128, metadata={"help": "loop.mode=batch: forms per minibatch (Zhu et al.: 128)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -54,6 +61,8 @@ class ConstrainedFTConfig(EditorConfig):
             raise ValueError(f"editor.mix must be ftm or fta, got {self.mix!r}")
         if self.lr <= 0:
             raise ValueError(f"editor.lr must be positive, got {self.lr}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("editor.epochs and editor.batch_size must be at least 1")
 
 
 @torch.no_grad()
@@ -72,8 +81,14 @@ def project(params: list[Tensor], initial: list[Tensor], delta: float, norm: str
             p.copy_(p0 + (p - p0) * scale)
 
 
+def forms_of(examples: list[Example]) -> list[Example]:
+    """One example per training form of each fact."""
+    return [replace(e, prompt=p, forms=[]) for e in examples for p in e.training_prompts()]
+
+
 class ConstrainedFTEditor(Editor):
     config_class = ConstrainedFTConfig
+    edits_batches = True
 
     def __init__(self, config: ConstrainedFTConfig, adapter):
         super().__init__(config, adapter)
@@ -88,23 +103,36 @@ class ConstrainedFTEditor(Editor):
 
     def prepare(self, data: EditorData) -> None:
         super().prepare(data)
-        self.unmodified = list(data.memory)
+        self.unmodified = forms_of(data.memory)
         if self.needs_memory and not self.unmodified:
             raise ValueError("editor.mix=fta needs unmodified facts from the memory pool, and the data gives none "
                              "(raise data.memory_size or lower data.train_subsample)")
 
-    def step_examples(self, example: Example) -> list[Example]:
-        """One minibatch: the modified fact, plus (FTA) as many unmodified facts, fresh each step."""
+    def step_examples(self, modified: list[Example]) -> list[Example]:
+        """One minibatch: the modified forms, plus (FTA) as many unmodified forms, fresh each step."""
         if self.config.mix == "ftm":
-            return [example]
-        return [example, *random.sample(self.unmodified, 1)]
+            return modified
+        return [*modified, *random.sample(self.unmodified, min(len(modified), len(self.unmodified)))]
+
+    def _step(self, optimizer, params: list[Tensor], initial: list[Tensor], examples: list[Example]) -> None:
+        """One projected Adam step on the examples (their App. D)."""
+        batch = self.adapter.encode([e.prompt for e in examples], [e.target for e in examples])
+        loss = self.adapter.loss(batch, self.adapter.scored_logits(batch))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        project(params, initial, self.config.delta, self.config.norm)
+
+    def _optimiser(self):
+        tuned = self.trainable_parameters()
+        params, initial = list(tuned.values()), [self._initial[n] for n in tuned]
+        return adam(params, self.config.lr), params, initial
 
     def edit(self, example: Example) -> EditResult:
         cfg, adapter = self.config, self.adapter
-        tuned = self.trainable_parameters()
-        params, initial = list(tuned.values()), [self._initial[n] for n in tuned]
-        optimizer = adam(params, cfg.lr)
+        optimizer, params, initial = self._optimiser()
         probe = adapter.encode([example.prompt], [example.target])
+        forms = forms_of([example])
         steps = 0
         with torch.enable_grad():
             for steps in range(cfg.max_steps + 1):
@@ -112,14 +140,21 @@ class ConstrainedFTEditor(Editor):
                     holds = bool(adapter.token_correct(probe, adapter.scored_logits(probe)).all())
                 if holds or steps == cfg.max_steps:
                     break
-                batch_examples = self.step_examples(example)
-                batch = adapter.encode([e.prompt for e in batch_examples], [e.target for e in batch_examples])
-                loss = adapter.loss(batch, adapter.scored_logits(batch))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                project(params, initial, cfg.delta, cfg.norm)
+                self._step(optimizer, params, initial, self.step_examples(forms))
         return EditResult(steps=steps, info={"distance": self.distance()})
+
+    def edit_batch(self, examples: list[Example]) -> EditResult:
+        """Zhu et al.'s batch setting: fixed epochs over every form of every fact; no stop rule."""
+        cfg = self.config
+        optimizer, params, initial = self._optimiser()
+        forms, steps = forms_of(examples), 0
+        with torch.enable_grad():
+            for _ in range(cfg.epochs):
+                random.shuffle(forms)
+                for start in range(0, len(forms), cfg.batch_size):
+                    self._step(optimizer, params, initial, self.step_examples(forms[start : start + cfg.batch_size]))
+                    steps += 1
+        return EditResult(steps=steps, info={"distance": self.distance(), "forms": len(forms)})
 
     @torch.no_grad()
     def distance(self) -> float:

@@ -22,6 +22,7 @@ from editors.datastore import Datastore
 
 class RetrievalEditor(Editor):
     answers_from_memory = True
+    edits_batches = True
 
     def __init__(self, config, adapter, width: int):
         super().__init__(config, adapter)
@@ -44,13 +45,22 @@ class RetrievalEditor(Editor):
         self.preloaded = len(self.store)
 
     def edit(self, example: Example) -> EditResult:
-        key = self.keys([example.prompt])
-        distance = float(self.store.search(key)[0][0])  # inf while the store is empty
-        self.store.add(key, [example.target])
+        """One entry per training form of the fact (Zhu et al.'s datastore holds the supporting
+        evidence of the modified facts; a plain example has one form, its prompt)."""
+        prompts = example.training_prompts()
+        keys = self.keys(prompts)
+        distance = float(self.store.search(keys[:1])[0][0])  # inf while the store is empty
+        self.store.add(keys, [example.target] * len(prompts))
         if not math.isfinite(distance):
             return EditResult(steps=0, info={"nearest_distance": None})
         self._edit_distances.append(distance)
         return EditResult(steps=0, info={"nearest_distance": distance})
+
+    def edit_batch(self, examples: list[Example]) -> EditResult:
+        """Every form of every fact into the datastore at once (loop.mode=batch)."""
+        prompts = [p for e in examples for p in e.training_prompts()]
+        self.store.add(self.keys(prompts), [e.target for e in examples for _ in e.training_prompts()])
+        return EditResult(steps=0, info={"entries_added": len(prompts)})
 
     def reset(self) -> None:
         self.store.truncate(self.preloaded)

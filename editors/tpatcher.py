@@ -60,29 +60,44 @@ from benchmark.registry import EDITORS
 from data.base import CLASSIFICATION, EditorData, Example
 from editors.base import Editor, EditorConfig, EditResult
 from editors.patch_memory import QUANTIZED_SCAN, QueryMemory
+from editors.tpatcher_official import edit_official
 
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}
 THRESHOLDS = {"gelu": (-3.0, 3.0), "relu": (0.0, 0.0), "silu": (-8.0, 8.0)}
 GATED_DEFAULT = ("relu", -3.0, 3.0)
 
 
+RECIPES = ("seqedit", "official")
+# recipe -> defaults of the fields left unset: (max_steps, memory_weight, value_scale, mode)
+RECIPE_DEFAULTS = {"seqedit": (300, 10.0, 5.0, "fast"), "official": (2000, 5.0, 10.0, "naive")}
+
+
 @dataclass
 class TPatcherConfig(EditorConfig):
-    max_steps: int = field(default=300, metadata={"help": "steps per edit at most (published code: 2,000)"})
+    recipe: str = field(default="seqedit", metadata={
+        "help": "seqedit | official: the published code's edit (8 dropout copies in train mode, weight decay, "
+                "clipping, plateau schedule, label smoothing, its stop rule on a D_val memory, memory of edited "
+                "examples only; editors/tpatcher_official.py), naive mode"})
+    max_steps: int | None = field(default=None, metadata={
+        "help": "steps per edit at most; unset: 300 (seqedit recipe) or 2,000 (official, utils.py:33)"})
     lr: float = field(default=0.01, metadata={"help": "Adam learning rate of the patch"})
     activation_weight: float = field(default=1.0, metadata={"help": "a: weight of the activation loss"})
-    memory_weight: float = field(default=10.0, metadata={
-        "help": "m: weight of the memory losses (paper: 10 for both tasks; published code: 5)"})
+    memory_weight: float | None = field(default=None, metadata={
+        "help": "m: weight of the memory losses; unset: 10 (the paper, both tasks) or 5 (official: mlc, utils.py:72)"})
     topk: int = field(default=1000, metadata={"help": "k of S(.; k) in the memory losses"})
     topk_activation: int = field(default=5, metadata={"help": "k_a of S(-A; k_a) for several patches"})
     activation: str = field(default="auto", metadata={"help": "auto | relu | gelu | silu: patch activation"})
     beta: float | None = field(default=None, metadata={"help": "memory activation ceiling (None: by activation)"})
     gamma: float | None = field(default=None, metadata={"help": "margin of l_m2 (None: by activation)"})
     l_m2_sign: str = field(default="margin", metadata={"help": "margin (published code, +gamma) | paper (-gamma)"})
-    value_scale: float = field(default=5.0, metadata={"help": "n_p: initial scale of the patch value"})
+    value_scale: float | None = field(default=None, metadata={
+        "help": "initial scale of the patch value; unset: n_p = 5 with v' ~ U(0,1) (paper) or a = 10 with v ~ N(0,1) "
+                "(official: amplify_con, patch.py:239-266)"})
     max_patches: int = field(default=5, metadata={"help": "patches per example at most (generation)"})
     layer: int = field(default=-1, metadata={"help": "index of the patched FFN layer (-1: last)"})
-    mode: str = field(default="fast", metadata={"help": "fast (cached upstream) | naive (full forward each step)"})
+    mode: str | None = field(default=None, metadata={
+        "help": "fast (cached upstream) | naive (full forward each step); unset: fast, or naive for recipe=official "
+                "(dropout makes a cache invalid)"})
     memory_update: bool = field(default=True, metadata={"help": "add the stream's queries to the memory"})
     stop_margin: float = field(default=0.0, metadata={"help": "stop when the target leads by this logit margin"})
     stop_below_beta: bool = field(
@@ -99,6 +114,15 @@ class TPatcherConfig(EditorConfig):
                 "in fp32 only the rows it cannot rule out (the same top-k as fp32); auto: int8 on CPU"})
 
     def __post_init__(self) -> None:
+        if self.recipe not in RECIPES:
+            raise ValueError(f"editor.recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
+        defaults = RECIPE_DEFAULTS[self.recipe]
+        for key, default in zip(("max_steps", "memory_weight", "value_scale", "mode"), defaults):
+            if getattr(self, key) is None:
+                setattr(self, key, default)
+        if self.recipe == "official" and self.mode != "naive":
+            raise ValueError("editor.recipe=official trains in train mode (dropout), where the fast path's cache is "
+                             "invalid; use editor.mode=naive (the default there)")
         super().__post_init__()
         if self.activation not in ("auto", *ACTIVATIONS):
             raise ValueError(f"editor.activation must be auto, relu, gelu or silu, got {self.activation!r}")
@@ -188,6 +212,7 @@ class TPatcherEditor(Editor):
         self.patch_queries = torch.zeros(0, site.width)  # each patch's own mistake query (Fig. 5)
         self.patch_labels: list[str] = []  # "edit.mistake", as the paper labels Fig. 5
         self.initial_memory_len = 0
+        self.initial_val_memory = self.val_memory = torch.zeros(0, site.width)  # recipe=official only
         self._seen_queries: dict[tuple[str, str], Tensor] = {}  # of the example being checked
         self._handles = []
         self._enable()
@@ -223,6 +248,12 @@ class TPatcherEditor(Editor):
         self.memory.to(self.adapter.device)
         self.memory.append(self._queries(data.memory).to(self.adapter.device))
         self.initial_memory_len = len(self.memory)
+        if self.config.recipe == "official":  # its stop rule reads a memory of D_val's queries
+            if not data.val and self.config.use_memory_loss:
+                raise ValueError("editor.recipe=official reads its stop rule on a D_val memory, and this run hands "
+                                 "the editor no D_val (loop.split=val, or data without one)")
+            self.initial_val_memory = self._queries(data.val).to(self.adapter.device)
+            self.val_memory = self.initial_val_memory
 
     def scores(self, prompts: list[str], targets: list) -> list[float]:
         """The loop's check of one stream example also keeps its FFN queries, which the memory
@@ -235,7 +266,7 @@ class TPatcherEditor(Editor):
 
     def after_example(self, example: Example) -> None:
         seen, self._seen_queries = self._seen_queries, {}
-        if self.config.memory_update:
+        if self.config.memory_update and self.config.recipe != "official":  # official: edited examples only
             rows = seen.get((example.prompt, str(example.target)))
             self.memory.append(rows if rows is not None else self._queries([example]))
 
@@ -245,11 +276,13 @@ class TPatcherEditor(Editor):
         self.patch_queries = self.patch_queries[:0]
         self.patch_labels = []
         self.memory.truncate(self.initial_memory_len)
+        self.val_memory = self.initial_val_memory
 
     def edit_state(self) -> dict:
         return {"keys": self.bank.keys.clone(), "bias": self.bank.bias.clone(), "values": self.bank.values.clone(),
                 "queries": self.patch_queries.clone(), "labels": list(self.patch_labels),
-                "memory": self.memory.matrix[self.initial_memory_len :].clone()}
+                "memory": self.memory.matrix[self.initial_memory_len :].clone(),
+                "val_memory": self.val_memory[len(self.initial_val_memory) :].clone()}
 
     def load_edit_state(self, state: dict) -> None:
         self.bank.truncate(0)
@@ -257,6 +290,7 @@ class TPatcherEditor(Editor):
         self.patch_queries, self.patch_labels = state["queries"].clone(), list(state["labels"])
         self.memory.truncate(self.initial_memory_len)
         self.memory.append(state["memory"])
+        self.val_memory = torch.cat([self.initial_val_memory, state["val_memory"].to(self.initial_val_memory)])
 
     # -- editing -------------------------------------------------------------------------------
     def _solved(self, batch: EncodedBatch, logits: Tensor) -> bool:
@@ -323,6 +357,14 @@ class TPatcherEditor(Editor):
         return screen, rows, missed
 
     def edit(self, example: Example) -> EditResult:
+        if self.config.recipe == "official":
+            result, own = edit_official(self, example)
+            self._label_patches(own)
+            if self.config.memory_update:  # the edited example joins both memories (T-patch.py:102-103)
+                queries = self._queries([example])
+                self.memory.append(queries)
+                self.val_memory = torch.cat([self.val_memory, queries.to(self.val_memory)])
+            return result
         cfg, adapter = self.config, self.adapter
         batch = adapter.encode([example.prompt], [example.target])
         cache = adapter.capture(batch, cfg.layer)  # with the earlier patches in place
@@ -376,9 +418,7 @@ class TPatcherEditor(Editor):
                 loss.backward()
                 optimizer.step()
         self.bank.append(keys.detach(), bias.detach(), (value_dir * value_scale).detach())
-        edit_no = len(set(label.split(".")[0] for label in self.patch_labels)) + 1
-        self.patch_queries = torch.cat([self.patch_queries.to(own.device), own])
-        self.patch_labels += [f"{edit_no}.{j + 1}" for j in range(n)]
+        self._label_patches(own)
         with torch.no_grad():
             own_act = (own @ keys + bias).diagonal() if n > 1 else (own @ keys + bias).reshape(-1)
             mem_max = (self.memory.matrix @ keys + bias).max(0).values if len(self.memory) else None
@@ -395,6 +435,12 @@ class TPatcherEditor(Editor):
         if screening:  # rows of the true top-k that the candidates lacked, summed over rescans
             info.update(memory_scans=scans, screen_missed_rows=missed)
         return EditResult(steps=steps, info=info)
+
+    def _label_patches(self, own: Tensor) -> None:
+        """Keep the new patches' own queries and labels "edit.mistake" (Fig. 5)."""
+        edit_no = len(set(label.split(".")[0] for label in self.patch_labels)) + 1
+        self.patch_queries = torch.cat([self.patch_queries.to(own.device), own])
+        self.patch_labels += [f"{edit_no}.{j + 1}" for j in range(len(own))]
 
     @torch.no_grad()
     def _failure(self, own: Tensor, own_act: Tensor, mem_max: Tensor | None, holds: bool) -> str:

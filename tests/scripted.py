@@ -10,11 +10,13 @@ from editors.base import Editor, EditorConfig, EditResult
 
 
 def ex(uid: str, target: str = " yes", equivalents: int = 2) -> Example:
-    return Example(uid=uid, prompt=uid, target=target, equivalents=[f"{uid}~{i}" for i in range(equivalents)])
+    """An example whose equivalents are uid~0, uid~1, ... and whose held-out probe is uid?."""
+    return Example(uid=uid, prompt=uid, target=target, equivalents=[f"{uid}~{i}" for i in range(equivalents)],
+                   probes=[f"{uid}?"])
 
 
-# What the initial model knows: prompt -> answer.
-KNOWN = {"a": " yes", "t1": " yes", "t2": " yes", "x1": " yes"}
+# What the initial model knows: prompt -> answer (a fact it knows, it knows under its probe too).
+KNOWN = {p: " yes" for uid in ("a", "t1", "t2", "x1") for p in (uid, f"{uid}?")}
 FOLDS = [[ex("a"), ex("b"), ex("c"), ex("d")], [ex("e"), ex("f", equivalents=0)]]
 TRAIN_SUBSAMPLE = [ex("t1"), ex("t2"), ex("t3")]  # initial accuracy 2/3
 TEST = [ex("x1"), ex("x2")]  # initial accuracy 1/2
@@ -41,6 +43,7 @@ class ScriptedConfig(EditorConfig):
     crash_at: int = -1  # raise on this edit call (simulated crash), counting from 0
     equivalents_learned: int = 1  # of each edit's equivalents, how many the edit also fixes
     sleep: float = 0.0  # seconds each edit takes (signal tests)
+    generalises: bool = True  # an edit also fixes the fact's held-out probe
 
 
 class Crash(RuntimeError):
@@ -71,14 +74,25 @@ class ScriptedEditor(Editor):
 
             time.sleep(self.config.sleep)
         if self.config.forget:
-            self.knowledge.pop(self.last, None)
-            self.knowledge.pop("t1", None)
+            for prompt in (self.last, "t1"):
+                self.knowledge.pop(prompt, None)
+                self.knowledge.pop(f"{prompt}?", None)
         self.knowledge[example.prompt] = example.target
         assert not example.equivalents, "the loop hands an editor no equivalents (GR is measured on them)"
+        assert not example.probes, "the loop hands an editor no held-out probes (A_M is measured on them)"
+        if self.config.generalises:
+            self.knowledge[f"{example.prompt}?"] = example.target
         for i in range(self.config.equivalents_learned):  # ex() names an example's equivalents uid~i
             self.knowledge[f"{example.prompt}~{i}"] = example.target
         self.last = example.prompt
         return EditResult(steps=1)
+
+    edits_batches = True
+
+    def edit_batch(self, examples):
+        for example in examples:
+            self.edit(example)
+        return EditResult(steps=len(examples), info={"facts": len(examples)})
 
     def edit_state(self):
         return {"knowledge": dict(self.knowledge), "last": self.last}

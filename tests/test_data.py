@@ -104,11 +104,19 @@ def test_trex_modified_facts():
     stream = dm.splits.folds[0]
     assert len(stream) == 32
     objects = Counter(e.target for e in dm.splits.train)
-    for ex in stream:
+    for ex in stream:  # Zhu et al.'s roles: train on the evidence, probe with the template
         assert ex.target != ex.original_target and objects[ex.target] > 0
-        assert ex.prompt.endswith("was born in")
-    assert all("[MASK]" not in q for e in stream for q in e.equivalents)
-    assert dm.dropped["evidence mask not at the end (masked-LM only)"] > 0
+        assert ex.probes == ex.equivalents and len(ex.probes) == 1 and ex.probes[0].endswith("was born in")
+        assert ex.probes[0] not in ex.training_prompts()
+    assert all("[MASK]" not in q for e in stream for q in e.training_prompts() + e.probes)
+    assert dm.dropped["evidence sentences with the mask not at the end (masked-LM only)"] > 0
+    # D_test and A_F\S: the templates of D_tr's facts, with their true objects; none reaches an editor
+    splits = dm.splits
+    assert [t.prompt for t in splits.test] == [p for e in splits.unmodified for p in e.probes]
+    assert [t.target for t in splits.test] == [e.target for e in splits.unmodified]
+    given = splits.for_editor()
+    assert not any(e.probes for e in (*given.train, *given.memory))
+    assert not {e.uid for e in splits.unmodified} & {e.uid for e in (*given.train, *given.memory)}
 
 
 @needs_shared
@@ -124,17 +132,17 @@ def test_trex_masked_form_keeps_every_cloze_evidence_and_a_masked_lm_reads_them(
         for line in path.read_text().splitlines():
             sentences = {ev["masked_sentence"].strip() for ev in json.loads(line)["evidences"]}
             expected += sum(s.count("[MASK]") == 1 for s in sentences)
-    assert sum(len(e.equivalents) for e in masked.splits.train) == expected
-    assert expected > sum(len(e.equivalents) for e in causal.splits.train)
+    assert sum(len(e.training_prompts()) for e in masked.splits.train) == expected
+    assert expected > sum(len(e.training_prompts()) for e in causal.splits.train)
     from tests.conftest import tiny
 
     adapter = tiny("tiny-bert-mlm")
-    sentences = [q for e in stream[:4] for q in e.equivalents[:2]]
-    batch = adapter.encode(sentences, [stream[0].target] * len(sentences))
+    pairs = [(q, e.target) for e in stream[:4] for q in (*e.training_prompts()[:2], *e.probes)]
+    sentences, targets = [q for q, _ in pairs], [t for _, t in pairs]
+    batch = adapter.encode(sentences, targets)
     mask_id = adapter.tokenizer.mask_token_id
     assert bool((batch.inputs["input_ids"][batch.score_mask] == mask_id).all())
-    assert len(adapter.scores(sentences, [e.target for e in stream[:4] for _ in range(2)][: len(sentences)])) \
-        == len(sentences)
+    assert len(adapter.scores(sentences, targets)) == len(sentences)
 
 
 def test_json_mapped_dataset(tmp_path):

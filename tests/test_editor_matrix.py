@@ -18,6 +18,7 @@ ROWS = {
     "ft_kl_last": {"lr": 1e-3, "max_steps": 300, "kl_batch": 4},
     "ft_kl_last-official": {"lr": 1e-3, "max_steps": 300, "kl_batch": 4, "recipe": "official"},
     "tpatcher": {"max_steps": 150},
+    "tpatcher-official": {"max_steps": 175, "recipe": "official"},
     "constrained_ft": {"lr": 1e-3, "max_steps": 300, "delta": 0.05},
     "constrained_ft-fta-l2": {"lr": 1e-3, "max_steps": 300, "delta": 10.0, "norm": "l2", "mix": "fta", "block": "0"},
     "knn_lm": {"epsilon": 0.01, "backend": "torch"},
@@ -49,7 +50,8 @@ def _setup(row: str, family: str):
     cls = adapter.task == "classification"
     words = ["Zanzibar", "Quito", "Oslo", "Lima", "Hanoi", "Doha"]
     memory = [Example(f"m{i}", f"{w} is known for", i % 2 if cls else f" {w}") for i, w in enumerate(words)]
-    splits = EditSplits(task=adapter.task, train=memory, val=[], folds=[], train_subsample=[], test=[], memory=memory)
+    splits = EditSplits(task=adapter.task, train=memory, val=memory[:2], folds=[], train_subsample=[], test=[],
+                        memory=memory)
     editor.prepare(splits.for_editor())
     prompt = "The capital of France is"
     return adapter, editor, Example("e", prompt, wrong_target(adapter, prompt)), memory
@@ -110,11 +112,14 @@ def _answers(editor, examples):
     return editor.scores([e.prompt for e in examples], [e.target for e in examples])
 
 
-def _reachable_examples(root) -> list[Example]:
-    """Every `Example` reachable from `root` through attributes, containers and closures."""
+def _reachable_examples(root, texts: set | None = None) -> list[Example]:
+    """Every `Example` reachable from `root` through attributes, containers and closures (and
+    every string, into `texts` when given)."""
     seen, stack, found = set(), [root], []
     while stack:
         obj = stack.pop()
+        if texts is not None and isinstance(obj, str):
+            texts.add(obj)
         if id(obj) in seen or isinstance(obj, (torch.Tensor, str, bytes, int, float, type)) or obj is None:
             continue
         seen.add(id(obj))
@@ -134,24 +139,28 @@ def _reachable_examples(root) -> list[Example]:
 @pytest.mark.parametrize("name", list(ROWS))
 def test_editor_never_holds_an_evaluation_example(name):
     """An editor is handed `EditorData` (D'train without D_tr, D_val, memory): after preparing
-    and building its training phase, nothing it holds is a D_tr, D_test or A_F\\S example."""
+    and building its training phase, nothing it holds is a D_tr, D_test or A_F\\S example, nor
+    any fact's held-out probes (Zhu et al.'s A_M / A_F\\S statements)."""
     import editors  # noqa: F401
 
     adapter = trained_tiny("decoder")
     entry = EDITORS.get(_editor_name(name))
     editor = entry.target(entry.config_class(name=_editor_name(name), **ROWS[name]), adapter)
     words = ["Zanzibar", "Quito", "Oslo", "Lima", "Hanoi", "Doha", "Accra", "Riga"]
-    pool = [Example(f"m{i}", f"{w} is known for", f" {w}", equivalents=[f"{w} is famous for"])
-            for i, w in enumerate(words)]
+    pool = [Example(f"m{i}", f"{w} is known for", f" {w}", equivalents=[f"{w} is famous for"],
+                    forms=[f"{w} is noted for"], probes=[f"What is {w} known for?"]) for i, w in enumerate(words)]
     held_out = [Example(f"t{i}", f"{w} lies in", " Asia", equivalents=[f"{w} is in"]) for i, w in enumerate(words)]
     splits = EditSplits(task=adapter.task, train=pool + held_out[:4], val=pool[:2], folds=[], test=held_out[4:6],
                         train_subsample=held_out[:4], memory=pool, unmodified=held_out[:4] + held_out[6:])
     data = splits.for_editor()
-    assert not {id(e) for e in held_out} & {id(e) for e in (*data.train, *data.val, *data.memory)}
+    handed = (*data.train, *data.val, *data.memory)
+    assert not {e.uid for e in held_out} & {e.uid for e in handed} and not any(e.probes for e in handed)
     editor.prepare(data)
     phase = editor.training_module(data) if editor.needs_training else None
-    reached = {id(e) for e in _reachable_examples([editor, phase])}
-    assert not reached & {id(e) for e in held_out}
+    texts = set()
+    reached = _reachable_examples([editor, phase], texts)
+    assert not {e.uid for e in reached} & {e.uid for e in held_out}
+    assert not any(e.probes for e in reached) and not texts & {p for e in pool for p in e.probes}
     editor.leak = {"kept": [(0, held_out[0])]}  # the traversal does see an example an editor would keep
     assert id(held_out[0]) in {id(e) for e in _reachable_examples([editor, phase])}
-    assert not reached - {id(e) for e in pool}
+    assert {e.uid for e in reached} <= {e.uid for e in pool}

@@ -25,7 +25,7 @@ def test_metrics_on_a_hand_made_stream(tmp_path):
     # fold 0: "a" is known, b c d are mistakes; each edit fixes 1 of 2 equivalents.
     assert (fold0["E"], fold0["N"], fold0["SR"], fold0["GR"], fold0["ER"]) == (3, 3, 1.0, 0.5, 1.0)
     assert (fold0["TrainR"], fold0["TestR"]) == (1.0, 1.0)
-    assert fold0["params_added"] == 7 * (4 + 3 + 3)  # known + edits + learned equivalents
+    assert fold0["params_added"] == 7 * (8 + 3 + 3 + 3)  # known (prompts, probes) + edits, their equivalents, probes
     # fold 1: e and f are mistakes; f has no equivalents, so GR averages e's alone.
     assert (fold1["E"], fold1["N"], fold1["GR"]) == (2, 2, 0.5)
     assert result["metrics"]["E"]["mean"] == 2.5
@@ -33,7 +33,8 @@ def test_metrics_on_a_hand_made_stream(tmp_path):
 
 
 def test_modified_facts_metrics(tmp_path):
-    """A_M on the streamed (modified) facts, A_F\\S on the unmodified ones, and their mean."""
+    """A_M on the streamed (modified) facts, A_F\\S on the unmodified ones, and their mean, all
+    read on the facts' held-out probes (uid?), never on the prompts that were edited."""
     result = _run(tmp_path, "data.modified=true", "editor.forget=true")
     fold0 = result["folds"]["0"]
     # final knowledge: a (never edited) and d (the last edit); b, c forgotten -> A_M = 2/4
@@ -41,6 +42,33 @@ def test_modified_facts_metrics(tmp_path):
     assert fold0["A_FS"] == pytest.approx(1 / 3)  # t1 forgotten, t2 kept, t3 never known
     assert fold0["A_mean"] == pytest.approx((0.5 + 1 / 3) / 2)
     assert "A_M" not in _run(tmp_path / "plain")["folds"]["0"]
+    # an editor that memorises the edited prompts and nothing else: every edit holds (SR 1), yet
+    # only the never-edited fact a is right on its probe
+    memorised = _run(tmp_path / "memo", "data.modified=true", "editor.generalises=false")["folds"]["0"]
+    assert (memorised["SR"], memorised["A_M"], memorised["A_FS"]) == (1.0, 0.25, 2 / 3)
+
+
+def test_batch_mode_edits_every_fact_of_a_fold_at_once(tmp_path):
+    """loop.mode=batch (Zhu et al.): one edit_batch per fold over all its facts, known ones too;
+    each fact gets its record; A_M on the probes after the batch."""
+    result = _run(tmp_path, "loop.mode=batch", "data.modified=true")
+    lines = _edit_lines(tmp_path)
+    assert [x["uid"] for x in lines if x["fold"] == 0] == ["a", "b", "c", "d"]
+    assert all(x["edited"] and x["success"] for x in lines)
+    assert [x["mistake"] for x in lines if x["fold"] == 0] == [False, True, True, True]
+    assert lines[0]["info"]["batch_size"] == 4 and lines[0]["info"]["facts"] == 4
+    assert scripted.ScriptedEditor.calls == 6  # every fact of both folds edited once
+    fold0 = result["folds"]["0"]
+    assert (fold0["E"], fold0["A_M"], fold0["A_FS"]) == (4, 1.0, 2 / 3)
+
+
+def test_batch_mode_needs_an_editor_that_edits_batches(tmp_path):
+    from benchmark.config import ConfigError
+
+    with pytest.raises(ConfigError, match="loop.mode=batch: editor ft_all edits one example at a time"):
+        run(compose(["editor=ft_all", "data=handmade", "model=tiny-llama", f"output_dir={tmp_path}",
+                     "loop.mode=batch"]))
+    assert not (tmp_path / "r").exists() and not any(tmp_path.iterdir())
 
 
 def test_loop_never_edits_when_the_model_is_right(tmp_path):
@@ -76,14 +104,16 @@ def test_existing_run_is_not_overwritten(tmp_path):
         _run(tmp_path)
 
 
-@pytest.mark.parametrize("crash_at", [0, 2, 4])
-def test_resume_after_crash_equals_uninterrupted_run(tmp_path, crash_at):
-    clean = _run(tmp_path / "clean", "editor.forget=true")
+@pytest.mark.parametrize("crash_at,mode", [(0, "stream"), (2, "stream"), (4, "stream"), (2, "batch"),
+                                           (5, "batch")])
+def test_resume_after_crash_equals_uninterrupted_run(tmp_path, crash_at, mode):
+    """In batch mode a crash inside a fold's batch redoes that batch whole, never half of it."""
+    clean = _run(tmp_path / "clean", "editor.forget=true", f"loop.mode={mode}")
     with pytest.raises(scripted.Crash):
-        _run(tmp_path / "crashed", f"editor.crash_at={crash_at}", "editor.forget=true")
+        _run(tmp_path / "crashed", f"editor.crash_at={crash_at}", "editor.forget=true", f"loop.mode={mode}")
     # the config must match to resume; crash_at is a test switch, so the crashed run keeps it
     resumed = _run(tmp_path / "crashed", f"editor.crash_at={crash_at}", "editor.forget=true", "resume=true",
-                   calls=99)
+                   f"loop.mode={mode}", calls=99)
     assert resumed["folds"] == {k: {**v, "edit_seconds_median": pytest.approx(v["edit_seconds_median"], abs=1)}
                                 for k, v in clean["folds"].items()}
     lines = _edit_lines(tmp_path / "crashed")

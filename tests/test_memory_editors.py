@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from data.base import EditSplits, Example
-from editors.constrained_ft import ConstrainedFTConfig, ConstrainedFTEditor, project
+from editors.constrained_ft import ConstrainedFTConfig, ConstrainedFTEditor, forms_of, project
 from editors.datastore import Datastore, faiss_available
 from editors.knn_lm import KNNLMConfig, KNNLMEditor
 from tests.conftest import trained_tiny, wrong_target
@@ -68,16 +68,18 @@ def test_fta_batches_mix_as_many_unmodified_facts_as_modified():
     splits.train, splits.train_subsample = splits.train + held_out, held_out
     editor = ConstrainedFTEditor(ConstrainedFTConfig(name="constrained_ft", mix="fta"), adapter)
     editor.prepare(splits.for_editor())
-    edit = Example("e", "The capital of France is", " Oslo")
+    edit = Example("e", "The capital of France is", " Oslo", forms=["France's capital is", "France has its capital in"])
+    forms = forms_of([edit])
+    assert [f.prompt for f in forms] == edit.training_prompts()
     seen = set()
     for _ in range(40):
-        batch = editor.step_examples(edit)
-        assert batch[0] is edit and len(batch) == 2 and batch[1] in splits.memory
-        assert all(batch[1] is not e for e in held_out)
-        seen.add(batch[1].uid)
-    assert len(seen) > 1, "the unmodified examples are not resampled per step"
+        batch = editor.step_examples(forms)
+        assert batch[:3] == forms and len(batch) == 6 and all(b in splits.memory for b in batch[3:])
+        assert not {b.uid for b in batch[3:]} & {e.uid for e in held_out}
+        seen.update(b.uid for b in batch[3:])
+    assert len(seen) > 3, "the unmodified examples are not resampled per step"
     ftm = ConstrainedFTEditor(ConstrainedFTConfig(name="constrained_ft", mix="ftm"), adapter)
-    assert ftm.step_examples(edit) == [edit]
+    assert ftm.step_examples(forms) == forms
 
 
 @pytest.mark.parametrize("bad", [{"delta": 0}, {"delta": -1.0}, {"norm": "l1"}, {"block": "middle"}, {"mix": "x"}])
