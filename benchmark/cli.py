@@ -13,10 +13,12 @@ from benchmark.registry import DATASETS, EDITORS, MODELS, UnknownNameError
 from data.base import DataError
 
 USAGE = """seqedit list
-seqedit run [experiment=NAME] editor=NAME data=NAME model=NAME [key=value ...]
+seqedit run [experiment=NAME|FILE.yaml] editor=NAME data=NAME|FILE.yaml model=NAME [key=value ...]
+                                      (--config FILE.yaml is experiment=FILE.yaml; data=, editor=,
+                                      model= take a YAML of that group's keys, with its name:)
 seqedit data stats data=NAME [data.path=DIR] [key=value ...]
 seqedit init model=NAME data=NAME init.epochs=N [key=value ...]   train (or load) the initial model
-seqedit train-editor editor=sera|ke|mend model=NAME data=NAME [key=value ...]   training phase
+seqedit train-editor editor=sera|ke_style|mend_style model=NAME data=NAME [key=value ...]   training phase
 seqedit sweep sweeps/FILE.yaml [--count N] [--test] [key=value ...]   offline W&B sweep, trials run here;
                                       --test: the best trial per editor run again on D_edit/D_test
 seqedit config [key=value ...]        print the resolved config
@@ -177,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] not in ("-h", "--help"):
             print("\nEvery key, its type, default and help: seqedit help [GROUP] [editor=NAME data=NAME model=NAME]")
         return 0
-    command, rest = argv[0], argv[1:]
+    command, rest = argv[0], _config_flag(argv[1:])
     if command != "sweep":  # W&B agents pass `--key=value`; it means `key=value`
         rest = [a[2:] if a.startswith("--") and "=" in a else a for a in rest]
     if command == "data" and rest[:1] == ["stats"]:
@@ -213,6 +215,19 @@ def main(argv: list[str] | None = None) -> int:
             return err.exit_code
         raise
     return 0
+
+
+def _config_flag(args: list[str]) -> list[str]:
+    """`--config FILE` / `--config=FILE` is `experiment=FILE` (a YAML from anywhere)."""
+    out, i = [], 0
+    while i < len(args):
+        if args[i] == "--config" and i + 1 < len(args):
+            out.append(f"experiment={args[i + 1]}")
+            i += 2
+            continue
+        out.append(f"experiment={args[i][9:]}" if args[i].startswith("--config=") else args[i])
+        i += 1
+    return out
 
 
 def _one_line(err: BaseException) -> str:

@@ -162,18 +162,77 @@ def _register_all() -> None:
     from benchmark.models import real, zoo  # noqa: F401
 
 
+def _is_yaml(value: str) -> bool:
+    """A choice that names a YAML file (`experiment=path/x.yaml`, `data=my_data.yaml`), not a
+    registered name (a model may be a Hugging Face name with a '/', never a .yaml)."""
+    return value.endswith((".yaml", ".yml"))
+
+
+def _user_file(value: str, what: str) -> DictConfig:
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{what}={value}: no such file ({path.resolve()})")
+    layer = _load_yaml(path)
+    if not isinstance(layer, DictConfig):
+        raise ConfigError(f"{path}: a config file holds a mapping of keys, not a {type(layer).__name__}")
+    return layer, path.resolve().parent
+
+
+def _anchor_paths(body: DictConfig, folder: Path) -> None:
+    """A data file named relatively in a YAML file is relative to that file's folder (so a config
+    works from any directory); `path` and every `*_path` key."""
+    for key in list(body.keys()):
+        value = body.get(key)
+        if (key == "path" or str(key).endswith("_path")) and isinstance(value, str) and value \
+                and not Path(value).expanduser().is_absolute():
+            body[key] = str(folder / value)
+
+
+def _group_file(group: str, value: str) -> DictConfig:
+    """`data=my_data.yaml`: the file holds that group's settings, either at its top level
+    (`name: json`, `path: ...`) or under the group's key (`data: {name: json, ...}`); its `name`
+    chooses the registered dataset, editor or model."""
+    layer, folder = _user_file(value, group)
+    body = layer[group] if set(layer.keys()) == {group} else layer
+    if isinstance(body, str):
+        body = OmegaConf.create({"name": body})
+    if not isinstance(body, DictConfig) or not body.get("name"):
+        raise ConfigError(f"{value}: a {group} file needs a `name:` (a registered {GROUPS[group].kind}; "
+                          "`seqedit list`)")
+    if group == "data":
+        _anchor_paths(body, folder)
+    return OmegaConf.create({group: body})
+
+
+def _experiment_file(value: str, what: str) -> DictConfig:
+    layer, folder = _user_file(value, what)
+    if isinstance(layer.get("data"), DictConfig):
+        _anchor_paths(layer.data, folder)
+    return layer
+
+
 def compose(overrides: list[str] | None = None, experiment_file: str | Path | None = None) -> DictConfig:
+    """The run's config: defaults, then an experiment (a name in configs/experiment/ or any YAML
+    file), then group files (`data=my.yaml`), then `key=value` overrides."""
     _register_all()
     choices, experiment, rest = _split_overrides(list(overrides or []))
     layers = [_load_yaml(CONFIG_DIR / "defaults.yaml")]
-    if experiment:
+    if experiment and (_is_yaml(experiment) or "/" in experiment):
+        layers.append(_experiment_file(experiment, "experiment"))
+    elif experiment:
         path = CONFIG_DIR / "experiment" / f"{experiment}.yaml"
         if not path.exists():
             names = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
-            raise ConfigError(f"unknown experiment {experiment!r}; choose one of: {', '.join(names)}")
+            raise ConfigError(f"unknown experiment {experiment!r}; choose one of: {', '.join(names)} "
+                              "(or a path to a YAML file)")
         layers.append(_load_yaml(path))
     if experiment_file:
-        layers.append(_load_yaml(Path(experiment_file)))
+        layers.append(_experiment_file(str(experiment_file), "--config"))
+    for group, value in list(choices.items()):
+        if _is_yaml(value):
+            file_layer = _group_file(group, value)
+            layers.append(file_layer)
+            choices[group] = str(file_layer[group].name)
     layers = [_normalise(layer) for layer in layers]
     schema = OmegaConf.structured(RunConfig)
     for group, registry in GROUPS.items():
@@ -202,7 +261,14 @@ def compose(overrides: list[str] | None = None, experiment_file: str | Path | No
         for layer in layers:
             schema = OmegaConf.merge(schema, layer)
         for item in rest:
-            schema = OmegaConf.merge(schema, _parse_override(item))
+            try:
+                schema = OmegaConf.merge(schema, _parse_override(item))
+            except TypeError:  # a mapping given for a list, or the reverse
+                key = item.split("=", 1)[0]
+                parent = key.rsplit(".", 1)[0]
+                if isinstance(OmegaConf.select(schema, parent), DictConfig):  # a mapping given for a list
+                    raise ConfigError(f"override {item!r} does not fit: {key} takes a list or value") from None
+                raise ConfigError(f"override {item!r} does not fit: {parent} takes no sub-keys") from None
     except (ConfigKeyError, ConfigAttributeError) as err:
         raise ConfigError(_unknown_key_message(err, schema)) from None
     except OmegaConfBaseException as err:

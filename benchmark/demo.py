@@ -20,11 +20,11 @@ QUICK = {"qa": ["model=tiny-llama", "init.epochs=20", "loop.max_fold_examples=5"
          "fc": ["model=tiny-bert", "init.epochs=10", "loop.max_fold_examples=5", "loop.folds=[0]"]}
 PER_EDITOR = {"ft_kl_all": ["editor.kl_batch=32"], "ft_kl_last": ["editor.kl_batch=32"],
               "sera": ["editor.train_epochs=1"],
-              "ke": ["editor.train_epochs=1", "editor.train_examples=300"],
-              "mend": ["editor.train_epochs=1", "editor.train_examples=300"]}
+              "ke_style": ["editor.train_epochs=1", "editor.train_examples=300"],
+              "mend_style": ["editor.train_epochs=1", "editor.train_examples=300"]}
 QUICK_EDITOR = {"sera": ["editor.encoder=tiny-bert", "editor.train_examples=200"],
-                "ke": ["editor.edit_lr=0.1", "editor.train_examples=50"],
-                "mend": ["editor.edit_lr=0.1", "editor.train_examples=50"]}
+                "ke_style": ["editor.edit_lr=0.1", "editor.train_examples=50"],
+                "mend_style": ["editor.edit_lr=0.1", "editor.train_examples=50"]}
 
 
 def demo_editors() -> list[str]:

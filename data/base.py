@@ -248,6 +248,9 @@ class EditDataModule(L.LightningDataModule):
         n_tr = min(cfg.train_subsample, len(train))
         tr_idx, rest = order[:n_tr], order[n_tr:]
         memory = [train[i] for i in rest[: cfg.memory_size]]
+        if len(memory) < cfg.memory_size:
+            self.notices.append(f"memory pool: {len(memory)} examples, all of D'train outside D_tr "
+                                f"(data.memory_size={cfg.memory_size} asks for more)")
         return EditSplits(
             task=self.task,
             train=train,

@@ -48,6 +48,7 @@ with `mode=naive`, which runs the full model every step).
 
 from __future__ import annotations
 
+import random
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -59,6 +60,7 @@ from benchmark.models.base import EncodedBatch
 from benchmark.registry import EDITORS
 from data.base import CLASSIFICATION, EditorData, Example
 from editors.base import Editor, EditorConfig, EditResult
+from editors.ft import output_kl
 from editors.patch_memory import QUANTIZED_SCAN, QueryMemory
 from editors.tpatcher_official import edit_official
 
@@ -68,6 +70,7 @@ GATED_DEFAULT = ("relu", -3.0, 3.0)
 
 
 RECIPES = ("seqedit", "official")
+MEMORY_LOSSES = ("l_m1+l_m2", "l_m1", "kl", "none")
 # recipe -> defaults of the fields left unset: (max_steps, memory_weight, value_scale, mode)
 RECIPE_DEFAULTS = {"seqedit": (300, 10.0, 5.0, "fast"), "official": (2000, 5.0, 10.0, "naive")}
 
@@ -104,7 +107,11 @@ class TPatcherConfig(EditorConfig):
         default=True, metadata={"help": "also require the patch to be silent on the memory before stopping"}
     )
     min_steps: int = field(default=0, metadata={"help": "optimise at least this many steps (published code: 100)"})
-    use_memory_loss: bool = field(default=True, metadata={"help": "ablation switch: False drops l_m1 and l_m2"})
+    memory_loss: str = field(default="l_m1+l_m2", metadata={
+        "help": "l_m1+l_m2 (the paper) | the ablations of its Table 3: l_m1 (w/o l_m2), kl (KL to the original "
+                "model on memory examples instead, as the code's memory_loss=klN), none (w/o memory loss)"})
+    kl_examples: int = field(default=512, metadata={
+        "help": "memory_loss=kl: memory examples sampled per edit for the KL (the code's klN, as FT+KL's loc_num 512)"})
     memory_refresh: int = field(default=1, metadata={
         "help": "steps between full memory scans choosing the top-k entries; in between only the candidate "
                 "rows are scanned (1: every step, exact)"})
@@ -134,6 +141,12 @@ class TPatcherConfig(EditorConfig):
             raise ValueError("editor.lr > 0 and editor.topk, topk_activation, max_patches >= 1 are required")
         if self.memory_scan not in ("auto", "fp32", "int8"):
             raise ValueError(f"editor.memory_scan must be auto, fp32 or int8, got {self.memory_scan!r}")
+        if self.memory_loss not in MEMORY_LOSSES:
+            raise ValueError(f"editor.memory_loss must be one of {', '.join(MEMORY_LOSSES)}, got {self.memory_loss!r}")
+        if self.recipe == "official" and self.memory_loss not in ("l_m1+l_m2", "none"):
+            raise ValueError("editor.recipe=official runs the published memory loss (l_m1+l_m2) or none")
+        if self.kl_examples < 1:
+            raise ValueError("editor.kl_examples must be at least 1")
         if self.memory_refresh < 1 or self.memory_candidates < 1:
             raise ValueError("editor.memory_refresh and editor.memory_candidates must be at least 1")
         if min(self.activation_weight, self.memory_weight, self.stop_margin, self.min_steps) < 0:
@@ -213,6 +226,7 @@ class TPatcherEditor(Editor):
         self.patch_labels: list[str] = []  # "edit.mistake", as the paper labels Fig. 5
         self.initial_memory_len = 0
         self.initial_val_memory = self.val_memory = torch.zeros(0, site.width)  # recipe=official only
+        self.kl_pool: list[Example] = []  # memory_loss=kl: the memory examples
         self._seen_queries: dict[tuple[str, str], Tensor] = {}  # of the example being checked
         self._handles = []
         self._enable()
@@ -248,8 +262,9 @@ class TPatcherEditor(Editor):
         self.memory.to(self.adapter.device)
         self.memory.append(self._queries(data.memory).to(self.adapter.device))
         self.initial_memory_len = len(self.memory)
+        self.kl_pool = list(data.memory) if self.config.memory_loss == "kl" else []
         if self.config.recipe == "official":  # its stop rule reads a memory of D_val's queries
-            if not data.val and self.config.use_memory_loss:
+            if not data.val and self.config.memory_loss != "none":
                 raise ValueError("editor.recipe=official reads its stop rule on a D_val memory, and this run hands "
                                  "the editor no D_val (loop.split=val, or data without one)")
             self.initial_val_memory = self._queries(data.val).to(self.adapter.device)
@@ -316,7 +331,7 @@ class TPatcherEditor(Editor):
         A = (own * keys.T).sum(-1) + bias  # [n]
         out = {"edit": self.adapter.loss(batch, logits)}
         out["activation"] = torch.exp(-A).squeeze(0) if len(A) == 1 else smooth_top(-A, cfg.topk_activation)
-        if cfg.use_memory_loss and len(memory):
+        if cfg.memory_loss.startswith("l_m1") and len(memory):
             n = keys.shape[1]
             k, b = keys.detach(), bias.detach()
             # S(.; k) has gradient only at its top-k entries: find them without gradient, then
@@ -325,9 +340,32 @@ class TPatcherEditor(Editor):
             entries1 = memory.entries(keys, bias, top1)
             out["memory_max"] = entries1.detach().max()
             out["memory1"] = torch.exp(entries1 - self.beta).mean()
-            entries2 = entries1 if top2 is top1 else memory.entries(keys, bias, top2)  # one patch: same entries
-            out["memory2"] = torch.exp(entries2 - A[top2 % n] + self._shift).mean()
+            if cfg.memory_loss == "l_m1+l_m2":
+                entries2 = entries1 if top2 is top1 else memory.entries(keys, bias, top2)  # one patch: same entries
+                out["memory2"] = torch.exp(entries2 - A[top2 % n] + self._shift).mean()
         return out
+
+    def _kl_term(self, new_delta):
+        """Table 3's KL ablation: KL(original model || patched model) on `kl_examples` memory examples
+        sampled once per edit (the code's kl memory loss, reference the original model). Everything
+        up to the patched FFN is captured once, so a step runs only what follows it (fast mode)."""
+        cfg, adapter = self.config, self.adapter
+        sample = random.sample(self.kl_pool, min(cfg.kl_examples, len(self.kl_pool)))
+        batch = adapter.encode([e.prompt for e in sample], [e.target for e in sample])
+        with torch.no_grad():
+            with self.disabled():
+                reference = adapter.scored_logits(batch)
+            cache = adapter.capture(batch, cfg.layer) if cfg.mode == "fast" else None
+
+        def kl() -> Tensor:
+            if cache is not None:
+                logits = cache.finish(cache.ffn_out + new_delta(cache.query).to(cache.ffn_out.dtype))
+            else:
+                with adapter.added_to_ffn(new_delta, cfg.layer):
+                    logits = adapter.scored_logits(batch)
+            return output_kl(adapter.task, reference, logits)
+
+        return kl
 
     @property
     def _shift(self) -> float:
@@ -386,8 +424,10 @@ class TPatcherEditor(Editor):
         def new_delta(q: Tensor) -> Tensor:
             return self.act(q.to(keys.dtype) @ keys + bias) @ (value_dir * value_scale)
 
+        kl_term = self._kl_term(new_delta) if cfg.memory_loss == "kl" and self.kl_pool else None
         steps, solved, quiet = 0, False, False
-        screening = cfg.memory_refresh > 1 and len(self.memory) > cfg.memory_candidates * cfg.topk
+        screening = (cfg.memory_loss.startswith("l_m1") and cfg.memory_refresh > 1
+                     and len(self.memory) > cfg.memory_candidates * cfg.topk)
         screen, rows, last_scan, missed, scans = None, None, 0, 0, 0
         scanned = dict(self.memory.scans)
         with torch.enable_grad():
@@ -413,7 +453,9 @@ class TPatcherEditor(Editor):
                     break
                 loss = terms["edit"] + cfg.activation_weight * terms["activation"]
                 if "memory1" in terms:
-                    loss = loss + cfg.memory_weight * (terms["memory1"] + terms["memory2"])
+                    loss = loss + cfg.memory_weight * (terms["memory1"] + terms.get("memory2", 0.0))
+                if kl_term is not None:
+                    loss = loss + cfg.memory_weight * kl_term()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -123,7 +123,7 @@ def edit_official(editor, example: Example) -> tuple[EditResult, Tensor]:
                 logits, acts = forward(copies)
                 loss = official_edit_loss(adapter.task, copies, logits)
                 loss = loss + cfg.activation_weight * smooth_top(-acts, ACTIVATION_TOPK)
-                if cfg.use_memory_loss and len(editor.memory):
+                if cfg.memory_loss != "none" and len(editor.memory):
                     loss = loss + cfg.memory_weight * memory_loss(editor.memory.matrix, keys, bias, acts)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -138,7 +138,7 @@ def edit_official(editor, example: Example) -> tuple[EditResult, Tensor]:
                 holds = bool(adapter.token_correct(copies, logits).all())
                 if epoch >= FIRST_CHECK_EPOCH and holds:
                     val_losses.append(float(memory_loss(editor.val_memory, keys, bias, acts))
-                                      if cfg.use_memory_loss and len(editor.val_memory) else 0.0)
+                                      if cfg.memory_loss != "none" and len(editor.val_memory) else 0.0)
                     stopped = stop_now(val_losses)
                 plateau.step(float(official_edit_loss(adapter.task, copies, logits)))
             if stopped:

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from benchmark.cli import main
 from benchmark.config import compose
 
-EDITORS = ["tpatcher", "ft_all", "ft_kl_last", "constrained_ft", "knn_lm", "sera", "ke", "mend"]
+EDITORS = ["tpatcher", "ft_all", "ft_kl_last", "constrained_ft", "knn_lm", "sera", "ke_style", "mend_style"]
 DATASETS = ["facts", "fever", "zsre", "trex", "json"]
 
 

@@ -5,7 +5,7 @@ import pytest
 from benchmark.config import CONFIG_DIR, compose
 from benchmark.demo import demo
 from benchmark.run import run
-from tests.conftest import FAMILIES
+from tests.conftest import FAMILIES, SHARED_DATA
 
 TINY_FOR = {"smollm2-135m": "tiny-llama", "minilm-l6": "tiny-bert"}
 
@@ -15,9 +15,14 @@ def test_every_experiment_runs_a_step_on_a_tiny_model(experiment, tmp_path):
     cfg = compose([f"experiment={experiment}"])
     tiny = TINY_FOR.get(str(cfg.model.name), str(cfg.model.name))
     assert tiny in FAMILIES.values()
+    files = []
+    if cfg.data.name == "trex":  # an experiment on published files: the real samples beside the checkout
+        if not (SHARED_DATA / "trex").exists():
+            pytest.skip("needs ../shared/data/trex")
+        files = [f"data.path={SHARED_DATA / 'trex'}"]
     result = run(compose([f"experiment={experiment}", f"model={tiny}", "init.epochs=0", "loop.folds=[0]",
                           "loop.max_fold_examples=2", "loop.progress=false", "editor.max_steps=2",
-                          f"output_dir={tmp_path}"]))
+                          f"output_dir={tmp_path}", *files]))
     assert result["metrics"]["N"]["folds"] == 1
 
 

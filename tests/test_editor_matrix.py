@@ -23,8 +23,8 @@ ROWS = {
     "constrained_ft-fta-l2": {"lr": 1e-3, "max_steps": 300, "delta": 10.0, "norm": "l2", "mix": "fta", "block": "0"},
     "knn_lm": {"epsilon": 0.01, "backend": "torch"},
     "sera": {"encoder": "tiny-bert", "train_epochs": 3, "train_examples": 400, "backend": "torch"},
-    "ke": {"edit_lr": 0.1, "train_examples": 200, "train_epochs": 3, "train_lr": 1e-3},
-    "mend": {"edit_lr": 0.1, "train_examples": 200, "train_epochs": 3, "train_lr": 1e-3},
+    "ke_style": {"edit_lr": 0.1, "train_examples": 200, "train_epochs": 3, "train_lr": 1e-3},
+    "mend_style": {"edit_lr": 0.1, "train_examples": 200, "train_epochs": 3, "train_lr": 1e-3},
 }
 
 

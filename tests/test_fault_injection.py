@@ -21,7 +21,7 @@ EDITORS = {
     "tpatcher": ["editor.max_steps=60"],
     "ft_last": ["editor.lr=1e-3", "editor.max_steps=60"],
     "knn_lm": ["editor.epsilon=0.01", "editor.backend=torch"],
-    "mend": ["editor.edit_lr=0.1", "editor.train_examples=200", "editor.train_epochs=3", "editor.train_lr=1e-3"],
+    "mend_style": ["editor.edit_lr=0.1", "editor.train_examples=200", "editor.train_epochs=3", "editor.train_lr=1e-3"],
 }
 KILLS = 3  # seeded kill moments per editor
 
@@ -47,8 +47,9 @@ def _folds(out, run_id):
 @pytest.mark.parametrize("editor", list(EDITORS))
 def test_sigkill_at_random_moments_then_resume_gives_the_same_metrics(editor, tmp_path):
     trained_weights("decoder")  # the initial model, cached before the runs share it
-    if editor == "mend":
-        trained_editor_state("mend", "decoder", **{a.split("=")[0][7:]: a.split("=")[1] for a in EDITORS["mend"]})
+    if editor == "mend_style":
+        row = {a.split("=")[0][7:]: a.split("=")[1] for a in EDITORS["mend_style"]}
+        trained_editor_state("mend_style", "decoder", **row)
     clean = _cli(_args(editor, tmp_path, "clean"))
     _, err = clean.communicate(timeout=900)
     assert clean.returncode == 0, err

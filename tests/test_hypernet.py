@@ -28,7 +28,7 @@ def _splits(family):
     return build_data(instantiate(compose(data_for(family, **TRAINING[family])))).splits
 
 
-@pytest.mark.parametrize("name", ["ke", "mend"])
+@pytest.mark.parametrize("name", ["ke_style", "mend_style"])
 def test_updates_have_the_shapes_of_the_last_blocks_ffn_weights(name):
     adapter, editor = _editor(name, "decoder", blocks=1)
     site = adapter.ffn_site(-1)
@@ -44,7 +44,7 @@ def test_updates_have_the_shapes_of_the_last_blocks_ffn_weights(name):
 
 
 def test_the_gradient_factors_rebuild_the_true_gradient():
-    adapter, editor = _editor("mend", "decoder")
+    adapter, editor = _editor("mend_style", "decoder")
     example = _splits("decoder").val[0]
     factors = editor.gradients([example.prompt], [example.target])
     weights = [m.weight for _, m in editor.sites]
@@ -69,7 +69,7 @@ def _success(editor, adapter, splits, n=40):
     return sum(hits) / len(hits)
 
 
-@pytest.mark.parametrize("name", ["ke", "mend"])
+@pytest.mark.parametrize("name", ["ke_style", "mend_style"])
 def test_a_training_step_lowers_the_meta_loss(name):
     """What the training phase guarantees on any machine: its loss is a differentiable function of
     the hypernetwork, whose gradient step (small enough) lowers it on the same batch."""
@@ -105,7 +105,7 @@ MEND_RECIPE = pytest.mark.xfail(strict=True, reason=(
 
 
 @pytest.mark.slow  # a statement about a training run's outcome, not a guarantee of the code
-@pytest.mark.parametrize("name", ["ke", pytest.param("mend", marks=MEND_RECIPE)])
+@pytest.mark.parametrize("name", ["ke_style", pytest.param("mend_style", marks=MEND_RECIPE)])
 def test_a_trained_editor_flips_labels_more_often_than_chance(name):
     state = trained_editor_state(name, "classifier", **ROW)
     adapter, editor = _editor(name, "classifier", state)
@@ -116,12 +116,13 @@ def test_a_trained_editor_flips_labels_more_often_than_chance(name):
 @pytest.mark.slow  # a statement about a training run's outcome, not a guarantee of the code
 def test_training_teaches_ke_to_answer_new_objects():
     splits = _splits("decoder")
-    untrained = _success(*reversed(_editor("ke", "decoder")), splits)
-    trained = _success(*reversed(_editor("ke", "decoder", trained_editor_state("ke", "decoder", **ROW))), splits)
+    untrained = _success(*reversed(_editor("ke_style", "decoder")), splits)
+    state = trained_editor_state("ke_style", "decoder", **ROW)
+    trained = _success(*reversed(_editor("ke_style", "decoder", state)), splits)
     assert trained > untrained + 0.1, (untrained, trained)
 
 
-@pytest.mark.parametrize("name", ["ke", "mend"])
+@pytest.mark.parametrize("name", ["ke_style", "mend_style"])
 def test_a_saved_trained_editor_gives_identical_updates(name, tmp_path):
     state = trained_editor_state(name, "decoder", **ROW)
     torch.save(state, tmp_path / "editor.pt")

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,36 @@ def test_help_prints_every_key_with_its_default_and_help(capsys):
     assert "loop.split: str = 'edit'" in out and "data." not in out
     assert main(["run", "--help"]) == 0 and "seqedit help" in capsys.readouterr().out
     assert main(["help", "nope"]) == 2
+
+
+def test_config_files_from_anywhere(tmp_path: Path, monkeypatch, capsys):
+    """experiment=FILE.yaml, --config FILE.yaml and data=FILE.yaml work from any directory; a data
+    file named relatively in a YAML is found beside that YAML; a run reads it."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    rows = [{"q": f"Book {i} was written by", "a": f" Author {i}"} for i in range(40)]
+    (folder / "edits.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "my_data.yaml").write_text("data:\n  name: json\n  path: edits.jsonl\n"
+                                         "  fields: {prompt: q, target: a}\n  folds: 2\n")
+    (folder / "exp.yaml").write_text("model: {name: tiny-llama}\neditor: {name: ft_last, lr: 0.001}\n"
+                                     "data: {name: json, path: edits.jsonl, fields: {prompt: q, target: a}}\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    by_file = instantiate(compose(["data=../mine/my_data.yaml"]))
+    assert by_file.data.name == "json" and by_file.data.path == str(folder / "edits.jsonl")
+    assert by_file.data.folds == 2
+    experiment = instantiate(compose([f"experiment={folder / 'exp.yaml'}", "editor.max_steps=2"]))
+    assert (experiment.editor.name, experiment.editor.lr, experiment.model.name) == ("ft_last", 0.001, "tiny-llama")
+    assert main(["config", "--config", str(folder / "exp.yaml")]) == 0
+    assert "ft_last" in capsys.readouterr().out
+    assert main(["run", f"experiment={folder / 'exp.yaml'}", "data=../mine/my_data.yaml", "editor.max_steps=2",
+                 "loop.folds=[0]", "loop.progress=false", f"output_dir={tmp_path / 'runs'}", "run_id=r"]) == 0
+    assert json.loads((tmp_path / "runs" / "r" / "results.json").read_text())["metrics"]["N"]["folds"] == 1
+    for args, message in ((["data=nope.yaml"], "data=nope.yaml: no such file"),
+                          ([f"experiment={folder / 'missing.yaml'}"], "no such file")):
+        with pytest.raises(ConfigError, match=message):
+            compose(args)
+    (folder / "noname.yaml").write_text("path: edits.jsonl\n")
+    with pytest.raises(ConfigError, match="needs a `name:`"):
+        compose([f"data={folder / 'noname.yaml'}"])

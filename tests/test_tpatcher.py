@@ -375,3 +375,42 @@ def test_memory_takes_the_checked_examples_queries_without_a_second_forward(fami
         assert len(forwards) - calls == forwards_in_check  # the memory read the check's forward
         expected = editor._queries([example])
         assert torch.equal(editor.memory.matrix[before:], expected)
+
+
+@pytest.mark.parametrize("family,layer", [("decoder", -1), ("decoder", 0), ("seq2seq", -2), ("classifier", -1)])
+def test_kl_ablation_fast_equals_naive(family, layer):
+    """Table 3's KL variant (memory_loss=kl) runs its memory examples through the same cache: the
+    fast path gives the naive path's patches."""
+    import random
+
+    results = {}
+    for mode in ("fast", "naive"):
+        adapter = tiny(FAMILIES[family], layers=3, seed=1)
+        editor = _editor(adapter, mode=mode, layer=layer, min_steps=10, max_steps=10, memory_loss="kl",
+                         kl_examples=4)
+        editor.prepare(_splits(adapter).for_editor())
+        for i, prompt in enumerate(["The capital of France is", "Lyon is a city in"]):
+            torch.manual_seed(i)
+            random.seed(i)
+            target = (1 if adapter.scores([prompt], [1]) == [0.0] else 0) if adapter.task == "classification" \
+                else " Oslo"
+            assert editor.edit(Example(f"e{i}", prompt, target)).steps == 10
+        results[mode] = (editor.bank.keys.clone(), editor.bank.values.clone())
+    (fk, fv), (nk, nv) = results["fast"], results["naive"]
+    assert torch.allclose(fk, nk, atol=1e-4) and torch.allclose(fv, nv, atol=1e-4)
+
+
+def test_memory_loss_ablations():
+    """l_m1 alone drops l_m2; none and kl have no memory terms and stop once the edit holds."""
+    adapter = tiny("tiny-llama", hidden=8)
+    editor = _editor(adapter, memory_loss="l_m1")
+    editor.memory.append(torch.eye(8)[:3])
+    batch = adapter.encode(["a b"], [" c"])
+    terms = editor.losses(adapter.scored_logits(batch), batch, torch.eye(8)[:1], torch.eye(8)[:, :1], torch.zeros(1))
+    assert "memory1" in terms and "memory2" not in terms
+    for kind in ("none", "kl"):
+        editor = _editor(adapter, memory_loss=kind)
+        assert "memory1" not in editor.losses(adapter.scored_logits(batch), batch, torch.eye(8)[:1],
+                                              torch.eye(8)[:, :1], torch.zeros(1))
+    with pytest.raises(ValueError, match="editor.memory_loss must be one of"):
+        TPatcherConfig(name="tpatcher", memory_loss="l_m2")

@@ -1,4 +1,6 @@
-"""MEND (Mitchell et al. 2022, "Fast Model Editing at Scale").
+"""`mend_style`: a re-implementation of MEND (Mitchell et al. 2022, "Fast Model Editing at Scale")
+whose network and training recipe differ from the published code's (eric-mitchell/mend; the
+README's recipe table lists each difference), so its numbers are MEND-style, not MEND's.
 
 For each edited linear layer the gradient of the edit loss is rank-1 per position: delta_t u_t^T.
 MEND passes each pair (u_t, delta_t), normalised by running statistics, through a small MLP and
@@ -118,5 +120,6 @@ class MENDEditor(HypernetEditor):
         return self.config.edit_weight * edit_loss + self.config.locality_weight * locality_kl
 
 
-EDITORS.register("mend", MENDEditor, MENDConfig,
-                 "MEND: a trained network maps each edit's rank-1 gradient factors to a weight update")
+EDITORS.register("mend_style", MENDEditor, MENDConfig,
+                 "MEND-style (not the published MEND): a trained network maps each edit's rank-1 gradient "
+                 "factors to a weight update")

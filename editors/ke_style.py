@@ -1,4 +1,7 @@
-"""KnowledgeEditor (De Cao et al. 2021, "Editing Factual Knowledge in Language Models").
+"""`ke_style`: a re-implementation of KnowledgeEditor (De Cao et al. 2021, "Editing Factual
+Knowledge in Language Models") whose edited weights, conditioning, gates and optimiser differ from
+the published code's (nicola-decao/KnowledgeEditor; the README's recipe table lists each), so its
+numbers are KE-style, not KE's.
 
 A hypernetwork reads the edit, the input x with its wanted answer a, through a bidirectional LSTM
 over the (frozen) model's input embeddings, and from that condition h predicts, for each edited
@@ -93,5 +96,6 @@ class KEEditor(HypernetEditor):
         return edit_loss + multiplier.detach() * violation - multiplier * violation.detach()
 
 
-EDITORS.register("ke", KEEditor, KEConfig,
-                 "KnowledgeEditor: a BiLSTM-conditioned hypernetwork gates each edit's gradient into an update")
+EDITORS.register("ke_style", KEEditor, KEConfig,
+                 "KE-style (not the published KnowledgeEditor): a BiLSTM-conditioned hypernetwork gates each "
+                 "edit's gradient into an update")
