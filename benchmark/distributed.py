@@ -43,6 +43,8 @@ def merge_initial(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """One initial.json from the ranks': the shared accuracies, every rank's fold mistakes."""
     merged = dict(parts[0])
     merged["mistakes"] = {k: v for part in parts for k, v in part["mistakes"].items()}
+    if any("locality" in part for part in parts):  # per fold, like the mistakes
+        merged["locality"] = {k: v for part in parts for k, v in part.get("locality", {}).items()}
     return merged
 
 

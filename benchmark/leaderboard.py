@@ -19,8 +19,8 @@ from omegaconf import OmegaConf
 
 from benchmark.metrics import METRICS
 
-COLUMNS = ["SR", "GR", "ER", "TrainR", "TestR", "A_M", "A_FS", "A_mean", "E", "N", "edit_seconds_median",
-           "params_added", "params_added_pct"]
+COLUMNS = ["SR", "GR", "ER", "TrainR", "TestR", "Loc", "Loc_final", "A_M", "A_FS", "A_mean", "E", "N",
+           "edit_seconds_median", "params_added", "params_added_pct"]
 
 
 def load_runs(root: Path) -> list[dict]:

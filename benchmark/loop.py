@@ -103,6 +103,21 @@ def probe_accuracy(editor: Editor, facts: list[Example]) -> float:
     return mean(editor.scores(prompts, [e.target for e in facts for _ in e.probes])) if prompts else float("nan")
 
 
+def locality_scores(editor: Editor, examples: list[Example]) -> list[list[float]]:
+    """Right/wrong on each example's locality pairs (prompt, answer), in one batch."""
+    pairs = [(i, p, a) for i, e in enumerate(examples) for p, a in e.locality]
+    scores = editor.scores([p for _, p, _ in pairs], [a for _, _, a in pairs]) if pairs else []
+    out: list[list[float]] = [[] for _ in examples]
+    for (i, _, _), score in zip(pairs, scores):
+        out[i].append(score)
+    return out
+
+
+def kept(now: list[float], before: list[float]) -> list[float]:
+    """Per locality pair: 1 where the model is right or wrong on it as the initial model was."""
+    return [float(a == b) for a, b in zip(now, before)]
+
+
 def shown_to_editor(example: Example) -> Example:
     """The example as an editor gets it: without its equivalents (GR), locality pairs (Loc) and
     held-out probes (A_M), which are measured, so kept out of its reach by construction."""
@@ -150,6 +165,10 @@ class SequentialEditingCallback(L.Callback):
             "params_added": editor.params_added(),
             "base_params": editor.adapter.parameter_count(),
         }
+        if any(e.locality for e in fold_examples):  # Loc of the final model over the fold's locality pairs
+            before = self.initial["locality"][str(self.fold)]
+            final["locality"] = mean([k for now, was in zip(locality_scores(editor, fold_examples), before)
+                                      for k in kept(now, was)])
         if self.splits.unmodified:  # Zhu et al.: on held-out probes only
             final["modified"] = probe_accuracy(editor, fold_examples)
             final["unmodified"] = probe_accuracy(editor, self.splits.unmodified)
@@ -200,6 +219,8 @@ class SequentialEditingCallback(L.Callback):
             record["success"] = editor.scores([ex.prompt], [ex.target])[0] == 1
             if ex.equivalents:
                 record["gr"] = editor.scores(ex.equivalents, [ex.target] * len(ex.equivalents))
+            if ex.locality:
+                record["loc"] = self._locality_kept(editor, item.fold, item.index, ex)
             record["params_added"] = editor.params_added()
         editor.after_example(shown)
         self.records.append(record)
@@ -213,6 +234,10 @@ class SequentialEditingCallback(L.Callback):
                 self._evaluate(editor)
             if self.loop.save_state and len(self.edits) % self.loop.state_every == 0:
                 self.state_bytes.append(self.records.save_state(item.fold, editor.edit_state()))
+
+    def _locality_kept(self, editor: Editor, fold: int, index: int, example: Example) -> list[float]:
+        """Right after an edit: which of the example's locality pairs the model answers as f0 did."""
+        return kept(locality_scores(editor, [example])[0], self.initial["locality"][str(fold)][index])
 
     def _process_batch(self, editor: Editor, item: StreamItem) -> None:
         """`loop.mode=batch` (Zhu et al., Sec. 4): at the fold's first example, every fact of the
@@ -233,6 +258,7 @@ class SequentialEditingCallback(L.Callback):
                       "edited": True, "success": now == 1, "seconds": seconds / len(facts), "steps": result.steps,
                       "gr": editor.scores(ex.equivalents, [ex.target] * len(ex.equivalents)) if ex.equivalents else [],
                       "params_added": editor.params_added(),
+                      **({"loc": self._locality_kept(editor, item.fold, index, ex)} if ex.locality else {}),
                       "info": {"batch_size": len(facts), "batch_seconds": seconds,
                                **(result.info if index == 0 else {})}}
             self.records.append(record)

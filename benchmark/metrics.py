@@ -1,7 +1,11 @@
 """Metrics, registered once with their direction, and their computation from a fold's records.
 
 T-Patcher (Huang et al. 2023, Sec. 3): SR, GR, ER, TrainR, TestR, E, N. Zhu et al. (2020):
-A_M (modified facts), A_FS (unmodified facts, A_F\\S) and their mean A_mean.
+A_M (modified facts), A_FS (unmodified facts, A_F\\S) and their mean A_mean, on held-out probes.
+Loc (MEND, SERAC, EasyEdit): on each example's locality prompts, the share answered as the initial
+model answered them; seqedit compares right/wrong on the file's locality answer (which every
+editor, those answering from a memory included, can be asked), where EasyEdit compares the
+predicted tokens themselves.
 GR is averaged per edit first (each edit's equivalents), then over edits with equivalents.
 Std over folds is the sample standard deviation (ddof=1); one fold has std 0.
 """
@@ -40,6 +44,8 @@ _metric("edit_seconds_median", False, "median seconds per edit")
 _metric("params_added", None, "parameters the editor added to the model")
 _metric("params_added_pct", None, "model growth, percent of the initial parameter count")
 _metric("failed_edits", False, "edits that did not hold right after them")
+_metric("Loc", True, "locality: share of the edit's locality prompts answered as the initial model did, right after it")
+_metric("Loc_final", True, "locality of the final model over the fold's locality prompts")
 _metric("A_M", True, "accuracy on modified facts (Zhu et al.)")
 _metric("A_FS", True, "accuracy on unmodified facts, A_F\\S (Zhu et al.)")
 _metric("A_mean", True, "mean of A_M and A_FS")
@@ -73,6 +79,9 @@ def fold_metrics(edits: list[dict], final: dict, initial: dict) -> dict[str, flo
         "params_added_pct": 100.0 * final["params_added"] / final["base_params"],
         "failed_edits": float(sum(not e["success"] for e in edits)),
     }
+    loc_per_edit = [mean(e["loc"]) for e in edits if e.get("loc")]
+    if loc_per_edit or "locality" in final:
+        out["Loc"], out["Loc_final"] = mean(loc_per_edit), final.get("locality", math.nan)
     if "modified" in final:
         out["A_M"], out["A_FS"] = final["modified"], final["unmodified"]
         out["A_mean"] = (out["A_M"] + out["A_FS"]) / 2

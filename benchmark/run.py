@@ -24,7 +24,15 @@ from benchmark.csvlog import AppendingCSVLogger
 from benchmark.distributed import gather, merge_initial, merge_lines, process_rank
 from benchmark.editor_training import load_trained_state
 from benchmark.init import prepare_initial_model
-from benchmark.loop import SequentialEditingCallback, StreamItem, accuracy, probe_accuracy, seed_all, stop_on_signals
+from benchmark.loop import (
+    SequentialEditingCallback,
+    StreamItem,
+    accuracy,
+    locality_scores,
+    probe_accuracy,
+    seed_all,
+    stop_on_signals,
+)
 from benchmark.metrics import aggregate
 from benchmark.models import build_model
 from benchmark.records import ResumeError, RunLock, RunRecords, without_resume
@@ -58,6 +66,19 @@ def run_folder(run_cfg: RunConfig, cfg: DictConfig) -> Path:
     return Path(run_cfg.output_dir) / run_id
 
 
+def _check_editor_data(editor_class, run_cfg: RunConfig, splits: EditSplits) -> None:
+    """An editor that reads the memory pool or D_val is refused an empty one, naming what fixes it."""
+    given = splits.for_editor()
+    name = run_cfg.editor.name
+    if editor_class.memory_needed(run_cfg.editor) and not given.memory:
+        raise ConfigError(f"editor {name} reads the memory pool (D'train outside D_tr) and this data leaves it "
+                          f"empty ({len(splits.train)} D'train examples, {len(splits.train_subsample)} in D_tr): "
+                          "lower data.train_subsample, or use more data")
+    if editor_class.val_needed(run_cfg.editor) and not given.val:
+        why = "loop.split=val streams it" if run_cfg.loop.split == "val" else "this data has none"
+        raise ConfigError(f"editor {name} with these settings reads D_val while editing, and {why}")
+
+
 def _plan_resume(records: RunRecords, folds: list[int]) -> dict[int, int]:
     """Verify the records against the saved states and cut them back to what the states cover;
     return {fold: first index to run}."""
@@ -85,6 +106,9 @@ def _initial_accuracies(editor: Editor, splits: EditSplits, folds: list[int], lo
         mistakes[str(f)] = sum(s < 1 for s in scores)
     out = {"train_subsample": accuracy(editor, splits.train_subsample), "test": accuracy(editor, test),
            "mistakes": mistakes}
+    locality = {str(f): locality_scores(editor, loop.stream(splits.folds[f])) for f in folds}
+    if any(pairs for fold in locality.values() for pairs in fold):  # Loc: f0's right/wrong on each pair
+        out["locality"] = locality
     if splits.unmodified:
         out["unmodified"] = probe_accuracy(editor, splits.unmodified)
     return out
@@ -120,6 +144,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         batch_editors = ", ".join(n for n in EDITORS.names() if EDITORS.get(n).target.edits_batches)
         raise ConfigError(f"loop.mode=batch: editor {run_cfg.editor.name} edits one example at a time; "
                           f"batch editors: {batch_editors}")
+    _check_editor_data(editor_class, run_cfg, splits)
     # a missing training phase stops the run before anything is written
     trained = load_trained_state(run_cfg) if editor_class.needs_training else None
     run_dir = run_folder(run_cfg, cfg)

@@ -245,7 +245,7 @@ class EditDataModule(L.LightningDataModule):
         rng = random.Random(cfg.seed + 1)
         order = list(range(len(train)))
         rng.shuffle(order)
-        n_tr = min(cfg.train_subsample, len(train))
+        n_tr = self.d_tr_size(len(train))
         tr_idx, rest = order[:n_tr], order[n_tr:]
         memory = [train[i] for i in rest[: cfg.memory_size]]
         if len(memory) < cfg.memory_size:
@@ -260,6 +260,16 @@ class EditDataModule(L.LightningDataModule):
             test=test,
             memory=memory,
         )
+
+    def d_tr_size(self, available: int) -> int:
+        """data.train_subsample, or half of what there is where it asks for all of it: the other
+        half is the memory pool, which an editor's memory loss or KL needs (said in the notices)."""
+        asked = self.config.train_subsample
+        if asked < available or available < 2:
+            return min(asked, available)
+        self.notices.append(f"D_tr: {available // 2} of {available} D'train facts (data.train_subsample={asked} asks "
+                            "for all of them; the other half is the memory pool)")
+        return available // 2
 
     def fold_count(self, available: int, what: str) -> int:
         """data.folds, checked against how many examples there are to cut into folds."""

@@ -146,8 +146,12 @@ class TrexDataModule(EditDataModule):
         folds = cut_folds(stream, self.fold_count(len(stream), "modified facts"))
         self.notices.append("no D_val: every T-REx fact is in D'train; an initial fit with init.keep=best_val "
                             "chooses its epoch on 64 D'train facts, and loop.split=val is not available")
-        subsample = rest[: cfg.train_subsample]
-        memory = rest[cfg.train_subsample : cfg.train_subsample + cfg.memory_size]
+        n_tr = self.d_tr_size(len(rest))
+        subsample = rest[:n_tr]
+        memory = rest[n_tr : n_tr + cfg.memory_size]
+        if len(memory) < cfg.memory_size:
+            self.notices.append(f"memory pool: {len(memory)} facts, all the unmodified facts outside D_tr "
+                                f"(data.memory_size={cfg.memory_size} asks for more)")
         probes = [Example(f"{e.uid}:probe", p, e.target, relation=e.relation) for e in subsample for p in e.probes]
         return EditSplits(task=self.task, train=records, val=[], folds=folds,
                           train_subsample=subsample, test=probes, memory=memory, unmodified=subsample)

@@ -87,6 +87,17 @@ class Editor(L.LightningModule):
         for name, value in self._initial.items():
             params[name].copy_(value)
 
+    @classmethod
+    def memory_needed(cls, config: EditorConfig) -> bool:
+        """Whether an editor with these settings reads the memory pool; a run refuses to start
+        with an empty one (checked before anything is written)."""
+        return cls.needs_memory
+
+    @classmethod
+    def val_needed(cls, config: EditorConfig) -> bool:
+        """Whether it reads D_val while editing (T-Patcher's published stop rule)."""
+        return False
+
     def edit(self, example: Example) -> EditResult:
         raise NotImplementedError
 

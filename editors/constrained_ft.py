@@ -94,9 +94,9 @@ class ConstrainedFTEditor(Editor):
         super().__init__(config, adapter)
         self.unmodified: list[Example] = []
 
-    @property
-    def needs_memory(self) -> bool:
-        return self.config.mix == "fta"
+    @classmethod
+    def memory_needed(cls, config: ConstrainedFTConfig) -> bool:
+        return config.mix == "fta"
 
     def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
         return self.adapter.select_parameters(self.config.block)
@@ -104,7 +104,7 @@ class ConstrainedFTEditor(Editor):
     def prepare(self, data: EditorData) -> None:
         super().prepare(data)
         self.unmodified = forms_of(data.memory)
-        if self.needs_memory and not self.unmodified:
+        if self.memory_needed(self.config) and not self.unmodified:
             raise ValueError("editor.mix=fta needs unmodified facts from the memory pool, and the data gives none "
                              "(raise data.memory_size or lower data.train_subsample)")
 

@@ -136,9 +136,9 @@ class FTEditor(Editor):
         self.original: dict[str, Tensor] = {}  # official recipe: the fold's original weights
         self.past: list[Example] = []  # official recipe: this fold's edited examples
 
-    @property
-    def needs_memory(self) -> bool:  # declared per instance: only the KL variants read memory
-        return self.config.kl_weight > 0
+    @classmethod
+    def memory_needed(cls, config: FTConfig) -> bool:  # only the KL variants read memory
+        return config.kl_weight > 0
 
     def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
         chosen = self.adapter.select_parameters(self.config.layers)
@@ -149,7 +149,7 @@ class FTEditor(Editor):
     def prepare(self, data: EditorData) -> None:
         super().prepare(data)
         self.memory = list(data.memory)
-        if self.needs_memory and not self.memory:
+        if self.memory_needed(self.config) and not self.memory:
             raise ValueError(f"editor {self.config.name}: the KL term needs a memory set, and data gives none "
                              "(raise data.memory_size or lower data.train_subsample)")
 

@@ -196,6 +196,14 @@ class TPatcherEditor(Editor):
     needs_memory = True
     adds_parameters = True
 
+    @classmethod
+    def memory_needed(cls, config: TPatcherConfig) -> bool:
+        return config.memory_loss != "none"
+
+    @classmethod
+    def val_needed(cls, config: TPatcherConfig) -> bool:
+        return config.recipe == "official" and config.memory_loss != "none"
+
     def __init__(self, config: TPatcherConfig, adapter):
         super().__init__(config, adapter)
         try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from benchmark.registry import DATASETS, EDITORS
 from data.base import DataConfig, EditDataModule, EditSplits, Example
@@ -17,7 +17,9 @@ def ex(uid: str, target: str = " yes", equivalents: int = 2) -> Example:
 
 # What the initial model knows: prompt -> answer (a fact it knows, it knows under its probe too).
 KNOWN = {p: " yes" for uid in ("a", "t1", "t2", "x1") for p in (uid, f"{uid}?")}
-FOLDS = [[ex("a"), ex("b"), ex("c"), ex("d")], [ex("e"), ex("f", equivalents=0)]]
+# c's locality pairs: t1, which f0 gets right, and x2, which it gets wrong
+FOLDS = [[ex("a"), ex("b"), replace(ex("c"), locality=[("t1", " yes"), ("x2", " yes")]), ex("d")],
+         [ex("e"), ex("f", equivalents=0)]]
 TRAIN_SUBSAMPLE = [ex("t1"), ex("t2"), ex("t3")]  # initial accuracy 2/3
 TEST = [ex("x1"), ex("x2")]  # initial accuracy 1/2
 

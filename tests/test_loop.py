@@ -132,3 +132,36 @@ def test_a_null_ratio_says_why():
     assert _null_metric_notes(results, {"train_subsample": 0.5, "test": 0.5}, "val")[1] == \
         "TestR is null: loop.split=val leaves D_test unread while tuning"
     assert _null_metric_notes({"metrics": {"TrainR": {"mean": 1.0}}}, {}, "edit") == []
+
+
+@pytest.mark.parametrize("editor", ["tpatcher", "ft_kl_last", "constrained_ft editor.mix=fta"])
+def test_an_editor_that_reads_the_memory_is_refused_an_empty_one(tmp_path, editor):
+    from benchmark.config import ConfigError
+
+    name, *extra = editor.split()
+    with pytest.raises(ConfigError, match=f"editor {name} reads the memory pool .* lower data.train_subsample"):
+        run(compose([f"editor={name}", *extra, "data=facts", "model=tiny-llama", "data.memory_size=0",
+                     f"output_dir={tmp_path}"]))
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_official_tpatcher_is_refused_without_d_val(tmp_path):
+    from benchmark.config import ConfigError
+
+    with pytest.raises(ConfigError, match="reads D_val while editing, and loop.split=val streams it"):
+        run(compose(["editor=tpatcher", "editor.recipe=official", "loop.split=val", "data=facts", "model=tiny-llama",
+                     f"output_dir={tmp_path}"]))
+    assert not any(tmp_path.iterdir())
+
+
+def test_locality_right_after_each_edit_and_at_the_end(tmp_path):
+    """Loc: the share of an edit's locality pairs answered as f0 answered them. c's pairs are t1
+    (f0 right) and x2 (f0 wrong); a forgetting editor has lost t1 by then: Loc 1/2, and still at
+    the end; an editor that forgets nothing keeps both."""
+    forgetful = _run(tmp_path / "forget", "editor.forget=true")["folds"]
+    assert (forgetful["0"]["Loc"], forgetful["0"]["Loc_final"]) == (0.5, 0.5)
+    assert "Loc" not in forgetful["1"]  # no example of fold 1 has locality pairs
+    kept = _run(tmp_path / "keep")["folds"]["0"]
+    assert (kept["Loc"], kept["Loc_final"]) == (1.0, 1.0)
+    edits = [x for x in _edit_lines(tmp_path / "keep") if x["uid"] == "c"]
+    assert edits[0]["loc"] == [1.0, 1.0]
