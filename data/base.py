@@ -127,7 +127,7 @@ class DataConfig:
                 "where there are fewer (said in the notices); more folds than D_edit examples is an error"})
     train_subsample: int = field(default=10_000, metadata={"help": "size of D_tr, sampled from D'train"})
     memory_size: int = field(default=40_000, metadata={"help": "memory pool, from D'train minus D_tr"})
-    max_records: int | None = field(default=None, metadata={"help": "read at most this many records"})
+    max_records: int | None = field(default=None, metadata={"help": "read at most this many records of each file"})
     test_fraction: float = field(default=0.1, metadata={"help": "D_test's share where no test file exists"})
 
     def __post_init__(self) -> None:

@@ -34,10 +34,10 @@ class FeverDataModule(EditDataModule):
         if path is None:
             raise DataError(f"{self.config.path}/{name}: file not found")
         out = []
-        for where, record in read_jsonl(path):
-            self.records_read += 1
-            if self.config.max_records and self.records_read > self.config.max_records:
+        for n, (where, record) in enumerate(read_jsonl(path)):
+            if self.config.max_records and n >= self.config.max_records:
                 break
+            self.records_read += 1
             claim = get(record, "input", where, str)
             answers = {get(o, "answer", where, str) for o in get(record, "output", where, list)}
             if len(answers) != 1:

@@ -63,8 +63,8 @@ class JsonMapDataModule(EditDataModule):
         cfg, fields = self.config, self.config.fields
         reader = read_records  # a JSON array or JSONL, whatever the file is named
         out = []
-        for where, record in reader(path):
-            if cfg.max_records and self.records_read >= cfg.max_records:
+        for n, (where, record) in enumerate(reader(path)):
+            if cfg.max_records and n >= cfg.max_records:
                 break
             self.records_read += 1
             prompt = get(record, fields["prompt"], where, str)

@@ -123,10 +123,10 @@ class ZsreDataModule(EditDataModule):
         for path in paths:
             examples = []
             if path is not None:
-                for where, record in reader(path):
-                    self.records_read += 1
-                    if self.config.max_records and len(examples) >= self.config.max_records:
+                for n, (where, record) in enumerate(reader(path)):
+                    if self.config.max_records and n >= self.config.max_records:
                         break
+                    self.records_read += 1
                     example = self._parse(layout, where, record)
                     if example is not None:
                         examples.append(example)

@@ -292,3 +292,11 @@ def test_trex_traps_are_said_or_refused():
         masked.check_model("decoder")
     with pytest.raises(DataError, match="data.modify=100000 but"):
         datamodule("data=trex", path, "data.modify=100000")
+
+
+@needs_shared
+def test_max_records_reads_exactly_that_many_records_of_each_file():
+    zsre = datamodule("data=zsre", f"data.path={SHARED_DATA / 'zsre'}", "data.layout=mend", "data.max_records=100")
+    assert zsre.records_read == 100
+    fever = datamodule("data=fever", f"data.path={SHARED_DATA / 'fever'}", "data.max_records=3", "data.folds=1")
+    assert fever.records_read == 6  # 3 of the train file, 3 of the dev file
