@@ -10,7 +10,6 @@ from pathlib import Path
 
 from benchmark.config import ConfigError, compose
 from benchmark.registry import DATASETS, EDITORS, MODELS, UnknownNameError
-from data.base import DataError
 
 USAGE = """seqedit list
 seqedit run [experiment=NAME|FILE.yaml] editor=NAME data=NAME|FILE.yaml model=NAME [key=value ...]
@@ -28,7 +27,14 @@ seqedit leaderboard RUNS_DIR [out=DIR]  leaderboard.md and plots of every run be
                                       (a sweep folder: the best trial per editor)
 seqedit demo [quick=true]             the default job: initial models, every editor, leaderboard"""
 
-EXPECTED = (ConfigError, UnknownNameError, DataError, ValueError, FileNotFoundError, FileExistsError)
+
+
+def _expected() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's input, reported in one line (exit 2). Imported here, not at the
+    top, so that `seqedit --help` needs neither torch nor Lightning."""
+    from data.base import DataError
+
+    return ConfigError, UnknownNameError, DataError, ValueError, FileNotFoundError, FileExistsError
 
 
 def _list() -> None:
@@ -197,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     try:
         commands[command](rest)
-    except EXPECTED as err:
+    except _expected() as err:
         print(f"seqedit: {_one_line(err)}", file=sys.stderr)
         return 2
     except OSError as err:  # a read-only or full disk, a missing folder: name the path

@@ -15,7 +15,6 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from benchmark.init import InitConfig
 from benchmark.registry import DATASETS, EDITORS, MODELS, UnknownNameError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -96,6 +95,25 @@ class TrainerConfig:
             if torch.cuda.device_count() < self.devices:
                 raise ValueError(f"trainer.accelerator={self.accelerator} with trainer.devices={self.devices}, "
                                  f"but this machine has {torch.cuda.device_count()} CUDA devices")
+
+
+@dataclass
+class InitConfig:
+    epochs: int = field(default=0, metadata={"help": "epochs of training on D'train; 0 uses the model as loaded"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
+    batch_size: int = field(default=32, metadata={"help": "training batch size"})
+    keep: str = field(default="best_val", metadata={"help": "best_val (epoch with the best D_val accuracy) | last"})
+    threads: int | None = field(default=None, metadata={
+        "help": "CPU threads while training the initial model and an editor's training phase (1: the same model "
+                "whatever the machine's core count; None: torch's default); not part of the cache keys"})
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.lr <= 0 or self.batch_size < 1:
+            raise ValueError("init.epochs >= 0, init.lr > 0 and init.batch_size >= 1 are required")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"init.threads must be at least 1 (or null), got {self.threads}")
+        if self.keep not in ("best_val", "last"):
+            raise ValueError(f"init.keep must be best_val or last, got {self.keep!r}")
 
 
 @dataclass

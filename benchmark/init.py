@@ -11,7 +11,7 @@ import hashlib
 import json
 import sys
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
@@ -20,29 +20,11 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from benchmark.cache import cache_dir
+from benchmark.config import InitConfig
 from benchmark.keep_best import KeepBest
 from benchmark.models.base import ModelAdapter
 from benchmark.registry import DATASETS
 from data.base import EditDataModule, Example, with_training_forms
-
-
-@dataclass
-class InitConfig:
-    epochs: int = field(default=0, metadata={"help": "epochs of training on D'train; 0 uses the model as loaded"})
-    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
-    batch_size: int = field(default=32, metadata={"help": "training batch size"})
-    keep: str = field(default="best_val", metadata={"help": "best_val (epoch with the best D_val accuracy) | last"})
-    threads: int | None = field(default=None, metadata={
-        "help": "CPU threads while training the initial model and an editor's training phase (1: the same model "
-                "whatever the machine's core count; None: torch's default); not part of the cache keys"})
-
-    def __post_init__(self) -> None:
-        if self.epochs < 0 or self.lr <= 0 or self.batch_size < 1:
-            raise ValueError("init.epochs >= 0, init.lr > 0 and init.batch_size >= 1 are required")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"init.threads must be at least 1 (or null), got {self.threads}")
-        if self.keep not in ("best_val", "last"):
-            raise ValueError(f"init.keep must be best_val or last, got {self.keep!r}")
 
 
 class TaskModule(L.LightningModule):
