@@ -129,12 +129,17 @@ class DataConfig:
     memory_size: int = field(default=40_000, metadata={"help": "memory pool, from D'train minus D_tr"})
     max_records: int | None = field(default=None, metadata={"help": "read at most this many records of each file"})
     test_fraction: float = field(default=0.1, metadata={"help": "D_test's share where no test file exists"})
+    background_fraction: float = field(default=0.5, metadata={
+        "help": "edit-only files (CounterFact, a zsRE eval file alone): share of the records never edited, whose "
+                "locality prompts (true facts) make D'train (D_tr, memory) and D_test"})
 
     def __post_init__(self) -> None:
         if len(self.split_ratios) != 3 or any(r < 0 for r in self.split_ratios):
             raise ValueError("data.split_ratios must be three non-negative fractions")
         if abs(sum(self.split_ratios) - 1.0) > 1e-6:
             raise ValueError(f"data.split_ratios must sum to 1, got {sum(self.split_ratios)}")
+        if not 0 < self.background_fraction < 1:
+            raise ValueError(f"data.background_fraction must be in (0, 1), got {self.background_fraction}")
         if not 0 < self.test_fraction < 1:
             raise ValueError(f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
         if self.folds is not None and self.folds < 1:
@@ -270,6 +275,27 @@ class EditDataModule(L.LightningDataModule):
         self.notices.append(f"D_tr: {available // 2} of {available} D'train facts (data.train_subsample={asked} asks "
                             "for all of them; the other half is the memory pool)")
         return available // 2
+
+    def edit_only_splits(self, records: list[Example], source: str) -> EditSplits:
+        """Splits from a file of edit records alone, for a pre-trained model: `background_fraction`
+        of the records are never edited; their locality pairs, facts the model should keep, are
+        D'train (D_tr and the memory pool) and D_test (`test_fraction`); the other records are
+        D_val (the `split_ratios` D_val share of them) and D_edit. So no fact an editor may read
+        (the memory, D_val) is one on which Loc, TrainR or TestR is measured."""
+        cfg = self.config
+        background, edits = split_by_ratio(records, [cfg.background_fraction, 1 - cfg.background_fraction], cfg.seed)
+        facts = [Example(f"{e.uid}:loc{i}", p, a, relation=e.relation)
+                 for e in background for i, (p, a) in enumerate(e.locality)]
+        if not facts:
+            raise DataError(f"{source}: edit records without locality prompts give no facts to keep "
+                            "(D'train, D_test); use a file with locality prompts, or data=json with data.test_path")
+        test, train = split_by_ratio(facts, [cfg.test_fraction, 1 - cfg.test_fraction], cfg.seed + 3)
+        val_share = cfg.split_ratios[1] / max(1e-9, cfg.split_ratios[1] + cfg.split_ratios[2])
+        val, edit = split_by_ratio(edits, [val_share, 1 - val_share], cfg.seed + 6)
+        self.notices.append(f"edit-only file {source}: {len(edits)} of {len(records)} records are edits (D_val "
+                            f"{len(val)}, D_edit {len(edit)}); the other {len(background)} give {len(facts)} facts "
+                            f"from their locality prompts: D'train {len(train)} (D_tr, memory), D_test {len(test)}")
+        return self.assemble(train, val, edit, test)
 
     def fold_count(self, available: int, what: str) -> int:
         """data.folds, checked against how many examples there are to cut into folds."""

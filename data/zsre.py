@@ -75,8 +75,12 @@ class ZsreDataModule(EditDataModule):
             train = find_file(self.config.path, [LAYOUTS[name][0]], "zsre")
             if train is not None:
                 return name, [train, find_file(self.config.path, [LAYOUTS[name][1]], "zsre")]
+        if "mend" in layouts:  # the eval file alone, as ROME and EasyEdit users have it: edits only
+            evaluation = find_file(self.config.path, [LAYOUTS["mend"][1]], "zsre")
+            if evaluation is not None:
+                return "mend", [evaluation]
         wanted = ", ".join(LAYOUTS[n][0] for n in layouts)
-        raise DataError(f"{self.config.path}: no zsRE file found (looked for {wanted})")
+        raise DataError(f"{self.config.path}: no zsRE file found (looked for {wanted}, or {LAYOUTS['mend'][1]} alone)")
 
     def _parse(self, layout: str, where: str, record: dict) -> Example | None:
         if layout == "mend":
@@ -111,7 +115,10 @@ class ZsreDataModule(EditDataModule):
 
     def read_examples(self):
         layout, paths = self._layout()
-        self.layout, self.given = layout, None
+        self.layout, self.given, self.edit_only = layout, None, len(paths) == 1
+        self.notices.append(f"layout: {layout}{' (the eval file alone: edit records only)' if self.edit_only else ''}, "
+                            f"{'detected' if self.config.layout == 'auto' else 'given'}: "
+                            f"{', '.join(p.name for p in paths if p is not None)}")
         if layout == "tpatcher":
             extra = [find_file(self.config.path, [name], "zsre") for name in TPATCHER_SPLITS]
             missing = [name for name, path in zip(TPATCHER_SPLITS, extra) if path is None]
@@ -134,9 +141,19 @@ class ZsreDataModule(EditDataModule):
         if layout == "tpatcher":  # D'train, D_val, D_edit as published
             self.given = parts[:3]
             return parts[0] + parts[1] + parts[2], parts[3] or None
+        if self.edit_only:
+            return parts[0], None
         return parts[0], parts[1] or None
 
     def make_splits(self, records, test) -> EditSplits:
+        if self.edit_only:  # the NQ locality questions of unedited records are the facts to keep
+            splits = self.edit_only_splits(records, str(self.config.path))
+            if self.config.target == "modified":
+                self._sampler = ObjectSampler([])
+                rng = random.Random(self.config.seed + 2)
+                for fold in splits.folds:
+                    fold[:] = self._modify(fold, rng)
+            return splits
         if self.config.target == "modified":  # Zhu et al.: questions split into training forms and probes
             rng = random.Random(self.config.seed + 5)
             records = [hold_out_probes(e, rng) for e in records]

@@ -300,3 +300,60 @@ def test_max_records_reads_exactly_that_many_records_of_each_file():
     assert zsre.records_read == 100
     fever = datamodule("data=fever", f"data.path={SHARED_DATA / 'fever'}", "data.max_records=3", "data.folds=1")
     assert fever.records_read == 6  # 3 of the train file, 3 of the dev file
+
+
+FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures"
+
+
+@pytest.mark.parametrize("name,layout", [("counterfact_rome.json", "rome"), ("counterfact-edit.json", "easyedit")])
+def test_counterfact_in_both_layouts(name, layout):
+    """Each record is an edit to the new object: paraphrases are GR's equivalents, neighbourhood
+    prompts with the true object Loc's pairs; never-edited records' neighbourhood facts are D'train
+    and D_test, so nothing an editor reads is scored."""
+    dm = datamodule("data=counterfact", f"data.path={FIXTURES / name}")
+    assert dm.layout == layout and f"layout: {layout} (detected)" in dm.notices
+    splits = dm.splits
+    edits = [*splits.val, *(e for f in splits.folds for e in f)]
+    assert len(edits) == 6 and dm.records_read == 12
+    assert all(e.target != e.original_target and e.equivalents and e.locality for e in edits)
+    assert all(answer == e.original_target for e in edits for _, answer in e.locality)
+    edited_uids = {e.uid for e in edits}
+    facts = [*splits.train, *splits.test]
+    assert facts and all(f.uid.split(":loc")[0] not in edited_uids for f in facts)
+    loc_prompts = {p for e in edits for p, _ in e.locality}
+    assert not loc_prompts & {e.prompt for e in (*splits.for_editor().memory, *splits.for_editor().val)}
+    record = json.loads((FIXTURES / name).read_text())[0]
+    first = dm._rome("f:1", record) if layout == "rome" else dm._easyedit("f:1", record)
+    assert (first.prompt, first.target, first.original_target) == (
+        "The mother tongue of Danielle Darrieux is", " English", " French")
+
+
+def test_counterfact_broken_record_names_its_line(tmp_path):
+    rows = json.loads((FIXTURES / "counterfact_rome.json").read_text())
+    del rows[3]["requested_rewrite"]["target_new"]
+    bad = tmp_path / "cf.json"
+    bad.write_text(json.dumps(rows, indent=2))
+    with pytest.raises(DataError, match=r"cf.json:\d+ .*target_new"):
+        datamodule("data=counterfact", f"data.path={bad}")
+
+
+def test_a_short_tpatcher_run_on_counterfact_reports_sr_gr_and_loc(tmp_path):
+    from benchmark.run import run
+
+    result = run(compose(["editor=tpatcher", "data=counterfact", f"data.path={FIXTURES / 'counterfact_rome.json'}",
+                          "model=tiny-llama", "editor.max_steps=30", "loop.progress=false", "loop.folds=[0,1]",
+                          f"output_dir={tmp_path}", "run_id=cf"]))
+    for metric in ("SR", "GR", "Loc", "Loc_final"):
+        assert metric in result["metrics"], metric
+
+
+@needs_shared
+def test_zsre_eval_file_alone_is_an_edit_only_dataset(tmp_path):
+    rows = json.loads((SHARED_DATA / "zsre" / "zsre_mend_train-1k.json").read_text())[:120]
+    (tmp_path / "zsre_mend_eval.json").write_text(json.dumps(rows))
+    dm = datamodule("data=zsre", f"data.path={tmp_path}", "data.target=modified")
+    assert any("the eval file alone" in n for n in dm.notices)
+    edits = [e for f in dm.splits.folds for e in f]
+    assert edits and all(e.target.strip() == e.alternative for e in edits)
+    assert all(e.locality for e in edits)  # NQ locality questions: Loc
+    assert all(":loc" in e.uid for e in dm.splits.train)  # D'train: unedited records' NQ facts
