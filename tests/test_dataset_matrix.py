@@ -1,0 +1,84 @@
+"""One matrix: every registered dataset and layout is a row that reads real published files (the
+samples in ../shared/data, or fixtures in tests/fixtures written to the published layouts), shows
+its splits, and names file and line when one record is broken. A new dataset joins with a row."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from benchmark.config import compose, instantiate
+from benchmark.registry import DATASETS
+from benchmark.run import build_data
+from data.base import DataError
+from tests.conftest import SHARED_DATA
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SMALL = ["data.split_ratios=[0.4,0.3,0.3]", "data.folds=1"]  # a 5-record sample still has every split
+
+# row -> (dataset, folder or file to copy, the file whose line is broken, overrides)
+ROWS = {
+    "facts": ("facts", None, None, []),
+    "fever": ("fever", SHARED_DATA / "fever", "fever-train-kilt.jsonl", ["data.folds=1"]),
+    "zsre-kilt": ("zsre", SHARED_DATA / "zsre", "structured_zeroshot-train-kilt.jsonl", ["data.layout=kilt", *SMALL]),
+    "zsre-mend": ("zsre", SHARED_DATA / "zsre", "zsre_mend_train-1k.json", ["data.layout=mend"]),
+    "trex": ("trex", SHARED_DATA / "trex", "P19.jsonl", []),
+    "counterfact-rome": ("counterfact", FIXTURES / "counterfact_rome.json", "counterfact_rome.json", []),
+    "counterfact-easyedit": ("counterfact", FIXTURES / "counterfact-edit.json", "counterfact-edit.json", []),
+    "json": ("json", FIXTURES / "edits.jsonl", "edits.jsonl",
+             ["data.fields={prompt: question, target: answer, equivalents: paraphrases, locality_prompt: loc, "
+              "locality_answer: loc_ans}"]),
+}
+
+
+def _needs(source):
+    if source is not None and not source.exists():
+        pytest.skip(f"{source} is not beside the checkout")
+
+
+def _load(row: str, source):
+    name, _, _, overrides = ROWS[row]
+    path = [f"data.path={source}"] if source is not None else []
+    return build_data(instantiate(compose([f"data={name}", *path, *overrides])))
+
+
+def test_every_registered_dataset_has_a_row():
+    import data  # noqa: F401
+
+    assert set(DATASETS.names()) - {"handmade", "static"} == {ROWS[r][0] for r in ROWS}
+
+
+@pytest.mark.parametrize("row", list(ROWS))
+def test_each_dataset_reads_its_published_format_into_every_split(row):
+    source = ROWS[row][1]
+    _needs(source)
+    dm = _load(row, source)
+    sizes = dm.splits.sizes()
+    assert sizes["train"] > 0 and sizes["edit"] > 0 and sizes["test"] > 0 and dm.records_read > 0
+    stats = dm.stats()
+    json.dumps(stats)  # what `seqedit data stats` prints
+    assert stats["splits"] == sizes
+
+
+def _break_line(path, line: int) -> None:
+    lines = path.read_text().splitlines(keepends=True)
+    lines[line - 1] = '{"broken": \n' if path.suffix == ".jsonl" else '    "broken": {,\n'
+    path.write_text("".join(lines))
+
+
+@pytest.mark.parametrize("row", [r for r in ROWS if ROWS[r][2]])
+def test_a_broken_record_names_file_and_line(row, tmp_path):
+    name, source, broken, _ = ROWS[row]
+    _needs(source)
+    if source.is_dir():
+        copy = tmp_path / source.name
+        shutil.copytree(source, copy)
+        target = copy / broken
+    else:
+        copy = target = tmp_path / broken
+        shutil.copy(source, copy)
+    _break_line(target, 3)
+    with pytest.raises(DataError) as err:
+        _load(row, copy)
+    assert f"{broken}:3" in str(err.value) and "\n" not in str(err.value)
