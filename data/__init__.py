@@ -1,3 +1,3 @@
 """Datasets register themselves on import."""
 
-from data import counterfact, facts, fever, jsonmap, trex, zsre  # noqa: F401
+from data import counterfact, facts, fever, hf, jsonmap, trex, zsre  # noqa: F401

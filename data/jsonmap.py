@@ -60,10 +60,13 @@ class JsonMapDataModule(EditDataModule):
         self.task = config.task
 
     def _read(self, path: str) -> list[Example]:
+        return self._examples(read_records(path))  # a JSON array or JSONL, whatever the file is named
+
+    def _examples(self, records) -> list[Example]:
+        """Examples from (where, record) pairs through the configured field mapping."""
         cfg, fields = self.config, self.config.fields
-        reader = read_records  # a JSON array or JSONL, whatever the file is named
         out = []
-        for n, (where, record) in enumerate(reader(path)):
+        for n, (where, record) in enumerate(records):
             if cfg.max_records and n >= cfg.max_records:
                 break
             self.records_read += 1

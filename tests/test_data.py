@@ -357,3 +357,33 @@ def test_zsre_eval_file_alone_is_an_edit_only_dataset(tmp_path):
     assert edits and all(e.target.strip() == e.alternative for e in edits)
     assert all(e.locality for e in edits)  # NQ locality questions: Loc
     assert all(":loc" in e.uid for e in dm.splits.train)  # D'train: unedited records' NQ facts
+
+
+def test_hf_datasets_reads_parquet_and_save_to_disk_folders(tmp_path):
+    """data=hf: a parquet file and a save_to_disk folder (a DatasetDict: splits by name) give the
+    examples the same rows give as JSONL, through the same field mapping."""
+    datasets = pytest.importorskip("datasets")
+
+    def rows(numbers):
+        return [{"q": f"Who wrote book {i}?", "a": {"text": f"Author {i}"}, "para": [f"Book {i} is by"]}
+                for i in numbers]
+
+    fields = "data.fields={prompt: q, target: a.text, equivalents: para}"
+    table = datasets.Dataset.from_list(rows(range(40)))
+    table.to_parquet(str(tmp_path / "edits.parquet"))
+    test = datasets.Dataset.from_list(rows(range(40, 45)))
+    datasets.DatasetDict({"train": table, "test": test}).save_to_disk(str(tmp_path / "saved"))
+    (tmp_path / "edits.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(range(40))))
+    reference = datamodule("data=json", f"data.path={tmp_path / 'edits.jsonl'}", fields)
+    parquet = datamodule("data=hf", f"data.path={tmp_path / 'edits.parquet'}", fields)
+    saved = datamodule("data=hf", f"data.path={tmp_path / 'saved'}", "data.test_split=test", fields)
+
+    def content(examples):
+        return [(e.prompt, e.target, e.equivalents) for e in examples]
+
+    assert content(parquet.splits.train) == content(reference.splits.train)
+    assert parquet.splits.sizes() == reference.splits.sizes()
+    assert {e.prompt for e in saved.splits.test} == {f"Who wrote book {i}?" for i in range(40, 45)}
+    assert saved.records_read == 45
+    with pytest.raises(DataError, match="no split 'nope'"):
+        datamodule("data=hf", f"data.path={tmp_path / 'saved'}", "data.split=nope", fields)

@@ -16,6 +16,8 @@ from tests.conftest import SHARED_DATA
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SMALL = ["data.split_ratios=[0.4,0.3,0.3]", "data.folds=1"]  # a 5-record sample still has every split
+EDIT_FIELDS = ("{prompt: question, target: answer, equivalents: paraphrases, locality_prompt: loc, "
+               "locality_answer: loc_ans}")
 
 # row -> (dataset, folder or file to copy, the file whose line is broken, overrides)
 ROWS = {
@@ -26,9 +28,9 @@ ROWS = {
     "trex": ("trex", SHARED_DATA / "trex", "P19.jsonl", []),
     "counterfact-rome": ("counterfact", FIXTURES / "counterfact_rome.json", "counterfact_rome.json", []),
     "counterfact-easyedit": ("counterfact", FIXTURES / "counterfact-edit.json", "counterfact-edit.json", []),
-    "json": ("json", FIXTURES / "edits.jsonl", "edits.jsonl",
-             ["data.fields={prompt: question, target: answer, equivalents: paraphrases, locality_prompt: loc, "
-              "locality_answer: loc_ans}"]),
+    "json": ("json", FIXTURES / "edits.jsonl", "edits.jsonl", [f"data.fields={EDIT_FIELDS}"]),
+    # read through Hugging Face `datasets` (Arrow): its errors have no line to name
+    "hf": ("hf", FIXTURES / "edits.jsonl", None, [f"data.fields={EDIT_FIELDS}"]),
 }
 
 
