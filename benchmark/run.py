@@ -137,6 +137,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     cfg = OmegaConf.structured(run_cfg)
     seed_all(run_cfg.seed)
     datamodule = build_data(run_cfg)
+    for notice in datamodule.notices:  # every fallback and layout, before anything slow
+        print(f"seqedit: data: {notice}", file=sys.stderr)
     splits = streamed_splits(datamodule, run_cfg.loop.split)
     folds = _fold_indices(run_cfg, splits)
     editor_class = EDITORS.get(run_cfg.editor.name).target
