@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from benchmark.metrics import METRICS
 
-COLUMNS = ["SR", "GR", "ER", "TrainR", "TestR", "Loc", "Loc_final", "A_M", "A_FS", "A_mean", "E", "N",
+COLUMNS = ["SR", "GR", "ER", "TrainR", "TestR", "Loc", "Loc_final", "old_kept", "A_M", "A_FS", "A_mean", "E", "N",
            "edit_seconds_median", "params_added", "params_added_pct"]
 
 

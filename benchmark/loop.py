@@ -169,6 +169,9 @@ class SequentialEditingCallback(L.Callback):
             before = self.initial["locality"][str(self.fold)]
             final["locality"] = mean([k for now, was in zip(locality_scores(editor, fold_examples), before)
                                       for k in kept(now, was)])
+        replaced = [e for e in fold_examples if e.original_target is not None]
+        if replaced:  # modified facts: does the final model still give the old (true) object?
+            final["old_kept"] = accuracy(editor, replaced, [e.original_target for e in replaced])
         if self.splits.unmodified:  # Zhu et al.: on held-out probes only
             final["modified"] = probe_accuracy(editor, fold_examples)
             final["unmodified"] = probe_accuracy(editor, self.splits.unmodified)

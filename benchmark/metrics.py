@@ -46,6 +46,7 @@ _metric("params_added_pct", None, "model growth, percent of the initial paramete
 _metric("failed_edits", False, "edits that did not hold right after them")
 _metric("Loc", True, "locality: share of the edit's locality prompts answered as the initial model did, right after it")
 _metric("Loc_final", True, "locality of the final model over the fold's locality prompts")
+_metric("old_kept", False, "modified facts whose edit prompt the final model still answers with the old (true) object")
 _metric("A_M", True, "accuracy on modified facts (Zhu et al.)")
 _metric("A_FS", True, "accuracy on unmodified facts, A_F\\S (Zhu et al.)")
 _metric("A_mean", True, "mean of A_M and A_FS")
@@ -82,6 +83,8 @@ def fold_metrics(edits: list[dict], final: dict, initial: dict) -> dict[str, flo
     loc_per_edit = [mean(e["loc"]) for e in edits if e.get("loc")]
     if loc_per_edit or "locality" in final:
         out["Loc"], out["Loc_final"] = mean(loc_per_edit), final.get("locality", math.nan)
+    if "old_kept" in final:
+        out["old_kept"] = final["old_kept"]
     if "modified" in final:
         out["A_M"], out["A_FS"] = final["modified"], final["unmodified"]
         out["A_mean"] = (out["A_M"] + out["A_FS"]) / 2

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from benchmark.registry import DATASETS, EDITORS
 from data.base import DataConfig, EditDataModule, EditSplits, Example
@@ -16,7 +16,7 @@ def ex(uid: str, target: str = " yes", equivalents: int = 2) -> Example:
 
 
 # What the initial model knows: prompt -> answer (a fact it knows, it knows under its probe too).
-KNOWN = {p: " yes" for uid in ("a", "t1", "t2", "x1") for p in (uid, f"{uid}?")}
+KNOWN = {p: " yes" for uid in ("a", "t1", "t2", "x1") for p in (uid, f"{uid}?")} | {"d": " no"}
 # c's locality pairs: t1, which f0 gets right, and x2, which it gets wrong
 FOLDS = [[ex("a"), ex("b"), replace(ex("c"), locality=[("t1", " yes"), ("x2", " yes")]), ex("d")],
          [ex("e"), ex("f", equivalents=0)]]
@@ -34,7 +34,10 @@ class HandmadeData(EditDataModule):
     config_class = HandmadeConfig
 
     def setup(self, stage=None):
-        self.splits = EditSplits(task="generation", train=[], val=[], folds=[list(f) for f in FOLDS],
+        folds = [list(f) for f in FOLDS]
+        if self.config.modified:  # the old (true) object of every streamed fact is " no"
+            folds = [[replace(e, original_target=" no") for e in f] for f in folds]
+        self.splits = EditSplits(task="generation", train=[], val=[], folds=folds,
                                  train_subsample=list(TRAIN_SUBSAMPLE), test=list(TEST), memory=[],
                                  unmodified=list(TRAIN_SUBSAMPLE) if self.config.modified else [])
 
@@ -46,6 +49,7 @@ class ScriptedConfig(EditorConfig):
     equivalents_learned: int = 1  # of each edit's equivalents, how many the edit also fixes
     sleep: float = 0.0  # seconds each edit takes (signal tests)
     generalises: bool = True  # an edit also fixes the fact's held-out probe
+    fail: list[str] = field(default_factory=list)  # prompts whose edit changes nothing
 
 
 class Crash(RuntimeError):
@@ -71,6 +75,8 @@ class ScriptedEditor(Editor):
             ScriptedEditor.calls += 1
             raise Crash("simulated crash")
         ScriptedEditor.calls += 1
+        if example.prompt in self.config.fail:
+            return EditResult(steps=1)
         if self.config.sleep:
             import time
 

@@ -46,6 +46,10 @@ def test_modified_facts_metrics(tmp_path):
     # only the never-edited fact a is right on its probe
     memorised = _run(tmp_path / "memo", "data.modified=true", "editor.generalises=false")["folds"]["0"]
     assert (memorised["SR"], memorised["A_M"], memorised["A_FS"]) == (1.0, 0.25, 2 / 3)
+    # old_kept: d answers its old object " no" until edited; an edit of d that changes nothing keeps it
+    assert memorised["old_kept"] == 0.0
+    kept = _run(tmp_path / "kept", "data.modified=true", "editor.fail=[d]")["folds"]["0"]
+    assert (kept["old_kept"], kept["SR"]) == (0.25, 2 / 3)
 
 
 def test_batch_mode_edits_every_fact_of_a_fold_at_once(tmp_path):
