@@ -1,6 +1,10 @@
-"""Speed of T-Patcher's fast path against the naive one, side by side in one process.
+"""Speed of the fast paths against the naive ones, side by side in one process.
 
     python -m benchmark.perf tpatcher [--family classifier|decoder] [--edits 5] [--steps 100]
+    python -m benchmark.perf suffix [--family classifier|decoder] [--edits 3] [--steps 10]
+
+`suffix` times ft_last, ft_kl_last and constrained_ft (last block) with only the trained block
+run each step against the full forward (see `time_suffix`). For `tpatcher`:
 
 classifier: a BERT-base-sized encoder (12 layers, hidden 768, random init) editing fact-checking
 claims against a memory of 40,000 queries of distinct real claims (computed once, then cached).
@@ -117,9 +121,46 @@ def time_edits(adapter, family: str, mode: str, edits: list[Example], memory: in
     return times, step_counts, keys, build_seconds, missed
 
 
+SUFFIX_EDITORS = {"ft_last": {"layers": "last"}, "ft_kl_last": {"layers": "last", "kl_weight": 1.0, "kl_batch": 32},
+                  "constrained_ft": {"block": "last", "delta": 1.0}}
+
+
+def time_suffix(family: str, edits: int, steps: int) -> None:
+    """`suffix`: the fine-tuning editors that train the last block, each step running only that
+    block and the head from its recorded input (fast) against the full forward (naive),
+    alternating edit by edit; every edit runs all `steps` steps (lr too small to succeed). Timing
+    only: that both give the same edits is tests/test_suffix.py's check."""
+    from editors.constrained_ft import ConstrainedFTConfig, ConstrainedFTEditor
+    from editors.ft import FTConfig, FTEditor
+
+    adapter = build(family)
+    chosen = examples(family, edits + 64)
+    memory, chosen = chosen[edits:], chosen[:edits]
+    for name, overrides in SUFFIX_EDITORS.items():
+        editor_class, config_class = (ConstrainedFTEditor, ConstrainedFTConfig) if name == "constrained_ft" \
+            else (FTEditor, FTConfig)
+        seconds = {"fast": [], "naive": []}
+        for i, ex in enumerate(chosen):
+            for mode in ("naive", "fast"):
+                editor = editor_class(config_class(name=name, lr=1e-9, max_steps=steps, mode=mode, **overrides),
+                                      adapter)
+                editor.prepare(EditorData(adapter.task, [], [], memory=memory))
+                torch.manual_seed(i)
+                __import__("random").seed(i)
+                start = time.perf_counter()
+                result = editor.edit(ex)
+                seconds[mode].append(time.perf_counter() - start)
+                assert result.steps == steps
+                editor.reset()
+        fast, naive = statistics.median(seconds["fast"]), statistics.median(seconds["naive"])
+        print(json.dumps({"benchmark": "suffix", "family": family, "editor": name, "steps_per_edit": steps,
+                          "edits": edits, "naive_median_s": round(naive, 4), "fast_median_s": round(fast, 4),
+                          "speedup": round(naive / fast, 2), "threads": torch.get_num_threads()}), flush=True)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmark.perf")
-    parser.add_argument("editor", choices=["tpatcher"])
+    parser.add_argument("editor", choices=["tpatcher", "suffix"])
     parser.add_argument("--family", choices=["classifier", "decoder", "both"], default="both")
     parser.add_argument("--edits", type=int, default=5)
     parser.add_argument("--steps", type=int, default=100)
@@ -130,6 +171,10 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.editor == "suffix":
+        for family in (["classifier", "decoder"] if args.family == "both" else [args.family]):
+            time_suffix(family, args.edits, args.steps)
+        return
     for family in (["classifier", "decoder"] if args.family == "both" else [args.family]):
         adapter = build(family)
         edits = examples(family, args.edits)

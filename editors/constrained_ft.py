@@ -35,7 +35,7 @@ from torch import Tensor
 from benchmark.registry import EDITORS
 from data.base import EditorData, Example
 from editors.base import Editor, EditorConfig, EditResult
-from editors.ft import adam
+from editors.ft import adam, scored_forward
 
 
 @dataclass
@@ -47,6 +47,9 @@ class ConstrainedFTConfig(EditorConfig):
     mix: str = field(default="ftm", metadata={"help": "ftm: modified facts only | fta: plus as many unmodified"})
     epochs: int = field(default=10, metadata={"help": "loop.mode=batch: passes over the facts' forms (Zhu et al.: 10)"})
     batch_size: int = field(default=128, metadata={"help": "loop.mode=batch: forms per minibatch (Zhu et al.: 128)"})
+    mode: str = field(default="fast", metadata={
+        "help": "fast: a block (or run of last blocks) trains on a fixed batch (stream, FTM): its input is recorded "
+                "once per edit and each step runs only what follows (exact) | naive: the full forward each step"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -61,6 +64,8 @@ class ConstrainedFTConfig(EditorConfig):
             raise ValueError(f"editor.mix must be ftm or fta, got {self.mix!r}")
         if self.lr <= 0:
             raise ValueError(f"editor.lr must be positive, got {self.lr}")
+        if self.mode not in ("fast", "naive"):
+            raise ValueError(f"editor.mode must be fast or naive, got {self.mode!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("editor.epochs and editor.batch_size must be at least 1")
 
@@ -117,7 +122,9 @@ class ConstrainedFTEditor(Editor):
     def _step(self, optimizer, params: list[Tensor], initial: list[Tensor], examples: list[Example]) -> None:
         """One projected Adam step on the examples (their App. D)."""
         batch = self.adapter.encode([e.prompt for e in examples], [e.target for e in examples])
-        loss = self.adapter.loss(batch, self.adapter.scored_logits(batch))
+        self._descend(optimizer, params, initial, self.adapter.loss(batch, self.adapter.scored_logits(batch)))
+
+    def _descend(self, optimizer, params: list[Tensor], initial: list[Tensor], loss: Tensor) -> None:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -133,14 +140,23 @@ class ConstrainedFTEditor(Editor):
         optimizer, params, initial = self._optimiser()
         probe = adapter.encode([example.prompt], [example.target])
         forms = forms_of([example])
+        # FTM trains on the same forms every step: their prefix is recorded once (fast mode); FTA
+        # draws new unmodified facts each step, so it runs the full forward
+        fixed = cfg.mix == "ftm"
+        batch = adapter.encode([e.prompt for e in forms], [e.target for e in forms]) if fixed else None
+        _, forward = scored_forward(adapter, batch, params, cfg.mode) if fixed else (None, None)
+        _, check = scored_forward(adapter, probe, params, cfg.mode)
         steps = 0
         with torch.enable_grad():
             for steps in range(cfg.max_steps + 1):
                 with torch.no_grad():
-                    holds = bool(adapter.token_correct(probe, adapter.scored_logits(probe)).all())
+                    holds = bool(adapter.token_correct(probe, check()).all())
                 if holds or steps == cfg.max_steps:
                     break
-                self._step(optimizer, params, initial, self.step_examples(forms))
+                if fixed:
+                    self._descend(optimizer, params, initial, adapter.loss(batch, forward()))
+                else:
+                    self._step(optimizer, params, initial, self.step_examples(forms))
         return EditResult(steps=steps, info={"distance": self.distance()})
 
     def edit_batch(self, examples: list[Example]) -> EditResult:

@@ -18,6 +18,7 @@ inside the loop included), plus up to 100 past edits divided by their count; at 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -45,12 +46,22 @@ class FTConfig(EditorConfig):
     kl_batch: int = field(default=512, metadata={"help": "memory examples sampled for the KL term"})
     recipe: str = field(default="seqedit", metadata={
         "help": "seqedit | official: the published code's choices (see editors/ft.py and the README's recipe table)"})
+    mode: str | None = field(default=None, metadata={
+        "help": "fast: where only the last blocks train, their input is recorded once per edit and each step runs "
+                "only them (exact) | naive: the full forward each step; unset: fast, naive for recipe=official "
+                "(dropout in train mode makes a recorded prefix invalid)"})
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
             raise ValueError(f"editor.recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
         if self.max_steps is None:
             self.max_steps = OFFICIAL_STEPS if self.recipe == "official" else 100
+        if self.mode is None:
+            self.mode = "naive" if self.recipe == "official" else "fast"
+        if self.mode not in ("fast", "naive"):
+            raise ValueError(f"editor.mode must be fast or naive, got {self.mode!r}")
+        if self.recipe == "official" and self.mode == "fast":
+            raise ValueError("editor.recipe=official trains in train mode (dropout); use editor.mode=naive")
         super().__post_init__()
         if self.layers not in ("all", "last"):
             raise ValueError(f"editor.layers must be all or last, got {self.layers!r}")
@@ -127,6 +138,18 @@ def label_smoothed_nll(logits: Tensor, targets: Tensor, eps: float) -> Tensor:
     return (1.0 - eps - eps_i) * nll + eps_i * smooth
 
 
+def scored_forward(adapter, batch, params: list[Tensor], mode: str) -> tuple[Tensor, Callable[[], Tensor]]:
+    """The current scored logits of `batch` (no gradient) and a function giving them with gradient
+    each step. Fast mode, where only a run of last blocks trains: their input is recorded now and
+    a step runs only them and the head (exact; `ModelAdapter.suffix`); otherwise the full forward."""
+    first = adapter.trained_suffix(params) if mode == "fast" else None
+    if first is not None:
+        return adapter.suffix(batch, first)
+    with torch.no_grad():
+        logits = adapter.scored_logits(batch)
+    return logits, lambda: adapter.scored_logits(batch)
+
+
 class FTEditor(Editor):
     config_class = FTConfig
 
@@ -171,21 +194,21 @@ class FTEditor(Editor):
         params = list(self.trainable_parameters().values())
         optimizer = adam(params, cfg.lr)
         batch = adapter.encode([example.prompt], [example.target])
-        kl_batch = reference = None
-        if cfg.kl_weight > 0:
+        _, forward = scored_forward(adapter, batch, params, cfg.mode)
+        kl_forward = reference = None
+        if cfg.kl_weight > 0:  # the pre-edit model's outputs, from the same recording forward
             sample = random.sample(self.memory, min(cfg.kl_batch, len(self.memory)))
             kl_batch = adapter.encode([e.prompt for e in sample], [e.target for e in sample])
-            with torch.no_grad():
-                reference = adapter.scored_logits(kl_batch)
+            reference, kl_forward = scored_forward(adapter, kl_batch, params, cfg.mode)
         steps = 0
         with torch.enable_grad():
             for steps in range(cfg.max_steps + 1):
-                logits = adapter.scored_logits(batch)
+                logits = forward()
                 if bool(adapter.token_correct(batch, logits).all()) or steps == cfg.max_steps:
                     break
                 loss = adapter.loss(batch, logits)
-                if kl_batch is not None:
-                    loss = loss + cfg.kl_weight * output_kl(adapter.task, reference, adapter.scored_logits(kl_batch))
+                if kl_forward is not None:
+                    loss = loss + cfg.kl_weight * output_kl(adapter.task, reference, kl_forward())
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -361,6 +361,45 @@ class ModelAdapter:
         return FFNCache(**rows, scored=batch.score_mask.reshape(-1), memory=batch.valid_mask.reshape(-1),
                         logits=logits, finish=finish)
 
+    def trained_suffix(self, params) -> int | None:
+        """The first block of the shortest run of last blocks that holds every given parameter, or
+        None where one lies outside the blocks (embeddings, final norm, head, a seq2seq encoder):
+        then nothing before them is frozen and no prefix can be cached."""
+        owner = {id(p): i for i, block in enumerate(self.layer_modules()) for p in block.parameters()}
+        found = [owner.get(id(p)) for p in params]
+        return None if not found or None in found else min(found)
+
+    @torch.no_grad()
+    def suffix(self, batch: EncodedBatch, first: int) -> tuple[Tensor, Callable[[], Tensor]]:
+        """One forward now, recording the call of block `first` and of every later block; returns
+        its scored logits and a function that reruns only those blocks and the head (with the
+        current weights, under autograd) from the recorded input. Exact while nothing before block
+        `first` changes, in eval mode (in train mode dropout would draw the prefix anew)."""
+        blocks = list(self.layer_modules())[first:]
+        calls: dict[int, BlockCall] = {}
+
+        def keep_call(index):
+            def hook(module, args, kwargs):
+                calls.setdefault(index, BlockCall(module, args, dict(kwargs)))
+            return hook
+
+        handles = [block.register_forward_pre_hook(keep_call(i), with_kwargs=True) for i, block in enumerate(blocks)]
+        try:
+            logits = self._forward_scored(batch)
+        finally:
+            for h in handles:
+                h.remove()
+        replay = [calls[i] for i in range(len(blocks))]
+        start = _first_tensor(replay[0].args, {"hidden_states": replay[0].kwargs.get("hidden_states")})
+
+        def run() -> Tensor:
+            hidden = start
+            for call in replay:
+                hidden = call(hidden)
+            return self.head(hidden[batch.score_mask])
+
+        return logits, run
+
     def add_to_ffn(self, delta_fn, layer: int = -1) -> list:
         """From now on the FFN output of `layer` is FFN(q) + delta_fn(q) (unchanged where delta_fn
         returns None). Returns the hook handles; removing them restores the model exactly."""
