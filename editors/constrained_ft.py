@@ -145,16 +145,19 @@ class ConstrainedFTEditor(Editor):
         fixed = cfg.mix == "ftm"
         batch = adapter.encode([e.prompt for e in forms], [e.target for e in forms]) if fixed else None
         _, forward = scored_forward(adapter, batch, params, cfg.mode) if fixed else (None, None)
-        _, check = scored_forward(adapter, probe, params, cfg.mode)
+        # the edit prompt alone (no other forms): the step's own forward is also the check
+        same = fixed and len(forms) == 1
+        _, check = scored_forward(adapter, probe, params, cfg.mode) if not same else (None, None)
         steps = 0
         with torch.enable_grad():
             for steps in range(cfg.max_steps + 1):
+                logits = forward() if same else None
                 with torch.no_grad():
-                    holds = bool(adapter.token_correct(probe, check()).all())
+                    holds = bool(adapter.token_correct(probe, logits.detach() if same else check()).all())
                 if holds or steps == cfg.max_steps:
                     break
                 if fixed:
-                    self._descend(optimizer, params, initial, adapter.loss(batch, forward()))
+                    self._descend(optimizer, params, initial, adapter.loss(batch, logits if same else forward()))
                 else:
                     self._step(optimizer, params, initial, self.step_examples(forms))
         return EditResult(steps=steps, info={"distance": self.distance()})

@@ -18,6 +18,8 @@ EDITORS = {
     "ft_kl_last": (FTEditor, FTConfig, {"layers": "last", "kl_weight": 1.0, "kl_batch": 3}),
     "constrained_ft-0": (ConstrainedFTEditor, ConstrainedFTConfig, {"block": "0", "delta": 0.02}),
     "constrained_ft-last": (ConstrainedFTEditor, ConstrainedFTConfig, {"block": "last", "delta": 0.02}),
+    # no other training forms: the step's own forward is also the stop check
+    "constrained_ft-plain": (ConstrainedFTEditor, ConstrainedFTConfig, {"block": "last", "delta": 0.02}),
 }
 
 
@@ -34,7 +36,8 @@ def _run(family: str, row: str, mode: str):
         random.seed(i)
         torch.manual_seed(i)
         target = (1 if adapter.scores([prompt], [1]) == [0.0] else 0) if cls else " Oslo"
-        steps.append(editor.edit(Example(f"e{i}", prompt, target, forms=[f"{prompt} indeed"])).steps)
+        forms = [] if row.endswith("plain") else [f"{prompt} indeed"]
+        steps.append(editor.edit(Example(f"e{i}", prompt, target, forms=forms)).steps)
     probe = [*prompts, *(m.prompt for m in memory)]
     batch = adapter.encode(probe, [0] * len(probe) if cls else [" Oslo"] * len(probe))
     with torch.no_grad():
