@@ -186,7 +186,7 @@ def _is_yaml(value: str) -> bool:
     return value.endswith((".yaml", ".yml"))
 
 
-def _user_file(value: str, what: str) -> DictConfig:
+def _user_file(value: str, what: str) -> tuple[DictConfig, Path]:
     path = Path(value).expanduser()
     if not path.is_file():
         raise ConfigError(f"{what}={value}: no such file ({path.resolve()})")
