@@ -132,6 +132,10 @@ class DataConfig:
     background_fraction: float = field(default=0.5, metadata={
         "help": "edit-only files (CounterFact, a zsRE eval file alone): share of the records never edited, whose "
                 "locality prompts (true facts) make D'train (D_tr, memory) and D_test"})
+    background: str = field(default="locality", metadata={
+        "help": "edit-only files: where the facts to keep (D'train: D_tr, memory; D_test) come from: locality (the "
+                "unedited records' locality prompts) | facts (the embedded facts set, QA form) | a JSON/JSONL "
+                "file of {prompt, target} records (every record is then an edit)"})
 
     def __post_init__(self) -> None:
         if len(self.split_ratios) != 3 or any(r < 0 for r in self.split_ratios):
@@ -283,6 +287,8 @@ class EditDataModule(L.LightningDataModule):
         D_val (the `split_ratios` D_val share of them) and D_edit. So no fact an editor may read
         (the memory, D_val) is one on which Loc, TrainR or TestR is measured."""
         cfg = self.config
+        if cfg.background != "locality":
+            return self._edits_with_facts(records, self._background_facts(), source)
         background, edits = split_by_ratio(records, [cfg.background_fraction, 1 - cfg.background_fraction], cfg.seed)
         facts = [Example(f"{e.uid}:loc{i}", p, a, relation=e.relation)
                  for e in background for i, (p, a) in enumerate(e.locality)]
@@ -295,6 +301,32 @@ class EditDataModule(L.LightningDataModule):
         self.notices.append(f"edit-only file {source}: {len(edits)} of {len(records)} records are edits (D_val "
                             f"{len(val)}, D_edit {len(edit)}); the other {len(background)} give {len(facts)} facts "
                             f"from their locality prompts: D'train {len(train)} (D_tr, memory), D_test {len(test)}")
+        return self.assemble(train, val, edit, test)
+
+    def _background_facts(self) -> list[Example]:
+        """data.background=facts (the embedded facts, QA form) or a JSON/JSONL file of records with
+        `prompt` and `target` (errors name file and line)."""
+        if self.config.background == "facts":
+            from data.facts import TEMPLATES, raw_facts
+
+            return [Example(f"{r}:{s}", TEMPLATES[r][0][0].format(s=s), " " + o, relation=r) for r, s, o in raw_facts()]
+        from data.io import field as get
+        from data.io import read_records
+
+        return [Example(f"background:{i}", get(rec, "prompt", where, str), " " + get(rec, "target", where, str).strip())
+                for i, (where, rec) in enumerate(read_records(self.config.background))]
+
+    def _edits_with_facts(self, records: list[Example], facts: list[Example], source: str) -> EditSplits:
+        """Every record is an edit (D_val, D_edit); the given facts are D'train and D_test."""
+        cfg = self.config
+        if not facts:
+            raise DataError(f"data.background={cfg.background}: no facts to keep")
+        test, train = split_by_ratio(facts, [cfg.test_fraction, 1 - cfg.test_fraction], cfg.seed + 3)
+        val_share = cfg.split_ratios[1] / max(1e-9, cfg.split_ratios[1] + cfg.split_ratios[2])
+        val, edit = split_by_ratio(records, [val_share, 1 - val_share], cfg.seed + 6)
+        self.notices.append(f"edit-only file {source}: all {len(records)} records are edits (D_val {len(val)}, "
+                            f"D_edit {len(edit)}); data.background={cfg.background} gives {len(facts)} facts: "
+                            f"D'train {len(train)} (D_tr, memory), D_test {len(test)}")
         return self.assemble(train, val, edit, test)
 
     def fold_count(self, available: int, what: str) -> int:

@@ -387,3 +387,19 @@ def test_hf_datasets_reads_parquet_and_save_to_disk_folders(tmp_path):
     assert saved.records_read == 45
     with pytest.raises(DataError, match="no split 'nope'"):
         datamodule("data=hf", f"data.path={tmp_path / 'saved'}", "data.split=nope", fields)
+
+
+@pytest.mark.parametrize("background", ["facts", "file"])
+def test_edit_only_data_takes_its_facts_from_the_embedded_set_or_a_second_file(background, tmp_path):
+    facts_file = tmp_path / "keep.jsonl"
+    facts_file.write_text("".join(json.dumps({"prompt": f"Fact {i} is", "target": f"true {i}"}) + "\n"
+                                  for i in range(30)))
+    value = "facts" if background == "facts" else str(facts_file)
+    dm = datamodule("data=counterfact", f"data.path={FIXTURES / 'counterfact_rome.json'}", f"data.background={value}")
+    splits = dm.splits
+    assert len(splits.val) + sum(len(f) for f in splits.folds) == 12  # every record is an edit
+    kept = [*splits.train, *splits.test]
+    assert kept and all(":loc" not in e.uid for e in kept)
+    if background == "file":
+        assert {e.prompt for e in kept} == {f"Fact {i} is" for i in range(30)}
+    assert any("data.background=" in n for n in dm.notices)
