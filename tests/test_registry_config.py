@@ -43,7 +43,7 @@ def test_overrides_reach_typed_configs():
     "overrides, message",
     [
         (["editor=nope"], "unknown editor 'nope'; choose one of: constrained_ft, ft_all"),
-        (["data=nope"], "unknown dataset 'nope'; choose one of: facts"),
+        (["data=nope"], "unknown dataset 'nope'; choose one of: counterfact, facts"),
         (["editor.bogus=1"], "unknown config key 'editor.bogus'; valid keys of editor: activation"),
         (["loop.eval_every=0"], "loop.eval_every must be at least 1"),
         (["editor=ft_all", "editor.layers=middle"], "editor.layers must be all or last"),
