@@ -288,19 +288,23 @@ class EditDataModule(L.LightningDataModule):
         (the memory, D_val) is one on which Loc, TrainR or TestR is measured."""
         cfg = self.config
         if cfg.background != "locality":
-            return self._edits_with_facts(records, self._background_facts(), source)
-        background, edits = split_by_ratio(records, [cfg.background_fraction, 1 - cfg.background_fraction], cfg.seed)
-        facts = [Example(f"{e.uid}:loc{i}", p, a, relation=e.relation)
-                 for e in background for i, (p, a) in enumerate(e.locality)]
+            facts, edits = self._background_facts(), records
+            origin = f"all {len(records)} records are edits; data.background={cfg.background} gives"
+        else:
+            background, edits = split_by_ratio(records, [cfg.background_fraction, 1 - cfg.background_fraction],
+                                               cfg.seed)
+            facts = [Example(f"{e.uid}:loc{i}", p, a, relation=e.relation)
+                     for e in background for i, (p, a) in enumerate(e.locality)]
+            origin = (f"{len(edits)} of {len(records)} records are edits; the locality prompts of the other "
+                      f"{len(background)} give")
         if not facts:
-            raise DataError(f"{source}: edit records without locality prompts give no facts to keep "
-                            "(D'train, D_test); use a file with locality prompts, or data=json with data.test_path")
+            raise DataError(f"{source}: no facts to keep (D'train, D_test): the records have no locality prompts "
+                            "and data.background is locality; set data.background=facts or a file")
         test, train = split_by_ratio(facts, [cfg.test_fraction, 1 - cfg.test_fraction], cfg.seed + 3)
         val_share = cfg.split_ratios[1] / max(1e-9, cfg.split_ratios[1] + cfg.split_ratios[2])
         val, edit = split_by_ratio(edits, [val_share, 1 - val_share], cfg.seed + 6)
-        self.notices.append(f"edit-only file {source}: {len(edits)} of {len(records)} records are edits (D_val "
-                            f"{len(val)}, D_edit {len(edit)}); the other {len(background)} give {len(facts)} facts "
-                            f"from their locality prompts: D'train {len(train)} (D_tr, memory), D_test {len(test)}")
+        self.notices.append(f"edit-only file {source}: {origin} {len(facts)} facts: D'train {len(train)} (D_tr, "
+                            f"memory), D_test {len(test)}; the edits: D_val {len(val)}, D_edit {len(edit)}")
         return self.assemble(train, val, edit, test)
 
     def _background_facts(self) -> list[Example]:
@@ -315,19 +319,6 @@ class EditDataModule(L.LightningDataModule):
 
         return [Example(f"background:{i}", get(rec, "prompt", where, str), " " + get(rec, "target", where, str).strip())
                 for i, (where, rec) in enumerate(read_records(self.config.background))]
-
-    def _edits_with_facts(self, records: list[Example], facts: list[Example], source: str) -> EditSplits:
-        """Every record is an edit (D_val, D_edit); the given facts are D'train and D_test."""
-        cfg = self.config
-        if not facts:
-            raise DataError(f"data.background={cfg.background}: no facts to keep")
-        test, train = split_by_ratio(facts, [cfg.test_fraction, 1 - cfg.test_fraction], cfg.seed + 3)
-        val_share = cfg.split_ratios[1] / max(1e-9, cfg.split_ratios[1] + cfg.split_ratios[2])
-        val, edit = split_by_ratio(records, [val_share, 1 - val_share], cfg.seed + 6)
-        self.notices.append(f"edit-only file {source}: all {len(records)} records are edits (D_val {len(val)}, "
-                            f"D_edit {len(edit)}); data.background={cfg.background} gives {len(facts)} facts: "
-                            f"D'train {len(train)} (D_tr, memory), D_test {len(test)}")
-        return self.assemble(train, val, edit, test)
 
     def fold_count(self, available: int, what: str) -> int:
         """data.folds, checked against how many examples there are to cut into folds."""
