@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from benchmark.registry import EDITORS
-from data.base import EditorData, Example
+from data.base import EditorData, Example, with_training_forms
 from editors.base import Editor, EditorConfig, EditResult
 from editors.ft import adam, scored_forward
 
@@ -86,11 +86,6 @@ def project(params: list[Tensor], initial: list[Tensor], delta: float, norm: str
             p.copy_(p0 + (p - p0) * scale)
 
 
-def forms_of(examples: list[Example]) -> list[Example]:
-    """One example per training form of each fact."""
-    return [replace(e, prompt=p, forms=[]) for e in examples for p in e.training_prompts()]
-
-
 class ConstrainedFTEditor(Editor):
     config_class = ConstrainedFTConfig
     edits_batches = True
@@ -108,7 +103,7 @@ class ConstrainedFTEditor(Editor):
 
     def prepare(self, data: EditorData) -> None:
         super().prepare(data)
-        self.unmodified = forms_of(data.memory)
+        self.unmodified = with_training_forms(data.memory)
         if self.memory_needed(self.config) and not self.unmodified:
             raise ValueError("editor.mix=fta needs unmodified facts from the memory pool, and the data gives none "
                              "(raise data.memory_size or lower data.train_subsample)")
@@ -139,7 +134,7 @@ class ConstrainedFTEditor(Editor):
         cfg, adapter = self.config, self.adapter
         optimizer, params, initial = self._optimiser()
         probe = adapter.encode([example.prompt], [example.target])
-        forms = forms_of([example])
+        forms = with_training_forms([example])
         # FTM trains on the same forms every step: their prefix is recorded once (fast mode); FTA
         # draws new unmodified facts each step, so it runs the full forward
         fixed = cfg.mix == "ftm"
@@ -166,7 +161,7 @@ class ConstrainedFTEditor(Editor):
         """Zhu et al.'s batch setting: fixed epochs over every form of every fact; no stop rule."""
         cfg = self.config
         optimizer, params, initial = self._optimiser()
-        forms, steps = forms_of(examples), 0
+        forms, steps = with_training_forms(examples), 0
         with torch.enable_grad():
             for _ in range(cfg.epochs):
                 random.shuffle(forms)

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from data.base import EditSplits, Example
-from editors.constrained_ft import ConstrainedFTConfig, ConstrainedFTEditor, forms_of, project
+from data.base import EditSplits, Example, with_training_forms
+from editors.constrained_ft import ConstrainedFTConfig, ConstrainedFTEditor, project
 from editors.datastore import Datastore, faiss_available
 from editors.knn_lm import KNNLMConfig, KNNLMEditor
 from tests.conftest import trained_tiny, wrong_target
@@ -69,7 +69,7 @@ def test_fta_batches_mix_as_many_unmodified_facts_as_modified():
     editor = ConstrainedFTEditor(ConstrainedFTConfig(name="constrained_ft", mix="fta"), adapter)
     editor.prepare(splits.for_editor())
     edit = Example("e", "The capital of France is", " Oslo", forms=["France's capital is", "France has its capital in"])
-    forms = forms_of([edit])
+    forms = with_training_forms([edit])
     assert [f.prompt for f in forms] == edit.training_prompts()
     seen = set()
     for _ in range(40):
