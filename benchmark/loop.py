@@ -103,14 +103,19 @@ def probe_accuracy(editor: Editor, facts: list[Example]) -> float:
     return mean(editor.scores(prompts, [e.target for e in facts for _ in e.probes])) if prompts else float("nan")
 
 
-def locality_scores(editor: Editor, examples: list[Example]) -> list[list[float]]:
-    """Right/wrong on each example's locality pairs (prompt, answer), in one batch."""
-    pairs = [(i, p, a) for i, e in enumerate(examples) for p, a in e.locality]
+def grouped_scores(editor: Editor, groups: list[list[tuple[str, Any]]]) -> list[list[float]]:
+    """Right/wrong on every (prompt, answer) pair of every group, in one batch, grouped back."""
+    pairs = [(i, p, a) for i, group in enumerate(groups) for p, a in group]
     scores = editor.scores([p for _, p, _ in pairs], [a for _, _, a in pairs]) if pairs else []
-    out: list[list[float]] = [[] for _ in examples]
+    out: list[list[float]] = [[] for _ in groups]
     for (i, _, _), score in zip(pairs, scores):
         out[i].append(score)
     return out
+
+
+def locality_scores(editor: Editor, examples: list[Example]) -> list[list[float]]:
+    """Right/wrong on each example's locality pairs (prompt, answer)."""
+    return grouped_scores(editor, [e.locality for e in examples])
 
 
 def kept(now: list[float], before: list[float]) -> list[float]:
@@ -256,12 +261,15 @@ class SequentialEditingCallback(L.Callback):
         result = editor.edit_batch([shown_to_editor(e) for e in facts])
         seconds = time.perf_counter() - start
         after = editor.scores([e.prompt for e in facts], [e.target for e in facts])
+        gr = grouped_scores(editor, [[(q, e.target) for q in e.equivalents] for e in facts])
+        loc = locality_scores(editor, facts)
         for index, (ex, was, now) in enumerate(zip(facts, before, after)):
             record = {"type": "edit", "fold": item.fold, "index": index, "uid": ex.uid, "mistake": was < 1,
                       "edited": True, "success": now == 1, "seconds": seconds / len(facts), "steps": result.steps,
-                      "gr": editor.scores(ex.equivalents, [ex.target] * len(ex.equivalents)) if ex.equivalents else [],
+                      "gr": gr[index],
                       "params_added": editor.params_added(),
-                      **({"loc": self._locality_kept(editor, item.fold, index, ex)} if ex.locality else {}),
+                      **({"loc": kept(loc[index], self.initial["locality"][str(item.fold)][index])}
+                         if ex.locality else {}),
                       "info": {"batch_size": len(facts), "batch_seconds": seconds,
                                **(result.info if index == 0 else {})}}
             self.records.append(record)

@@ -256,10 +256,7 @@ class EditDataModule(L.LightningDataModule):
         rng.shuffle(order)
         n_tr = self.d_tr_size(len(train))
         tr_idx, rest = order[:n_tr], order[n_tr:]
-        memory = [train[i] for i in rest[: cfg.memory_size]]
-        if len(memory) < cfg.memory_size:
-            self.notices.append(f"memory pool: {len(memory)} examples, all of D'train outside D_tr "
-                                f"(data.memory_size={cfg.memory_size} asks for more)")
+        memory = self.memory_pool([train[i] for i in rest], "examples, all of D'train outside D_tr")
         return EditSplits(
             task=self.task,
             train=train,
@@ -269,6 +266,13 @@ class EditDataModule(L.LightningDataModule):
             test=test,
             memory=memory,
         )
+
+    def memory_pool(self, candidates: list[Example], what: str) -> list[Example]:
+        """The first `memory_size` candidates; a pool smaller than asked is said in the notices."""
+        size = self.config.memory_size
+        if len(candidates) < size:
+            self.notices.append(f"memory pool: {len(candidates)} {what} (data.memory_size={size} asks for more)")
+        return candidates[:size]
 
     def d_tr_size(self, available: int) -> int:
         """data.train_subsample, or half of what there is where it asks for all of it: the other

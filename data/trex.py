@@ -148,10 +148,7 @@ class TrexDataModule(EditDataModule):
                             "chooses its epoch on 64 D'train facts, and loop.split=val is not available")
         n_tr = self.d_tr_size(len(rest))
         subsample = rest[:n_tr]
-        memory = rest[n_tr : n_tr + cfg.memory_size]
-        if len(memory) < cfg.memory_size:
-            self.notices.append(f"memory pool: {len(memory)} facts, all the unmodified facts outside D_tr "
-                                f"(data.memory_size={cfg.memory_size} asks for more)")
+        memory = self.memory_pool(rest[n_tr:], "facts, all the unmodified facts outside D_tr")
         probes = [Example(f"{e.uid}:probe", p, e.target, relation=e.relation) for e in subsample for p in e.probes]
         return EditSplits(task=self.task, train=records, val=[], folds=folds,
                           train_subsample=subsample, test=probes, memory=memory, unmodified=subsample)

@@ -138,16 +138,20 @@ def label_smoothed_nll(logits: Tensor, targets: Tensor, eps: float) -> Tensor:
     return (1.0 - eps - eps_i) * nll + eps_i * smooth
 
 
-def scored_forward(adapter, batch, params: list[Tensor], mode: str) -> tuple[Tensor, Callable[[], Tensor]]:
-    """The current scored logits of `batch` (no gradient) and a function giving them with gradient
-    each step. Fast mode, where only a run of last blocks trains: their input is recorded now and
-    a step runs only them and the head (exact; `ModelAdapter.suffix`); otherwise the full forward."""
+def scored_forward(adapter, batch, params: list[Tensor], mode: str,
+                   reference: bool = False) -> tuple[Tensor | None, Callable[[], Tensor]]:
+    """A function giving the scored logits of `batch` with gradient each step, and (fast mode, or
+    with `reference`) the current ones without gradient. Fast mode, where only a run of last blocks
+    trains: their input is recorded now, in a forward that also gives the current logits, and a
+    step runs only them and the head (exact; `ModelAdapter.suffix`); otherwise the full forward."""
     first = adapter.trained_suffix(params) if mode == "fast" else None
     if first is not None:
         return adapter.suffix(batch, first)
-    with torch.no_grad():
-        logits = adapter.scored_logits(batch)
-    return logits, lambda: adapter.scored_logits(batch)
+    current = None
+    if reference:
+        with torch.no_grad():
+            current = adapter.scored_logits(batch)
+    return current, lambda: adapter.scored_logits(batch)
 
 
 class FTEditor(Editor):
@@ -199,7 +203,7 @@ class FTEditor(Editor):
         if cfg.kl_weight > 0:  # the pre-edit model's outputs, from the same recording forward
             sample = random.sample(self.memory, min(cfg.kl_batch, len(self.memory)))
             kl_batch = adapter.encode([e.prompt for e in sample], [e.target for e in sample])
-            reference, kl_forward = scored_forward(adapter, kl_batch, params, cfg.mode)
+            reference, kl_forward = scored_forward(adapter, kl_batch, params, cfg.mode, reference=True)
         steps = 0
         with torch.enable_grad():
             for steps in range(cfg.max_steps + 1):

@@ -26,6 +26,12 @@ QUANTIZED_SCAN = hasattr(torch.ops.aten, "_weight_int8pack_mm")  # int8 weights 
 PAD = 64  # the kernel wants the reduced dimension in whole vector lanes: rows are zero-padded to it
 
 
+def smooth_top(values: Tensor, k: int) -> Tensor:
+    """S(v; k) = mean(topk(exp(v), k)); topk before exp (same elements, exp is monotone)."""
+    flat = values.reshape(-1)
+    return flat.topk(min(k, flat.numel())).values.exp().mean()
+
+
 class QueryMemory:
     def __init__(self, width: int, quantized: bool = False):
         self.width = width

@@ -61,7 +61,7 @@ from benchmark.registry import EDITORS
 from data.base import CLASSIFICATION, EditorData, Example
 from editors.base import Editor, EditorConfig, EditResult
 from editors.ft import output_kl
-from editors.patch_memory import QUANTIZED_SCAN, QueryMemory
+from editors.patch_memory import QUANTIZED_SCAN, QueryMemory, smooth_top
 from editors.tpatcher_official import edit_official
 
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}
@@ -155,12 +155,6 @@ class TPatcherConfig(EditorConfig):
 
 def info_max(values: Tensor | None) -> float:
     return float(values.max()) if values is not None and values.numel() else float("-inf")
-
-
-def smooth_top(values: Tensor, k: int) -> Tensor:
-    """S(v; k) = mean(topk(exp(v), k)); topk before exp (same elements, exp is monotone)."""
-    flat = values.reshape(-1)
-    return flat.topk(min(k, flat.numel())).values.exp().mean()
 
 
 class PatchBank(nn.Module):

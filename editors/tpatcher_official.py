@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from data.base import CLASSIFICATION, Example
 from editors.base import EditResult
 from editors.ft import label_smoothed_nll
+from editors.patch_memory import smooth_top
 
 COPIES = 8  # utils:30
 WEIGHT_DECAY, CLIP_NORM = 0.01, 5.0  # utils:56; tp:87
@@ -53,11 +54,6 @@ def official_edit_loss(task: str, batch, logits: Tensor) -> Tensor:
         entropy = torch.distributions.Bernoulli(logits=logits).entropy().mean(-1)
         return bce - SMOOTHING * entropy
     return label_smoothed_nll(logits, batch.targets, SMOOTHING) / len(batch.targets)
-
-
-def smooth_top(values: Tensor, k: int) -> Tensor:
-    flat = values.reshape(-1)
-    return flat.topk(min(k, flat.numel())).values.exp().mean()
 
 
 def memory_loss(memory: Tensor, keys: Tensor, bias: Tensor, acts: Tensor) -> Tensor:
