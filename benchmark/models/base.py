@@ -158,9 +158,16 @@ class ModelAdapter:
     task: str = ""
 
     def __init__(self, model: nn.Module, tokenizer: Any, config: ModelConfig):
+        self.in_flight: EncodedBatch | None = None  # the batch of the adapter's forward in progress
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.config = config
+
+    @property
+    def scores_by_generation(self) -> bool:
+        """Whether `scores` reads generated text rather than the teacher-forced forward (hooks on
+        the adapter's own forwards then do not see the scoring)."""
+        return False
 
     @property
     def device(self) -> torch.device:
@@ -209,7 +216,16 @@ class ModelAdapter:
                        layer_index=index, is_last=index == len(layers) - 1)
 
     def scored_logits(self, batch: EncodedBatch) -> Tensor:
-        return self._forward_scored(batch)
+        return self._run(batch)
+
+    def _run(self, batch: EncodedBatch) -> Tensor:
+        """Every forward of the adapter's own: hooks that act at the read position
+        (`rewrite_at_read`) learn from `in_flight` which batch is passing."""
+        self.in_flight = batch
+        try:
+            return self._forward_scored(batch)
+        finally:
+            self.in_flight = None
 
     def loss(self, batch: EncodedBatch, logits: Tensor) -> Tensor:
         if self.task == CLASSIFICATION:
@@ -337,7 +353,7 @@ class ModelAdapter:
             *[block.register_forward_pre_hook(keep_call(i), with_kwargs=True) for i, block in enumerate(later)],
         ]
         try:
-            logits = self._forward_scored(batch)
+            logits = self._run(batch)
         finally:
             for h in handles:
                 h.remove()
@@ -385,7 +401,7 @@ class ModelAdapter:
 
         handles = [block.register_forward_pre_hook(keep_call(i), with_kwargs=True) for i, block in enumerate(blocks)]
         try:
-            logits = self._forward_scored(batch)
+            logits = self._run(batch)
         finally:
             for h in handles:
                 h.remove()
@@ -417,6 +433,36 @@ class ModelAdapter:
             site.in_proj.register_forward_pre_hook(keep_query, with_kwargs=True),
             site.out_proj.register_forward_hook(add_delta),
         ]
+
+    @staticmethod
+    def read_positions(batch: EncodedBatch) -> Tensor:
+        """[B] each example's first scored position, where its answer starts to be read: the last
+        prompt token of a decoder, [CLS], the first mask, the decoder's first step."""
+        return batch.score_mask.int().argmax(1)
+
+    def rewrite_at_read(self, fn, layer: int = -1) -> list:
+        """From now on, at each example's read position (`read_positions`) of the adapter's own
+        forwards, block `layer`'s FFN output row becomes fn(inner, out)[i] where fn returns new
+        rows and a bool mask of the rows to replace (or None): `inner` [B, d_ff] is the output
+        projection's input there (the FFN's inner activation), `out` [B, d] its output. Other
+        positions and forwards the adapter did not start are untouched. Returns the hook handles."""
+        site = self.ffn_site(layer)
+
+        def rewrite(_m, args, output):
+            batch = self.in_flight
+            if batch is None or output.shape[:2] != batch.score_mask.shape:
+                return None
+            rows = torch.arange(batch.size, device=output.device)
+            at = self.read_positions(batch).to(output.device)
+            new = fn(args[0][rows, at], output[rows, at])
+            if new is None:
+                return None
+            values, hit = new
+            output = output.clone()
+            output[rows, at] = torch.where(hit[:, None], values.to(output.dtype), output[rows, at])
+            return output
+
+        return [site.out_proj.register_forward_hook(rewrite)]
 
     @contextmanager
     def added_to_ffn(self, delta_fn, layer: int = -1):

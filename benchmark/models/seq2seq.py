@@ -89,6 +89,10 @@ class Seq2SeqAdapter(ModelAdapter):
         gen = self.model.generate(**enc.to(self.device), max_new_tokens=max_new_tokens, num_beams=1, do_sample=False)
         return self.tokenizer.batch_decode(gen, skip_special_tokens=True)
 
+    @property
+    def scores_by_generation(self) -> bool:
+        return self.config.metric == "exact_match"
+
     @torch.no_grad()
     def scores(self, prompts: list[str], targets: list[Any]) -> list[float]:
         if self.config.metric == "token_accuracy":
