@@ -16,6 +16,7 @@ from benchmark.config import compose, instantiate
 from benchmark.registry import EDITORS
 
 PARTS = {"qa": "demo_qa", "fc": "demo_fc"}
+FAMILY = {"qa": "decoder", "fc": "classifier"}  # of the part's model (SmolLM2 / MiniLM; tiny-llama / tiny-bert)
 QUICK = {"qa": ["model=tiny-llama", "init.epochs=20", "loop.max_fold_examples=5", "loop.folds=[0]"],
          "fc": ["model=tiny-bert", "init.epochs=10", "loop.max_fold_examples=5", "loop.folds=[0]"]}
 PER_EDITOR = {"ft_kl_all": ["editor.kl_batch=32"], "ft_kl_last": ["editor.kl_batch=32"],
@@ -23,6 +24,8 @@ PER_EDITOR = {"ft_kl_all": ["editor.kl_batch=32"], "ft_kl_last": ["editor.kl_bat
               "ke_style": ["editor.train_epochs=1", "editor.train_examples=300"],
               "mend_style": ["editor.train_epochs=1", "editor.train_examples=300"]}
 QUICK_EDITOR = {"sera": ["editor.encoder=tiny-bert", "editor.train_examples=200"],
+                "memit": ["editor.layers=[0]", "editor.mom2_update_weight=10"],
+                "alphaedit": ["editor.layers=[0]", "editor.l2=0.01"],
                 "ke_style": ["editor.edit_lr=0.1", "editor.train_examples=50"],
                 "mend_style": ["editor.edit_lr=0.1", "editor.train_examples=50"]}
 
@@ -52,6 +55,10 @@ def demo(args: list[str]) -> Path:
     start = time.perf_counter()
     for part, experiment, _ in plan:
         for editor in editors:
+            if FAMILY[part] not in EDITORS.get(editor).target.families:
+                print(f"[demo] {part} / {editor}: skipped, it edits {' or '.join(EDITORS.get(editor).target.families)} "
+                      "models", flush=True)
+                continue
             overrides = [f"experiment={experiment}", f"editor={editor}", *(QUICK[part] if quick else []),
                          *PER_EDITOR.get(editor, []), *(QUICK_EDITOR.get(editor, []) if quick else []), *extra,
                          f"output_dir={root / part}", f"run_id={editor}"]

@@ -34,6 +34,7 @@ class Example:
     relation: str | None = None
     original_target: Any = None  # the true object when `target` is a modified one (Zhu et al.)
     alternative: Any = None  # a new object the file proposes (zsRE `alt`), for target=modified
+    subject: str | None = None  # the fact's subject as written in the prompt (locate-then-edit keys)
     locality: list[tuple[str, Any]] = field(default_factory=list)  # (prompt, answer) to keep
     # Zhu et al.'s protocol: more training forms of the same fact (its supporting evidence), which
     # the initial fit and an editor may train on, and held-out probes, which only the loop reads

@@ -45,6 +45,10 @@ def _strings(value, where: str, name: str) -> list[str]:
     raise DataError(f"{where}: field '{name}' should be a string or a list of strings")
 
 
+def _optional_subject(record: dict) -> str | None:
+    return record["subject"] if isinstance(record.get("subject"), str) else None
+
+
 def _answer(text: str) -> str:
     return " " + text.strip()
 
@@ -63,7 +67,7 @@ class CounterFactDataModule(EditDataModule):
         return Example(uid=str(record.get("case_id", where)), prompt=template.replace("{}", subject),
                        target=_answer(get(rewrite, "target_new.str", where, str)), original_target=true,
                        equivalents=_strings(record.get("paraphrase_prompts", []), where, "paraphrase_prompts"),
-                       relation=rewrite.get("relation_id"), locality=[(p, true) for p in neighbours])
+                       relation=rewrite.get("relation_id"), locality=[(p, true) for p in neighbours], subject=subject)
 
     def _easyedit(self, where: str, record: dict) -> Example:
         locality = []
@@ -75,7 +79,7 @@ class CounterFactDataModule(EditDataModule):
                        target=_answer(get(record, "target_new", where, str)),
                        original_target=_answer(truth) if isinstance(truth, str) else None,
                        equivalents=_strings(record.get("rephrase_prompt", []), where, "rephrase_prompt"),
-                       locality=locality)
+                       locality=locality, subject=_optional_subject(record))
 
     def read_examples(self):
         if not self.config.path:

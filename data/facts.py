@@ -168,7 +168,7 @@ class FactsDataModule(EditDataModule):
                     continue
                 prompts, target = [c.format(s=subject, o=shown) for c in claims], int(true)
             examples.append(Example(uid=uid, prompt=prompts[0], target=target, equivalents=prompts[1:],
-                                    relation=relation))
+                                    relation=relation, subject=subject))
         self._sampler = sampler
         return examples, None
 

@@ -118,7 +118,8 @@ class TrexDataModule(EditDataModule):
                     continue
                 examples.append(Example(uid=str(record.get("uuid", where)), prompt=evidences[0], target=" " + obj,
                                         forms=evidences[1:], probes=[probe], equivalents=[probe],
-                                        relation=relation))
+                                        relation=relation,
+                                        subject=record["sub_label"] if isinstance(record.get("sub_label"), str) else None))
         return examples, None
 
     def make_splits(self, records, test) -> EditSplits:

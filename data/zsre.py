@@ -88,13 +88,13 @@ class ZsreDataModule(EditDataModule):
             prompt, rephrase = get(record, "src", where, str), record.get("rephrase")
             alt = str(record.get("alt") or "").strip()
             equivalents = [rephrase] if isinstance(rephrase, str) and rephrase.strip() else []
-            relation = None
+            relation, subject = None, record["subject"] if isinstance(record.get("subject"), str) else ""
             loc, loc_ans = record.get("loc"), record.get("loc_ans")
             locality = [(loc.removeprefix("nq question: ").strip(), " " + str(loc_ans).strip())] if loc else []
         else:
             answers = _answers(record, where)
             if layout == "kilt":
-                _subject, _, relation = get(record, "input", where, str).partition(" [SEP] ")
+                subject, _, relation = get(record, "input", where, str).partition(" [SEP] ")
                 questions = get(record, "meta.template_questions", where, list)
                 if not questions:
                     raise DataError(f"{where}: field 'meta.template_questions' is empty")
@@ -105,13 +105,15 @@ class ZsreDataModule(EditDataModule):
                 equivalents = list(record.get("filtered_rephrases") or record.get("rephrases") or [])
                 alternatives = record.get("alternatives") or []
                 alt, relation = (str(alternatives[0]).strip() if alternatives else ""), None
+                subject = ""  # the other layout names no subject
             locality = []
         if len(answers) != 1:
             self.dropped["not exactly one answer"] += 1
             return None
         return Example(uid=str(record.get("id", where)), prompt=prompt.strip(), target=" " + answers[0],
                        equivalents=[e.strip() for e in equivalents if e.strip() and e.strip() != prompt.strip()],
-                       relation=relation, alternative=alt or None, locality=locality)
+                       relation=relation, alternative=alt or None, locality=locality,
+                       subject=subject or None)
 
     def read_examples(self):
         layout, paths = self._layout()

@@ -1,3 +1,3 @@
 """Editors register themselves on import."""
 
-from editors import constrained_ft, ft, grace, ke_style, knn_lm, mend_style, sera, tpatcher  # noqa: F401
+from editors import constrained_ft, ft, grace, ke_style, knn_lm, memit, mend_style, sera, tpatcher  # noqa: F401

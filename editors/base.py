@@ -59,9 +59,13 @@ class Editor(L.LightningModule):
     training_version: ClassVar[int] = 1  # part of the trained state's cache key: bump when training changes
     one_shot: ClassVar[bool] = False  # one predicted update per edit (KE, MEND), not optimised until right
     edits_batches: ClassVar[bool] = False  # implements `edit_batch` (loop.mode=batch, Zhu et al.)
+    families: ClassVar[tuple[str, ...]] = ("classifier", "seq2seq", "decoder", "masked")  # model families served
 
     def __init__(self, config: EditorConfig, adapter: ModelAdapter):
         super().__init__()
+        if adapter.family not in self.families:
+            raise ValueError(f"editor={config.name} edits {' or '.join(self.families)} models; "
+                             f"{adapter.config.name} is a {adapter.family} model")
         self.config = config
         self.adapter = adapter
         self.model = adapter.model  # registered as a submodule so Lightning moves it with us

@@ -1,0 +1,88 @@
+"""MEMIT and AlphaEdit: the key position, the closed-form updates' defining properties."""
+
+import pytest
+import torch
+
+from benchmark.registry import EDITORS
+from data.base import EditSplits, Example
+from tests.conftest import trained_tiny, wrong_target
+
+WORDS = ["Zanzibar", "Quito", "Oslo", "Lima", "Hanoi", "Doha"]
+PROMPT = "The capital of France is"
+
+
+def _editor(name: str, **overrides):
+    import editors  # noqa: F401
+
+    adapter = trained_tiny("decoder")
+    entry = EDITORS.get(name)
+    editor = entry.target(entry.config_class(name=name, layers=[0], **overrides), adapter)
+    memory = [Example(f"m{i}", f"{w} is known for", f" {w}") for i, w in enumerate(WORDS)]
+    editor.prepare(EditSplits(task=adapter.task, train=memory, val=[], folds=[], train_subsample=[], test=[],
+                              memory=memory).for_editor())
+    return adapter, editor
+
+
+def test_keys_are_read_at_the_subjects_last_token():
+    adapter, editor = _editor("memit", context_templates=0)
+    texts, positions, subject = editor._requests(Example("e", PROMPT, " Paris", subject="France"))
+    ids = adapter.encode(texts, [" Paris"]).inputs["input_ids"][0]
+    assert subject == "France" and adapter.tokenizer.decode(ids[positions[0]]).strip() == "France"
+    texts, positions, subject = editor._requests(Example("e", PROMPT, " Paris", subject="Spain"))
+    assert subject is None and positions == [len(adapter.tokenizer(PROMPT)["input_ids"]) - 1]
+    assert editor.fold_report()["edits_without_subject"] == 1
+
+
+def test_memit_writes_v_star_at_one_layer():
+    """With one edited block and a weak prior (small lambda), the least-squares update makes the
+    block's output at the subject's token what v* asked for (bare prompt only: with prefixes the
+    key is their mean, MEMIT's choice, and the bare prompt's own key differs)."""
+    adapter, editor = _editor("memit", mom2_update_weight=1e-3, context_templates=0)
+    example = Example("e", PROMPT, wrong_target(adapter, PROMPT), subject="France")
+    texts, positions, subject = editor._requests(example)
+    block = adapter.layer_modules()[0]
+    z, _ = editor._target_vector(example, texts, positions, subject, block)
+    before = editor._read(block, texts[:1], positions[:1], output=True)[0]
+    editor.edit(example)
+    after = editor._read(block, texts[:1], positions[:1], output=True)[0]
+    # v* is recomputed inside the edit from the same start: the same optimisation, the same z
+    assert float((after - z).norm()) < 0.05 * float((before - z).norm())
+
+
+def test_alphaedit_leaves_the_preserved_keys_alone():
+    """The update lies in the null space of C: W's change times any key in C's principal
+    subspace is ~0 (AlphaEdit's guarantee), while it does change W."""
+    adapter, editor = _editor("alphaedit", l2=0.01)
+    weight = editor.sites[0].out_proj.weight
+    before = weight.detach().clone()
+    editor.edit(Example("e", PROMPT, wrong_target(adapter, PROMPT), subject="France"))
+    change = (weight.detach() - before).double()
+    P = editor.projections[0].double()
+    principal = torch.eye(len(P), dtype=torch.float64) - P
+    assert change.norm() > 0
+    assert float((change @ principal).norm()) < 1e-4 * float(change.norm())
+    assert editor.past[0].abs().sum() > 0  # this edit's keys join the preserved ones
+    state = editor.edit_state()
+    editor.reset()
+    assert torch.equal(weight, before) and editor.past[0].abs().sum() == 0
+    editor.load_edit_state(state)
+    torch.testing.assert_close(weight.detach() - before, change.float())
+
+
+def test_second_moment_is_cached_per_model_block_and_texts(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEQEDIT_CACHE", str(tmp_path))
+    _, first = _editor("memit", context_templates=0)
+    files = list((tmp_path / "second_moments").glob("*.safetensors"))
+    assert len(files) == 1
+    _, again = _editor("memit", context_templates=0)
+    assert torch.equal(first.second_moments[0], again.second_moments[0])
+    assert len(list((tmp_path / "second_moments").glob("*.safetensors"))) == 1
+
+
+@pytest.mark.parametrize("name", ["memit", "alphaedit"])
+def test_out_of_range_layers_are_refused(name):
+    import editors  # noqa: F401
+
+    entry = EDITORS.get(name)
+    with pytest.raises(ValueError, match="out of range"):
+        entry.target(entry.config_class(name=name, layers=[0, 7]), trained_tiny("decoder"))
