@@ -52,6 +52,10 @@ def cloze(masked: str) -> str | None:
     return masked.strip() if masked.count(MASK) == 1 else None
 
 
+def _subject(record: dict) -> str | None:
+    return record["sub_label"] if isinstance(record.get("sub_label"), str) else None
+
+
 @dataclass
 class TrexConfig(DataConfig):
     relations: list[str] | None = field(default=None, metadata={"help": "relation ids (default: every P*.jsonl)"})
@@ -118,8 +122,7 @@ class TrexDataModule(EditDataModule):
                     continue
                 examples.append(Example(uid=str(record.get("uuid", where)), prompt=evidences[0], target=" " + obj,
                                         forms=evidences[1:], probes=[probe], equivalents=[probe],
-                                        relation=relation,
-                                        subject=record["sub_label"] if isinstance(record.get("sub_label"), str) else None))
+                                        relation=relation, subject=_subject(record)))
         return examples, None
 
     def make_splits(self, records, test) -> EditSplits:

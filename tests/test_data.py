@@ -38,6 +38,7 @@ def test_facts_splits_are_deterministic_and_exact():
     c = datamodule("data=facts", "data.seed=1")
     assert [e.uid for e in c.splits.folds[0]] != [e.uid for e in a.splits.folds[0]]
     assert all(e.equivalents for f in a.splits.folds for e in f)
+    assert all(e.subject and e.subject in e.prompt for f in a.splits.folds for e in f)
 
 
 def test_facts_claims_and_modified_targets():
@@ -72,8 +73,12 @@ def test_zsre_kilt_and_mend_layouts():
     kilt = datamodule("data=zsre", f"data.path={SHARED_DATA / 'zsre'}", "data.layout=kilt")
     ex = kilt.splits.train[0]
     assert ex.target.startswith(" ") and ex.prompt.endswith("?") and len(ex.equivalents) >= 3
+    # the subject (MEMIT's key position): KILT's "subject [SEP] relation", MEND's `subject`
+    assert ex.subject and "[SEP]" not in ex.subject and ex.subject in ex.prompt
     mend = datamodule("data=zsre", f"data.path={SHARED_DATA / 'zsre'}", "data.layout=mend")
     assert mend.records_read == 1000
+    named = [e.subject is not None and e.subject in e.prompt for e in mend.splits.train]
+    assert sum(named) > 0.9 * len(named)
     every = mend.splits.train + [e for f in mend.splits.folds for e in f]
     assert all(not loc.startswith("nq question:") for e in every for loc, _ in e.locality)
     assert all(e.alternative is None or e.alternative == e.alternative.strip() for e in every)
@@ -108,6 +113,7 @@ def test_trex_modified_facts():
         assert ex.target != ex.original_target and objects[ex.target] > 0
         assert ex.probes == ex.equivalents and len(ex.probes) == 1 and ex.probes[0].endswith("was born in")
         assert ex.probes[0] not in ex.training_prompts()
+        assert ex.subject and ex.subject in ex.probes[0]  # the template names the subject (sub_label)
     assert all("[MASK]" not in q for e in stream for q in e.training_prompts() + e.probes)
     assert dm.dropped["evidence sentences with the mask not at the end (masked-LM only)"] > 0
     # D_test and A_F\S: the templates of D_tr's facts, with their true objects; none reaches an editor
@@ -326,6 +332,7 @@ def test_counterfact_in_both_layouts(name, layout):
     first = dm._rome("f:1", record) if layout == "rome" else dm._easyedit("f:1", record)
     assert (first.prompt, first.target, first.original_target) == (
         "The mother tongue of Danielle Darrieux is", " English", " French")
+    assert first.subject == "Danielle Darrieux"
 
 
 def test_counterfact_broken_record_names_its_line(tmp_path):
