@@ -160,3 +160,26 @@ class Editor(L.LightningModule):
 
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)
+
+
+class HookedEditor(Editor):
+    """An editor whose edits live in forward hooks it installs on the model (T-Patcher's patches,
+    GRACE's codebook); `disabled` removes them, which gives the base model exactly."""
+
+    adds_parameters = True
+
+    def _install(self) -> list:
+        """Install the hooks; returns their handles."""
+        raise NotImplementedError
+
+    def _enable(self) -> None:
+        self._handles = self._install()
+
+    @contextmanager
+    def disabled(self):
+        for h in self._handles:
+            h.remove()
+        try:
+            yield
+        finally:
+            self._enable()

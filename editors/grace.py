@@ -28,7 +28,6 @@ follows the FFN (`ModelAdapter.capture`, exact at any layer).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +36,7 @@ from torch import Tensor, nn
 
 from benchmark.registry import EDITORS
 from data.base import Example
-from editors.base import Editor, EditorConfig, EditResult
+from editors.base import EditorConfig, EditResult, HookedEditor
 
 
 @dataclass
@@ -72,9 +71,8 @@ def default_layer(blocks: int) -> int:
     return blocks * 27 // 32
 
 
-class GraceEditor(Editor):
+class GraceEditor(HookedEditor):
     config_class = GraceConfig
-    adds_parameters = True
 
     def __init__(self, config: GraceConfig, adapter):
         super().__init__(config, adapter)
@@ -99,18 +97,8 @@ class GraceEditor(Editor):
         distance, nearest = torch.cdist(inner.float(), self.keys).min(1)
         return self.values[nearest], distance <= self.radii[nearest]
 
-    def _enable(self) -> None:
-        self._handles = self.adapter.rewrite_at_read(self._lookup, self.layer)
-
-    @contextmanager
-    def disabled(self):
-        """The base model exactly: the hook is removed."""
-        for h in self._handles:
-            h.remove()
-        try:
-            yield
-        finally:
-            self._enable()
+    def _install(self) -> list:
+        return self.adapter.rewrite_at_read(self._lookup, self.layer)
 
     def params_added(self) -> int:
         return int(self.keys.numel() + self.values.numel() + self.radii.numel())

@@ -49,7 +49,6 @@ with `mode=naive`, which runs the full model every step).
 from __future__ import annotations
 
 import random
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -59,7 +58,7 @@ from torch import Tensor, nn
 from benchmark.models.base import EncodedBatch
 from benchmark.registry import EDITORS
 from data.base import CLASSIFICATION, EditorData, Example
-from editors.base import Editor, EditorConfig, EditResult
+from editors.base import EditorConfig, EditResult, HookedEditor
 from editors.ft import output_kl
 from editors.patch_memory import QUANTIZED_SCAN, QueryMemory, smooth_top
 from editors.tpatcher_official import edit_official
@@ -185,10 +184,9 @@ class PatchBank(nn.Module):
         self.keys, self.bias, self.values = self.keys[:, :n], self.bias[:n], self.values[:n]
 
 
-class TPatcherEditor(Editor):
+class TPatcherEditor(HookedEditor):
     config_class = TPatcherConfig
     needs_memory = True
-    adds_parameters = True
 
     @classmethod
     def memory_needed(cls, config: TPatcherConfig) -> bool:
@@ -234,18 +232,8 @@ class TPatcherEditor(Editor):
         self._enable()
 
     # -- the patch hook ----------------------------------------------------------------------
-    def _enable(self) -> None:
-        self._handles = self.adapter.add_to_ffn(lambda q: self.bank(q) if len(self.bank) else None, self.config.layer)
-
-    @contextmanager
-    def disabled(self):
-        """The base model exactly: the hooks are removed, not zeroed."""
-        for h in self._handles:
-            h.remove()
-        try:
-            yield
-        finally:
-            self._enable()
+    def _install(self) -> list:
+        return self.adapter.add_to_ffn(lambda q: self.bank(q) if len(self.bank) else None, self.config.layer)
 
     def params_added(self) -> int:
         return len(self.bank) * (2 * self.site.width + 1)
