@@ -45,7 +45,7 @@ class GraceConfig(EditorConfig):
         "help": "value training steps per edit (n_iter: 50 in EasyEdit's LLaMA presets, 200 for GPT-2 XL/GPT-J)"})
     layer: int | None = field(default=None, metadata={
         "help": "block whose FFN holds the codebook; unset: the block at 27/32 of the depth (the LLaMA-2-7B "
-                "preset's layers[27]), the last block on a model of 1-5 blocks"})
+                "preset's layers[27]), the last block on a model of 1-6 blocks"})
     eps_init: float = field(default=1.0, metadata={"help": "radius of a new key (eps; 1.0 in every preset)"})
     lr: float = field(default=1.0, metadata={"help": "Adam learning rate of the value (edit_lr; 1.0 in every preset)"})
     eps_expand: str = field(default="coverage", metadata={

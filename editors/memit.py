@@ -42,6 +42,10 @@ from editors.base import Editor, EditorConfig, EditResult
 PREFIX_STARTS = ["The", "Therefore", "Because", "I", "You"]  # mm get_context_templates
 
 
+class _Enough(Exception):
+    """Raised by a hook to end a forward once everything wanted from it is read."""
+
+
 @dataclass
 class MemitConfig(EditorConfig):
     max_steps: int = field(default=25, metadata={"help": "Adam steps of v* per edit (v_num_grad_steps)"})
@@ -79,6 +83,11 @@ class AlphaEditConfig(MemitConfig):
     l2: float = field(default=10.0, metadata={"help": "L2 of AlphaEdit's solve (Llama3-8B preset: 10)"})
 
 
+def mean_key(keys: Tensor) -> Tensor:
+    """The bare prompt's key (row 0) and the prefixes' mean key, averaged (ck:39-50)."""
+    return keys[0] if len(keys) == 1 else (keys[0] + keys[1:].mean(0)) / 2
+
+
 class MemitEditor(Editor):
     config_class = MemitConfig
     families = ("decoder",)  # the method's models: subject lookup, generated prefixes, a next-token KL
@@ -100,8 +109,7 @@ class MemitEditor(Editor):
         for p in self.trainable_parameters().values():  # written in closed form, never by autograd
             p.requires_grad_(False)
         self.templates = ["{}", *self._prefixes()]
-        texts = self._stats_texts(data)
-        self.second_moments = [self._second_moment(site, texts) for site in self.sites]
+        self.second_moments = self._second_moments(self._stats_texts(data))
 
     # -- the corpus statistics -----------------------------------------------------------------------
     def _stats_texts(self, data: EditorData) -> list[str]:
@@ -115,45 +123,59 @@ class MemitEditor(Editor):
             raise ValueError(f"editor.stats_source={cfg.stats_source}: no text to estimate C = E[k k^T] from")
         return texts
 
-    def _second_moment(self, site, texts: list[str]) -> Tensor:
-        """E[k k^T] over every token of `texts` (rome/layer_stats.py's mom2), cached on disk under
-        the weights up to the block, the block and the texts."""
-        digest = hashlib.sha1(f"{site.layer_index}".encode())
-        for block in self.adapter.layer_modules()[: site.layer_index + 1]:
-            for p in block.parameters():
-                digest.update(p.detach().float().cpu().numpy().tobytes())
+    def _second_moments(self, texts: list[str]) -> list[Tensor]:
+        """E[k k^T] over every token of `texts` at each edited block (rome/layer_stats.py's mom2),
+        cached on disk under the weights up to the block, the block and the texts."""
+        paths, digest, blocks = [], hashlib.sha1("\n".join(texts).encode()), self.adapter.layer_modules()
         digest.update(self.model.get_input_embeddings().weight.detach().float().cpu().numpy().tobytes())
-        digest.update("\n".join(texts).encode())
-        path = cache_dir() / "second_moments" / f"{digest.hexdigest()}.safetensors"
-        if path.exists():
+        for index in range(self.layers[-1] + 1):  # one running digest: each block's weights hashed once
+            for p in blocks[index].parameters():
+                digest.update(p.detach().float().cpu().numpy().tobytes())
+            if index in self.layers:
+                paths.append(cache_dir() / "second_moments" / f"{digest.hexdigest()}-{index}.safetensors")
+        if all(path.exists() for path in paths):
             from safetensors.torch import load_file
 
-            return load_file(path)["mom2"].to(self.adapter.device)
-        total, count = None, 0
-        tok = self.adapter.tokenizer
-
-        def keep(_m, args):
-            nonlocal total, count
-            keys = args[0][mask].double()
-            total = keys.T @ keys if total is None else total + keys.T @ keys
-            count += len(keys)
-
-        handle = site.out_proj.register_forward_pre_hook(keep)
-        try:
-            with torch.no_grad():
-                for i in range(0, len(texts), self.adapter.config.eval_batch_size):
-                    enc = tok(texts[i : i + self.adapter.config.eval_batch_size], return_tensors="pt",
-                              padding=True, truncation=True, max_length=128).to(self.adapter.device)
-                    mask = enc["attention_mask"].bool()
-                    self.model(**enc, use_cache=False)
-        finally:
-            handle.remove()
-        mom2 = (total / count).float()
-        path.parent.mkdir(parents=True, exist_ok=True)
+            return [load_file(path)["mom2"].to(self.adapter.device) for path in paths]
+        moments = self._count_second_moments(texts)
         from safetensors.torch import save_file
 
-        save_file({"mom2": mom2.cpu().contiguous()}, str(path))
-        return mom2
+        paths[0].parent.mkdir(parents=True, exist_ok=True)
+        for path, mom2 in zip(paths, moments):
+            save_file({"mom2": mom2.cpu().contiguous()}, str(path))
+        return moments
+
+    def _count_second_moments(self, texts: list[str]) -> list[Tensor]:
+        """One pass over the texts for every edited block, stopped after the deepest one (the
+        published nethook's Trace(stop=True)): nothing after it runs."""
+        totals: list[Tensor | None] = [None] * len(self.sites)
+        count, tok, step = 0, self.adapter.tokenizer, self.adapter.config.eval_batch_size
+        mask = torch.zeros(0, dtype=torch.bool)
+
+        def keep(i):
+            def hook(_m, args):
+                keys = args[0][mask].double()
+                totals[i] = keys.T @ keys if totals[i] is None else totals[i] + keys.T @ keys
+                if i == len(self.sites) - 1:
+                    raise _Enough
+            return hook
+
+        handles = [site.out_proj.register_forward_pre_hook(keep(i)) for i, site in enumerate(self.sites)]
+        try:
+            with torch.no_grad():
+                for i in range(0, len(texts), step):
+                    enc = tok(texts[i : i + step], return_tensors="pt", padding=True, truncation=True,
+                              max_length=128).to(self.adapter.device)
+                    mask = enc["attention_mask"].bool()
+                    count += int(mask.sum())
+                    try:
+                        self.model(**enc, use_cache=False)
+                    except _Enough:
+                        pass
+        finally:
+            for h in handles:
+                h.remove()
+        return [(total / count).float() for total in totals]
 
     def _prefixes(self) -> list[str]:
         """`context_templates` prefixes sampled from the model (top-k 5, 10 tokens, one per start
@@ -197,38 +219,39 @@ class MemitEditor(Editor):
             return texts, positions, None
         return texts, positions, example.subject
 
-    def _read(self, module, texts: list[str], positions: list[int], output: bool) -> Tensor:
-        """[n, d] a module's input (output=False) or output at one position of each text."""
-        seen: dict[str, Tensor] = {}
-        if output:
-            handle = module.register_forward_hook(
-                lambda _m, _a, out: seen.setdefault("x", out[0] if isinstance(out, tuple) else out))
-        else:
-            handle = module.register_forward_pre_hook(lambda _m, args: seen.setdefault("x", args[0]))
+    def _read(self, texts: list[str], positions: list[int], modules: list[tuple[Any, bool]]) -> list[Tensor]:
+        """From one forward, [n, d] at one position of each text for each (module, output): the
+        module's output (True) or input (False)."""
+        seen: dict[int, Tensor] = {}
+
+        def keeper(i, output):
+            if output:
+                return lambda _m, _a, out: seen.setdefault(i, out[0] if isinstance(out, tuple) else out)
+            return lambda _m, args: seen.setdefault(i, args[0])
+
+        handles = [module.register_forward_hook(keeper(i, True)) if output
+                   else module.register_forward_pre_hook(keeper(i, False))
+                   for i, (module, output) in enumerate(modules)]
         try:
             with torch.no_grad():
                 self.adapter.scored_logits(self.adapter.encode(texts, [" x"] * len(texts)))
         finally:
-            handle.remove()
-        return seen["x"][torch.arange(len(texts)), torch.tensor(positions)].double()
+            for h in handles:
+                h.remove()
+        rows, at = torch.arange(len(texts)), torch.tensor(positions)
+        return [seen[i][rows, at].double() for i in range(len(modules))]
 
     # -- editing --------------------------------------------------------------------------------------
     def edit(self, example: Example) -> EditResult:
         texts, positions, subject = self._requests(example)
         z_block = self.adapter.layer_modules()[self.layers[-1]]
         z, steps = self._target_vector(example, texts, positions, subject, z_block)
-        for i, site in enumerate(self.sites):
-            keys = self._keys(site, texts, positions)
-            current = self._read(z_block, texts[:1], positions[:1], output=True)[0]
-            residual = (z - current) / (len(self.sites) - i)
-            self._update(i, site, keys, residual)
+        for i, site in enumerate(self.sites):  # each on the model the earlier blocks' updates left
+            keys, outputs = self._read(texts, positions, [(site.out_proj, False), (z_block, True)])
+            residual = (z - outputs[0]) / (len(self.sites) - i)  # at the bare prompt
+            self._update(i, site, mean_key(keys), residual)
         self._after_edit(texts, positions)
         return EditResult(steps=steps, info={"subject_found": subject is not None})
-
-    def _keys(self, site, texts: list[str], positions: list[int]) -> Tensor:
-        """The bare prompt's key and the prefixes' mean key, averaged (ck:39-50)."""
-        keys = self._read(site.out_proj, texts, positions, output=False)
-        return keys[0] if len(keys) == 1 else (keys[0] + keys[1:].mean(0)) / 2
 
     @torch.no_grad()
     def _update(self, i: int, site, key: Tensor, residual: Tensor) -> None:
@@ -246,7 +269,7 @@ class MemitEditor(Editor):
         at = torch.tensor(positions + ([len(adapter.tokenizer(subject)["input_ids"]) - 1] if subject else []))
         rewrite = torch.isin(batch.owner, torch.arange(len(texts), device=batch.owner.device))
         kl_row = (batch.owner == len(texts)).nonzero()[:1, 0] if subject else None
-        delta = torch.zeros(adapter.ffn_site(self.layers[-1]).width, device=adapter.device, requires_grad=True)
+        delta = torch.zeros(self.sites[-1].width, device=adapter.device, requires_grad=True)
         seen: dict[str, Tensor] = {}
 
         def add_delta(_m, _args, out):
@@ -313,8 +336,9 @@ class AlphaEditEditor(MemitEditor):
 
     def _after_edit(self, texts: list[str], positions: list[int]) -> None:
         """The keys of this edit, on the edited model, join the preserved ones (am:146-148)."""
-        for i, site in enumerate(self.sites):
-            k = self._keys(site, texts, positions).float()
+        keys = self._read(texts, positions, [(site.out_proj, False) for site in self.sites])
+        for i, k in enumerate(keys):
+            k = mean_key(k).float()
             self.past[i] += torch.outer(k, k)
 
     def reset(self) -> None:

@@ -42,9 +42,9 @@ def test_memit_writes_v_star_at_one_layer():
     texts, positions, subject = editor._requests(example)
     block = adapter.layer_modules()[0]
     z, _ = editor._target_vector(example, texts, positions, subject, block)
-    before = editor._read(block, texts[:1], positions[:1], output=True)[0]
+    before = editor._read(texts[:1], positions[:1], [(block, True)])[0][0]
     editor.edit(example)
-    after = editor._read(block, texts[:1], positions[:1], output=True)[0]
+    after = editor._read(texts[:1], positions[:1], [(block, True)])[0][0]
     # v* is recomputed inside the edit from the same start: the same optimisation, the same z
     assert float((after - z).norm()) < 0.05 * float((before - z).norm())
 
@@ -70,13 +70,25 @@ def test_alphaedit_leaves_the_preserved_keys_alone():
 
 
 def test_second_moment_is_cached_per_model_block_and_texts(tmp_path, monkeypatch):
+    """The second run reads the file the first wrote (a changed file shows through), and the
+    one-pass count stopped after the deepest block equals a full forward's."""
+    from safetensors.torch import save_file
+
     monkeypatch.setenv("SEQEDIT_CACHE", str(tmp_path))
     _, first = _editor("memit", context_templates=0)
-    files = list((tmp_path / "second_moments").glob("*.safetensors"))
-    assert len(files) == 1
+    (path,) = list((tmp_path / "second_moments").glob("*.safetensors"))
+    save_file({"mom2": 2 * first.second_moments[0]}, str(path))
     _, again = _editor("memit", context_templates=0)
-    assert torch.equal(first.second_moments[0], again.second_moments[0])
-    assert len(list((tmp_path / "second_moments").glob("*.safetensors"))) == 1
+    assert torch.equal(again.second_moments[0], 2 * first.second_moments[0])
+    texts = [f"{w} is known for {w}" for w in WORDS]
+    seen = []
+    handle = first.sites[0].out_proj.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    with torch.no_grad():
+        for text in texts:
+            first.model(**first.adapter.tokenizer([text], return_tensors="pt"))
+    handle.remove()
+    keys = torch.cat([k[0] for k in seen]).double()
+    torch.testing.assert_close(first._count_second_moments(texts)[0], (keys.T @ keys / len(keys)).float())
 
 
 @pytest.mark.parametrize("name", ["memit", "alphaedit"])

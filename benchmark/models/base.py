@@ -450,8 +450,11 @@ class ModelAdapter:
 
         def rewrite(_m, args, output):
             batch = self.in_flight
-            if batch is None or output.shape[:2] != batch.score_mask.shape:
+            if batch is None:
                 return None
+            if output.shape[:2] != batch.score_mask.shape:  # the site is not in the scored stack
+                raise RuntimeError(f"block {layer}'s FFN output {tuple(output.shape)} does not line up with the "
+                                   f"scored sequence {tuple(batch.score_mask.shape)}")
             rows = torch.arange(batch.size, device=output.device)
             at = self.read_positions(batch).to(output.device)
             new = fn(args[0][rows, at], output[rows, at])
