@@ -25,14 +25,14 @@ seqedit help [GROUP ...] [editor=NAME data=NAME model=NAME]   every key: type, d
                                       (GROUP: editor data model loop init logger trainer run)
 seqedit leaderboard RUNS_DIR [out=DIR]  leaderboard.md and plots of every run below RUNS_DIR
                                       (a sweep folder: the best trial per editor)
-seqedit demo [quick=true]             the default job: initial models, every editor, leaderboard"""
+seqedit demo [quick=true] [parts=qa,fc] the default job: initial models, every editor, leaderboard"""
 
 
 
 def _expected() -> tuple[type[BaseException], ...]:
     """Errors that are the user's input, reported in one line (exit 2). Imported here, not at the
     top, so that `seqedit --help` needs neither torch nor Lightning."""
-    from data.base import DataError
+    from benchmark.types import DataError
 
     return ConfigError, UnknownNameError, DataError, ValueError, FileNotFoundError, FileExistsError
 
@@ -56,18 +56,18 @@ def _run(overrides: list[str]) -> None:
 
 
 def _data_stats(overrides: list[str]) -> None:
+    from benchmark.build import build_data
     from benchmark.config import instantiate
-    from benchmark.run import build_data
 
     run_cfg = instantiate(compose(overrides))
     print(json.dumps(build_data(run_cfg).stats(), indent=2))
 
 
 def _init(overrides: list[str]) -> None:
+    from benchmark.build import build_data
     from benchmark.config import instantiate
     from benchmark.init import prepare_initial_model, report
     from benchmark.models import build_model
-    from benchmark.run import build_data
 
     run_cfg = instantiate(compose(overrides))
     datamodule, adapter = build_data(run_cfg), build_model(run_cfg.model)

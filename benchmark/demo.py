@@ -2,6 +2,7 @@
 set (QA with SmolLM2-135M, fact-checking with MiniLM-L6), then the leaderboard and plots.
 
 `quick=true` runs the same pipeline on tiny models with a few examples (seconds; used by tests).
+`parts=qa` (or `parts=fc`, `parts=qa,fc`) runs only those parts.
 Extra `key=value` overrides apply to every run. Demo-only change from the paper's settings, for
 2 CPU cores: the KL baselines sample 32 memory examples per step instead of 512, and the
 training phases (SERA, KE, MEND) run one epoch (KE and MEND on 300 D'train edits).
@@ -36,15 +37,20 @@ def demo_editors() -> list[str]:
 
 def demo(args: list[str]) -> Path:
     quick = "quick=true" in args
-    extra = [a for a in args if a != "quick=true" and not a.startswith("output_dir=")]
+    own = ("output_dir=", "parts=")
+    extra = [a for a in args if a != "quick=true" and not a.startswith(own)]
     root = Path(next((a.split("=", 1)[1] for a in args if a.startswith("output_dir=")), "runs/demo"))
+    parts = next((a.split("=", 1)[1].split(",") for a in args if a.startswith("parts=")), list(PARTS))
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise ValueError(f"demo parts={','.join(parts)}: unknown part(s) {unknown}; the parts are {list(PARTS)}")
     from benchmark.editor_training import train_editor
     from benchmark.run import run
 
     compose([])  # registers everything
     editors = demo_editors()
     plan = []
-    for part, experiment in PARTS.items():
+    for part, experiment in ((p, PARTS[p]) for p in parts):
         cfg = instantiate(compose([f"experiment={experiment}", *(QUICK[part] if quick else []), *extra]))
         plan.append((part, experiment, cfg))
         print(f"[demo] {part}: model {cfg.model.name}, data {cfg.data.name}/{cfg.data.task}, folds {cfg.loop.folds} "

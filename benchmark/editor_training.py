@@ -57,8 +57,8 @@ def load_trained_state(run_cfg) -> dict[str, Any]:
 
 def train_editor(run_cfg, progress: bool = True) -> dict[str, Any]:
     """Fit the editor's training module (or find it cached); returns where and how well."""
+    from benchmark.build import build_data, build_editor
     from benchmark.models import build_model
-    from benchmark.run import build_data, build_editor
 
     path = trained_path(run_cfg)
     if path.exists():

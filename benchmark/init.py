@@ -23,8 +23,10 @@ from benchmark.cache import cache_dir
 from benchmark.config import InitConfig
 from benchmark.keep_best import KeepBest
 from benchmark.models.base import ModelAdapter
+from benchmark.records import dedupe_shared
 from benchmark.registry import DATASETS
-from data.base import EditDataModule, Example, with_training_forms
+from benchmark.types import Example, with_training_forms
+from data.base import EditDataModule
 
 
 class TaskModule(L.LightningModule):
@@ -119,7 +121,7 @@ def prepare_initial_model(adapter: ModelAdapter, datamodule: EditDataModule, mod
         adapter.model.eval()
         state = {k: v.contiguous() for k, v in adapter.model.state_dict().items()}
         tmp = folder / "model.tmp"
-        save_file(_dedupe_shared(state), str(tmp))
+        save_file(dedupe_shared(state), str(tmp))
         tmp.replace(weights)
     else:
         adapter.model.load_state_dict(load_file(str(weights)), strict=False)
@@ -138,12 +140,3 @@ def report(adapter: ModelAdapter, datamodule: EditDataModule) -> dict[str, float
     return out
 
 
-def _dedupe_shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """safetensors refuses tensors that share memory (tied embeddings): keep the first name."""
-    seen, out = set(), {}
-    for name, tensor in state.items():
-        key = (tensor.data_ptr(), tensor.shape)
-        if key not in seen:
-            seen.add(key)
-            out[name] = tensor
-    return out

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from benchmark.config import LoopConfig
 from benchmark.metrics import fold_metrics, mean, ratio
 from benchmark.records import RunRecords
-from data.base import EditSplits, Example
+from benchmark.types import EditSplits, Example
 from editors.base import Editor
 
 

@@ -34,8 +34,8 @@ from transformers import BertConfig, BertForSequenceClassification, LlamaConfig,
 from benchmark.cache import cache_dir
 from benchmark.models.base import ModelConfig
 from benchmark.models.zoo import ADAPTERS, tiny_tokenizer
-from data.base import EditorData, Example
-from data.facts import TEMPLATES, raw_facts
+from benchmark.types import EditorData, Example
+from benchmark.fact_source import TEMPLATES, raw_facts
 from editors.tpatcher import TPatcherConfig, TPatcherEditor
 
 

@@ -229,3 +229,14 @@ def without_resume(config_yaml: str) -> str:
 
 def _strip_header(text: str) -> str:
     return "".join(line for line in text.splitlines(keepends=True) if not line.startswith("# "))
+
+
+def dedupe_shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors that share memory (tied embeddings): keep the first name."""
+    seen, out = set(), {}
+    for name, tensor in state.items():
+        key = (tensor.data_ptr(), tensor.shape)
+        if key not in seen:
+            seen.add(key)
+            out[name] = tensor
+    return out

@@ -17,8 +17,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-import data  # noqa: F401  (registers datasets)
-import editors  # noqa: F401  (registers editors)
+from benchmark.build import build_data, build_editor
 from benchmark.config import ConfigError, RunConfig, instantiate, to_yaml
 from benchmark.csvlog import AppendingCSVLogger
 from benchmark.distributed import gather, merge_initial, merge_lines, process_rank
@@ -36,19 +35,10 @@ from benchmark.loop import (
 from benchmark.metrics import aggregate
 from benchmark.models import build_model
 from benchmark.records import ResumeError, RunLock, RunRecords, without_resume
-from benchmark.registry import DATASETS, EDITORS
-from data.base import EditDataModule, EditSplits
+from benchmark.registry import EDITORS
+from benchmark.types import EditSplits
+from data.base import EditDataModule
 from editors.base import Editor
-
-
-def build_data(run: RunConfig) -> EditDataModule:
-    module = DATASETS.get(run.data.name).target(run.data)
-    module.setup()
-    return module
-
-
-def build_editor(run: RunConfig, adapter) -> Editor:
-    return EDITORS.get(run.editor.name).target(run.editor, adapter)
 
 
 def default_run_id(cfg: DictConfig) -> str:

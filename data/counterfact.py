@@ -19,7 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from benchmark.registry import DATASETS
-from data.base import GENERATION, DataConfig, DataError, EditDataModule, EditSplits, Example
+from benchmark.types import GENERATION, DataError, EditSplits, Example
+from data.base import DataConfig, EditDataModule
 from data.io import field as get
 from data.io import read_records
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from benchmark.registry import DATASETS
+from benchmark.types import CLASSIFICATION, DataError, Example
 from data.backtranslate import BackTranslationConfig
-from data.base import CLASSIFICATION, DataConfig, DataError, EditDataModule, Example
+from data.base import DataConfig, EditDataModule
 from data.io import field as get
 from data.io import find_file, read_jsonl
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmark.registry import DATASETS
-from data.base import DataError
+from benchmark.types import DataError
 from data.jsonmap import JsonMapConfig, JsonMapDataModule
 
 BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}

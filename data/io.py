@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from data.base import DataError
+from benchmark.types import DataError
 
 
 def _existing(path: str | Path) -> Path:

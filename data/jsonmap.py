@@ -17,7 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from benchmark.registry import DATASETS
-from data.base import CLASSIFICATION, GENERATION, DataConfig, DataError, EditDataModule, Example
+from benchmark.types import CLASSIFICATION, GENERATION, DataError, Example
+from data.base import DataConfig, EditDataModule
 from data.io import field as get
 from data.io import read_records
 

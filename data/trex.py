@@ -30,7 +30,8 @@ import re
 from dataclasses import dataclass, field, replace
 
 from benchmark.registry import DATASETS
-from data.base import GENERATION, DataConfig, DataError, EditDataModule, EditSplits, Example, cut_folds
+from benchmark.types import GENERATION, DataError, EditSplits, Example
+from data.base import DataConfig, EditDataModule, cut_folds
 from data.io import field as get
 from data.io import read_jsonl
 from data.modify import ObjectSampler

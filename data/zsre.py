@@ -26,8 +26,9 @@ import random
 from dataclasses import dataclass, field
 
 from benchmark.registry import DATASETS
+from benchmark.types import GENERATION, DataError, EditSplits, Example, hold_out_probes
 from data.backtranslate import BackTranslationConfig
-from data.base import GENERATION, DataConfig, DataError, EditDataModule, EditSplits, Example, hold_out_probes
+from data.base import DataConfig, EditDataModule
 from data.io import field as get
 from data.io import find_file, read_json_array, read_jsonl
 from data.modify import ObjectSampler

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from benchmark.models.base import ModelAdapter
-from data.base import EditorData, Example
+from benchmark.types import EditorData, Example
 
 
 @dataclass

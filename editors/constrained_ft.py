@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from benchmark.registry import EDITORS
-from data.base import EditorData, Example, with_training_forms
+from benchmark.types import EditorData, Example, with_training_forms
 from editors.base import Editor, EditorConfig, EditResult
 from editors.ft import adam, scored_forward
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from benchmark.registry import EDITORS
-from data.base import CLASSIFICATION, EditorData, Example
+from benchmark.types import CLASSIFICATION, EditorData, Example
 from editors.base import Editor, EditorConfig, EditResult
 
 RECIPES = ("seqedit", "official")

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from benchmark.registry import EDITORS
-from data.base import Example
+from benchmark.types import Example
 from editors.base import EditorConfig, EditResult, HookedEditor
 
 

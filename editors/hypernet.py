@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from data.base import CLASSIFICATION, EditorData, Example
+from benchmark.types import CLASSIFICATION, EditorData, Example
 from editors.base import Editor, EditResult, TrainedEditorConfig
 from editors.ft import output_kl
 

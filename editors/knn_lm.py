@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from benchmark.registry import EDITORS
-from data.base import EditorData
+from benchmark.types import EditorData
 from editors.base import EditorConfig
 from editors.datastore import BACKENDS
 from editors.retrieval import RetrievalEditor

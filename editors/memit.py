@@ -36,7 +36,7 @@ from torch import Tensor
 
 from benchmark.cache import cache_dir
 from benchmark.registry import EDITORS
-from data.base import EditorData, Example
+from benchmark.types import EditorData, Example
 from editors.base import Editor, EditorConfig, EditResult
 
 PREFIX_STARTS = ["The", "Therefore", "Because", "I", "You"]  # mm get_context_templates

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from benchmark.registry import EDITORS
-from data.base import Example
+from benchmark.types import Example
 from editors.hypernet import HypernetConfig, HypernetEditor
 
 

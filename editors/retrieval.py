@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from benchmark.models.seq2seq import normalize_answer
-from data.base import CLASSIFICATION, Example
+from benchmark.types import CLASSIFICATION, Example
 from editors.base import Editor, EditResult
 from editors.datastore import Datastore
 

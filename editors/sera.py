@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from benchmark.models import ModelConfig, build_model
 from benchmark.registry import EDITORS
-from data.base import EditorData, Example
+from benchmark.types import EditorData, Example
 from editors.base import TrainedEditorConfig
 from editors.datastore import BACKENDS
 from editors.retrieval import RetrievalEditor

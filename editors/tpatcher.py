@@ -57,7 +57,7 @@ from torch import Tensor, nn
 
 from benchmark.models.base import EncodedBatch
 from benchmark.registry import EDITORS
-from data.base import CLASSIFICATION, EditorData, Example
+from benchmark.types import CLASSIFICATION, EditorData, Example
 from editors.base import EditorConfig, EditResult, HookedEditor
 from editors.ft import output_kl
 from editors.patch_memory import QUANTIZED_SCAN, QueryMemory, smooth_top

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from data.base import CLASSIFICATION, Example
+from benchmark.types import CLASSIFICATION, Example
 from editors.base import EditResult
 from editors.ft import label_smoothed_nll
 from editors.patch_memory import smooth_top

@@ -42,10 +42,10 @@ TRAINING = {"decoder": {"init.epochs": 20, "init.keep": "last", "init.threads": 
 def trained_weights(family: str) -> str:
     """Weights of a tiny model of `family` trained on the facts task (cached on disk, so once
     per machine): an editor's starting point is a trained model, whose queries tell inputs apart."""
+    from benchmark.build import build_data
     from benchmark.config import compose, instantiate
     from benchmark.init import prepare_initial_model
     from benchmark.models import build_model
-    from benchmark.run import build_data
 
     run = instantiate(compose(data_for(family, **TRAINING[family])))
     adapter = build_model(run.model)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from benchmark.registry import DATASETS, EDITORS
-from data.base import DataConfig, EditDataModule, EditSplits, Example
+from benchmark.types import EditSplits, Example
+from data.base import DataConfig, EditDataModule
 from editors.base import Editor, EditorConfig, EditResult
 
 

@@ -5,10 +5,11 @@ from collections import Counter
 import pytest
 import torch
 
+from benchmark.build import build_data
 from benchmark.cli import main
 from benchmark.config import compose, instantiate
-from benchmark.run import build_data
-from data.base import DataError, cut_folds, split_by_ratio
+from benchmark.types import DataError
+from data.base import cut_folds, split_by_ratio
 from data.modify import ObjectSampler
 from tests.conftest import SHARED_DATA
 

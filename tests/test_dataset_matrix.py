@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from benchmark.build import build_data
 from benchmark.config import compose, instantiate
 from benchmark.registry import DATASETS
-from benchmark.run import build_data
-from data.base import DataError
+from benchmark.types import DataError
 from tests.conftest import SHARED_DATA
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -4,7 +4,7 @@ scripts/ft.py and src/utils.py), checked piece by piece against that code's arit
 import pytest
 import torch
 
-from data.base import EditorData, Example
+from benchmark.types import EditorData, Example
 from editors.ft import (
     OFFICIAL_FROZEN,
     FTConfig,

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from benchmark.registry import EDITORS
-from data.base import EditSplits, Example
+from benchmark.types import EditSplits, Example
 from tests.conftest import trained_tiny, wrong_target
 
 PROMPTS = ["The capital of France is", "Kyoto is a city in", "The currency of Peru is the"]

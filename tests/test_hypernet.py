@@ -4,9 +4,9 @@ and that a saved trained editor gives the same updates."""
 import pytest
 import torch
 
+from benchmark.build import build_data
 from benchmark.config import compose, instantiate
 from benchmark.registry import EDITORS
-from benchmark.run import build_data
 from editors.hypernet import HypernetTraining
 from tests.conftest import TRAINING, data_for, trained_editor_state, trained_tiny
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from benchmark.registry import EDITORS
-from data.base import EditSplits, Example
+from benchmark.types import EditSplits, Example
 from tests.conftest import trained_tiny, wrong_target
 
 WORDS = ["Zanzibar", "Quito", "Oslo", "Lima", "Hanoi", "Doha"]

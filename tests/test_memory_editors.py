@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from data.base import EditSplits, Example, with_training_forms
+from benchmark.types import EditSplits, Example, with_training_forms
 from editors.constrained_ft import ConstrainedFTConfig, ConstrainedFTEditor, project
 from editors.datastore import Datastore, faiss_available
 from editors.knn_lm import KNNLMConfig, KNNLMEditor

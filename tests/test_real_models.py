@@ -24,7 +24,7 @@ def test_smollm2_cache_gives_the_gguf_logits():
 def test_real_model_one_tpatcher_edit(name, target):
     from benchmark.config import compose
     from benchmark.models import ModelConfig, build_model
-    from data.base import EditSplits, Example
+    from benchmark.types import EditSplits, Example
     from editors.tpatcher import TPatcherConfig, TPatcherEditor
 
     compose([])

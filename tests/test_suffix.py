@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from data.base import EditSplits, Example
+from benchmark.types import EditSplits, Example
 from editors.constrained_ft import ConstrainedFTConfig, ConstrainedFTEditor
 from editors.ft import FTConfig, FTEditor
 from tests.conftest import FAMILIES, tiny

@@ -44,8 +44,8 @@ def test_a_bad_sweep_file_is_one_line_naming_the_key(tmp_path, change, message):
 def test_offline_sweep_runs_trials_continues_and_reports_the_best(tmp_path):
     import yaml
 
+    from benchmark.build import build_data
     from benchmark.config import compose, instantiate
-    from benchmark.run import build_data
     from benchmark.sweep import run_sweep, sweep_leaderboard, test_best
 
     extra = [*TINY_RUN, "loop.folds=[0]", "editor.max_steps=30"]

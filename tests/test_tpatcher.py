@@ -4,9 +4,10 @@ import math
 import pytest
 import torch
 
+from benchmark.build import build_data
 from benchmark.config import compose, instantiate
-from benchmark.run import build_data, run
-from data.base import EditorData, EditSplits, Example
+from benchmark.run import run
+from benchmark.types import EditorData, EditSplits, Example
 from editors.tpatcher import TPatcherConfig, TPatcherEditor, smooth_top
 from tests.conftest import FAMILIES, data_for, tiny, trained_tiny, trained_weights, wrong_target
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from benchmark.config import compose, instantiate
-from data.base import EditSplits, Example
+from benchmark.types import EditSplits, Example
 from editors.tpatcher import TPatcherConfig, TPatcherEditor
 from editors.tpatcher_official import COPIES, memory_loss, official_edit_loss, stop_now
 from tests.conftest import trained_tiny, wrong_target

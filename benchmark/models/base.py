@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from data.base import CLASSIFICATION
+from benchmark.types import CLASSIFICATION
 
 
 class _FrozenProjection(torch.autograd.Function):

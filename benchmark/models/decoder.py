@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from benchmark.models.base import EncodedBatch, FFNSite, ModelAdapter, project
-from data.base import GENERATION
+from benchmark.types import GENERATION
 
 # model_type -> where things are. The only place that names a decoder's modules.
 LAYOUTS: dict[str, dict[str, Any]] = {

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from benchmark.models.base import EncodedBatch, FFNSite, ModelAdapter
-from data.base import CLASSIFICATION
+from benchmark.types import CLASSIFICATION
 
 
 class BertLayout:

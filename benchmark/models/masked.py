@@ -17,7 +17,7 @@ from torch import Tensor
 
 from benchmark.models.base import EncodedBatch, ModelAdapter
 from benchmark.models.encoder import BertLayout
-from data.base import GENERATION
+from benchmark.types import GENERATION
 
 MASK = "[MASK]"
 

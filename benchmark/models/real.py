@@ -41,7 +41,7 @@ def smollm2_folder() -> Path:
         from safetensors.torch import save_file
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from benchmark.init import _dedupe_shared
+        from benchmark.records import dedupe_shared
 
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -49,7 +49,7 @@ def smollm2_folder() -> Path:
         tmp.mkdir(parents=True, exist_ok=True)
         # save_pretrained refuses a GGUF-loaded model; its weights are plain dequantised tensors.
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
-        save_file(_dedupe_shared(state), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_file(dedupe_shared(state), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.config.save_pretrained(tmp)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from benchmark.models.base import EncodedBatch, FFNSite, ModelAdapter, project
-from data.base import GENERATION
+from benchmark.types import GENERATION
 
 
 def normalize_answer(text: str) -> str:

@@ -45,7 +45,7 @@ def tiny_tokenizer(with_eos: bool) -> PreTrainedTokenizerFast:
     """Byte-level BPE over the facts corpus: any text encodes; common answers are 1-3 tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-    from data.facts import corpus
+    from benchmark.fact_source import corpus
 
     texts = corpus()
     key = hashlib.sha1("\n".join(texts).encode()).hexdigest()[:12]
