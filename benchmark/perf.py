@@ -32,10 +32,10 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
 from benchmark.cache import cache_dir
+from benchmark.fact_source import TEMPLATES, raw_facts
 from benchmark.models.base import ModelConfig
 from benchmark.models.zoo import ADAPTERS, tiny_tokenizer
 from benchmark.types import EditorData, Example
-from benchmark.fact_source import TEMPLATES, raw_facts
 from editors.tpatcher import TPatcherConfig, TPatcherEditor
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import random
-import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,9 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from benchmark.types import CLASSIFICATION, EditorData, Example
+from benchmark.types import EditorData, Example
 from editors.base import Editor, EditResult, TrainedEditorConfig
-from editors.ft import output_kl
 
 
 @dataclass
@@ -48,18 +46,6 @@ class HypernetConfig(TrainedEditorConfig):
         super().__post_init__()
         if self.blocks < 1 or self.edit_lr <= 0 or self.equivalents < 0 or self.locality < 1:
             raise ValueError("editor.blocks >= 1, editor.edit_lr > 0, editor.equivalents >= 0, editor.locality >= 1")
-
-
-def training_target(example: Example, pool: dict[str | None, list[Any]], task: str) -> Any:
-    """A new answer to teach in a training edit, fixed per example (not per process or epoch)."""
-    if task == CLASSIFICATION:
-        return 1 - int(example.target)
-    if example.alternative not in (None, example.target):
-        return example.alternative
-    choices = [t for t in pool.get(example.relation, []) if t != example.target]
-    if not choices:
-        choices = [t for ts in pool.values() for t in ts if t != example.target]
-    return random.Random(zlib.crc32(example.uid.encode())).choice(sorted(set(choices), key=str))
 
 
 class HypernetEditor(Editor):
@@ -181,7 +167,7 @@ class HypernetTraining(L.LightningModule):
             calibrate(sample, [self._target(e) for e in sample])
 
     def _target(self, example: Example) -> Any:
-        return training_target(example, self.pool, self.editor.adapter.task)
+        return self.editor.adapter.task.new_answer(example, self.pool)
 
     def training_step(self, examples: list[Example], _idx):
         editor, adapter = self.editor, self.editor.adapter
@@ -198,7 +184,7 @@ class HypernetTraining(L.LightningModule):
                 reference = adapter.scored_logits(loc_batch)
             with editor.applied(updates):
                 edit_loss = adapter.loss(edit_batch, adapter.scored_logits(edit_batch))
-                kl = output_kl(adapter.task, reference, adapter.scored_logits(loc_batch))
+                kl = adapter.task.kl(reference, adapter.scored_logits(loc_batch))
             losses.append(editor.meta_loss(edit_loss, kl))
             self.log_dict({"edit_loss": edit_loss.detach(), "locality_kl": kl.detach()}, batch_size=1)
         loss = torch.stack(losses).mean()

@@ -14,8 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from benchmark.models.seq2seq import normalize_answer
-from benchmark.types import CLASSIFICATION, Example
+from benchmark.types import Example
 from editors.base import Editor, EditResult
 from editors.datastore import Datastore
 
@@ -67,9 +66,7 @@ class RetrievalEditor(Editor):
         self._edit_distances = []
 
     def _same(self, answer: Any, target: Any) -> bool:
-        if self.adapter.task == CLASSIFICATION:
-            return int(answer) == int(target)
-        return normalize_answer(answer) == normalize_answer(target)
+        return self.adapter.task.same_answer(answer, target)
 
     @torch.no_grad()
     def scores(self, prompts: list[str], targets: list[Any]) -> list[float]:

@@ -57,9 +57,8 @@ from torch import Tensor, nn
 
 from benchmark.models.base import EncodedBatch
 from benchmark.registry import EDITORS
-from benchmark.types import CLASSIFICATION, EditorData, Example
+from benchmark.types import EditorData, Example
 from editors.base import EditorConfig, EditResult, HookedEditor
-from editors.ft import output_kl
 from editors.patch_memory import QUANTIZED_SCAN, QueryMemory, smooth_top
 from editors.tpatcher_official import edit_official
 
@@ -300,16 +299,9 @@ class TPatcherEditor(HookedEditor):
     # -- editing -------------------------------------------------------------------------------
     def _solved(self, batch: EncodedBatch, logits: Tensor) -> bool:
         adapter, margin = self.adapter, self.config.stop_margin
-        if adapter.task == CLASSIFICATION:
-            signed = logits * (2 * batch.targets - 1)
-            return bool((signed > margin).all()) if margin else bool(adapter.token_correct(batch, logits).all())
         if not bool(adapter.token_correct(batch, logits).all()):
             return False
-        if margin:
-            target = logits.gather(1, batch.targets[:, None]).squeeze(1)
-            runner_up = logits.scatter(1, batch.targets[:, None], float("-inf")).max(1).values
-            return bool((target - runner_up >= margin).all())
-        return True
+        return not margin or bool((adapter.task.margin(logits, batch.targets) >= margin).all())
 
     def losses(self, logits: Tensor, batch: EncodedBatch, own: Tensor, keys: Tensor, bias: Tensor,
                memory: QueryMemory | None = None) -> dict[str, Tensor]:
@@ -353,7 +345,7 @@ class TPatcherEditor(HookedEditor):
             else:
                 with adapter.added_to_ffn(new_delta, cfg.layer):
                     logits = adapter.scored_logits(batch)
-            return output_kl(adapter.task, reference, logits)
+            return adapter.task.kl(reference, logits)
 
         return kl
 
@@ -397,7 +389,7 @@ class TPatcherEditor(HookedEditor):
         batch = adapter.encode([example.prompt], [example.target])
         cache = adapter.capture(batch, cfg.layer)  # with the earlier patches in place
         wrong = (~adapter.token_correct(batch, cache.logits)).nonzero().squeeze(1)
-        rows = wrong[: cfg.max_patches] if adapter.task != CLASSIFICATION else torch.arange(1)
+        rows = wrong[: cfg.max_patches]  # a classifier scores one position: its row 0
         if len(rows) == 0:  # right under teacher forcing yet judged wrong (normalisation): patch the first
             rows = torch.arange(1)
         own = cache.query[cache.scored][rows].float()

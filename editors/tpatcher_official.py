@@ -30,12 +30,11 @@ scripts/T-patch.py. Each edit is a Lightning fit of one batch per epoch, which h
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchmark.types import CLASSIFICATION, Example
+from benchmark.models.task import Task
+from benchmark.types import Example
 from editors.base import EditResult
-from editors.ft import label_smoothed_nll
 from editors.patch_memory import smooth_top
 
 COPIES = 8  # utils:30
@@ -47,13 +46,10 @@ SMOOTHING = 0.1  # BartSeq2Seq eps (s2s:536); BertBinary eps (cls:486)
 MEMORY_TOPK, ACTIVATION_TOPK, MARGIN_1, MARGIN_2 = 1000, 5, 3.0, -3.0  # utils:71, 78, 74-75
 
 
-def official_edit_loss(task: str, batch, logits: Tensor) -> Tensor:
-    """The editor's own task loss in the published code."""
-    if task == CLASSIFICATION:
-        bce = F.binary_cross_entropy_with_logits(logits, batch.targets)
-        entropy = torch.distributions.Bernoulli(logits=logits).entropy().mean(-1)
-        return bce - SMOOTHING * entropy
-    return label_smoothed_nll(logits, batch.targets, SMOOTHING) / len(batch.targets)
+def official_edit_loss(task: Task, batch, logits: Tensor) -> Tensor:
+    """The editor's own task loss in the published code: smoothed, averaged over the target
+    tokens (s2s:536-540) or the BCE minus the smoothed entropy (cls:486)."""
+    return task.smoothed_loss(logits, batch.targets, SMOOTHING, token_mean=True)
 
 
 def memory_loss(memory: Tensor, keys: Tensor, bias: Tensor, acts: Tensor) -> Tensor:
@@ -83,7 +79,7 @@ def edit_official(editor, example: Example) -> tuple[EditResult, Tensor]:
     with torch.no_grad():
         cache = adapter.capture(one, cfg.layer)
     wrong = (~adapter.token_correct(one, cache.logits)).nonzero().squeeze(1)
-    rows = wrong[: cfg.max_patches] if adapter.task != CLASSIFICATION else torch.arange(1)
+    rows = wrong[: cfg.max_patches]
     if len(rows) == 0:
         rows = torch.arange(1)
     own = cache.query[cache.scored][rows].float()

@@ -146,3 +146,25 @@ def test_finish_on_a_pre_ln_seq2seq_model(layer):
         full = adapter.scored_logits(batch)
     assert (full - cache.logits).abs().max() > 1e-4
     assert torch.allclose(cache.finish(cache.ffn_out + delta(cache.query)), full, atol=1e-5)
+
+
+def test_the_task_object_answers_what_editors_used_to_branch_on():
+    from benchmark.models.task import TASKS
+    from benchmark.types import Example
+
+    cls, gen = TASKS["classification"], TASKS["generation"]
+    assert cls == "classification" and gen == "generation" and f"{gen}" == "generation"
+    logits = torch.tensor([[2.0, 5.0, 1.0], [0.0, -1.0, 3.0]])
+    assert gen.margin(logits, torch.tensor([1, 0])).tolist() == [3.0, -3.0]
+    assert gen.correct(logits, torch.tensor([1, 0])).tolist() == [True, False]
+    assert cls.margin(torch.tensor([2.0, -1.0]), torch.tensor([1.0, 1.0])).tolist() == [2.0, -1.0]
+    assert gen.same_answer(" Paris ", "paris") and not gen.same_answer("Paris", "Lyon")
+    assert cls.same_answer(1, 1.0) and cls.new_answer(Example("a", "x", 1), {}) == 0
+    pool = {"capital": [" Paris", " Lyon", " Rome"]}
+    fact = Example("u1", "The capital of France is", " Paris", relation="capital")
+    answers = {gen.new_answer(fact, pool) for _ in range(3)}
+    assert len(answers) == 1 and answers < {" Lyon", " Rome"}  # fixed per example, never the old one
+    assert gen.new_answer(Example("u2", "q", " Paris", alternative=" Oslo"), pool) == " Oslo"
+    ref = torch.randn(4, 7)
+    same = ref.clone()
+    assert gen.kl(ref, same).abs().item() < 1e-6 and gen.kl(ref, torch.randn(4, 7)).item() > 0

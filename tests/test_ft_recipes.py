@@ -4,13 +4,13 @@ scripts/ft.py and src/utils.py), checked piece by piece against that code's arit
 import pytest
 import torch
 
+from benchmark.models.task import TASKS
 from benchmark.types import EditorData, Example
 from editors.ft import (
     OFFICIAL_FROZEN,
     FTConfig,
     FTEditor,
     kl_batches_used,
-    label_smoothed_nll,
     published_kl,
 )
 from tests.conftest import trained_tiny, wrong_target
@@ -34,7 +34,7 @@ def test_label_smoothed_nll_is_the_published_formula():
     lprobs = logits.log_softmax(-1)
     nll, smooth, eps = -lprobs[torch.arange(3), targets].sum(), -lprobs.sum(), 0.1
     expected = (1 - eps - eps / 6) * nll + eps / 6 * smooth
-    assert label_smoothed_nll(logits, targets, eps).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert TASKS["generation"].smoothed_loss(logits, targets, eps).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def _editor(recipe, **overrides):

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from benchmark.config import compose, instantiate
+from benchmark.models.task import TASKS
 from benchmark.types import EditSplits, Example
 from editors.tpatcher import TPatcherConfig, TPatcherEditor
 from editors.tpatcher_official import COPIES, memory_loss, official_edit_loss, stop_now
@@ -36,12 +37,12 @@ def test_official_edit_losses():
     lp = logits.log_softmax(-1)
     eps_i = 0.1 / 2
     expected = ((1 - 0.1 - eps_i) * -lp[[0, 1], targets].sum() + eps_i * -lp.sum()) / 2
-    assert official_edit_loss("generation", batch, logits).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert official_edit_loss(TASKS["generation"], batch, logits).item() == pytest.approx(expected.item(), rel=1e-6)
     z, y = torch.tensor([0.3, -1.2]), torch.tensor([1.0, 0.0])
     p = torch.sigmoid(z)
     entropy = -(p * p.log() + (1 - p) * (1 - p).log()).mean()
     bce = torch.nn.functional.binary_cross_entropy_with_logits(z, y)
-    cls = official_edit_loss("classification", type("B", (), {"targets": y})(), z)
+    cls = official_edit_loss(TASKS["classification"], type("B", (), {"targets": y})(), z)
     assert cls.item() == pytest.approx((bce - 0.1 * entropy).item(), rel=1e-6)
 
 

@@ -22,10 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchmark.types import CLASSIFICATION
+from benchmark.models.task import Task
 
 
 class _FrozenProjection(torch.autograd.Function):
@@ -155,7 +154,7 @@ class ModelAdapter:
     `_residual_site`, `block_output`, `head` and `_forward_scored`."""
 
     family: str = ""
-    task: str = ""
+    task: Task  # the adapter's task (benchmark.models.task): losses, right answers, KL
 
     def __init__(self, model: nn.Module, tokenizer: Any, config: ModelConfig):
         self.in_flight: EncodedBatch | None = None  # the batch of the adapter's forward in progress
@@ -228,21 +227,16 @@ class ModelAdapter:
             self.in_flight = None
 
     def loss(self, batch: EncodedBatch, logits: Tensor) -> Tensor:
-        if self.task == CLASSIFICATION:
-            return F.binary_cross_entropy_with_logits(logits, batch.targets)
-        return F.cross_entropy(logits.float(), batch.targets)
+        return self.task.loss(logits, batch.targets)
 
     def token_correct(self, batch: EncodedBatch, logits: Tensor) -> Tensor:
-        if self.task == CLASSIFICATION:
-            return (logits > 0).float() == batch.targets
-        return logits.argmax(-1) == batch.targets
+        return self.task.correct(logits, batch.targets)
 
     def example_scores(self, batch: EncodedBatch, logits: Tensor) -> Tensor:
-        """Per-example score in [0, 1]: 1 means correct. Generation: all target tokens are the
-        greedy ones (exact match of the greedy continuation), or their fraction (token_accuracy)."""
+        """Per-example score in [0, 1]: 1 means correct: all its scored positions right (for
+        generation, the greedy continuation is the target), or their fraction (token_accuracy). A
+        classifier has one scored position per example, so both are its 0/1."""
         ok = self.token_correct(batch, logits).float()
-        if self.task == CLASSIFICATION:
-            return ok
         total = torch.zeros(batch.size, device=ok.device).index_add_(0, batch.owner, torch.ones_like(ok))
         right = torch.zeros(batch.size, device=ok.device).index_add_(0, batch.owner, ok)
         frac = right / total.clamp(min=1)
@@ -311,7 +305,7 @@ class ModelAdapter:
         residual stream (before the final norm) at the first scored position ([CLS], the last
         prompt token, the decoder's first step). It does not depend on the target, so a
         placeholder target is encoded."""
-        placeholder = 0 if self.task == CLASSIFICATION else "x"
+        placeholder = self.task.placeholder_target
         out = []
         for i in range(0, len(prompts), self.config.eval_batch_size):
             chunk = prompts[i : i + self.config.eval_batch_size]

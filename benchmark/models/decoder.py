@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from benchmark.models.base import EncodedBatch, FFNSite, ModelAdapter, project
+from benchmark.models.task import TASKS
 from benchmark.types import GENERATION
 
 # model_type -> where things are. The only place that names a decoder's modules.
@@ -34,7 +35,7 @@ def _act_name(config: Any) -> str:
 
 class DecoderLMAdapter(ModelAdapter):
     family = "decoder"
-    task = GENERATION
+    task = TASKS[GENERATION]
 
     def __init__(self, model, tokenizer, config):
         super().__init__(model, tokenizer, config)

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from benchmark.models.base import EncodedBatch, FFNSite, ModelAdapter
+from benchmark.models.task import TASKS
 from benchmark.types import CLASSIFICATION
 
 
@@ -40,7 +41,7 @@ class BertLayout:
 
 class EncoderClassifierAdapter(BertLayout, ModelAdapter):
     family = "classifier"
-    task = CLASSIFICATION
+    task = TASKS[CLASSIFICATION]
 
     def __init__(self, model, tokenizer, config):
         super().__init__(model, tokenizer, config)

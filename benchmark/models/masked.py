@@ -17,6 +17,7 @@ from torch import Tensor
 
 from benchmark.models.base import EncodedBatch, ModelAdapter
 from benchmark.models.encoder import BertLayout
+from benchmark.models.task import TASKS
 from benchmark.types import GENERATION
 
 MASK = "[MASK]"
@@ -24,7 +25,7 @@ MASK = "[MASK]"
 
 class MaskedLMAdapter(BertLayout, ModelAdapter):
     family = "masked"
-    task = GENERATION
+    task = TASKS[GENERATION]
 
     def __init__(self, model, tokenizer, config):
         super().__init__(model, tokenizer, config)

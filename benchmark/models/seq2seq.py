@@ -9,16 +9,13 @@ import torch
 from torch import Tensor, nn
 
 from benchmark.models.base import EncodedBatch, FFNSite, ModelAdapter, project
+from benchmark.models.task import TASKS, normalize_answer
 from benchmark.types import GENERATION
-
-
-def normalize_answer(text: str) -> str:
-    return " ".join(str(text).lower().split())
 
 
 class Seq2SeqAdapter(ModelAdapter):
     family = "seq2seq"
-    task = GENERATION
+    task = TASKS[GENERATION]
 
     def __init__(self, model, tokenizer, config):
         super().__init__(model, tokenizer, config)
