@@ -7,6 +7,8 @@ refuses duplicates and badly formed names instead of silently replacing an entry
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -42,6 +44,15 @@ class Registry(Generic[T]):
         if not description or "\n" in description:
             raise ValueError(f"{self.kind} {name!r} needs a one-line description")
         self._entries[name] = Entry(name, target, config_class, description)
+
+    @contextmanager
+    def added(self, name: str, target: T, config_class: type, description: str) -> Iterator[None]:
+        """`name` registered for the with-block only: test pieces never join the public registry."""
+        self.register(name, target, config_class, description)
+        try:
+            yield
+        finally:
+            del self._entries[name]
 
     def get(self, name: str) -> Entry[T]:
         try:

@@ -84,3 +84,12 @@ def trained_editor_state(editor: str, family: str, **overrides) -> dict:
     extra = {f"editor.{k}": v for k, v in overrides.items()}
     run = instantiate(compose([f"editor={editor}", *data_for(family, **TRAINING[family], **extra)]))
     return torch.load(train_editor(run, progress=False)["state"], weights_only=True)
+
+
+@pytest.fixture
+def scripted():
+    """The scripted editor and the hand-made datasets, registered for this test only."""
+    from tests import scripted as pieces
+
+    with pieces.registered():
+        yield pieces

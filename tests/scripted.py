@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 from benchmark.registry import DATASETS, EDITORS
@@ -123,7 +125,11 @@ class StaticData(EditDataModule):
         self.splits = StaticData.splits_to_serve
 
 
-if "scripted" not in EDITORS:
-    DATASETS.register("static", StaticData, HandmadeConfig, "test splits set by the test itself")
-    EDITORS.register("scripted", ScriptedEditor, ScriptedConfig, "test editor with scripted knowledge")
-    DATASETS.register("handmade", HandmadeData, HandmadeConfig, "test stream of hand-made examples")
+@contextmanager
+def registered() -> Iterator[None]:
+    """The test pieces, registered for the with-block only (the `scripted` fixture; a test's
+    subprocess enters it around `main`): `seqedit list`, the demo and the matrices never see them."""
+    with (DATASETS.added("static", StaticData, HandmadeConfig, "test splits set by the test itself"),
+          EDITORS.added("scripted", ScriptedEditor, ScriptedConfig, "test editor with scripted knowledge"),
+          DATASETS.added("handmade", HandmadeData, HandmadeConfig, "test stream of hand-made examples")):
+        yield

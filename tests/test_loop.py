@@ -6,6 +6,7 @@ from benchmark.config import compose
 from benchmark.run import run
 from tests import scripted
 
+pytestmark = pytest.mark.usefixtures("scripted")  # the test pieces, registered per test
 
 def _run(tmp_path, *overrides, calls: int = 0):
     scripted.ScriptedEditor.calls = calls  # the crash switch fires when the count reaches crash_at

@@ -18,6 +18,8 @@ from tests import scripted
 from tests.conftest import ROOT
 from tests.test_loop import _run
 
+pytestmark = pytest.mark.usefixtures("scripted")  # the test pieces, registered per test
+
 
 class Payload:
     """Pickled, it would create `marker` if a loader unpickled arbitrary objects."""
@@ -143,8 +145,9 @@ def test_run_ids_stay_inside_output_dir(tmp_path, capsys, run_id):
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_stops_cleanly_and_resume_finishes_the_same(tmp_path, signum, code):
-    args = [sys.executable, "-c", "import sys; from tests import scripted; from benchmark.cli import main; "
-            "sys.exit(main(sys.argv[1:]))", "run", "editor=scripted", "data=handmade", "model=tiny-llama",
+    program = ("import sys; from tests import scripted; from benchmark.cli import main\n"
+               "with scripted.registered(): code = main(sys.argv[1:])\nsys.exit(code)")
+    args = [sys.executable, "-c", program, "run", "editor=scripted", "data=handmade", "model=tiny-llama",
             f"output_dir={tmp_path}", "run_id=r", "loop.progress=false", "editor.forget=true", "editor.sleep=0.4"]
     proc = subprocess.Popen(args, cwd=ROOT, stderr=subprocess.PIPE, text=True)
     records = tmp_path / "r" / "edits.jsonl"

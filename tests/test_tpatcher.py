@@ -170,7 +170,7 @@ def test_stop_rule_is_met_where_the_memory_allows_it(family):
     _memory_guarantee(editor, result, [], [])
 
 
-def test_short_stream_keeps_every_solved_edit(family, tmp_path):
+def test_short_stream_keeps_every_solved_edit(family, tmp_path, scripted):
     """Over a short stream on a tiny trained model of each family, what the stop rule guarantees
     holds on any machine: every edit reported solved succeeds, and where every edit was solved
     with a ReLU patch (exactly silent on the memory, which holds the earlier edits' queries) the
@@ -179,7 +179,6 @@ def test_short_stream_keeps_every_solved_edit(family, tmp_path):
     silencing the patch on the memory takes far more steps than the default 300."""
     from dataclasses import replace
 
-    from tests import scripted
     from tests.conftest import DONORS, FAMILIES
 
     adapter = trained_tiny(family)
