@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 RECORDS = "edits.jsonl"
 
@@ -107,9 +108,10 @@ class RunRecords:
         if resume:
             if not config_path.exists():
                 raise FileNotFoundError(f"{config_path}: nothing to resume (no run there)")
-            old = _strip_header(config_path.read_text())
-            if old != without_resume(config_yaml):
-                raise ValueError(f"{config_path}: the run there has a different config; resume needs the same one")
+            differ = config_differences(config_path.read_text(), config_yaml)
+            if differ:
+                raise ValueError(f"{config_path}: the run there has a different config ({'; '.join(differ[:3])}"
+                                 f"{'; ...' if len(differ) > 3 else ''}); resume needs the same one")
         elif self.path.exists() and self.path.stat().st_size > 0:
             raise FileExistsError(f"{self.dir} already holds records; pass resume=true or another run_id")
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -227,8 +229,29 @@ def without_resume(config_yaml: str) -> str:
     return "".join(line for line in config_yaml.splitlines(keepends=True) if not line.startswith("resume:"))
 
 
-def _strip_header(text: str) -> str:
-    return "".join(line for line in text.splitlines(keepends=True) if not line.startswith("# "))
+def config_identity(config_yaml: str) -> dict[str, Any]:
+    """A run's config as data (comments, key order and `resume` left out): two configs are the
+    same run when these are equal, however their YAML was written."""
+    data = yaml.safe_load(config_yaml) or {}
+    if not isinstance(data, dict):
+        raise ValueError("a run config is a mapping of keys")
+    data.pop("resume", None)
+    return data
+
+
+def config_differences(old_yaml: str, new_yaml: str) -> list[str]:
+    """`key: old -> new` for every dotted key whose value differs."""
+    def flat(node: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(node, dict):
+            return {prefix: node}
+        return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()} or {prefix: {}}
+
+    old, new = flat(config_identity(old_yaml)), flat(config_identity(new_yaml))
+    return [f"{k.rstrip('.')}: {old.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}"
+            for k in sorted(set(old) | set(new)) if old.get(k, _ABSENT) != new.get(k, _ABSENT)]
+
+
+_ABSENT = object()
 
 
 def dedupe_shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

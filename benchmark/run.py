@@ -34,7 +34,7 @@ from benchmark.loop import (
 )
 from benchmark.metrics import aggregate
 from benchmark.models import build_model
-from benchmark.records import ResumeError, RunLock, RunRecords, without_resume
+from benchmark.records import ResumeError, RunLock, RunRecords, config_identity
 from benchmark.registry import EDITORS
 from benchmark.types import EditSplits
 from data.base import EditDataModule
@@ -43,7 +43,8 @@ from editors.base import Editor
 
 def default_run_id(cfg: DictConfig) -> str:
     """editor-data-model-seed-hash; `resume` is left out so a resumed run finds its folder."""
-    digest = hashlib.sha1(without_resume(to_yaml(cfg)).encode()).hexdigest()[:8]
+    identity = json.dumps(config_identity(to_yaml(cfg)), sort_keys=True, default=str)
+    digest = hashlib.sha1(identity.encode()).hexdigest()[:8]
     return f"{cfg.editor.name}-{cfg.data.name}-{Path(str(cfg.model.name)).name}-s{cfg.seed}-{digest}"
 
 

@@ -177,3 +177,24 @@ def test_a_run_stopped_between_a_folds_last_example_and_its_end_finishes_that_fo
     (tmp_path / "r" / "results.json").unlink()
     resumed = _run(tmp_path, "editor.forget=true", "resume=true")
     assert _metrics(resumed) == _metrics(clean) and set(resumed["folds"]) == {"0", "1"}
+
+
+def test_resume_compares_the_config_as_data_and_names_what_differs(tmp_path):
+    _crashed_run(tmp_path)
+    path = tmp_path / "r" / "config.yaml"
+    written = path.read_text()
+    body = [line for line in written.splitlines(keepends=True) if not line.startswith("# ")]
+    path.write_text("# rewritten by hand, keys in another order\n" + "".join(reversed(_top_level_blocks(body))))
+    with pytest.raises(ValueError, match=r"editor\.crash_at: 2 -> 5"):
+        _resume(tmp_path, crash_at=5)
+    assert _resume(tmp_path)["folds"]  # the same config written otherwise resumes
+
+
+def _top_level_blocks(lines: list[str]) -> list[str]:
+    blocks: list[str] = []
+    for line in lines:
+        if line[:1].isspace() and blocks:
+            blocks[-1] += line
+        else:
+            blocks.append(line)
+    return blocks
