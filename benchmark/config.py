@@ -311,8 +311,13 @@ def _no_nan(node: Any, path: str = "") -> None:
         _no_nan(value, f"{path}.{key}" if path else str(key))
 
 
+RENAMED = {"data.folds": "data.num_folds", "data.memory_size": "data.pool_size"}  # one meaning per name
+
+
 def _unknown_key_message(err: OmegaConfBaseException, schema: DictConfig) -> str:
     full_key = err.full_key or ""
+    if full_key in RENAMED:
+        return f"config key {full_key!r} is now {RENAMED[full_key]!r}"
     parent = full_key.rsplit(".", 1)[0] if "." in full_key else ""
     node = OmegaConf.select(schema, parent) if parent else schema
     valid = ", ".join(sorted(node.keys())) if isinstance(node, DictConfig) else ""

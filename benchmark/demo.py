@@ -2,7 +2,7 @@
 set (QA with SmolLM2-135M, fact-checking with MiniLM-L6), then the leaderboard and plots.
 
 `quick=true` runs the same pipeline on tiny models with a few examples (seconds; used by tests).
-`parts=qa` (or `parts=fc`, `parts=qa,fc`) runs only those parts.
+`parts=qa` (or `parts=fc`, `parts=qa,fc`) runs only those parts, `editors=a,b` only those editors.
 Extra `key=value` overrides apply to every run. Demo-only change from the paper's settings, for
 2 CPU cores: the KL baselines sample 32 memory examples per step instead of 512, and the
 training phases (SERA, KE, MEND) run one epoch (KE and MEND on 300 D'train edits).
@@ -27,6 +27,7 @@ PER_EDITOR = {"ft_kl_all": ["editor.kl_batch=32"], "ft_kl_last": ["editor.kl_bat
 QUICK_EDITOR = {"sera": ["editor.encoder=tiny-bert", "editor.train_examples=200"],
                 "memit": ["editor.layers=[0]", "editor.mom2_update_weight=10"],
                 "alphaedit": ["editor.layers=[0]", "editor.l2=0.01"],
+                "rome": ["editor.layers=[0]", "editor.context_templates=2"],
                 "ke_style": ["editor.edit_lr=0.1", "editor.train_examples=50"],
                 "mend_style": ["editor.edit_lr=0.1", "editor.train_examples=50"]}
 
@@ -37,7 +38,7 @@ def demo_editors() -> list[str]:
 
 def demo(args: list[str]) -> Path:
     quick = "quick=true" in args
-    own = ("output_dir=", "parts=")
+    own = ("output_dir=", "parts=", "editors=")
     extra = [a for a in args if a != "quick=true" and not a.startswith(own)]
     root = Path(next((a.split("=", 1)[1] for a in args if a.startswith("output_dir=")), "runs/demo"))
     parts = next((a.split("=", 1)[1].split(",") for a in args if a.startswith("parts=")), list(PARTS))
@@ -48,14 +49,16 @@ def demo(args: list[str]) -> Path:
     from benchmark.run import run
 
     compose([])  # registers everything
-    editors = demo_editors()
+    editors = next((a.split("=", 1)[1].split(",") for a in args if a.startswith("editors=")), demo_editors())
+    for name in editors:
+        EDITORS.get(name)  # an unknown name: one line listing the editors, before anything runs
     plan = []
     for part, experiment in ((p, PARTS[p]) for p in parts):
         cfg = instantiate(compose([f"experiment={experiment}", *(QUICK[part] if quick else []), *extra]))
         plan.append((part, experiment, cfg))
         print(f"[demo] {part}: model {cfg.model.name}, data {cfg.data.name}/{cfg.data.task}, folds {cfg.loop.folds} "
-              f"of {cfg.data.folds}, stream <= {cfg.loop.max_fold_examples} examples a fold, memory <= "
-              f"{cfg.data.memory_size}, D_tr {cfg.data.train_subsample}, D_test <= {cfg.loop.test_limit}, "
+              f"of {cfg.data.num_folds}, stream <= {cfg.loop.max_fold_examples} examples a fold, memory <= "
+              f"{cfg.data.pool_size}, D_tr {cfg.data.train_subsample}, D_test <= {cfg.loop.test_limit}, "
               f"initial model: {cfg.init.epochs} epoch(s) on D'train", flush=True)
     print(f"[demo] editors: {', '.join(editors)}; results under {root}", flush=True)
     start = time.perf_counter()

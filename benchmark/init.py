@@ -55,7 +55,7 @@ class TaskModule(L.LightningModule):
 
 
 # Data fields that do not change D'train or D_val, hence not the initial model.
-_NOT_TRAINING_DATA = {"folds", "train_subsample", "memory_size"}
+_NOT_TRAINING_DATA = {"num_folds", "train_subsample", "pool_size"}
 
 
 @contextmanager

@@ -1,15 +1,22 @@
-"""Gather runs into a leaderboard (`leaderboard.md`) and plots (PNG).
+"""Gather runs into a leaderboard: `leaderboard.md`, `leaderboard.html` (one self-contained page:
+sortable tables, the figures embedded) and the plots as PNG files.
 
     seqedit leaderboard RUNS_DIR [out=DIR]
 
-Rows are runs (editor, model, dataset); columns the registered metrics as mean +- std over
-folds; the best value of each ranked metric is bold within each (model, dataset) group. Plots:
-SR against the number of edits (T-Patcher Fig. 4), TrainR / TestR against edits (Fig. 7), and
-T-Patcher's patch-by-mistake activation matrix (Fig. 5).
+One table per (model, dataset, data settings): runs are compared only where they streamed the
+same data (the `data` group and the loop keys that decide what is measured). Rows are runs, named
+by their folder below RUNS_DIR (the run id), with the settings that differ between them; columns
+are the registered metrics as mean ± std over folds, and the fold count. The best value of each
+ranked metric is bold within a table. Plots per table: SR against the number of edits
+(T-Patcher Fig. 4), TrainR / TestR against edits (Fig. 7); per run, T-Patcher's
+patch-by-mistake activation matrix (Fig. 5), named after the run so that none overwrites another.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import html
 import json
 import math
 from collections import defaultdict
@@ -21,19 +28,31 @@ from benchmark.metrics import METRICS
 
 COLUMNS = ["SR", "GR", "ER", "TrainR", "TestR", "Loc", "Loc_final", "old_kept", "A_M", "A_FS", "A_mean", "E", "N",
            "edit_seconds_median", "params_added", "params_added_pct"]
+# loop keys that change what a run measures (which examples, which split): part of the data settings
+MEASURING_LOOP_KEYS = ("split", "mode", "folds", "max_fold_examples", "test_limit")
+# keys that never change a number: not shown as a difference between runs
+NOT_SETTINGS = ("run_id", "output_dir", "resume", "loop.progress", "loop.save_state", "loop.state_every",
+                "loop.eval_every", "logger.", "trainer.")
 
 
 def load_runs(root: Path) -> list[dict]:
-    return [_load_run(results.parent) for results in sorted(Path(root).rglob("results.json"))]
+    root = Path(root)
+    return [_load_run(results.parent, root) for results in sorted(root.rglob("results.json"))]
 
 
-def _load_run(folder: Path) -> dict:
+def _load_run(folder: Path, root: Path) -> dict:
     """One run folder; a file that is not what a run writes is a one-line error naming it."""
     name = "config.yaml"
     try:
         cfg = OmegaConf.load(folder / name)
-        run = {"dir": folder, "editor": str(cfg.editor.name), "model": str(cfg.model.name),
-               "data": str(cfg.data.name) + (f"/{cfg.data.task}" if "task" in cfg.data else "")}
+        config = OmegaConf.to_container(cfg, resolve=False)
+        run = {"dir": folder, "id": folder.relative_to(root).as_posix() if folder != root else folder.name,
+               "editor": str(cfg.editor.name), "model": str(cfg.model.name),
+               "data": str(cfg.data.name) + (f"/{cfg.data.task}" if "task" in cfg.data else ""),
+               "settings": _flat(config)}
+        measured = {"data": config["data"], "loop": {k: config.get("loop", {}).get(k) for k in MEASURING_LOOP_KEYS}}
+        run["data_settings"] = {k: v for k, v in _flat(measured).items()}
+        run["data_id"] = hashlib.sha1(json.dumps(measured, sort_keys=True, default=str).encode()).hexdigest()[:6]
         name = "edits.jsonl"
         run["lines"] = [json.loads(x) for x in (folder / name).read_text().splitlines() if x.strip()]
         name = "results.json"
@@ -46,6 +65,50 @@ def _load_run(folder: Path) -> dict:
     return run
 
 
+def _flat(node, prefix: str = "") -> dict[str, object]:
+    if not isinstance(node, dict):
+        return {prefix.rstrip("."): node}
+    return {k: v for key, value in node.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+
+
+def groups(runs: list[dict]) -> dict[tuple[str, str, str], list[dict]]:
+    """(model, dataset, data settings id) -> its runs, sorted by editor then run id."""
+    out = defaultdict(list)
+    for run in runs:
+        out[(run["model"], run["data"], run["data_id"])].append(run)
+    return {k: sorted(v, key=lambda r: (r["editor"], r["id"])) for k, v in sorted(out.items())}
+
+
+def differing_settings(members: list[dict]) -> dict[str, dict[str, object]]:
+    """run id -> the settings in which it differs from another run of the table: any key outside
+    the editor group, and editor keys between runs of the same editor (different editors differ
+    in all of theirs, which says nothing)."""
+    def values(key: str, runs: list[dict]) -> set[str]:
+        return {json.dumps(r["settings"].get(key), default=str) for r in runs}
+
+    by_editor = defaultdict(list)
+    for r in members:
+        by_editor[r["editor"]].append(r)
+    keys = {k for r in members for k in r["settings"] if not k.startswith(NOT_SETTINGS) and k != "editor.name"}
+    differ = {k for k in keys if (any(len(values(k, rs)) > 1 for rs in by_editor.values())
+                                  if k.startswith("editor.") else len(values(k, members)) > 1)}
+    return {r["id"]: {k: r["settings"].get(k) for k in sorted(differ) if k in r["settings"]} for r in members}
+
+
+def _group_heading(key: tuple[str, str, str], all_groups: dict) -> tuple[str, str]:
+    """The table's title and a line with the data settings that set it apart from the other
+    tables of the same model and dataset (empty where there is none)."""
+    model, data, data_id = key
+    siblings = [g for k, g in all_groups.items() if k[:2] == key[:2]]
+    title = f"{data} — {model}" + (f" — data {data_id}" if len(siblings) > 1 else "")
+    if len(siblings) < 2:
+        return title, ""
+    mine = all_groups[key][0]["data_settings"]
+    others = [g[0]["data_settings"] for g in siblings if g[0]["data_id"] != data_id]
+    differ = sorted(k for k in mine if any(o.get(k) != mine[k] for o in others))
+    return title, ", ".join(f"{k}={mine[k]}" for k in differ)
+
+
 def _cell(stat: dict | None, name: str) -> str:
     if not stat or stat["mean"] is None or (isinstance(stat["mean"], float) and math.isnan(stat["mean"])):
         return "-"
@@ -55,31 +118,50 @@ def _cell(stat: dict | None, name: str) -> str:
     return text + (f" ± {stat['std']:.{digits}f}" if stat.get("folds", 1) > 1 else "")
 
 
+def _columns(members: list[dict]) -> list[str]:
+    return [c for c in COLUMNS if any(c in r["metrics"] for r in members)]
+
+
+def _best(members: list[dict], columns: list[str]) -> dict[str, float]:
+    best = {}
+    for c in columns:
+        direction = METRICS[c].higher_is_better
+        values = [r["metrics"][c]["mean"] for r in members if c in r["metrics"] and r["metrics"][c]["mean"] is not None]
+        if direction is not None and len(values) > 1:
+            best[c] = max(values) if direction else min(values)
+    return best
+
+
+def _is_best(run: dict, c: str, best: dict) -> bool:
+    return c in best and c in run["metrics"] and run["metrics"][c]["mean"] == best[c]
+
+
+def _folds(run: dict) -> int:
+    return max((s.get("folds", 0) for s in run["metrics"].values() if isinstance(s, dict)), default=0)
+
+
+def _settings_text(settings: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in settings.items())
+
+
 def table(runs: list[dict]) -> str:
-    groups = defaultdict(list)
-    for run in runs:
-        groups[(run["model"], run["data"])].append(run)
-    out = ["# seqedit leaderboard", "", "Mean ± std over folds; best of each ranked metric in bold per model and "
-           "dataset. Metrics: " + "; ".join(f"**{m}** {METRICS[m].description}" for m in COLUMNS), ""]
-    for (model, data), members in sorted(groups.items()):
-        columns = [c for c in COLUMNS if any(c in r["metrics"] for r in members)]
-        best = {}
-        for c in columns:
-            direction = METRICS[c].higher_is_better
-            values = [r["metrics"][c]["mean"] for r in members if c in r["metrics"]
-                      and r["metrics"][c]["mean"] is not None]
-            if direction is not None and len(values) > 1:
-                best[c] = max(values) if direction else min(values)
-        out += [f"## {data} — {model}", "", "| editor | " + " | ".join(columns) + " |",
-                "|---" * (len(columns) + 1) + "|"]
-        for run in sorted(members, key=lambda r: r["editor"]):
-            cells = []
-            for c in columns:
-                text = _cell(run["metrics"].get(c), c)
-                if c in best and c in run["metrics"] and run["metrics"][c]["mean"] == best[c]:
-                    text = f"**{text}**"
-                cells.append(text)
-            out.append(f"| {run['editor']} | " + " | ".join(cells) + " |")
+    all_groups = groups(runs)
+    legend = "; ".join(f"**{m}** {METRICS[m].description}" for m in COLUMNS)
+    out = ["# seqedit leaderboard", "", "Mean ± std over folds; one table per model, dataset and data settings; "
+           f"best of each ranked metric in bold per table. Metrics: {legend}", ""]
+    for key, members in all_groups.items():
+        columns, best = _columns(members), _best(members, _columns(members))
+        differ = differing_settings(members)
+        title, data_line = _group_heading(key, all_groups)
+        out += [f"## {title}", ""] + ([f"Data settings: {data_line}", ""] if data_line else [])
+        show_settings = any(differ.values())
+        out += ["| editor | run | folds | " + " | ".join(columns) + (" | settings |" if show_settings else " |"),
+                "|---" * (len(columns) + 3 + show_settings) + "|"]
+        for run in members:
+            cells = [_cell(run["metrics"].get(c), c) for c in columns]
+            cells = [f"**{text}**" if _is_best(run, c, best) else text for c, text in zip(columns, cells)]
+            extra = [_settings_text(differ[run["id"]]) or "-"] if show_settings else []
+            out.append(f"| {run['editor']} | {run['id']} | {_folds(run)} | " + " | ".join(cells + extra) + " |")
         out.append("")
     return "\n".join(out)
 
@@ -115,44 +197,48 @@ def _style(k: int) -> dict:
             "markersize": 4}
 
 
-def plots(runs: list[dict], out: Path) -> list[Path]:
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-._" else "_" for c in text)
+
+
+def plots(runs: list[dict], out: Path) -> dict[tuple, list[Path]]:
+    """The figures of each table, and each run's activation matrix: {table key: [PNG files]}."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    made = []
-    groups = defaultdict(list)
-    for run in runs:
-        groups[(run["model"], run["data"])].append(run)
-    for (model, data), members in sorted(groups.items()):
-        slug = f"{data}-{Path(model).name}".replace("/", "_")
+    made: dict[tuple, list[Path]] = {}
+    for key, members in groups(runs).items():
+        model, data, data_id = key
+        slug = _slug(f"{data}-{Path(model).name}-{data_id}")
+        files = made.setdefault(key, [])
         fig, ax = plt.subplots(figsize=(6, 4))
-        for run in sorted(members, key=lambda r: r["editor"]):
+        for run in members:
             curve = _sr_curve(run["lines"])
             if curve:
-                ax.plot(range(1, len(curve) + 1), curve, label=run["editor"], **_style(len(ax.lines)))
+                ax.plot(range(1, len(curve) + 1), curve, label=_label(run, members), **_style(len(ax.lines)))
         ax.set(title=f"Success rate vs number of edits\n{data}, {model}", xlabel="number of edits",
                ylabel="SR over the edits so far", ylim=(-0.05, 1.05))
         ax.legend(fontsize=8)
         fig.tight_layout()
-        made.append(out / f"sr_vs_edits-{slug}.png")
-        fig.savefig(made[-1], dpi=120)
+        files.append(out / f"sr_vs_edits-{slug}.png")
+        fig.savefig(files[-1], dpi=120)
         plt.close(fig)
 
         fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-        for k, run in enumerate(sorted(members, key=lambda r: r["editor"])):
+        for k, run in enumerate(members):
             xs, ys = _retain_curve(run["lines"])
             for i in range(2):  # TrainR, TestR
-                axes[i].plot(xs, [y[i] for y in ys], label=run["editor"], **_style(k))
+                axes[i].plot(xs, [y[i] for y in ys], label=_label(run, members), **_style(k))
         for i, name in enumerate(("TrainR", "TestR")):
             axes[i].set(title=f"{name} vs number of edits", xlabel="number of edits", ylabel=name)
             axes[i].axhline(1.0, color="grey", lw=0.5)
         axes[1].legend(fontsize=8)
         fig.suptitle(f"{data}, {model}")
         fig.tight_layout()
-        made.append(out / f"retain_vs_edits-{slug}.png")
-        fig.savefig(made[-1], dpi=120)
+        files.append(out / f"retain_vs_edits-{slug}.png")
+        fig.savefig(files[-1], dpi=120)
         plt.close(fig)
 
         for run in members:
@@ -166,23 +252,106 @@ def plots(runs: list[dict], out: Path) -> list[Path]:
             ticks = range(0, len(labels), max(1, len(labels) // 12))
             ax.set_xticks(list(ticks), [labels[i] for i in ticks], rotation=60, fontsize=7)
             ax.set_yticks(list(ticks), [labels[i] for i in ticks], fontsize=7)
-            ax.set(title=f"{run['editor']}: patch activation on each mistake (fold 0)\n{data}, {model}",
+            ax.set(title=f"{run['id']}: patch activation on each mistake (fold 0)\n{data}, {model}",
                    xlabel="mistake (edit.token)", ylabel="patch")
             fig.colorbar(image, ax=ax, label="activation")
             fig.tight_layout()
-            made.append(out / f"patch_activations-{run['editor']}-{slug}.png")
-            fig.savefig(made[-1], dpi=120)
+            files.append(out / f"patch_activations-{_slug(run['id'])}-{slug}.png")
+            fig.savefig(files[-1], dpi=120)
             plt.close(fig)
     return made
 
 
+def _label(run: dict, members: list[dict]) -> str:
+    """The editor's name, or the run id where the table holds the editor more than once."""
+    return run["id"] if sum(r["editor"] == run["editor"] for r in members) > 1 else run["editor"]
+
+
+PAGE_STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}
+table{border-collapse:collapse;margin:1em 0}
+th,td{border:1px solid #ccc;padding:3px 7px;font-size:13px;text-align:right}td.text,th.text{text-align:left}
+th{background:#f2f2f2;cursor:pointer;user-select:none}th[aria-sort=descending]::after{content:" \\25BC"}
+th[aria-sort=ascending]::after{content:" \\25B2"}td.best{font-weight:bold}.std{color:#777}
+.n{color:#999;font-size:11px}img{max-width:48%;margin:4px;border:1px solid #ddd}
+dl{font-size:13px}dt{font-weight:bold;float:left;margin-right:.5em}"""
+# Sorting by a click on a header; a cell's data-sort holds its mean (or text), missing ones sort last.
+PAGE_SCRIPT = """document.querySelectorAll('table.board th').forEach(function (th) {
+  th.addEventListener('click', function () {
+    var table = th.closest('table'), body = table.tBodies[0], col = th.cellIndex;
+    var dir = th.getAttribute('aria-sort') === 'descending' ? 'ascending' : 'descending';
+    table.querySelectorAll('th').forEach(function (h) { h.removeAttribute('aria-sort'); });
+    th.setAttribute('aria-sort', dir);
+    var rows = Array.prototype.slice.call(body.rows);
+    rows.sort(function (a, b) {
+      var x = a.cells[col].dataset.sort, y = b.cells[col].dataset.sort;
+      if (x === '') return 1; if (y === '') return -1;
+      var nx = parseFloat(x), ny = parseFloat(y), c;
+      c = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y);
+      return dir === 'ascending' ? c : -c;
+    });
+    rows.forEach(function (r) { body.appendChild(r); });
+  });
+});"""
+
+
+def page(runs: list[dict], figures: dict[tuple, list[Path]]) -> str:
+    """leaderboard.html: one file, no network (styles, script and figures inside it)."""
+    esc = html.escape
+    all_groups = groups(runs)
+    parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'><title>seqedit leaderboard</title>",
+             f"<style>{PAGE_STYLE}</style></head><body><h1>seqedit leaderboard</h1>",
+             "<p>Mean ± std over folds (n: folds); one table per model, dataset and data settings; click a column "
+             "to sort by it; the best of each ranked metric is bold.</p><dl>"]
+    parts += [f"<dt>{esc(m)}</dt><dd>{esc(METRICS[m].description)}</dd>" for m in COLUMNS]
+    parts.append("</dl>")
+    for key, members in all_groups.items():
+        columns, best = _columns(members), _best(members, _columns(members))
+        differ = differing_settings(members)
+        title, data_line = _group_heading(key, all_groups)
+        parts.append(f"<h2>{esc(title)}</h2>" + (f"<p>Data settings: {esc(data_line)}</p>" if data_line else ""))
+        head = ["editor", "run", "folds", *columns, "settings"]
+        parts.append("<table class='board'><thead><tr>" + "".join(
+            f"<th class='{'text' if h in ('editor', 'run', 'settings') else 'num'}' title='"
+            f"{esc(METRICS[h].description) if h in METRICS else h}'>{esc(h)}</th>" for h in head)
+            + "</tr></thead><tbody>")
+        for run in members:
+            folds = _folds(run)
+            cells = [_text_cell(run["editor"]), _text_cell(run["id"]), f"<td data-sort='{folds}'>{folds}</td>"]
+            for c in columns:
+                stat = run["metrics"].get(c)
+                mean = None if not stat or stat["mean"] is None or (isinstance(stat["mean"], float)
+                                                                    and math.isnan(stat["mean"])) else stat["mean"]
+                text = _cell(stat, c)
+                if mean is not None and " ± " in text:
+                    value, std = text.split(" ± ")
+                    text = f"{value}<span class='std'> ± {std}</span>"
+                n = f"<span class='n'> n={stat.get('folds')}</span>" if mean is not None and stat.get("folds") else ""
+                cls = " class='best'" if _is_best(run, c, best) else ""
+                cells.append(f"<td{cls} data-sort='{'' if mean is None else repr(float(mean))}'>{text}{n}</td>")
+            cells.append(_text_cell(_settings_text(differ[run["id"]]) or "-"))
+            parts.append("<tr>" + "".join(cells) + "</tr>")
+        parts.append("</tbody></table>")
+        for png in figures.get(key, []):
+            data = base64.b64encode(png.read_bytes()).decode()
+            parts.append(f"<img alt='{esc(png.stem)}' title='{esc(png.name)}' src='data:image/png;base64,{data}'>")
+    parts.append(f"<script>{PAGE_SCRIPT}</script></body></html>")
+    return "\n".join(parts)
+
+
+def _text_cell(text: str) -> str:
+    return f"<td class='text' data-sort='{html.escape(text)}'>{html.escape(text)}</td>"
+
+
 def build(root: str | Path, out: str | Path | None = None) -> tuple[Path, list[Path]]:
+    """Writes leaderboard.md, leaderboard.html and the PNGs; returns the Markdown file and the PNGs."""
     root = Path(root)
     out = Path(out) if out else root
-    out.mkdir(parents=True, exist_ok=True)
     runs = load_runs(root)
     if not runs:
         raise FileNotFoundError(f"{root}: no run with a results.json below it")
+    out.mkdir(parents=True, exist_ok=True)
     md = out / "leaderboard.md"
     md.write_text(table(runs))
-    return md, plots(runs, out)
+    figures = plots(runs, out)
+    (out / "leaderboard.html").write_text(page(runs, figures), encoding="utf-8")
+    return md, [p for files in figures.values() for p in files]

@@ -215,7 +215,8 @@ class SequentialEditingCallback(L.Callback):
         ex = item.example
         shown = shown_to_editor(ex)
         record = {"type": "edit", "fold": item.fold, "index": item.index, "uid": ex.uid}
-        mistake = editor.scores([ex.prompt], [ex.target])[0] < 1
+        check = editor.check(shown)  # before any edit; handed back in after_example
+        mistake = check.score < 1
         record.update(mistake=mistake, edited=mistake, success=None, gr=[], seconds=None, steps=0)
         if mistake:
             seed_all(edit_seed(self.seed, item.fold, item.index))
@@ -230,7 +231,7 @@ class SequentialEditingCallback(L.Callback):
             if ex.locality:
                 record["loc"] = self._locality_kept(editor, item.fold, item.index, ex)
             record["params_added"] = editor.params_added()
-        editor.after_example(shown)
+        editor.after_example(shown, check)
         self.records.append(record)
         if mistake:
             self.edits.append(record)

@@ -106,7 +106,7 @@ def time_edits(adapter, family: str, mode: str, edits: list[Example], memory: in
                **overrides):
     cfg = TPatcherConfig(name="tpatcher", mode=mode, max_steps=steps, min_steps=steps, layer=layer, **overrides)
     editor = TPatcherEditor(cfg, adapter)
-    editor.prepare(EditorData(adapter.task, [], [], memory=[]))
+    editor.prepare(EditorData(adapter.task, [], [], pool=[]))
     build_seconds = memory_rows(editor, family, len(edits), memory)
     times, step_counts, missed = [], [], 0
     for i, ex in enumerate(edits):
@@ -144,7 +144,7 @@ def time_suffix(family: str, edits: int, steps: int) -> None:
             for mode in ("naive", "fast"):
                 editor = editor_class(config_class(name=name, lr=1e-9, max_steps=steps, mode=mode, **overrides),
                                       adapter)
-                editor.prepare(EditorData(adapter.task, [], [], memory=memory))
+                editor.prepare(EditorData(adapter.task, [], [], pool=memory))
                 torch.manual_seed(i)
                 __import__("random").seed(i)
                 start = time.perf_counter()

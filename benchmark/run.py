@@ -8,7 +8,7 @@ import json
 import math
 import signal
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,7 @@ def _check_editor_data(editor_class, run_cfg: RunConfig, splits: EditSplits) -> 
     """An editor that reads the memory pool or D_val is refused an empty one, naming what fixes it."""
     given = splits.for_editor()
     name = run_cfg.editor.name
-    if editor_class.memory_needed(run_cfg.editor) and not given.memory:
+    if editor_class.needs_pool(run_cfg.editor) and not given.pool:
         raise ConfigError(f"editor {name} reads the memory pool (D'train outside D_tr) and this data leaves it "
                           f"empty ({len(splits.train)} D'train examples, {len(splits.train_subsample)} in D_tr): "
                           "lower data.train_subsample, or use more data")
@@ -119,9 +119,45 @@ def _finished(records: RunRecords, folds: list[int]) -> bool:
     return set(folds) <= ended and (records.dir / "results.json").exists()
 
 
+@dataclass
+class _Plan:
+    """A run, resolved and checked: everything decided before anything slow or written."""
+
+    run_cfg: RunConfig
+    cfg: DictConfig  # the resolved config, as results and resume checks store it
+    datamodule: EditDataModule
+    splits: EditSplits
+    folds: list[int]  # this process's folds
+    trained: Any  # the editor's training-phase state, if it has one
+    run_dir: Path
+    rank: int
+    world: int
+
+    @property
+    def folder(self) -> Path:  # where this process records (its own under DDP)
+        return self.run_dir if self.world == 1 else self.run_dir / "ranks" / str(self.rank)
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """One run: every check that can fail runs before the slow steps (initial model, editing), and
     the run folder is locked while it is written."""
+    plan = _plan(cfg)
+    lock = RunLock(plan.folder)
+    try:
+        records = RunRecords(plan.folder, to_yaml(plan.cfg), plan.run_cfg.seed, plan.run_cfg.resume)
+        try:
+            if plan.run_cfg.resume and plan.world == 1 and _finished(records, plan.folds):
+                print(f"seqedit: {plan.run_dir} is finished; nothing to resume", file=sys.stderr)
+                return json.loads((plan.run_dir / "results.json").read_text())
+            start = _plan_resume(records, plan.folds) if plan.run_cfg.resume else {f: 0 for f in plan.folds}
+            return _edit_folds(plan, records, start)
+        finally:
+            records.close()
+    finally:
+        lock.release()
+
+
+def _plan(cfg: DictConfig) -> _Plan:
     run_cfg = instantiate(cfg)
     # from here the config is the one that runs: every field a recipe or dataset resolves is filled in,
     # so results, run ids and resume checks name the real settings
@@ -133,34 +169,24 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     splits = streamed_splits(datamodule, run_cfg.loop.split)
     folds = _fold_indices(run_cfg, splits)
     editor_class = EDITORS.get(run_cfg.editor.name).target
-    if run_cfg.loop.mode == "batch" and not editor_class.edits_batches:
-        batch_editors = ", ".join(n for n in EDITORS.names() if EDITORS.get(n).target.edits_batches)
-        raise ConfigError(f"loop.mode=batch: editor {run_cfg.editor.name} edits one example at a time; "
-                          f"batch editors: {batch_editors}")
+    _check_mode(editor_class, run_cfg)
     _check_editor_data(editor_class, run_cfg, splits)
     # a missing training phase stops the run before anything is written
     trained = load_trained_state(run_cfg) if editor_class.needs_training else None
     run_dir = run_folder(run_cfg, cfg)
     rank, world = process_rank(run_cfg.trainer)
-    folder = run_dir if world == 1 else run_dir / "ranks" / str(rank)
     if world > 1:  # this process's share of the folds, recorded in its own folder
         if not run_cfg.resume and (run_dir / "edits.jsonl").exists():
             raise FileExistsError(f"{run_dir} already holds records; pass resume=true or another run_id")
         folds = folds[rank::world]
-    lock = RunLock(folder)
-    try:
-        records = RunRecords(folder, to_yaml(cfg), run_cfg.seed, run_cfg.resume)
-        try:
-            if run_cfg.resume and world == 1 and _finished(records, folds):
-                print(f"seqedit: {run_dir} is finished; nothing to resume", file=sys.stderr)
-                return json.loads((run_dir / "results.json").read_text())
-            start = _plan_resume(records, folds) if run_cfg.resume else {f: 0 for f in folds}
-            return _edit_folds(run_cfg, cfg, datamodule, splits, trained, records, run_dir, folds, start, rank,
-                               world)
-        finally:
-            records.close()
-    finally:
-        lock.release()
+    return _Plan(run_cfg, cfg, datamodule, splits, folds, trained, run_dir, rank, world)
+
+
+def _check_mode(editor_class, run_cfg: RunConfig) -> None:
+    if run_cfg.loop.mode == "batch" and not editor_class.edits_batches:
+        batch_editors = ", ".join(n for n in EDITORS.names() if EDITORS.get(n).target.edits_batches)
+        raise ConfigError(f"loop.mode=batch: editor {run_cfg.editor.name} edits one example at a time; "
+                          f"batch editors: {batch_editors}")
 
 
 def streamed_splits(datamodule: EditDataModule, split: str) -> EditSplits:
@@ -203,65 +229,92 @@ def _loggers(run_cfg: RunConfig, run_dir: Path, resume_step: int | None) -> list
     return loggers
 
 
-def _edit_folds(run_cfg: RunConfig, cfg: DictConfig, datamodule: EditDataModule, splits: EditSplits, trained,
-                records: RunRecords, run_dir: Path, folds: list[int], start: dict[int, int], rank: int,
-                world: int) -> dict[str, Any]:
-    editor = _build_editor(run_cfg, datamodule, splits, trained)
-    initial_path = records.dir / "initial.json"
-    if run_cfg.resume and initial_path.exists():
-        initial = json.loads(initial_path.read_text())
-    else:
-        initial = _initial_accuracies(editor, splits, folds, run_cfg.loop)
-        records.write_json("initial.json", initial)
+def _edit_folds(plan: _Plan, records: RunRecords, start: dict[int, int]) -> dict[str, Any]:
+    run_cfg = plan.run_cfg
+    editor = _build_editor(run_cfg, plan.datamodule, plan.splits, plan.trained)
+    initial = _initial(plan, records, editor)
+    stream = _stream(plan, start)
+    done_edits = sum(1 for r in records.lines if r["type"] == "edit" and r["edited"])
+    callback = SequentialEditingCallback(plan.splits, records, run_cfg.loop, run_cfg.seed, initial, len(stream))
+    callback.global_step = done_edits
+    loggers = _loggers(run_cfg, plan.run_dir, done_edits if run_cfg.resume else None)
+    if stream or plan.world > 1:  # under DDP every process must enter test(): it starts the others
+        _test(run_cfg, editor, callback, loggers, stream)
+    results = _results(plan, records, initial, editor, callback.state_bytes, callback.global_step - done_edits)
+    _log_final(loggers, results, callback.global_step)
+    if plan.rank == 0:
+        RunRecords.write_json_to(plan.run_dir, "results.json", results)
+    return results
 
+
+def _initial(plan: _Plan, records: RunRecords, editor: Editor) -> dict[str, Any]:
+    """The initial model's accuracies (N and the ratios' denominators), read back on resume."""
+    path = records.dir / "initial.json"
+    if plan.run_cfg.resume and path.exists():
+        return json.loads(path.read_text())
+    initial = _initial_accuracies(editor, plan.splits, plan.folds, plan.run_cfg.loop)
+    records.write_json("initial.json", initial)
+    return initial
+
+
+def _stream(plan: _Plan, start: dict[int, int]) -> list[StreamItem]:
     stream = []
-    for f in (f for f in folds if f in start):
-        rest = [StreamItem(f, i, ex) for i, ex in enumerate(run_cfg.loop.stream(splits.folds[f])) if i >= start[f]]
+    for f in (f for f in plan.folds if f in start):
+        examples = plan.run_cfg.loop.stream(plan.splits.folds[f])
+        rest = [StreamItem(f, i, ex) for i, ex in enumerate(examples) if i >= start[f]]
         # a fold whose every example was recorded but whose end was not (stopped just before it)
         stream += rest or [StreamItem(f, start[f], None)]
-    done_edits = sum(1 for r in records.lines if r["type"] == "edit" and r["edited"])
-    callback = SequentialEditingCallback(splits, records, run_cfg.loop, run_cfg.seed, initial, len(stream))
-    callback.global_step = done_edits
-    loggers = _loggers(run_cfg, run_dir, done_edits if run_cfg.resume else None)
+    return stream
+
+
+def _test(run_cfg: RunConfig, editor: Editor, callback: SequentialEditingCallback, loggers: list,
+          stream: list[StreamItem]) -> None:
+    """The stream through Lightning's test loop; the callback owns every example."""
     trainer = L.Trainer(accelerator=run_cfg.trainer.accelerator, devices=run_cfg.trainer.devices,
                         num_nodes=run_cfg.trainer.num_nodes, strategy=run_cfg.trainer.strategy, logger=loggers,
                         callbacks=[callback], inference_mode=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False)
-    if stream or world > 1:  # under DDP every process must enter test(): it starts the others
-        with stop_on_signals(callback):
-            try:
-                trainer.test(editor, dataloaders=DataLoader(stream, batch_size=None, collate_fn=lambda x: x),
-                             verbose=False)
-            except SIGTERMException:  # Lightning's own SIGTERM stop (a SystemExit with status 0)
-                callback.interrupt(editor, signal.SIGTERM)
-    if world > 1:
-        results = _gather_ranks(records, initial, run_dir, to_yaml(cfg), run_cfg.seed, rank, world)
+    with stop_on_signals(callback):
+        try:
+            trainer.test(editor, dataloaders=DataLoader(stream, batch_size=None, collate_fn=lambda x: x),
+                         verbose=False)
+        except SIGTERMException:  # Lightning's own SIGTERM stop (a SystemExit with status 0)
+            callback.interrupt(editor, signal.SIGTERM)
+
+
+def _results(plan: _Plan, records: RunRecords, initial: dict, editor: Editor, state_bytes: list[int],
+             made: int) -> dict[str, Any]:
+    """Metrics over the folds (every rank's under DDP), with what a reader needs to trust them:
+    the split streamed, why a metric is null, state bytes per edit, prompts cut."""
+    if plan.world > 1:
+        results = _gather_ranks(records, initial, plan.run_dir, to_yaml(plan.cfg), plan.run_cfg.seed, plan.rank,
+                                plan.world)
     else:
         results = summarize(records)
-    results["split"] = run_cfg.loop.split  # edit: D_edit streamed (report); val: D_val streamed (tuning)
-    notes = _null_metric_notes(results, initial, run_cfg.loop.split)
+    results["split"] = plan.run_cfg.loop.split  # edit: D_edit streamed (report); val: D_val streamed (tuning)
+    notes = _null_metric_notes(results, initial, plan.run_cfg.loop.split)
     if notes:
         results["notes"] = notes
         for note in notes:
             print(f"seqedit: {note}", file=sys.stderr)
-    made = callback.global_step - done_edits  # edits made by this process
-    if callback.state_bytes and made:  # what resumability costs: state bytes written per edit
-        results["state_bytes_per_edit"] = round(sum(callback.state_bytes) / made)
+    if state_bytes and made:  # what resumability costs: state bytes written per edit (by this process)
+        results["state_bytes_per_edit"] = round(sum(state_bytes) / made)
     truncated = len(getattr(editor.adapter, "truncated_prompts", ()))
     if truncated:
         results["prompts_truncated"] = truncated
         print(f"seqedit: {truncated} prompts were longer than the model's window and lost their start",
               file=sys.stderr)
+    return results
+
+
+def _log_final(loggers: list, results: dict[str, Any], step: int) -> None:
     final = {f"final/{k}": v["mean"] for k, v in results["metrics"].items() if v["mean"] is not None}
     for logger in loggers:
-        logger.log_metrics(final, step=callback.global_step)  # what a W&B sweep optimises
+        logger.log_metrics(final, step=step)  # what a W&B sweep optimises
         logger.finalize("success")
         if type(logger).__name__ == "WandbLogger":
             logger.experiment.finish()  # else the next run in this process (a sweep trial) reuses it
     loggers[0].close()
-    if rank == 0:
-        RunRecords.write_json_to(run_dir, "results.json", results)
-    return results
 
 
 def _null_metric_notes(results: dict[str, Any], initial: dict[str, Any], split: str) -> list[str]:

@@ -1,7 +1,7 @@
 """Sweeps in W&B's format, run online (`wandb sweep` + `wandb agent`) or offline.
 
 A sweep file is an ordinary W&B sweep configuration whose parameter names are seqedit config keys
-(`editor.delta`, `data.memory_size`; `editor` itself for the editor's name) and whose metric is a
+(`editor.delta`, `data.pool_size`; `editor` itself for the editor's name) and whose metric is a
 run's final metric, `final/NAME` (the mean over folds that every run logs at its end). Online, the
 agent calls `python -m benchmark.cli run --key=value ...`; the CLI reads `--key=value` as
 `key=value`. Offline, `seqedit sweep FILE --count N` asks W&B's own search engine (the `sweeps`

@@ -68,7 +68,7 @@ class EditorData:
     task: str
     train: list[Example]
     val: list[Example]
-    memory: list[Example]
+    pool: list[Example]
 
 
 @dataclass
@@ -79,7 +79,7 @@ class EditSplits:
     folds: list[list[Example]]
     train_subsample: list[Example]
     test: list[Example]
-    memory: list[Example]
+    pool: list[Example]
     # A_F\S's facts (Zhu et al.), scored on their held-out probes; empty unless modified facts
     unmodified: list[Example] = field(default_factory=list)
 
@@ -90,7 +90,7 @@ class EditSplits:
         def shown(examples: list[Example]) -> list[Example]:  # probes are evaluation data, whoever's
             return [replace(e, probes=[]) if e.probes else e for e in examples if id(e) not in held_out]
 
-        return EditorData(task=self.task, train=shown(self.train), val=shown(self.val), memory=shown(self.memory))
+        return EditorData(task=self.task, train=shown(self.train), val=shown(self.val), pool=shown(self.pool))
 
     def sizes(self) -> dict[str, int]:
         return {
@@ -100,6 +100,6 @@ class EditSplits:
             "folds": len(self.folds),
             "train_subsample": len(self.train_subsample),
             "test": len(self.test),
-            "memory": len(self.memory),
+            "pool": len(self.pool),
             "unmodified": len(self.unmodified),
         }

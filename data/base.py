@@ -30,11 +30,13 @@ class DataConfig:
         default_factory=lambda: [0.8, 0.1, 0.1],
         metadata={"help": "D'train / D_val / D_edit fractions of the training records"},
     )
-    folds: int | None = field(default=None, metadata={
+    num_folds: int | None = field(default=None, metadata={
         "help": "number of D_edit folds (independent streams); default 20 as in the paper, or one per D_edit example "
                 "where there are fewer (said in the notices); more folds than D_edit examples is an error"})
     train_subsample: int = field(default=10_000, metadata={"help": "size of D_tr, sampled from D'train"})
-    memory_size: int = field(default=40_000, metadata={"help": "memory pool, from D'train minus D_tr"})
+    pool_size: int = field(default=40_000, metadata={
+        "help": "the memory pool: examples an editor may replay (T-Patcher's memory, KL samples, FTA's "
+                "unmodified facts), from D'train minus D_tr"})
     max_records: int | None = field(default=None, metadata={"help": "read at most this many records of each file"})
     test_fraction: float = field(default=0.1, metadata={"help": "D_test's share where no test file exists"})
     background_fraction: float = field(default=0.5, metadata={
@@ -54,10 +56,10 @@ class DataConfig:
             raise ValueError(f"data.background_fraction must be in (0, 1), got {self.background_fraction}")
         if not 0 < self.test_fraction < 1:
             raise ValueError(f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
-        if self.folds is not None and self.folds < 1:
-            raise ValueError("data.folds must be at least 1")
-        if self.train_subsample < 0 or self.memory_size < 0:
-            raise ValueError("data.train_subsample and data.memory_size must be >= 0")
+        if self.num_folds is not None and self.num_folds < 1:
+            raise ValueError("data.num_folds must be at least 1")
+        if self.train_subsample < 0 or self.pool_size < 0:
+            raise ValueError("data.train_subsample and data.pool_size must be >= 0")
 
 
 def split_by_ratio(items: list, ratios: list[float], seed: int) -> list[list]:
@@ -172,14 +174,14 @@ class EditDataModule(L.LightningDataModule):
             folds=cut_folds(edit, self.fold_count(len(edit), "D_edit examples")),
             train_subsample=[train[i] for i in tr_idx],
             test=test,
-            memory=memory,
+            pool=memory,
         )
 
     def memory_pool(self, candidates: list[Example], what: str) -> list[Example]:
         """The first `memory_size` candidates; a pool smaller than asked is said in the notices."""
-        size = self.config.memory_size
+        size = self.config.pool_size
         if len(candidates) < size:
-            self.notices.append(f"memory pool: {len(candidates)} {what} (data.memory_size={size} asks for more)")
+            self.notices.append(f"memory pool: {len(candidates)} {what} (data.pool_size={size} asks for more)")
         return candidates[:size]
 
     def d_tr_size(self, available: int) -> int:
@@ -233,15 +235,16 @@ class EditDataModule(L.LightningDataModule):
                 for i, (where, rec) in enumerate(read_records(self.config.background))]
 
     def fold_count(self, available: int, what: str) -> int:
-        """data.folds, checked against how many examples there are to cut into folds."""
-        asked = self.config.folds
+        """data.num_folds, checked against how many examples there are to cut into folds."""
+        asked = self.config.num_folds
         if asked is None:
             if available < 20:
-                self.notices.append(f"{available} {what}: {available} folds of one example (data.folds unset; "
+                self.notices.append(f"{available} {what}: {available} folds of one example (data.num_folds unset; "
                                     "the paper's 20 needs 20)")
             return min(20, available)
         if asked > available:
-            raise DataError(f"data.folds={asked} but there are only {available} {what}; use data.folds <= {available}")
+            raise DataError(f"data.num_folds={asked} but there are only {available} {what}; "
+                            f"use data.num_folds <= {available}")
         return asked
 
     def check_model(self, family: str) -> None:

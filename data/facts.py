@@ -24,7 +24,7 @@ from benchmark.fact_source import TEMPLATES, raw_facts
 from benchmark.registry import DATASETS
 from benchmark.types import CLASSIFICATION, GENERATION, EditSplits, Example, hold_out_probes
 from data.base import DataConfig, EditDataModule
-from data.modify import ObjectSampler
+from data.modify import ObjectSampler, modified
 
 
 @dataclass
@@ -34,7 +34,7 @@ class FactsConfig(DataConfig):
     relations: list[str] = field(default_factory=lambda: list(TEMPLATES), metadata={"help": "relations to use"})
     min_city_population: int = field(default=1_000_000, metadata={"help": "cities at least this large"})
     split_ratios: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])
-    folds: int | None = 5
+    num_folds: int | None = 5
     train_subsample: int = 300
 
     def __post_init__(self) -> None:
@@ -93,16 +93,13 @@ class FactsDataModule(EditDataModule):
         if self.config.target == "modified":
             rng = random.Random(self.config.seed + 2)
             for fold in splits.folds:
-                self._modify(fold, rng)
+                fold[:] = self._modify(fold, rng)
             splits.unmodified = splits.train_subsample
         return splits
 
     def _modify(self, examples: list[Example], rng: random.Random) -> list[Example]:
         """Each fact's target becomes another object of its relation, sampled by frequency."""
-        for ex in examples:
-            new = self._sampler.sample(rng, ex.relation, ex.target.strip())
-            ex.original_target, ex.target = ex.target, " " + new
-        return examples
+        return modified(examples, lambda ex: self._sampler.sample(rng, ex.relation, ex.target.strip()), self.dropped)
 
     def stream_examples(self, examples: list[Example]) -> list[Example]:
         if self.config.target != "modified":

@@ -6,7 +6,27 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+
+from benchmark.types import Example
+
+NO_OBJECT = "no modified object (no other object of its relation)"
+
+
+def modified(examples: Iterable[Example], new_object: Callable[[Example], str | None],
+             dropped: Counter) -> list[Example]:
+    """Each example teaching its new object (`new_object(example)`, with the answer's leading
+    space) in place of the old one, kept as `original_target`; an example without another object
+    is dropped and counted in `dropped`. The examples themselves are not changed."""
+    kept = []
+    for example in examples:
+        new = new_object(example)
+        if not new or new == example.target.strip():
+            dropped[NO_OBJECT] += 1
+            continue
+        kept.append(replace(example, original_target=example.target, target=" " + new))
+    return kept
 
 
 class ObjectSampler:

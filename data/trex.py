@@ -27,14 +27,14 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from benchmark.registry import DATASETS
 from benchmark.types import GENERATION, DataError, EditSplits, Example
 from data.base import DataConfig, EditDataModule, cut_folds
 from data.io import field as get
 from data.io import read_jsonl
-from data.modify import ObjectSampler
+from data.modify import ObjectSampler, modified
 
 MASK = "[MASK]"
 _TAIL = re.compile(r"^[\s.,;:!?'\")\]]*$")
@@ -62,7 +62,7 @@ class TrexConfig(DataConfig):
     relations: list[str] | None = field(default=None, metadata={"help": "relation ids (default: every P*.jsonl)"})
     modify: int = field(default=32, metadata={"help": "facts to modify (the edit stream)"})
     form: str = field(default="causal", metadata={"help": "causal (text before the mask) | masked (cloze)"})
-    folds: int | None = 1
+    num_folds: int | None = 1
     train_subsample: int = 1000
 
     def __post_init__(self) -> None:
@@ -137,14 +137,8 @@ class TrexDataModule(EditDataModule):
                             "that unmodified facts remain for D_tr (A_F\\S, TrainR) and the memory")
         chosen = set(order[: cfg.modify])
         sampler = ObjectSampler((e.relation, e.target.strip()) for e in records)
-        stream = []
-        for i in sorted(chosen):
-            ex = records[i]
-            new = sampler.sample(rng, ex.relation, ex.target.strip())
-            if new is None:
-                self.dropped["relation has a single object"] += 1
-                continue
-            stream.append(replace(ex, target=" " + new, original_target=ex.target))
+        stream = modified([records[i] for i in sorted(chosen)],
+                          lambda ex: sampler.sample(rng, ex.relation, ex.target.strip()), self.dropped)
         rest = [records[i] for i in order[cfg.modify :]]
         if not stream:
             raise DataError(f"{cfg.path}: no fact could be modified")
@@ -156,7 +150,7 @@ class TrexDataModule(EditDataModule):
         memory = self.memory_pool(rest[n_tr:], "facts, all the unmodified facts outside D_tr")
         probes = [Example(f"{e.uid}:probe", p, e.target, relation=e.relation) for e in subsample for p in e.probes]
         return EditSplits(task=self.task, train=records, val=[], folds=folds,
-                          train_subsample=subsample, test=probes, memory=memory, unmodified=subsample)
+                          train_subsample=subsample, test=probes, pool=memory, unmodified=subsample)
 
 
     def check_model(self, family: str) -> None:

@@ -31,7 +31,7 @@ from data.backtranslate import BackTranslationConfig
 from data.base import DataConfig, EditDataModule
 from data.io import field as get
 from data.io import find_file, read_json_array, read_jsonl
-from data.modify import ObjectSampler
+from data.modify import ObjectSampler, modified
 
 LAYOUTS = {
     "kilt": ("structured_zeroshot-train-kilt.jsonl", "structured_zeroshot-dev-kilt.jsonl"),
@@ -178,17 +178,12 @@ class ZsreDataModule(EditDataModule):
 
     def _modify(self, examples: list[Example], rng: random.Random) -> list[Example]:
         """The new object: the file's alternative, else a same-relation object by frequency."""
-        kept = []
-        for ex in examples:
-            new = ex.alternative
-            if new is None and ex.relation:
-                new = self._sampler.sample(rng, ex.relation, ex.target.strip())
-            if not new or new == ex.target.strip():
-                self.dropped["no modified object"] += 1
-                continue
-            ex.original_target, ex.target = ex.target, " " + new
-            kept.append(ex)
-        return kept
+        def new_object(ex: Example) -> str | None:
+            if ex.alternative is None and ex.relation:
+                return self._sampler.sample(rng, ex.relation, ex.target.strip())
+            return ex.alternative
+
+        return modified(examples, new_object, self.dropped)
 
     def stream_examples(self, examples: list[Example]) -> list[Example]:
         if self.config.target != "modified":

@@ -47,6 +47,16 @@ class EditResult:
     info: dict[str, Any] = field(default_factory=dict)  # editor-specific, JSON-serialisable
 
 
+@dataclass(frozen=True)
+class Check:
+    """The loop's check of a stream example before any edit: its score, and whatever the editor
+    computed on the way and wants back in `after_example` (T-Patcher: the example's FFN queries),
+    handed over by the loop instead of kept behind its back."""
+
+    score: float
+    carry: Any = None
+
+
 class Editor(L.LightningModule):
     """Base class. Subclasses implement `edit` and, if they change more than `trainable_parameters`
     or add modules, `edit_state` / `load_edit_state` / `reset`."""
@@ -92,7 +102,7 @@ class Editor(L.LightningModule):
             params[name].copy_(value)
 
     @classmethod
-    def memory_needed(cls, config: EditorConfig) -> bool:
+    def needs_pool(cls, config: EditorConfig) -> bool:
         """Whether an editor with these settings reads the memory pool; a run refuses to start
         with an empty one (checked before anything is written)."""
         return cls.needs_memory
@@ -109,8 +119,13 @@ class Editor(L.LightningModule):
         """Edit every example at once, from all their training forms (`edits_batches` editors)."""
         raise NotImplementedError(f"{type(self).__name__} edits one example at a time")
 
-    def after_example(self, example: Example) -> None:
-        """Called after every stream example, edited or not (T-Patcher grows its memory here)."""
+    def check(self, example: Example) -> Check:
+        """The loop's mistake check of a stream example (score 1: right)."""
+        return Check(self.scores([example.prompt], [example.target])[0])
+
+    def after_example(self, example: Example, check: Check) -> None:
+        """Called after every stream example, edited or not, with the loop's check of it before
+        any edit (T-Patcher grows its memory here)."""
 
     def scores(self, prompts: list[str], targets: list[Any]) -> list[float]:
         """Correctness of the current (edited) model; editors that answer differently override."""

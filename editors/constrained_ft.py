@@ -35,7 +35,7 @@ from torch import Tensor
 from benchmark.registry import EDITORS
 from benchmark.types import EditorData, Example, with_training_forms
 from editors.base import Editor, EditorConfig, EditResult
-from editors.ft import adam, scored_forward
+from editors.ft import adam, descend, fine_tune, scored_forward
 
 
 @dataclass
@@ -95,7 +95,7 @@ class ConstrainedFTEditor(Editor):
         self.unmodified: list[Example] = []
 
     @classmethod
-    def memory_needed(cls, config: ConstrainedFTConfig) -> bool:
+    def needs_pool(cls, config: ConstrainedFTConfig) -> bool:
         return config.mix == "fta"
 
     def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
@@ -103,10 +103,10 @@ class ConstrainedFTEditor(Editor):
 
     def prepare(self, data: EditorData) -> None:
         super().prepare(data)
-        self.unmodified = with_training_forms(data.memory)
-        if self.memory_needed(self.config) and not self.unmodified:
+        self.unmodified = with_training_forms(data.pool)
+        if self.needs_pool(self.config) and not self.unmodified:
             raise ValueError("editor.mix=fta needs unmodified facts from the memory pool, and the data gives none "
-                             "(raise data.memory_size or lower data.train_subsample)")
+                             "(raise data.pool_size or lower data.train_subsample)")
 
     def step_examples(self, modified: list[Example]) -> list[Example]:
         """One minibatch: the modified forms, plus (FTA) as many unmodified forms, fresh each step."""
@@ -114,16 +114,13 @@ class ConstrainedFTEditor(Editor):
             return modified
         return [*modified, *random.sample(self.unmodified, min(len(modified), len(self.unmodified)))]
 
-    def _step(self, optimizer, params: list[Tensor], initial: list[Tensor], examples: list[Example]) -> None:
-        """One projected Adam step on the examples (their App. D)."""
+    def _loss(self, examples: list[Example]) -> Tensor:
         batch = self.adapter.encode([e.prompt for e in examples], [e.target for e in examples])
-        self._descend(optimizer, params, initial, self.adapter.loss(batch, self.adapter.scored_logits(batch)))
+        return self.adapter.loss(batch, self.adapter.scored_logits(batch))
 
-    def _descend(self, optimizer, params: list[Tensor], initial: list[Tensor], loss: Tensor) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        project(params, initial, self.config.delta, self.config.norm)
+    def _projection(self, params: list[Tensor], initial: list[Tensor]):
+        """After each Adam step, back into ||theta - theta_0|| <= delta (their App. D)."""
+        return lambda: project(params, initial, self.config.delta, self.config.norm)
 
     def _optimiser(self):
         tuned = self.trainable_parameters()
@@ -143,18 +140,16 @@ class ConstrainedFTEditor(Editor):
         # the edit prompt alone (no other forms): the step's own forward is also the check
         same = fixed and len(forms) == 1
         _, check = scored_forward(adapter, probe, params, cfg.mode) if not same else (None, None)
-        steps = 0
-        with torch.enable_grad():
-            for steps in range(cfg.max_steps + 1):
-                logits = forward() if same else None
-                with torch.no_grad():
-                    holds = bool(adapter.token_correct(probe, logits.detach() if same else check()).all())
-                if holds or steps == cfg.max_steps:
-                    break
-                if fixed:
-                    self._descend(optimizer, params, initial, adapter.loss(batch, logits if same else forward()))
-                else:
-                    self._step(optimizer, params, initial, self.step_examples(forms))
+
+        def look():
+            logits = forward() if same else None
+            with torch.no_grad():
+                holds = bool(adapter.token_correct(probe, logits.detach() if same else check()).all())
+            if not fixed:  # FTA: a fresh minibatch each step
+                return holds, lambda: self._loss(self.step_examples(forms))
+            return holds, lambda: adapter.loss(batch, logits if same else forward())
+
+        steps = fine_tune(optimizer, cfg.max_steps, look, self._projection(params, initial))
         return EditResult(steps=steps, info={"distance": self.distance()})
 
     def edit_batch(self, examples: list[Example]) -> EditResult:
@@ -166,7 +161,8 @@ class ConstrainedFTEditor(Editor):
             for _ in range(cfg.epochs):
                 random.shuffle(forms)
                 for start in range(0, len(forms), cfg.batch_size):
-                    self._step(optimizer, params, initial, self.step_examples(forms[start : start + cfg.batch_size]))
+                    minibatch = self.step_examples(forms[start : start + cfg.batch_size])
+                    descend(optimizer, self._loss(minibatch), self._projection(params, initial))
                     steps += 1
         return EditResult(steps=steps, info={"distance": self.distance(), "forms": len(forms)})
 

@@ -45,7 +45,7 @@ class FTConfig(EditorConfig):
     layers: str = field(default="all", metadata={"help": "all | last: which parameters are fine-tuned"})
     lr: float = field(default=1e-5, metadata={"help": "Adam learning rate"})
     kl_weight: float = field(default=0.0, metadata={"help": "weight of the KL term; 0 is plain FT"})
-    kl_batch: int = field(default=512, metadata={"help": "memory examples sampled for the KL term"})
+    kl_batch: int = field(default=512, metadata={"help": "memory-pool examples sampled for the KL term"})
     recipe: str = field(default="seqedit", metadata={
         "help": "seqedit | official: the published code's choices (see editors/ft.py and the README's recipe table)"})
     mode: str | None = field(default=None, metadata={
@@ -137,6 +137,30 @@ def scored_forward(adapter, batch, params: list[Tensor], mode: str,
     return current, lambda: adapter.scored_logits(batch)
 
 
+def fine_tune(optimizer: torch.optim.Optimizer, max_steps: int, look: Callable[[], tuple[bool, Callable[[], Tensor]]],
+              after_step: Callable[[], None] | None = None) -> int:
+    """The fine-tuning loop of every FT editor (FT, FT+KL, constrained FT; plain FT is the
+    constrained one with delta = infinity, so no projection): `look()` says whether the edit holds
+    and gives the loss to descend; stop when it holds or at max_steps, else one step, then
+    `after_step` (constrained FT's projection). Returns the steps taken."""
+    steps = 0
+    with torch.enable_grad():
+        for steps in range(max_steps + 1):
+            holds, loss = look()
+            if holds or steps == max_steps:
+                break
+            descend(optimizer, loss(), after_step)
+    return steps
+
+
+def descend(optimizer: torch.optim.Optimizer, loss: Tensor, after_step: Callable[[], None] | None = None) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if after_step is not None:
+        after_step()
+
+
 class FTEditor(Editor):
     config_class = FTConfig
 
@@ -147,7 +171,7 @@ class FTEditor(Editor):
         self.past: list[Example] = []  # official recipe: this fold's edited examples
 
     @classmethod
-    def memory_needed(cls, config: FTConfig) -> bool:  # only the KL variants read memory
+    def needs_pool(cls, config: FTConfig) -> bool:  # only the KL variants read memory
         return config.kl_weight > 0
 
     def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
@@ -158,10 +182,10 @@ class FTEditor(Editor):
 
     def prepare(self, data: EditorData) -> None:
         super().prepare(data)
-        self.memory = list(data.memory)
-        if self.memory_needed(self.config) and not self.memory:
+        self.memory = list(data.pool)
+        if self.needs_pool(self.config) and not self.memory:
             raise ValueError(f"editor {self.config.name}: the KL term needs a memory set, and data gives none "
-                             "(raise data.memory_size or lower data.train_subsample)")
+                             "(raise data.pool_size or lower data.train_subsample)")
 
     def reset(self) -> None:
         super().reset()
@@ -187,19 +211,16 @@ class FTEditor(Editor):
             sample = random.sample(self.memory, min(cfg.kl_batch, len(self.memory)))
             kl_batch = adapter.encode([e.prompt for e in sample], [e.target for e in sample])
             reference, kl_forward = scored_forward(adapter, kl_batch, params, cfg.mode, reference=True)
-        steps = 0
-        with torch.enable_grad():
-            for steps in range(cfg.max_steps + 1):
-                logits = forward()
-                if bool(adapter.token_correct(batch, logits).all()) or steps == cfg.max_steps:
-                    break
-                loss = adapter.loss(batch, logits)
-                if kl_forward is not None:
-                    loss = loss + cfg.kl_weight * adapter.task.kl(reference, kl_forward())
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-        return EditResult(steps=steps)
+
+        def look():
+            logits = forward()
+
+            def loss() -> Tensor:
+                edit = adapter.loss(batch, logits)
+                return edit if kl_forward is None else edit + cfg.kl_weight * adapter.task.kl(reference, kl_forward())
+            return bool(adapter.token_correct(batch, logits).all()), loss
+
+        return EditResult(steps=fine_tune(optimizer, cfg.max_steps, look))
 
     # -- the published code's recipe -----------------------------------------------------------
     def _edit_loss(self, batch) -> Tensor:

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from benchmark.models.base import installed
 from benchmark.registry import EDITORS
 from benchmark.types import Example
 from editors.base import EditorConfig, EditResult, HookedEditor
@@ -112,11 +113,8 @@ class GraceEditor(HookedEditor):
         def keep_inner(_m, args):
             seen.setdefault("inner", args[0])
 
-        handle = self.site.out_proj.register_forward_pre_hook(keep_inner)
-        try:
+        with installed([self.site.out_proj.register_forward_pre_hook(keep_inner)]):
             cache = adapter.capture(batch, self.layer)  # the codebook so far in place
-        finally:
-            handle.remove()
         at = int(adapter.read_positions(batch)[0])
         query = seen["inner"][0, at].detach().float()
         # the row of the FFN output that the read position is: the scored rows alone at the last

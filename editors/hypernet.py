@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from benchmark.models.base import installed
 from benchmark.types import EditorData, Example
 from editors.base import Editor, EditResult, TrainedEditorConfig
 
@@ -85,14 +86,9 @@ class HypernetEditor(Editor):
             seen.append((args[0].detach(), probe))
             return output + probe
 
-        handles = [m.register_forward_hook(keep) for _, m in self.sites]
-        try:
-            with torch.enable_grad():
-                loss = self.adapter.loss(batch, self.adapter.scored_logits(batch))
-                deltas = torch.autograd.grad(loss, [out for _, out in seen])
-        finally:
-            for h in handles:
-                h.remove()
+        with installed([m.register_forward_hook(keep) for _, m in self.sites]), torch.enable_grad():
+            loss = self.adapter.loss(batch, self.adapter.scored_logits(batch))
+            deltas = torch.autograd.grad(loss, [out for _, out in seen])
         out = []
         for (u, _), d in zip(seen, deltas):
             u, d = u.reshape(-1, u.shape[-1]).float(), d.reshape(-1, d.shape[-1]).float()
@@ -108,13 +104,9 @@ class HypernetEditor(Editor):
     @contextmanager
     def applied(self, updates: list[Tensor]):
         """The model with W + dW at every site, differentiable in dW (forward hooks)."""
-        handles = [m.register_forward_hook(lambda _m, args, out, dw=dw: out + F.linear(args[0], dw.to(out.dtype)))
-                   for (_, m), dw in zip(self.sites, updates)]
-        try:
+        with installed([m.register_forward_hook(lambda _m, args, out, dw=dw: out + F.linear(args[0], dw.to(out.dtype)))
+                        for (_, m), dw in zip(self.sites, updates)]):
             yield
-        finally:
-            for h in handles:
-                h.remove()
 
     # -- the sequential run ----------------------------------------------------------------------
     def edit(self, example: Example) -> EditResult:

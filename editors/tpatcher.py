@@ -50,15 +50,17 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchmark.models.base import EncodedBatch
+from benchmark.models.base import EncodedBatch, FFNCache
 from benchmark.registry import EDITORS
 from benchmark.types import EditorData, Example
-from editors.base import EditorConfig, EditResult, HookedEditor
+from editors.base import Check, EditorConfig, EditResult, HookedEditor
 from editors.patch_memory import QUANTIZED_SCAN, QueryMemory, smooth_top
 from editors.tpatcher_official import edit_official
 
@@ -109,7 +111,8 @@ class TPatcherConfig(EditorConfig):
         "help": "l_m1+l_m2 (the paper) | the ablations of its Table 3: l_m1 (w/o l_m2), kl (KL to the original "
                 "model on memory examples instead, as the code's memory_loss=klN), none (w/o memory loss)"})
     kl_examples: int = field(default=512, metadata={
-        "help": "memory_loss=kl: memory examples sampled per edit for the KL (the code's klN, as FT+KL's loc_num 512)"})
+        "help": "memory_loss=kl: memory-pool examples sampled per edit for the KL (the code's klN, as FT+KL's "
+                "loc_num 512)"})
     memory_refresh: int = field(default=1, metadata={
         "help": "steps between full memory scans choosing the top-k entries; in between only the candidate "
                 "rows are scanned (1: every step, exact)"})
@@ -183,12 +186,66 @@ class PatchBank(nn.Module):
         self.keys, self.bias, self.values = self.keys[:, :n], self.bias[:n], self.values[:n]
 
 
+@dataclass
+class _Patches:
+    """The n new patches of one edit: keys [d, n], biases [n], values as direction x scale [n, d]."""
+
+    keys: nn.Parameter
+    bias: nn.Parameter
+    value_dir: nn.Parameter
+    value_scale: nn.Parameter
+
+    @classmethod
+    def start(cls, own: Tensor, width: int, value_scale: float) -> _Patches:
+        n = len(own)
+        return cls(keys=nn.Parameter((own / own.pow(2).sum(-1, keepdim=True)).T.clone()),  # initial activation 1
+                   bias=nn.Parameter(torch.zeros(n, device=own.device)),
+                   value_dir=nn.Parameter(torch.rand(n, width, device=own.device)),  # v' ~ U(0, 1)
+                   value_scale=nn.Parameter(torch.full((n, width), value_scale, device=own.device)))  # n_p
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [self.keys, self.bias, self.value_dir, self.value_scale]
+
+    def values(self) -> Tensor:
+        return self.value_dir * self.value_scale
+
+    def delta(self, act, q: Tensor) -> Tensor:
+        """What the patches add to the FFN's output at queries q."""
+        return act(q.to(self.keys.dtype) @ self.keys + self.bias) @ self.values()
+
+
+class _Screening:
+    """`memory_refresh` > 1: the memory loss reads only candidate rows, chosen by a full scan
+    every `memory_refresh` steps; the stop rule still reads every row."""
+
+    def __init__(self, editor: TPatcherEditor):
+        self.editor, self.refresh = editor, editor.config.memory_refresh
+        self.current: QueryMemory | None = None
+        self.rows: Tensor | None = None
+        self.last_scan, self.missed, self.scans = 0, 0, 0
+
+    def screen(self, step: int, own: Tensor, patches: _Patches) -> QueryMemory:
+        if self.current is None or step - self.last_scan >= self.refresh:
+            keys, bias = patches.keys.detach(), patches.bias.detach()
+            activation = ((own * keys.T).sum(-1) + bias)
+            self.current, self.rows, miss = self.editor._screen(keys, bias, activation, self.rows)
+            self.last_scan, self.missed, self.scans = step, self.missed + miss, self.scans + 1
+        return self.current
+
+    @torch.no_grad()
+    def silent_on_all(self, patches: _Patches) -> bool:
+        quiet = float((self.editor.memory.matrix @ patches.keys + patches.bias).max()) <= self.editor.silent_below
+        if not quiet:
+            self.last_scan = -self.refresh  # rescan before the next step
+        return quiet
+
+
 class TPatcherEditor(HookedEditor):
     config_class = TPatcherConfig
     needs_memory = True
 
     @classmethod
-    def memory_needed(cls, config: TPatcherConfig) -> bool:
+    def needs_pool(cls, config: TPatcherConfig) -> bool:
         return config.memory_loss != "none"
 
     @classmethod
@@ -226,7 +283,6 @@ class TPatcherEditor(HookedEditor):
         self.initial_memory_len = 0
         self.initial_val_memory = self.val_memory = torch.zeros(0, site.width)  # recipe=official only
         self.kl_pool: list[Example] = []  # memory_loss=kl: the memory examples
-        self._seen_queries: dict[tuple[str, str], Tensor] = {}  # of the example being checked
         self._handles = []
         self._enable()
 
@@ -249,9 +305,9 @@ class TPatcherEditor(HookedEditor):
     def prepare(self, data: EditorData) -> None:
         super().prepare(data)
         self.memory.to(self.adapter.device)
-        self.memory.append(self._queries(data.memory).to(self.adapter.device))
+        self.memory.append(self._queries(data.pool).to(self.adapter.device))
         self.initial_memory_len = len(self.memory)
-        self.kl_pool = list(data.memory) if self.config.memory_loss == "kl" else []
+        self.kl_pool = list(data.pool) if self.config.memory_loss == "kl" else []
         if self.config.recipe == "official":  # its stop rule reads a memory of D_val's queries
             if not data.val and self.config.memory_loss != "none":
                 raise ValueError("editor.recipe=official reads its stop rule on a D_val memory, and this run hands "
@@ -259,20 +315,17 @@ class TPatcherEditor(HookedEditor):
             self.initial_val_memory = self._queries(data.val).to(self.adapter.device)
             self.val_memory = self.initial_val_memory
 
-    def scores(self, prompts: list[str], targets: list) -> list[float]:
-        """The loop's check of one stream example also keeps its FFN queries, which the memory
-        takes in `after_example` without a second forward (patches leave the queries as they are)."""
-        if not (self.config.memory_update and len(prompts) == 1):
-            return super().scores(prompts, targets)
-        score, queries = self.adapter.score_and_queries(prompts[0], targets[0], self.config.layer)
-        self._seen_queries[(prompts[0], str(targets[0]))] = queries
-        return [score]
+    def check(self, example: Example) -> Check:
+        """The loop's check of a stream example also reads its FFN queries, which the memory takes
+        in `after_example` without a second forward (patches leave the queries as they are)."""
+        if not self.config.memory_update:
+            return super().check(example)
+        score, queries = self.adapter.score_and_queries(example.prompt, example.target, self.config.layer)
+        return Check(score, carry=queries)
 
-    def after_example(self, example: Example) -> None:
-        seen, self._seen_queries = self._seen_queries, {}
+    def after_example(self, example: Example, check: Check) -> None:
         if self.config.memory_update and self.config.recipe != "official":  # official: edited examples only
-            rows = seen.get((example.prompt, str(example.target)))
-            self.memory.append(rows if rows is not None else self._queries([example]))
+            self.memory.append(check.carry if check.carry is not None else self._queries([example]))
 
     def reset(self) -> None:
         super().reset()
@@ -378,59 +431,61 @@ class TPatcherEditor(HookedEditor):
 
     def edit(self, example: Example) -> EditResult:
         if self.config.recipe == "official":
-            result, own = edit_official(self, example)
-            self._label_patches(own)
-            if self.config.memory_update:  # the edited example joins both memories (T-patch.py:102-103)
-                queries = self._queries([example])
-                self.memory.append(queries)
-                self.val_memory = torch.cat([self.val_memory, queries.to(self.val_memory)])
-            return result
+            return self._edit_official(example)
+        batch, cache, own = self._mistakes(example)
+        patches = _Patches.start(own, self.site.width, self.config.value_scale)
+        scanned = dict(self.memory.scans)
+        steps, solved, quiet, screening = self._train(batch, cache, own, patches)
+        self.bank.append(patches.keys.detach(), patches.bias.detach(), patches.values().detach())
+        self._label_patches(own)
+        return EditResult(steps=steps, info=self._report(own, patches, solved, quiet, scanned, screening))
+
+    def _edit_official(self, example: Example) -> EditResult:
+        result, own = edit_official(self, example)
+        self._label_patches(own)
+        if self.config.memory_update:  # the edited example joins both memories (T-patch.py:102-103)
+            queries = self._queries([example])
+            self.memory.append(queries)
+            self.val_memory = torch.cat([self.val_memory, queries.to(self.val_memory)])
+        return result
+
+    def _mistakes(self, example: Example) -> tuple[EncodedBatch, FFNCache, Tensor]:
+        """The edit's forward captured at the patched FFN (earlier patches in place), and the
+        queries of the positions to patch: each wrong target token, up to max_patches."""
         cfg, adapter = self.config, self.adapter
         batch = adapter.encode([example.prompt], [example.target])
-        cache = adapter.capture(batch, cfg.layer)  # with the earlier patches in place
+        cache = adapter.capture(batch, cfg.layer)
         wrong = (~adapter.token_correct(batch, cache.logits)).nonzero().squeeze(1)
         rows = wrong[: cfg.max_patches]  # a classifier scores one position: its row 0
         if len(rows) == 0:  # right under teacher forcing yet judged wrong (normalisation): patch the first
             rows = torch.arange(1)
-        own = cache.query[cache.scored][rows].float()
-        n, width = len(rows), self.site.width
-        keys = nn.Parameter((own / own.pow(2).sum(-1, keepdim=True)).T.clone())  # initial activation 1
-        bias = nn.Parameter(torch.zeros(n, device=own.device))
-        value_dir = nn.Parameter(torch.rand(n, width, device=own.device))  # v' ~ U(0, 1)
-        value_scale = nn.Parameter(torch.full((n, width), cfg.value_scale, device=own.device))  # n_p
+        return batch, cache, cache.query[cache.scored][rows].float()
+
+    def _train(self, batch: EncodedBatch, cache: FFNCache, own: Tensor,
+               patches: _Patches) -> tuple[int, bool, bool, _Screening | None]:
+        """The patch loss until the stop rule holds (after min_steps) or max_steps."""
+        cfg, adapter = self.config, self.adapter
         # fused: one kernel for the four small tensors, where the per-tensor loop cost ~0.5 ms a step
-        optimizer = torch.optim.Adam([keys, bias, value_dir, value_scale], lr=cfg.lr,
-                                     fused=own.device.type in ("cpu", "cuda"))
-        query = cache.query.to(keys.dtype)
-
-        def new_delta(q: Tensor) -> Tensor:
-            return self.act(q.to(keys.dtype) @ keys + bias) @ (value_dir * value_scale)
-
+        optimizer = torch.optim.Adam(patches.parameters(), lr=cfg.lr, fused=own.device.type in ("cpu", "cuda"))
+        query = cache.query.to(patches.keys.dtype)
+        new_delta = partial(patches.delta, self.act)
         kl_term = self._kl_term(new_delta) if cfg.memory_loss == "kl" and self.kl_pool else None
+        screening = _Screening(self) if (cfg.memory_loss.startswith("l_m1") and cfg.memory_refresh > 1
+                                        and len(self.memory) > cfg.memory_candidates * cfg.topk) else None
         steps, solved, quiet = 0, False, False
-        screening = (cfg.memory_loss.startswith("l_m1") and cfg.memory_refresh > 1
-                     and len(self.memory) > cfg.memory_candidates * cfg.topk)
-        screen, rows, last_scan, missed, scans = None, None, 0, 0, 0
-        scanned = dict(self.memory.scans)
         with torch.enable_grad():
             for steps in range(cfg.max_steps + 1):
-                if screening and (screen is None or steps - last_scan >= cfg.memory_refresh):
-                    A = ((own * keys.T).sum(-1) + bias).detach()
-                    screen, rows, miss = self._screen(keys.detach(), bias.detach(), A, rows)
-                    last_scan, missed, scans = steps, missed + miss, scans + 1
+                screen = screening.screen(steps, own, patches) if screening else None
                 if cfg.mode == "fast":
                     logits = cache.finish(cache.ffn_out + new_delta(query).to(cache.ffn_out.dtype))
                 else:
                     with adapter.added_to_ffn(new_delta, cfg.layer):
                         logits = adapter.scored_logits(batch)
-                terms = self.losses(logits, batch, own, keys, bias, screen)
+                terms = self.losses(logits, batch, own, patches.keys, patches.bias, screen)
                 solved = self._solved(batch, logits.detach())
                 quiet = not cfg.stop_below_beta or float(terms.get("memory_max", -torch.inf)) <= self.silent_below
                 if screening and solved and quiet and cfg.stop_below_beta:  # the stop rule reads all the memory
-                    with torch.no_grad():
-                        quiet = float((self.memory.matrix @ keys + bias).max()) <= self.silent_below
-                    if not quiet:
-                        last_scan = -cfg.memory_refresh  # rescan before the next step
+                    quiet = screening.silent_on_all(patches)
                 if (solved and quiet and steps >= cfg.min_steps) or steps == cfg.max_steps:
                     break
                 loss = terms["edit"] + cfg.activation_weight * terms["activation"]
@@ -441,14 +496,17 @@ class TPatcherEditor(HookedEditor):
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-        self.bank.append(keys.detach(), bias.detach(), (value_dir * value_scale).detach())
-        self._label_patches(own)
-        with torch.no_grad():
-            own_act = (own @ keys + bias).diagonal() if n > 1 else (own @ keys + bias).reshape(-1)
-            mem_max = (self.memory.matrix @ keys + bias).max(0).values if len(self.memory) else None
-        # "solved" is the stop rule (the edit holds and, with stop_below_beta, the patch is silent on
-        # the memory); an edit stopped by max_steps says which half failed
-        info = {"patches": n, "solved": solved and quiet, "holds": solved, "activation": own_act.tolist(),
+        return steps, solved, quiet, screening
+
+    @torch.no_grad()
+    def _report(self, own: Tensor, patches: _Patches, solved: bool, quiet: bool, scanned: dict,
+                screening: _Screening | None) -> dict[str, Any]:
+        """The edit's record: `solved` is the stop rule (the edit holds and, with stop_below_beta,
+        the patch is silent on the memory); an edit stopped by max_steps says which half failed."""
+        keys, bias = patches.keys.detach(), patches.bias.detach()
+        own_act = (own @ keys + bias).diagonal() if len(own) > 1 else (own @ keys + bias).reshape(-1)
+        mem_max = (self.memory.matrix @ keys + bias).max(0).values if len(self.memory) else None
+        info = {"patches": len(own), "solved": solved and quiet, "holds": solved, "activation": own_act.tolist(),
                 "memory_max": mem_max.tolist() if mem_max is not None else []}
         if not (solved and quiet):
             info["failure"] = self._failure(own, own_act, mem_max, solved)
@@ -457,8 +515,8 @@ class TPatcherEditor(HookedEditor):
             rescored = self.memory.scans["rescored_rows"] - scanned["rescored_rows"]
             info["rescored_rows_per_scan"] = round(rescored / bounded)
         if screening:  # rows of the true top-k that the candidates lacked, summed over rescans
-            info.update(memory_scans=scans, screen_missed_rows=missed)
-        return EditResult(steps=steps, info=info)
+            info.update(memory_scans=screening.scans, screen_missed_rows=screening.missed)
+        return info
 
     def _label_patches(self, own: Tensor) -> None:
         """Keep the new patches' own queries and labels "edit.mistake" (Fig. 5)."""

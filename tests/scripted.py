@@ -29,7 +29,7 @@ TEST = [ex("x1"), ex("x2")]  # initial accuracy 1/2
 
 @dataclass
 class HandmadeConfig(DataConfig):
-    folds: int = 2
+    num_folds: int = 2
     modified: bool = False  # serve the streams as modified facts, with D_tr as A_F\S's facts
 
 
@@ -41,7 +41,7 @@ class HandmadeData(EditDataModule):
         if self.config.modified:  # the old (true) object of every streamed fact is " no"
             folds = [[replace(e, original_target=" no") for e in f] for f in folds]
         self.splits = EditSplits(task="generation", train=[], val=[], folds=folds,
-                                 train_subsample=list(TRAIN_SUBSAMPLE), test=list(TEST), memory=[],
+                                 train_subsample=list(TRAIN_SUBSAMPLE), test=list(TEST), pool=[],
                                  unmodified=list(TRAIN_SUBSAMPLE) if self.config.modified else [])
 
 

@@ -67,7 +67,8 @@ def test_any_overrides_resolve_or_fail_in_one_line(editor, overrides):
     (["editor.layer=99"], None),  # checked when the model is known: see test_adapters
     (["trainer.accelerator=tpu"], "trainer.accelerator"),
     (["model.checkpoint=/etc/passwd"], "model.checkpoint"),
-    (["data.folds=0"], "data.folds"),
+    (["data.num_folds=0"], "data.num_folds"),
+    (["data.folds=3"], "data.num_folds"),  # a renamed key says its new name
 ])
 def test_the_reported_bad_inputs_name_their_key(capsys, overrides, names):
     code = main(["config", *overrides])

@@ -63,7 +63,7 @@ def test_object_sampler_follows_frequency_and_never_returns_the_original():
 
 @needs_shared
 def test_fever_reader_on_the_real_sample():
-    dm = datamodule("data=fever", f"data.path={SHARED_DATA / 'fever'}", "data.folds=1")
+    dm = datamodule("data=fever", f"data.path={SHARED_DATA / 'fever'}", "data.num_folds=1")
     assert dm.records_read == 10 and len(dm.splits.test) == 5
     assert {e.target for e in dm.splits.test} <= {0, 1}
     assert "no back-translation model" in dm.notices[0]
@@ -97,7 +97,7 @@ def test_zsre_annotated_layout(tmp_path):
     lines.append(dict(record, id="two", output=[{"answer": "A"}, {"answer": "B"}]))
     path = tmp_path / "structured_zeroshot-train-new_annotated_final.jsonl"
     path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-    dm = datamodule("data=zsre", f"data.path={tmp_path}", "data.folds=1")
+    dm = datamodule("data=zsre", f"data.path={tmp_path}", "data.num_folds=1")
     assert dm.dropped["not exactly one answer"] == 1
     ex = dm.splits.folds[0][0]
     assert ex.equivalents == ["Who is the founder of Acme?"] and ex.alternative == "Runner"
@@ -122,8 +122,8 @@ def test_trex_modified_facts():
     assert [t.prompt for t in splits.test] == [p for e in splits.unmodified for p in e.probes]
     assert [t.target for t in splits.test] == [e.target for e in splits.unmodified]
     given = splits.for_editor()
-    assert not any(e.probes for e in (*given.train, *given.memory))
-    assert not {e.uid for e in splits.unmodified} & {e.uid for e in (*given.train, *given.memory)}
+    assert not any(e.probes for e in (*given.train, *given.pool))
+    assert not {e.uid for e in splits.unmodified} & {e.uid for e in (*given.train, *given.pool)}
 
 
 @needs_shared
@@ -157,7 +157,7 @@ def test_json_mapped_dataset(tmp_path):
     rows = [{"q": f"Who wrote book {i}?", "a": {"text": f"Author {i}"}, "para": f"Book {i} was written by"}
             for i in range(30)]
     path.write_text("\n".join(json.dumps(r) for r in rows))
-    dm = datamodule("data=json", f"data.path={path}", "data.folds=2",
+    dm = datamodule("data=json", f"data.path={path}", "data.num_folds=2",
                     "data.fields={prompt: q, target: a.text, equivalents: para}")
     ex = dm.splits.folds[0][0]
     assert ex.target.startswith(" Author") and ex.equivalents[0].startswith("Book")
@@ -192,7 +192,7 @@ def test_empty_split_and_missing_folder(tmp_path):
 
 
 def test_data_stats_cli(capsys):
-    assert main(["data", "stats", "data=facts", "data.folds=4"]) == 0
+    assert main(["data", "stats", "data=facts", "data.num_folds=4"]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["splits"]["folds"] == 4 and len(stats["fold_sizes"]) == 4
 
@@ -244,7 +244,7 @@ def test_zsre_tpatcher_layout_keeps_its_published_splits(tmp_path):
     for name, n, start in (("zsre-train.jsonl", 30, 0), ("zsre-val.jsonl", 4, 100), ("zsre-edit.jsonl", 6, 200),
                            ("zsre-dev-kilt.jsonl", 5, 300)):
         write(name, n, start)
-    dm = datamodule("data=zsre", f"data.path={tmp_path}", "data.folds=2", "data.train_subsample=10")
+    dm = datamodule("data=zsre", f"data.path={tmp_path}", "data.num_folds=2", "data.train_subsample=10")
     assert dm.layout == "tpatcher" and dm.records_read == 46
     splits = dm.splits
     assert (len(splits.train), len(splits.val), len(splits.test)) == (30, 4, 5)
@@ -281,7 +281,7 @@ def test_empty_targets_and_repeats_are_dropped_and_counted(tmp_path):
     rows = [{"q": f"Where is town {i}?", "a": f"Region {i % 7}"} for i in range(60)]
     rows += [{"q": "Where is nowhere?", "a": "  "}, rows[0], rows[1]]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    dm = datamodule("data=json", f"data.path={path}", "data.fields={prompt: q, target: a}", "data.folds=2")
+    dm = datamodule("data=json", f"data.path={path}", "data.fields={prompt: q, target: a}", "data.num_folds=2")
     assert dm.dropped["empty target (records)"] == 1
     assert dm.dropped["duplicate (prompt, target) (records)"] == 2
     every = [*dm.splits.train, *dm.splits.val, *dm.splits.test, *[e for f in dm.splits.folds for e in f]]
@@ -305,7 +305,7 @@ def test_trex_traps_are_said_or_refused():
 def test_max_records_reads_exactly_that_many_records_of_each_file():
     zsre = datamodule("data=zsre", f"data.path={SHARED_DATA / 'zsre'}", "data.layout=mend", "data.max_records=100")
     assert zsre.records_read == 100
-    fever = datamodule("data=fever", f"data.path={SHARED_DATA / 'fever'}", "data.max_records=3", "data.folds=1")
+    fever = datamodule("data=fever", f"data.path={SHARED_DATA / 'fever'}", "data.max_records=3", "data.num_folds=1")
     assert fever.records_read == 6  # 3 of the train file, 3 of the dev file
 
 
@@ -328,7 +328,7 @@ def test_counterfact_in_both_layouts(name, layout):
     facts = [*splits.train, *splits.test]
     assert facts and all(f.uid.split(":loc")[0] not in edited_uids for f in facts)
     loc_prompts = {p for e in edits for p, _ in e.locality}
-    assert not loc_prompts & {e.prompt for e in (*splits.for_editor().memory, *splits.for_editor().val)}
+    assert not loc_prompts & {e.prompt for e in (*splits.for_editor().pool, *splits.for_editor().val)}
     record = json.loads((FIXTURES / name).read_text())[0]
     first = dm._rome("f:1", record) if layout == "rome" else dm._easyedit("f:1", record)
     assert (first.prompt, first.target, first.original_target) == (

@@ -15,14 +15,14 @@ from benchmark.types import DataError
 from tests.conftest import SHARED_DATA
 
 FIXTURES = Path(__file__).parent / "fixtures"
-SMALL = ["data.split_ratios=[0.4,0.3,0.3]", "data.folds=1"]  # a 5-record sample still has every split
+SMALL = ["data.split_ratios=[0.4,0.3,0.3]", "data.num_folds=1"]  # a 5-record sample still has every split
 EDIT_FIELDS = ("{prompt: question, target: answer, equivalents: paraphrases, locality_prompt: loc, "
                "locality_answer: loc_ans}")
 
 # row -> (dataset, folder or file to copy, the file whose line is broken, overrides)
 ROWS = {
     "facts": ("facts", None, None, []),
-    "fever": ("fever", SHARED_DATA / "fever", "fever-train-kilt.jsonl", ["data.folds=1"]),
+    "fever": ("fever", SHARED_DATA / "fever", "fever-train-kilt.jsonl", ["data.num_folds=1"]),
     "zsre-kilt": ("zsre", SHARED_DATA / "zsre", "structured_zeroshot-train-kilt.jsonl", ["data.layout=kilt", *SMALL]),
     "zsre-mend": ("zsre", SHARED_DATA / "zsre", "zsre_mend_train-1k.json", ["data.layout=mend"]),
     "trex": ("trex", SHARED_DATA / "trex", "P19.jsonl", []),

@@ -34,7 +34,8 @@ def test_quick_demo_writes_leaderboard_and_plots(tmp_path):
     assert "facts/qa" in text and "facts/claims" in text
     pngs = sorted(Path(tmp_path).glob("*.png"))
     names = " ".join(p.name for p in pngs)
-    assert "sr_vs_edits" in names and "retain_vs_edits" in names and "patch_activations-tpatcher" in names
+    assert "sr_vs_edits" in names and "retain_vs_edits" in names and "patch_activations-qa_tpatcher" in names
+    assert (Path(tmp_path) / "leaderboard.html").stat().st_size > sum(p.stat().st_size for p in pngs)  # embedded
     assert all(p.stat().st_size > 5000 for p in pngs)
 
 

@@ -25,6 +25,7 @@ ROWS = {
     "grace": {"max_steps": 50, "layer": 0},
     "memit": {"layers": [0], "mom2_update_weight": 10.0},
     "alphaedit": {"layers": [0], "l2": 0.01},
+    "rome": {"layers": [0], "context_templates": 2},
     "grace-last-warm": {"max_steps": 50, "layer": -1, "value_init": "warm", "stop_when_correct": True},
     "sera": {"encoder": "tiny-bert", "train_epochs": 3, "train_examples": 400, "backend": "torch"},
     "ke_style": {"edit_lr": 0.1, "train_examples": 200, "train_epochs": 3, "train_lr": 1e-3},
@@ -36,7 +37,8 @@ ROWS = {
 # others and `test_refused_families_are_refused` holds the refusal
 REFUSED = {"grace": {"seq2seq"},  # scored by generation, where its read-position hook does not act
            "memit": {"seq2seq", "classifier", "masked"},  # decoder LMs, the method's models
-           "alphaedit": {"seq2seq", "classifier", "masked"}}
+           "alphaedit": {"seq2seq", "classifier", "masked"},
+           "rome": {"seq2seq", "classifier", "masked"}}
 
 
 def _editor_name(row: str) -> str:
@@ -64,7 +66,7 @@ def _setup(row: str, family: str):
     words = ["Zanzibar", "Quito", "Oslo", "Lima", "Hanoi", "Doha"]
     memory = [Example(f"m{i}", f"{w} is known for", i % 2 if cls else f" {w}") for i, w in enumerate(words)]
     splits = EditSplits(task=adapter.task, train=memory, val=memory[:2], folds=[], train_subsample=[], test=[],
-                        memory=memory)
+                        pool=memory)
     editor.prepare(splits.for_editor())
     prompt = "The capital of France is"
     return adapter, editor, Example("e", prompt, wrong_target(adapter, prompt), subject="France"), memory
@@ -174,9 +176,9 @@ def test_editor_never_holds_an_evaluation_example(name):
                     forms=[f"{w} is noted for"], probes=[f"What is {w} known for?"]) for i, w in enumerate(words)]
     held_out = [Example(f"t{i}", f"{w} lies in", " Asia", equivalents=[f"{w} is in"]) for i, w in enumerate(words)]
     splits = EditSplits(task=adapter.task, train=pool + held_out[:4], val=pool[:2], folds=[], test=held_out[4:6],
-                        train_subsample=held_out[:4], memory=pool, unmodified=held_out[:4] + held_out[6:])
+                        train_subsample=held_out[:4], pool=pool, unmodified=held_out[:4] + held_out[6:])
     data = splits.for_editor()
-    handed = (*data.train, *data.val, *data.memory)
+    handed = (*data.train, *data.val, *data.pool)
     assert not {e.uid for e in held_out} & {e.uid for e in handed} and not any(e.probes for e in handed)
     editor.prepare(data)
     phase = editor.training_module(data) if editor.needs_training else None

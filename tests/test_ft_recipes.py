@@ -43,7 +43,7 @@ def _editor(recipe, **overrides):
                                recipe=recipe, **overrides), adapter)
     memory = [Example(f"m{i}", p, wrong_target(adapter, p)) for i, p in
               enumerate(["The capital of Italy is", "Kyoto is a city in", "Canada is a country in"])]
-    editor.prepare(EditorData(adapter.task, [], [], memory=memory))
+    editor.prepare(EditorData(adapter.task, [], [], pool=memory))
     return adapter, editor
 
 

@@ -18,7 +18,7 @@ def _editor(family: str, **overrides):
     entry = EDITORS.get("grace")
     editor = entry.target(entry.config_class(name="grace", **overrides), adapter)
     editor.prepare(EditSplits(task=adapter.task, train=[], val=[], folds=[], train_subsample=[], test=[],
-                              memory=[]).for_editor())
+                              pool=[]).for_editor())
     return adapter, editor
 
 

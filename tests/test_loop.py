@@ -145,7 +145,7 @@ def test_an_editor_that_reads_the_memory_is_refused_an_empty_one(tmp_path, edito
 
     name, *extra = editor.split()
     with pytest.raises(ConfigError, match=f"editor {name} reads the memory pool .* lower data.train_subsample"):
-        run(compose([f"editor={name}", *extra, "data=facts", "model=tiny-llama", "data.memory_size=0",
+        run(compose([f"editor={name}", *extra, "data=facts", "model=tiny-llama", "data.pool_size=0",
                      f"output_dir={tmp_path}"]))
     assert not any(tmp_path.iterdir())  # refused before anything was written
 

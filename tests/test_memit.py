@@ -19,7 +19,7 @@ def _editor(name: str, **overrides):
     editor = entry.target(entry.config_class(name=name, layers=[0], **overrides), adapter)
     memory = [Example(f"m{i}", f"{w} is known for", f" {w}") for i, w in enumerate(WORDS)]
     editor.prepare(EditSplits(task=adapter.task, train=memory, val=[], folds=[], train_subsample=[], test=[],
-                              memory=memory).for_editor())
+                              pool=memory).for_editor())
     return adapter, editor
 
 
@@ -91,10 +91,30 @@ def test_second_moment_is_cached_per_model_block_and_texts(tmp_path, monkeypatch
     torch.testing.assert_close(first._count_second_moments(texts)[0], (keys.T @ keys / len(keys)).float())
 
 
-@pytest.mark.parametrize("name", ["memit", "alphaedit"])
+@pytest.mark.parametrize("adjust", [True, False])
+def test_rome_writes_v_star_exactly_at_its_block(adjust):
+    """ROME's rank-one update makes the FFN output at the subject's token (bare prompt) v*
+    exactly: W' k = W k + v (u . k) with v = (v* - W k) / (k . u), whatever u is (C^-1 k* or k*)."""
+    adapter, editor = _editor("rome", context_templates=2, mom2_adjustment=adjust)
+    assert len(editor.templates) == 3 and (len(editor.second_moments) == 1) == adjust
+    example = Example("e", PROMPT, wrong_target(adapter, PROMPT), subject="France")
+    texts, positions, subject = editor._requests(example)
+    out_proj = editor.sites[0].out_proj
+    z, _ = editor._target_vector(example, texts, positions, subject, out_proj)
+    weight = out_proj.weight.detach().clone()
+    editor.edit(example)
+    after = editor._read(texts[:1], positions[:1], [(out_proj, True)])[0][0]
+    torch.testing.assert_close(after, z, rtol=1e-4, atol=1e-4)
+    change = out_proj.weight.detach() - weight
+    singular = torch.linalg.svdvals(change.double())
+    assert singular[1] < 1e-4 * singular[0]  # rank one (up to the float32 rounding of W + v u^T)
+
+
+@pytest.mark.parametrize("name", ["memit", "alphaedit", "rome"])
 def test_out_of_range_layers_are_refused(name):
     import editors  # noqa: F401
 
     entry = EDITORS.get(name)
     with pytest.raises(ValueError, match="out of range"):
-        entry.target(entry.config_class(name=name, layers=[0, 7]), trained_tiny("decoder"))
+        layers = [7] if name == "rome" else [0, 7]  # ROME rewrites one block
+        entry.target(entry.config_class(name=name, layers=layers), trained_tiny("decoder"))

@@ -17,7 +17,7 @@ WORDS = ["Zanzibar", "Quito", "Oslo", "Lima", "Hanoi", "Doha", "Accra", "Riga"]
 def _splits(task: str, unmodified=()) -> EditSplits:
     cls = task == "classification"
     memory = [Example(f"m{i}", f"{w} is known for", i % 2 if cls else f" {w}") for i, w in enumerate(WORDS)]
-    return EditSplits(task=task, train=memory, val=[], folds=[], train_subsample=[], test=[], memory=memory,
+    return EditSplits(task=task, train=memory, val=[], folds=[], train_subsample=[], test=[], pool=memory,
                       unmodified=list(unmodified))
 
 
@@ -74,7 +74,7 @@ def test_fta_batches_mix_as_many_unmodified_facts_as_modified():
     seen = set()
     for _ in range(40):
         batch = editor.step_examples(forms)
-        assert batch[:3] == forms and len(batch) == 6 and all(b in splits.memory for b in batch[3:])
+        assert batch[:3] == forms and len(batch) == 6 and all(b in splits.pool for b in batch[3:])
         assert not {b.uid for b in batch[3:]} & {e.uid for e in held_out}
         seen.update(b.uid for b in batch[3:])
     assert len(seen) > 3, "the unmodified examples are not resampled per step"

@@ -35,7 +35,7 @@ def test_real_model_one_tpatcher_edit(name, target):
     memory = [Example(str(i), p, 1 if adapter.task == "classification" else " Berlin")
               for i, p in enumerate(["The capital of Germany is", "Madrid is a city in", "The currency of Japan is"])]
     editor = TPatcherEditor(TPatcherConfig(name="tpatcher"), adapter)
-    editor.prepare(EditSplits(adapter.task, memory, [], [], [], [], memory=memory).for_editor())
+    editor.prepare(EditSplits(adapter.task, memory, [], [], [], [], pool=memory).for_editor())
     assert editor.scores([prompt], [target]) == [0.0]
     editor.edit(Example("e", prompt, target))
     assert editor.scores([prompt], [target]) == [1.0]

@@ -34,9 +34,9 @@ def test_every_shipped_yaml_composes_and_validates():
 
 
 def test_overrides_reach_typed_configs():
-    run = instantiate(compose(["editor=ft_kl_last", "editor.lr=0.5", "loop.eval_every=7", "data.folds=3"]))
+    run = instantiate(compose(["editor=ft_kl_last", "editor.lr=0.5", "loop.eval_every=7", "data.num_folds=3"]))
     assert (run.editor.layers, run.editor.kl_weight, run.editor.lr) == ("last", 1.0, 0.5)
-    assert run.loop.eval_every == 7 and run.data.folds == 3
+    assert run.loop.eval_every == 7 and run.data.num_folds == 3
 
 
 @pytest.mark.parametrize(
@@ -94,7 +94,7 @@ def test_config_files_from_anywhere(tmp_path: Path, monkeypatch, capsys):
     rows = [{"q": f"Book {i} was written by", "a": f" Author {i}"} for i in range(40)]
     (folder / "edits.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (folder / "my_data.yaml").write_text("data:\n  name: json\n  path: edits.jsonl\n"
-                                         "  fields: {prompt: q, target: a}\n  folds: 2\n")
+                                         "  fields: {prompt: q, target: a}\n  num_folds: 2\n")
     (folder / "exp.yaml").write_text("model: {name: tiny-llama}\neditor: {name: ft_last, lr: 0.001}\n"
                                      "data: {name: json, path: edits.jsonl, fields: {prompt: q, target: a}}\n")
     elsewhere = tmp_path / "elsewhere"
@@ -102,7 +102,7 @@ def test_config_files_from_anywhere(tmp_path: Path, monkeypatch, capsys):
     monkeypatch.chdir(elsewhere)
     by_file = instantiate(compose(["data=../mine/my_data.yaml"]))
     assert by_file.data.name == "json" and by_file.data.path == str(folder / "edits.jsonl")
-    assert by_file.data.folds == 2
+    assert by_file.data.num_folds == 2
     experiment = instantiate(compose([f"experiment={folder / 'exp.yaml'}", "editor.max_steps=2"]))
     assert (experiment.editor.name, experiment.editor.lr, experiment.model.name) == ("ft_last", 0.001, "tiny-llama")
     assert main(["config", "--config", str(folder / "exp.yaml")]) == 0

@@ -30,7 +30,7 @@ def _run(family: str, row: str, mode: str):
     cls = adapter.task == "classification"
     memory = [Example(f"m{i}", f"{w} is known for", i % 2 if cls else f" {w}") for i, w in enumerate(WORDS)]
     editor.prepare(EditSplits(task=adapter.task, train=memory, val=[], folds=[], train_subsample=[], test=[],
-                              memory=memory).for_editor())
+                              pool=memory).for_editor())
     steps, prompts = [], ["The capital of France is", "Lyon is a city in"]
     for i, prompt in enumerate(prompts):
         random.seed(i)

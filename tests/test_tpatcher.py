@@ -60,7 +60,7 @@ def _splits(adapter, n=6):
     cls = adapter.task == "classification"
     words = ["Zanzibar", "Quito", "Oslo", "Lima", "Hanoi", "Doha", "Accra", "Riga"][:n]
     memory = [Example(f"m{i}", f"{w} is known for", i % 2 if cls else f" {w}") for i, w in enumerate(words)]
-    return EditSplits(task=adapter.task, train=memory, val=[], folds=[], train_subsample=[], test=[], memory=memory)
+    return EditSplits(task=adapter.task, train=memory, val=[], folds=[], train_subsample=[], test=[], pool=memory)
 
 
 def test_fast_and_naive_paths_give_the_same_patches(family):
@@ -126,7 +126,7 @@ def test_patch_report_and_unrelated_inputs(family):
     editor = _editor(adapter, max_steps=1000)
     splits = _splits(adapter)
     editor.prepare(splits.for_editor())
-    memory = splits.memory
+    memory = splits.pool
     before = editor.scores([m.prompt for m in memory], [m.target for m in memory])
     prompt = "The capital of France is"
     target = wrong_target(adapter, prompt)
@@ -189,7 +189,7 @@ def test_short_stream_keeps_every_solved_edit(family, tmp_path, scripted):
     memory = [Example(f"m{i}", d, wrong_target(adapter, d)) for i, d in enumerate(DONORS)]
     held_out = [replace(m) for m in memory]  # D_tr / D_test: the same facts, never the editor's
     scripted.StaticData.splits_to_serve = EditSplits(task=adapter.task, train=memory, val=[], folds=[stream],
-                                                     train_subsample=held_out, test=held_out, memory=memory)
+                                                     train_subsample=held_out, test=held_out, pool=memory)
     result = run(compose(["editor=tpatcher", "data=static", f"model={FAMILIES[family]}", "loop.progress=false",
                           "editor.max_steps=1500", f"model.checkpoint={trained_weights(family)}",
                           f"output_dir={tmp_path}", "run_id=r"]))
@@ -258,12 +258,12 @@ def test_int8_memory_scan_finds_exactly_the_fp32_top_entries(patches):
 
 
 def test_int8_and_fp32_memory_scans_give_the_same_patches():
-    memory = build_data(instantiate(compose(data_for("decoder")))).splits.memory[:300]
+    memory = build_data(instantiate(compose(data_for("decoder")))).splits.pool[:300]
     results = []
     for scan in ("fp32", "int8"):
         adapter = trained_tiny("decoder")
         editor = _editor(adapter, max_steps=60, topk=8, memory_scan=scan)
-        editor.prepare(EditorData(adapter.task, [], [], memory=memory))
+        editor.prepare(EditorData(adapter.task, [], [], pool=memory))
         torch.manual_seed(0)
         prompt = "The capital of France is"
         result = editor.edit(Example("e", prompt, wrong_target(adapter, prompt)))
@@ -313,7 +313,7 @@ def test_resume_after_a_crash_mid_fold_equals_an_uninterrupted_run(tmp_path, mon
     """T-Patcher's state (patches, grown memory) survives a crash: the resumed run ends with the
     same per-fold metrics as one that never stopped."""
     weights = trained_weights("decoder")
-    args = ["editor=tpatcher", "model=tiny-llama", f"model.checkpoint={weights}", "data.folds=5", "loop.folds=[0]",
+    args = ["editor=tpatcher", "model=tiny-llama", f"model.checkpoint={weights}", "data.num_folds=5", "loop.folds=[0]",
             "loop.max_fold_examples=8", "loop.progress=false", "editor.max_steps=60", "run_id=r"]
     clean = run(compose([*args, f"output_dir={tmp_path / 'clean'}"]))
     calls = {"n": 0}
@@ -338,12 +338,12 @@ def test_screened_memory_tracks_full_scans_and_keeps_the_stop_rule_exact():
     """memory_refresh > 1 reads only candidate rows between full scans: an approximation of which
     entries form the top-k, whose misses are counted at every rescan. The stop rule still reads the
     whole memory, so a solved edit leaves the patch silent on every memory row."""
-    memory = build_data(instantiate(compose(data_for("decoder")))).splits.memory[:300]
+    memory = build_data(instantiate(compose(data_for("decoder")))).splits.pool[:300]
     results = []
     for refresh in (1, 5):
         adapter = trained_tiny("decoder")
         editor = _editor(adapter, max_steps=60, topk=8, memory_candidates=16, memory_refresh=refresh)
-        editor.prepare(EditorData(adapter.task, [], [], memory=memory))
+        editor.prepare(EditorData(adapter.task, [], [], pool=memory))
         assert len(editor.memory) > 16 * 8
         torch.manual_seed(0)
         prompt = "The capital of France is"
@@ -369,9 +369,10 @@ def test_memory_takes_the_checked_examples_queries_without_a_second_forward(fami
     for i, prompt in enumerate(["The capital of France is", "Lyon is a city in", "Oslo is known for"]):
         example = Example(f"s{i}", prompt, wrong_target(adapter, prompt) if i == 1 else " Paris")
         before, calls = len(editor.memory), len(forwards)
-        assert editor.scores([example.prompt], [example.target]) == adapter.scores([example.prompt], [example.target])
+        check = editor.check(example)
+        assert [check.score] == adapter.scores([example.prompt], [example.target])
         forwards_in_check = len(forwards) - calls
-        editor.after_example(example)
+        editor.after_example(example, check)
         assert len(forwards) - calls == forwards_in_check  # the memory read the check's forward
         expected = editor._queries([example])
         assert torch.equal(editor.memory.matrix[before:], expected)

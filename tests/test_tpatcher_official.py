@@ -66,7 +66,7 @@ def _splits(adapter, val=True):
     words = ["Zanzibar", "Quito", "Oslo", "Lima", "Hanoi", "Doha"]
     memory = [Example(f"m{i}", f"{w} is known for", i % 2 if cls else f" {w}") for i, w in enumerate(words)]
     return EditSplits(task=adapter.task, train=memory, val=memory[:2] if val else [], folds=[], train_subsample=[],
-                      test=[], memory=memory)
+                      test=[], pool=memory)
 
 
 @pytest.mark.parametrize("family", ["classifier", "decoder"])
@@ -80,9 +80,8 @@ def test_an_official_edit_follows_the_published_schedule(family):
     editor.prepare(splits.for_editor())
     memory, val = len(editor.memory), len(editor.val_memory)
     assert val == len(editor._queries(splits.val))
-    bystander = splits.memory[0]
-    editor.scores([bystander.prompt], [bystander.target])
-    editor.after_example(bystander)  # not edited: the published memory does not take it
+    bystander = splits.pool[0]
+    editor.after_example(bystander, editor.check(bystander))  # not edited: the published memory does not take it
     assert len(editor.memory) == memory
     prompt = "The capital of France is"
     example = Example("e", prompt, wrong_target(adapter, prompt))

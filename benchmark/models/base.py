@@ -16,7 +16,7 @@ Editors and the loop see a model through three ideas:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +25,16 @@ import torch
 from torch import Tensor, nn
 
 from benchmark.models.task import Task
+
+
+@contextmanager
+def installed(handles: list) -> Iterator[list]:
+    """Hooks (their handles) that live for the with-block only: removed on any exit."""
+    try:
+        yield handles
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 class _FrozenProjection(torch.autograd.Function):
@@ -340,17 +350,13 @@ class ModelAdapter:
                 calls.setdefault(index, BlockCall(module, args, dict(kwargs)))
             return hook
 
-        handles = [
+        with installed([
             site.in_proj.register_forward_pre_hook(keep_query, with_kwargs=True),
             res_module.register_forward_pre_hook(keep_residual, with_kwargs=True),
             site.out_proj.register_forward_hook(keep_out),
             *[block.register_forward_pre_hook(keep_call(i), with_kwargs=True) for i, block in enumerate(later)],
-        ]
-        try:
+        ]):
             logits = self._run(batch)
-        finally:
-            for h in handles:
-                h.remove()
         if site.is_last:
             rows = {k: v[batch.score_mask] for k, v in seen.items()}
             n = len(rows["query"])
@@ -393,12 +399,9 @@ class ModelAdapter:
                 calls.setdefault(index, BlockCall(module, args, dict(kwargs)))
             return hook
 
-        handles = [block.register_forward_pre_hook(keep_call(i), with_kwargs=True) for i, block in enumerate(blocks)]
-        try:
+        with installed([block.register_forward_pre_hook(keep_call(i), with_kwargs=True)
+                        for i, block in enumerate(blocks)]):
             logits = self._run(batch)
-        finally:
-            for h in handles:
-                h.remove()
         replay = [calls[i] for i in range(len(blocks))]
         start = _first_tensor(replay[0].args, {"hidden_states": replay[0].kwargs.get("hidden_states")})
 
@@ -463,12 +466,8 @@ class ModelAdapter:
 
     @contextmanager
     def added_to_ffn(self, delta_fn, layer: int = -1):
-        handles = self.add_to_ffn(delta_fn, layer)
-        try:
+        with installed(self.add_to_ffn(delta_fn, layer)):
             yield
-        finally:
-            for h in handles:
-                h.remove()
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.model.parameters())

@@ -1,0 +1,105 @@
+"""The leaderboard from run folders written by hand (known metrics): one table per model, dataset
+and data settings, run ids, the settings that differ, plots that never overwrite one another, and
+a self-contained page. The browser test (slow) clicks a header in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from benchmark.leaderboard import build
+
+RUNS = {  # run id: (editor, data num_folds, editor settings, SR means)
+    "a/tpatcher": ("tpatcher", 5, {"layer": -1}, 0.90),
+    "b/tpatcher": ("tpatcher", 5, {"layer": -2}, 0.70),
+    "c/ft_all": ("ft_all", 5, {"lr": 0.01}, 0.80),
+    "d/ft_all": ("ft_all", 2, {"lr": 0.01}, 0.50),  # other data settings: a table of its own
+}
+
+
+def write_runs(root: Path) -> None:
+    for run_id, (editor, num_folds, settings, sr) in RUNS.items():
+        folder = root / run_id
+        folder.mkdir(parents=True)
+        config = {"editor": {"name": editor, **settings}, "model": {"name": "tiny-llama"},
+                  "data": {"name": "facts", "task": "qa", "num_folds": num_folds},
+                  "loop": {"folds": None, "progress": False}, "seed": 0, "output_dir": str(root), "run_id": run_id}
+        (folder / "config.yaml").write_text("# seed: 0\n" + yaml.safe_dump(config))
+        lines = [{"type": "edit", "fold": 0, "edited": True, "success": True},
+                 {"type": "edit", "fold": 0, "edited": True, "success": sr > 0.6},
+                 {"type": "eval", "fold": 0, "edits": 2, "TrainR": 0.9, "TestR": sr},
+                 {"type": "fold_end", "fold": 0, "editor": {"activation_matrix": [[1.0, 0.0], [0.2, 0.9]],
+                                                             "labels": ["0.0", "1.0"]} if editor == "tpatcher" else {}}]
+        (folder / "edits.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        metrics = {"SR": {"mean": sr, "std": 0.05, "folds": 2}, "E": {"mean": 4.0, "std": 1.0, "folds": 2}}
+        (folder / "results.json").write_text(json.dumps({"metrics": metrics}))
+
+
+@pytest.fixture
+def board(tmp_path):
+    write_runs(tmp_path / "runs")
+    md, pngs = build(tmp_path / "runs", tmp_path / "out")
+    return md, pngs, tmp_path / "out" / "leaderboard.html"
+
+
+def test_one_table_per_data_settings_with_run_ids_and_differences(board):
+    md, _, _ = board
+    text = md.read_text()
+    tables = re.findall(r"^## (.*)$", text, re.M)
+    assert len(tables) == 2 and all("facts/qa — tiny-llama — data" in t for t in tables)
+    assert "Data settings: data.num_folds=2" in text and "Data settings: data.num_folds=5" in text
+    assert "| tpatcher | a/tpatcher | 2 | **0.900 ± 0.050** |" in text
+    assert "editor.layer=-1" in text and "editor.layer=-2" in text  # same editor, other settings
+    assert "editor.lr" not in text  # different editors differ in all their keys: not shown
+
+
+def test_plots_never_overwrite_each_other_and_the_page_holds_them(board):
+    _, pngs, page = board
+    names = [p.name for p in pngs]
+    assert len(names) == len(set(names)) == 2 * 2 + 2  # SR and retain per table, a matrix per T-Patcher run
+    assert sum(n.startswith("patch_activations-a_tpatcher") for n in names) == 1
+    html = page.read_text()
+    assert html.count("src='data:image/png;base64,") == len(pngs)
+    assert "http://" not in html and "https://" not in html  # nothing fetched from a network
+    assert html.count("<table class='board'>") == 2
+
+
+@pytest.mark.slow
+def test_the_page_sorts_by_a_click_and_shows_every_image_in_chromium(board):
+    webdriver = pytest.importorskip("selenium.webdriver", reason="pip install -e .[browser]")
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        pytest.skip("needs Debian's chromium and chromium-driver")
+    from selenium.webdriver.common.by import By
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(flag)
+    service = webdriver.ChromeService(executable_path=shutil.which("chromedriver"))
+    driver = webdriver.Chrome(options=options, service=service)
+    try:
+        driver.get(board[2].as_uri())
+        table = driver.find_elements(By.CSS_SELECTOR, "table.board")[-1]  # the num_folds=5 table: 3 runs
+        if len(table.find_elements(By.CSS_SELECTOR, "tbody tr")) != 3:
+            table = driver.find_elements(By.CSS_SELECTOR, "table.board")[0]
+        header = [th for th in table.find_elements(By.TAG_NAME, "th") if th.text.startswith("SR")][0]
+
+        def run_column():
+            rows = table.find_elements(By.CSS_SELECTOR, "tbody tr")
+            return [row.find_elements(By.TAG_NAME, "td")[1].text for row in rows]
+
+        header.click()
+        assert run_column() == ["a/tpatcher", "c/ft_all", "b/tpatcher"]  # SR descending
+        header.click()
+        assert run_column() == ["b/tpatcher", "c/ft_all", "a/tpatcher"]
+        loaded = driver.execute_script(
+            "return Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)")
+        assert loaded and all(loaded)
+        driver.save_screenshot(str(board[2].with_suffix(".png")))
+    finally:
+        driver.quit()
