@@ -175,9 +175,9 @@ def _normalise(layer: DictConfig) -> DictConfig:
 
 
 def _register_all() -> None:
-    import data  # noqa: F401
-    import editors  # noqa: F401
-    from benchmark.models import real, zoo  # noqa: F401
+    import benchmark.models.config  # noqa: F401
+    import data.configs  # noqa: F401
+    import editors.configs  # noqa: F401
 
 
 def _is_yaml(value: str) -> bool:
@@ -259,7 +259,7 @@ def compose(overrides: list[str] | None = None, experiment_file: str | Path | No
         if not name:
             raise ConfigError(f"no {group} chosen; add {group}=NAME (one of: {', '.join(registry.names())})")
         if group == "model" and name not in registry:
-            from benchmark.models.base import ModelConfig  # a Hugging Face name or local path
+            from benchmark.models.config import ModelConfig  # a Hugging Face name or local path
 
             config_class = ModelConfig
         elif name not in registry:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from importlib import import_module
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -23,12 +23,20 @@ class UnknownNameError(KeyError):
         return str(self.args[0])
 
 
-@dataclass(frozen=True)
 class Entry(Generic[T]):
-    name: str
-    target: T
-    config_class: type
-    description: str
+    """A registered name: its config class, and its target (an editor class, a DataModule, a model
+    builder), given as the object or as "module:attribute", imported on first use so that
+    registering and reading configs import no torch."""
+
+    def __init__(self, name: str, target: T | str, config_class: type, description: str):
+        self.name, self._target, self.config_class, self.description = name, target, config_class, description
+
+    @property
+    def target(self) -> T:
+        if isinstance(self._target, str):
+            module, attribute = self._target.split(":")
+            self._target = getattr(import_module(module), attribute)
+        return self._target
 
 
 class Registry(Generic[T]):
@@ -36,7 +44,7 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
 
-    def register(self, name: str, target: T, config_class: type, description: str) -> None:
+    def register(self, name: str, target: T | str, config_class: type, description: str) -> None:
         if not _NAME.match(name):
             raise ValueError(f"{self.kind} name {name!r} must be lower-case letters, digits, '_', '-', '.'")
         if name in self._entries:

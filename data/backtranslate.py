@@ -10,25 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from benchmark.cache import cache_dir
-
-
-@dataclass
-class BackTranslationConfig:
-    forward: str | None = field(default=None, metadata={"help": "source->pivot model, e.g. Helsinki-NLP/opus-mt-en-de"})
-    backward: str | None = field(default=None, metadata={"help": "pivot->source, e.g. Helsinki-NLP/opus-mt-de-en"})
-    batch_size: int = field(default=32, metadata={"help": "texts per translation batch"})
-    num_beams: int = field(default=4, metadata={"help": "beam size of both translations"})
-    max_new_tokens: int = field(default=64, metadata={"help": "length limit of a translation"})
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.forward and self.backward)
+from data.configs.base import BackTranslationConfig  # noqa: F401  (its config, torch-free)
 
 
 def _normalise(text: str) -> str:

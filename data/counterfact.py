@@ -16,26 +16,11 @@ records are never edited and their neighbourhood facts are D'train (D_tr, memory
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-from benchmark.registry import DATASETS
 from benchmark.types import GENERATION, DataError, EditSplits, Example
-from data.base import DataConfig, EditDataModule
+from data.base import EditDataModule
+from data.configs.counterfact import LAYOUTS, CounterFactConfig  # noqa: F401  (its config, torch-free)
 from data.io import field as get
 from data.io import read_records
-
-LAYOUTS = ("auto", "rome", "easyedit")
-
-
-@dataclass
-class CounterFactConfig(DataConfig):
-    path: str | None = field(default=None, metadata={"help": "the CounterFact JSON file (either layout)"})
-    layout: str = field(default="auto", metadata={"help": "auto (by the fields) | rome | easyedit"})
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"data.layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
 
 
 def _strings(value, where: str, name: str) -> list[str]:
@@ -113,7 +98,3 @@ class CounterFactDataModule(EditDataModule):
 
     def make_splits(self, records, test) -> EditSplits:
         return self.edit_only_splits(records, str(self.config.path))
-
-
-DATASETS.register("counterfact", CounterFactDataModule, CounterFactConfig,
-                  "CounterFact counterfactual edits (ROME's or EasyEdit's file): SR, GR on paraphrases, Loc")

@@ -18,34 +18,12 @@ facts) are read on the probes. Deterministic by seed.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 
 from benchmark.fact_source import TEMPLATES, raw_facts
-from benchmark.registry import DATASETS
 from benchmark.types import CLASSIFICATION, GENERATION, EditSplits, Example, hold_out_probes
-from data.base import DataConfig, EditDataModule
+from data.base import EditDataModule
+from data.configs.facts import FactsConfig  # noqa: F401  (its config, torch-free)
 from data.modify import ObjectSampler, modified
-
-
-@dataclass
-class FactsConfig(DataConfig):
-    task: str = field(default="qa", metadata={"help": "qa (language models) or claims (fact-checking)"})
-    target: str = field(default="gold", metadata={"help": "gold (fix mistakes) or modified (teach new objects)"})
-    relations: list[str] = field(default_factory=lambda: list(TEMPLATES), metadata={"help": "relations to use"})
-    min_city_population: int = field(default=1_000_000, metadata={"help": "cities at least this large"})
-    split_ratios: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])
-    num_folds: int | None = 5
-    train_subsample: int = 300
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.task not in ("qa", "claims"):
-            raise ValueError(f"data.task must be qa or claims, got {self.task!r}")
-        if self.target not in ("gold", "modified"):
-            raise ValueError(f"data.target must be gold or modified, got {self.target!r}")
-        unknown = set(self.relations) - set(TEMPLATES)
-        if unknown or not self.relations:
-            raise ValueError(f"data.relations: unknown {sorted(unknown)}; choose from {', '.join(TEMPLATES)}")
 
 
 class FactsDataModule(EditDataModule):
@@ -105,7 +83,3 @@ class FactsDataModule(EditDataModule):
         if self.config.target != "modified":
             return examples
         return self._modify(examples, random.Random(self.config.seed + 4))
-
-
-DATASETS.register("facts", FactsDataModule, FactsConfig,
-                  "embedded real facts (countries, capitals, currencies, languages, cities): QA or claims")

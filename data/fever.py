@@ -7,23 +7,13 @@ Equivalents: `rephrases` / `filtered_rephrases` where the file has them, else ba
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-from benchmark.registry import DATASETS
 from benchmark.types import CLASSIFICATION, DataError, Example
-from data.backtranslate import BackTranslationConfig
-from data.base import DataConfig, EditDataModule
+from data.base import EditDataModule
+from data.configs.fever import FeverConfig  # noqa: F401  (its config, torch-free)
 from data.io import field as get
 from data.io import find_file, read_jsonl
 
 LABELS = {"SUPPORTS": 1, "REFUTES": 0}
-
-
-@dataclass
-class FeverConfig(DataConfig):
-    train_file: str = field(default="fever-train-kilt.jsonl", metadata={"help": "KILT train file in data.path"})
-    dev_file: str = field(default="fever-dev-kilt.jsonl", metadata={"help": "KILT dev file (D_test) in data.path"})
-    back_translation: BackTranslationConfig = field(default_factory=BackTranslationConfig)
 
 
 class FeverDataModule(EditDataModule):
@@ -55,6 +45,3 @@ class FeverDataModule(EditDataModule):
 
     def read_examples(self):
         return self._read(self.config.train_file), self._read(self.config.dev_file)
-
-
-DATASETS.register("fever", FeverDataModule, FeverConfig, "FEVER fact-checking claims (KILT files), T-Patcher splits")

@@ -10,22 +10,13 @@ Fields are mapped as for `json` (`data.fields`, dotted paths into nested columns
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmark.registry import DATASETS
 from benchmark.types import DataError
-from data.jsonmap import JsonMapConfig, JsonMapDataModule
+from data.configs.hf import HFConfig  # noqa: F401  (its config, torch-free)
+from data.jsonmap import JsonMapDataModule
 
 BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
-
-
-@dataclass
-class HFConfig(JsonMapConfig):
-    path: str | None = field(default=None, metadata={
-        "help": "hub name, local folder, a json/jsonl/csv/parquet file, or a save_to_disk folder"})
-    split: str = field(default="train", metadata={"help": "split read as the records"})
-    test_split: str | None = field(default=None, metadata={"help": "split read as D_test (default: carved out)"})
 
 
 def _is_saved(folder: Path) -> bool:
@@ -78,7 +69,3 @@ class HFDataModule(JsonMapDataModule):
         self.notices.append(f"read with datasets: {self.config.path} split {self.config.split}"
                             + (f", D_test split {self.config.test_split}" if self.config.test_split else ""))
         return self._examples(self._rows(self.config.split)), test
-
-
-DATASETS.register("hf", HFDataModule, HFConfig,
-                  "any Hugging Face `datasets` source (hub, folder, json/csv/parquet, save_to_disk), fields mapped")

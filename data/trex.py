@@ -27,11 +27,10 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass, field
 
-from benchmark.registry import DATASETS
 from benchmark.types import GENERATION, DataError, EditSplits, Example
-from data.base import DataConfig, EditDataModule, cut_folds
+from data.base import EditDataModule, cut_folds
+from data.configs.trex import TrexConfig  # noqa: F401  (its config, torch-free)
 from data.io import field as get
 from data.io import read_jsonl
 from data.modify import ObjectSampler, modified
@@ -55,22 +54,6 @@ def cloze(masked: str) -> str | None:
 
 def _subject(record: dict) -> str | None:
     return record["sub_label"] if isinstance(record.get("sub_label"), str) else None
-
-
-@dataclass
-class TrexConfig(DataConfig):
-    relations: list[str] | None = field(default=None, metadata={"help": "relation ids (default: every P*.jsonl)"})
-    modify: int = field(default=32, metadata={"help": "facts to modify (the edit stream)"})
-    form: str = field(default="causal", metadata={"help": "causal (text before the mask) | masked (cloze)"})
-    num_folds: int | None = 1
-    train_subsample: int = 1000
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.modify < 1:
-            raise ValueError("data.modify must be at least 1")
-        if self.form not in ("causal", "masked"):
-            raise ValueError(f"data.form must be causal or masked, got {self.form!r}")
 
 
 class TrexDataModule(EditDataModule):
@@ -157,6 +140,3 @@ class TrexDataModule(EditDataModule):
         if self.config.form == "masked" and family != "masked":
             raise DataError(f"data.form=masked writes cloze prompts with [MASK] for a masked LM; model family "
                             f"{family} would read the literal text; use data.form=causal")
-
-
-DATASETS.register("trex", TrexDataModule, TrexConfig, "LAMA T-REx cloze facts with modified objects (Zhu et al.)")

@@ -23,39 +23,15 @@ A_M / A_F\\S are read on the probes alone. Targets carry a leading space, as a c
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 
-from benchmark.registry import DATASETS
 from benchmark.types import GENERATION, DataError, EditSplits, Example, hold_out_probes
-from data.backtranslate import BackTranslationConfig
-from data.base import DataConfig, EditDataModule
+from data.base import EditDataModule
+from data.configs.zsre import LAYOUTS, ZsreConfig  # noqa: F401  (its config, torch-free)
 from data.io import field as get
 from data.io import find_file, read_json_array, read_jsonl
 from data.modify import ObjectSampler, modified
 
-LAYOUTS = {
-    "kilt": ("structured_zeroshot-train-kilt.jsonl", "structured_zeroshot-dev-kilt.jsonl"),
-    "annotated": ("structured_zeroshot-train-new_annotated_final.jsonl",
-                  "structured_zeroshot-dev-new_annotated_final.jsonl"),
-    "mend": ("zsre_mend_train*.json", "zsre_mend_eval*.json"),
-    "tpatcher": ("zsre-train.jsonl", "zsre-dev-kilt.jsonl"),
-}
 TPATCHER_SPLITS = ("zsre-val.jsonl", "zsre-edit.jsonl")  # D_val, D_edit beside zsre-train.jsonl
-
-
-@dataclass
-class ZsreConfig(DataConfig):
-    layout: str = field(default="auto", metadata={"help": "auto | kilt | annotated | mend | tpatcher"})
-    target: str = field(default="gold", metadata={"help": "gold (fix mistakes) | modified (teach alt objects)"})
-    split_ratios: list[float] = field(default_factory=lambda: [0.9, 0.075, 0.025])
-    back_translation: BackTranslationConfig = field(default_factory=BackTranslationConfig)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.layout not in ("auto", *LAYOUTS):
-            raise ValueError(f"data.layout must be auto, {', '.join(LAYOUTS)}; got {self.layout!r}")
-        if self.target not in ("gold", "modified"):
-            raise ValueError(f"data.target must be gold or modified, got {self.target!r}")
 
 
 def _answers(record: dict, where: str) -> list[str]:
@@ -189,7 +165,3 @@ class ZsreDataModule(EditDataModule):
         if self.config.target != "modified":
             return examples
         return self._modify(examples, random.Random(self.config.seed + 4))
-
-
-DATASETS.register("zsre", ZsreDataModule, ZsreConfig,
-                  "zsRE questions (KILT, KE-annotated or MEND/ROME files); gold or modified targets")

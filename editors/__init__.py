@@ -1,3 +1,4 @@
-"""Editors register themselves on import."""
+"""Editors register by name (their configs in `editors.configs`; an editor's module is imported
+when it is first built)."""
 
-from editors import constrained_ft, ft, grace, ke_style, knn_lm, memit, mend_style, sera, tpatcher  # noqa: F401
+from editors import configs  # noqa: F401

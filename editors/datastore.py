@@ -13,9 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from editors.configs.base import BACKENDS  # noqa: F401  (its config, torch-free)
 from editors.patch_memory import QueryMemory
-
-BACKENDS = ("auto", "torch", "faiss")
 
 
 def faiss_available() -> bool:

@@ -20,71 +20,28 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from benchmark.registry import EDITORS
 from benchmark.types import CLASSIFICATION, GENERATION, EditorData, Example
-from editors.base import Editor, EditorConfig, EditResult
+from editors.base import Editor, EditResult
+from editors.configs.ft import (  # noqa: F401  (its config, torch-free)
+    OFFICIAL_KL_BATCH,
+    OFFICIAL_PAST,
+    OFFICIAL_STEPS,
+    RECIPES,
+    FTConfig,
+    FTKLAllConfig,
+    FTKLLastConfig,
+    FTLastConfig,
+)
 
-RECIPES = ("seqedit", "official")
 # published code: parameters whose names contain these are never fine-tuned (scripts/ft.py:114)
 OFFICIAL_FROZEN = ("bias", "norm", "embeddings", "classifier", "pooler", "shared", "embed", "positions")
-OFFICIAL_STEPS, OFFICIAL_KL_BATCH, OFFICIAL_PAST = 2000, 64, 100
 # label smoothing of the edit loss: the QA models' loss smooths (utils.py:122-139), the BERT
 # classifier's is plain BCE
 OFFICIAL_SMOOTHING = {CLASSIFICATION: 0.0, GENERATION: 0.1}
-
-
-@dataclass
-class FTConfig(EditorConfig):
-    max_steps: int | None = field(default=None, metadata={
-        "help": "optimisation steps allowed per edit; unset: 100 (seqedit recipe) or 2,000 (official)"})
-    layers: str = field(default="all", metadata={"help": "all | last: which parameters are fine-tuned"})
-    lr: float = field(default=1e-5, metadata={"help": "Adam learning rate"})
-    kl_weight: float = field(default=0.0, metadata={"help": "weight of the KL term; 0 is plain FT"})
-    kl_batch: int = field(default=512, metadata={"help": "memory-pool examples sampled for the KL term"})
-    recipe: str = field(default="seqedit", metadata={
-        "help": "seqedit | official: the published code's choices (see editors/ft.py and the README's recipe table)"})
-    mode: str | None = field(default=None, metadata={
-        "help": "fast: where only the last blocks train, their input is recorded once per edit and each step runs "
-                "only them (exact) | naive: the full forward each step; unset: fast, naive for recipe=official "
-                "(dropout in train mode makes a recorded prefix invalid)"})
-
-    def __post_init__(self) -> None:
-        if self.recipe not in RECIPES:
-            raise ValueError(f"editor.recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
-        if self.max_steps is None:
-            self.max_steps = OFFICIAL_STEPS if self.recipe == "official" else 100
-        if self.mode is None:
-            self.mode = "naive" if self.recipe == "official" else "fast"
-        if self.mode not in ("fast", "naive"):
-            raise ValueError(f"editor.mode must be fast or naive, got {self.mode!r}")
-        if self.recipe == "official" and self.mode == "fast":
-            raise ValueError("editor.recipe=official trains in train mode (dropout); use editor.mode=naive")
-        super().__post_init__()
-        if self.layers not in ("all", "last"):
-            raise ValueError(f"editor.layers must be all or last, got {self.layers!r}")
-        if self.lr <= 0 or self.kl_weight < 0 or self.kl_batch < 1:
-            raise ValueError("editor.lr > 0, editor.kl_weight >= 0 and editor.kl_batch >= 1 are required")
-
-
-@dataclass
-class FTLastConfig(FTConfig):
-    layers: str = "last"
-
-
-@dataclass
-class FTKLAllConfig(FTConfig):
-    kl_weight: float = 1.0
-
-
-@dataclass
-class FTKLLastConfig(FTConfig):
-    layers: str = "last"
-    kl_weight: float = 1.0
 
 
 def adam(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
@@ -293,9 +250,3 @@ class FTEditor(Editor):
                 optimizer.zero_grad()
         self.past.append(example)
         return EditResult(steps=steps)
-
-
-EDITORS.register("ft_all", FTEditor, FTConfig, "fine-tune all parameters with Adam until the edit holds")
-EDITORS.register("ft_last", FTEditor, FTLastConfig, "fine-tune the last transformer layer until the edit holds")
-EDITORS.register("ft_kl_all", FTEditor, FTKLAllConfig, "FT(all) plus KL to the pre-edit model on memory samples")
-EDITORS.register("ft_kl_last", FTEditor, FTKLLastConfig, "FT(last) plus KL to the pre-edit model on memory samples")

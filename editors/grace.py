@@ -28,43 +28,15 @@ follows the FFN (`ModelAdapter.capture`, exact at any layer).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from benchmark.models.base import installed
-from benchmark.registry import EDITORS
 from benchmark.types import Example
-from editors.base import EditorConfig, EditResult, HookedEditor
-
-
-@dataclass
-class GraceConfig(EditorConfig):
-    max_steps: int = field(default=50, metadata={
-        "help": "value training steps per edit (n_iter: 50 in EasyEdit's LLaMA presets, 200 for GPT-2 XL/GPT-J)"})
-    layer: int | None = field(default=None, metadata={
-        "help": "block whose FFN holds the codebook; unset: the block at 27/32 of the depth (the LLaMA-2-7B "
-                "preset's layers[27]), the last block on a model of 1-6 blocks"})
-    eps_init: float = field(default=1.0, metadata={"help": "radius of a new key (eps; 1.0 in every preset)"})
-    lr: float = field(default=1.0, metadata={"help": "Adam learning rate of the value (edit_lr; 1.0 in every preset)"})
-    eps_expand: str = field(default="coverage", metadata={
-        "help": "coverage (the presets: the radius grows to reach the new query) | moving_average (the key "
-                "also moves halfway to it)"})
-    value_init: str = field(default="cold", metadata={
-        "help": "cold (the presets: U(0, 1)) | warm (the layer's current output at the key)"})
-    stop_when_correct: bool = field(default=False, metadata={
-        "help": "stop training the value once the edit holds (the published code always runs max_steps)"})
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.eps_init > 0 or not self.lr > 0:
-            raise ValueError(f"editor.eps_init and editor.lr must be > 0, got {self.eps_init}, {self.lr}")
-        if self.eps_expand not in ("coverage", "moving_average"):
-            raise ValueError(f"editor.eps_expand must be coverage or moving_average, got {self.eps_expand!r}")
-        if self.value_init not in ("cold", "warm"):
-            raise ValueError(f"editor.value_init must be cold or warm, got {self.value_init!r}")
+from editors.base import EditResult, HookedEditor
+from editors.configs.grace import GraceConfig  # noqa: F401  (its config, torch-free)
 
 
 def default_layer(blocks: int) -> int:
@@ -195,7 +167,3 @@ class GraceEditor(HookedEditor):
         radii = self.radii.tolist()
         return {"entries": len(self.labels), **self._counts,
                 "radius": {"min": min(radii), "mean": sum(radii) / len(radii), "max": max(radii)} if radii else None}
-
-
-EDITORS.register("grace", GraceEditor, GraceConfig,
-                 "GRACE codebook at one FFN: the nearest key within its radius replaces the output by a trained value")

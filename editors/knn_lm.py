@@ -13,34 +13,13 @@ papers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from benchmark.registry import EDITORS
 from benchmark.types import EditorData
-from editors.base import EditorConfig
-from editors.datastore import BACKENDS
+from editors.configs.knn_lm import KNNLMConfig  # noqa: F401  (its config, torch-free)
 from editors.retrieval import RetrievalEditor
-
-
-@dataclass
-class KNNLMConfig(EditorConfig):
-    epsilon: float = field(default=0.1, metadata={"help": "largest nearest-key distance whose value is used"})
-    normalize: bool = field(default=True, metadata={"help": "unit-length keys (epsilon on a 0..2 scale)"})
-    source: str = field(default="edits", metadata={"help": "edits | edits+train: what fills the datastore"})
-    backend: str = field(default="auto", metadata={"help": "auto | torch | faiss nearest-neighbour search"})
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.epsilon >= 0:
-            raise ValueError(f"editor.epsilon must be >= 0, got {self.epsilon}")
-        if self.source not in ("edits", "edits+train"):
-            raise ValueError(f"editor.source must be edits or edits+train, got {self.source!r}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"editor.backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
 
 
 class KNNLMEditor(RetrievalEditor):
@@ -61,7 +40,3 @@ class KNNLMEditor(RetrievalEditor):
         if self.config.source == "edits+train":
             with torch.no_grad():
                 self.preload(data.train)
-
-
-EDITORS.register("knn_lm", KNNLMEditor, KNNLMConfig,
-                 "kNN-LM datastore of edits: the nearest key within epsilon overrides the answer")

@@ -17,7 +17,6 @@ cached edit (L2 between unit embeddings) is in scope", so the cache is a `Datast
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 
 import lightning as L
 import torch
@@ -26,26 +25,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from benchmark.models import ModelConfig, build_model
-from benchmark.registry import EDITORS
 from benchmark.types import EditorData, Example
-from editors.base import TrainedEditorConfig
-from editors.datastore import BACKENDS
+from editors.configs.sera import SERAConfig  # noqa: F401  (its config, torch-free)
 from editors.retrieval import RetrievalEditor
-
-
-@dataclass
-class SERAConfig(TrainedEditorConfig):
-    encoder: str = field(default="minilm-l6", metadata={"help": "encoder of the scope classifier (registered model)"})
-    threshold: float = field(default=0.5, metadata={"help": "in-scope probability above which the cache answers"})
-    backend: str = field(default="auto", metadata={"help": "auto | torch | faiss search of the cache"})
-    train_lr: float = 2e-5
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0 < self.threshold < 1:
-            raise ValueError(f"editor.threshold must be in (0, 1), got {self.threshold}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"editor.backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
 
 
 class ScopeClassifier(nn.Module):
@@ -155,7 +137,3 @@ class SERAEditor(RetrievalEditor):
     def load_trained(self, state: dict) -> None:
         self.classifier.load_state_dict(state["classifier"])
         self.classifier.eval()
-
-
-EDITORS.register("sera", SERAEditor, SERAConfig,
-                 "SERAC with direct return: a trained scope classifier over a cache of edits")

@@ -26,6 +26,7 @@ ROWS = {
     "memit": {"layers": [0], "mom2_update_weight": 10.0},
     "alphaedit": {"layers": [0], "l2": 0.01},
     "rome": {"layers": [0], "context_templates": 2},
+    "wise": {"layer": 0, "max_steps": 40},
     "grace-last-warm": {"max_steps": 50, "layer": -1, "value_init": "warm", "stop_when_correct": True},
     "sera": {"encoder": "tiny-bert", "train_epochs": 3, "train_examples": 400, "backend": "torch"},
     "ke_style": {"edit_lr": 0.1, "train_examples": 200, "train_epochs": 3, "train_lr": 1e-3},
@@ -38,7 +39,8 @@ ROWS = {
 REFUSED = {"grace": {"seq2seq"},  # scored by generation, where its read-position hook does not act
            "memit": {"seq2seq", "classifier", "masked"},  # decoder LMs, the method's models
            "alphaedit": {"seq2seq", "classifier", "masked"},
-           "rome": {"seq2seq", "classifier", "masked"}}
+           "rome": {"seq2seq", "classifier", "masked"},
+           "wise": {"seq2seq", "classifier", "masked"}}
 
 
 def _editor_name(row: str) -> str:

@@ -99,9 +99,17 @@ def test_no_import_cycle_between_modules():
             pytest.fail("import cycle: " + " -> ".join(cycle[cycle.index(cycle[-1]):]))
 
 
-@pytest.mark.parametrize("module", sorted({"benchmark.types", "benchmark.registry", "benchmark.fact_source"}))
-def test_the_bottom_floor_imports_neither_torch_nor_lightning(module):
+TORCH_FREE = {"benchmark.types", "benchmark.registry", "benchmark.fact_source", "benchmark.models.config",
+              "editors.configs", "data.configs", "benchmark.config", "benchmark.cli"}
+
+
+@pytest.mark.parametrize("module", sorted(TORCH_FREE))
+def test_the_bottom_floor_and_every_config_import_neither_torch_nor_lightning(module):
+    """The bottom floor, and every config with the registry filled (what `seqedit list`, `help`
+    and `config` read), start without torch, Lightning or transformers."""
     code = (f"import sys, importlib; importlib.import_module({module!r}); "
+            "from benchmark.config import _register_all, compose; _register_all(); "
+            "compose(['editor=tpatcher', 'data=facts', 'model=smollm2-135m']); "
             "print(sorted(m for m in ('torch', 'lightning', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

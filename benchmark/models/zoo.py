@@ -198,10 +198,3 @@ def build_model(cfg: ModelConfig) -> ModelAdapter:
             f"unknown model {cfg.name!r}: not registered (choose one of: {', '.join(MODELS.names())}) "
             f"and not loadable as a Hugging Face name or local path ({first})"
         ) from None
-
-
-MODELS.register("tiny-llama", build_tiny_llama, ModelConfig, "random tiny LLaMA decoder LM (SwiGLU), for tests")
-MODELS.register("tiny-bert", build_tiny_bert, ModelConfig, "random tiny BERT encoder + binary head, for tests")
-MODELS.register("tiny-bert-mlm", build_tiny_bert_mlm, ModelConfig,
-                "random tiny BERT with its masked-LM head, for cloze (masked) tests")
-MODELS.register("tiny-bart", build_tiny_bart, ModelConfig, "random tiny BART seq2seq model, for tests")

@@ -1,0 +1,15 @@
+"""Every editor's config, registered by name with its editor class as a lazy target: importing
+this package imports no torch, so `seqedit list`, `help` and `config` start at once."""
+
+from editors.configs import (  # noqa: F401
+    constrained_ft,
+    ft,
+    grace,
+    ke_style,
+    knn_lm,
+    memit,
+    mend_style,
+    sera,
+    tpatcher,
+    wise,
+)
