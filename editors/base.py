@@ -153,6 +153,31 @@ class Editor(L.LightningModule):
         return self.model(*args, **kwargs)
 
 
+class ReferenceOutputs:
+    """The original model's scored logits on examples, each computed once per run: where a KL's
+    reference is the original model (the fold's initial model is the run's, f0), its outputs on a
+    memory example never change, so only examples not seen before are run (under `original`, a
+    context that gives the original model: hooks removed, tuned tensors swapped back)."""
+
+    def __init__(self, adapter: ModelAdapter):
+        self.adapter = adapter
+        self.rows: dict[tuple[str, str], Tensor] = {}
+
+    @torch.no_grad()
+    def __call__(self, examples: list[Example], original) -> Tensor:
+        keys = [(e.prompt, str(e.target)) for e in examples]
+        missing = {k: e.target for k, e in zip(keys, examples) if k not in self.rows}
+        todo, step = list(missing), self.adapter.config.eval_batch_size
+        for start in range(0, len(todo), step):
+            chunk = todo[start : start + step]
+            batch = self.adapter.encode([prompt for prompt, _ in chunk], [missing[k] for k in chunk])
+            with original():
+                logits = self.adapter.scored_logits(batch)
+            counts = torch.bincount(batch.owner, minlength=batch.size).tolist()
+            self.rows.update(zip(chunk, logits.split(counts)))
+        return torch.cat([self.rows[k] for k in keys])
+
+
 class HookedEditor(Editor):
     """An editor whose edits live in forward hooks it installs on the model (T-Patcher's patches,
     GRACE's codebook); `disabled` removes them, which gives the base model exactly."""

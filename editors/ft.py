@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from benchmark.types import CLASSIFICATION, GENERATION, EditorData, Example
-from editors.base import Editor, EditResult
+from editors.base import Editor, EditResult, ReferenceOutputs
 from editors.configs.ft import (  # noqa: F401  (its config, torch-free)
     OFFICIAL_KL_BATCH,
     OFFICIAL_PAST,
@@ -126,6 +126,7 @@ class FTEditor(Editor):
         self.memory: list[Example] = []
         self.original: dict[str, Tensor] = {}  # official recipe: the fold's original weights
         self.past: list[Example] = []  # official recipe: this fold's edited examples
+        self.references = ReferenceOutputs(adapter)  # official recipe: the original model's outputs
 
     @classmethod
     def needs_pool(cls, config: FTConfig) -> bool:  # only the KL variants read memory
@@ -214,8 +215,7 @@ class FTEditor(Editor):
         chosen = past if len(past) < OFFICIAL_PAST else random.sample(past, OFFICIAL_PAST)
         groups = [*chunks, *[[e] for e in chosen]]
         batches = [adapter.encode([e.prompt for e in g], [e.target for e in g]) for g in groups]
-        with self._original_weights():
-            references = [adapter.scored_logits(b) for b in batches]
+        references = [self.references(g, self._original_weights) for g in groups]  # once per example
         return batches, references, len(chunks)
 
     def official_kl(self, inputs: tuple | None = None) -> Tensor | float:

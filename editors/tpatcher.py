@@ -59,7 +59,7 @@ from torch import Tensor, nn
 
 from benchmark.models.base import EncodedBatch, FFNCache
 from benchmark.types import EditorData, Example
-from editors.base import Check, EditResult, HookedEditor
+from editors.base import Check, EditResult, HookedEditor, ReferenceOutputs
 from editors.configs.tpatcher import ACTIVATION_NAMES, MEMORY_LOSSES, RECIPE_DEFAULTS, RECIPES, TPatcherConfig  # noqa: F401  (its config, torch-free)
 from editors.patch_memory import QUANTIZED_SCAN, QueryMemory, smooth_top
 from editors.tpatcher_official import edit_official
@@ -198,6 +198,7 @@ class TPatcherEditor(HookedEditor):
         self.initial_memory_len = 0
         self.initial_val_memory = self.val_memory = torch.zeros(0, site.width)  # recipe=official only
         self.kl_pool: list[Example] = []  # memory_loss=kl: the memory examples
+        self.references = ReferenceOutputs(adapter)
         self._handles = []
         self._enable()
 
@@ -302,9 +303,8 @@ class TPatcherEditor(HookedEditor):
         cfg, adapter = self.config, self.adapter
         sample = random.sample(self.kl_pool, min(cfg.kl_examples, len(self.kl_pool)))
         batch = adapter.encode([e.prompt for e in sample], [e.target for e in sample])
+        reference = self.references(sample, self.disabled)  # the original model's, once per example
         with torch.no_grad():
-            with self.disabled():
-                reference = adapter.scored_logits(batch)
             cache = adapter.capture(batch, cfg.layer) if cfg.mode == "fast" else None
 
         def kl() -> Tensor:

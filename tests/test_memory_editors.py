@@ -196,3 +196,34 @@ def test_sera_training_is_cached_and_a_run_without_it_says_how_to_make_it(tmp_pa
 
 def extra_list(extra: dict) -> list[str]:
     return [f"{k}={v}" for k, v in extra.items()]
+
+
+@pytest.mark.parametrize("family", ["decoder", "classifier"])
+def test_reference_outputs_are_the_original_models_and_each_is_computed_once(family):
+    """The KL references of T-Patcher's KL ablation and the official FT recipe: the original
+    model's scored logits per example, run once however often and in whatever order they are asked."""
+    from contextlib import contextmanager
+
+    from editors.base import ReferenceOutputs
+
+    adapter = trained_tiny(family)
+    targets = [1, 0, 1] if family == "classifier" else [" Paris", " Lima and Quito", " sol"]
+    examples = [Example(f"r{i}", p, t) for i, (p, t) in enumerate(zip(
+        ["The capital of France is", "Peru is a country in", "The currency of Peru is the"], targets))]
+    entered = []
+
+    @contextmanager
+    def original():
+        entered.append(1)
+        yield
+
+    references = ReferenceOutputs(adapter)
+    asked = [examples[2], examples[0], examples[2], examples[1]]
+    got = references(asked, original)
+    with torch.no_grad():
+        alone = [adapter.scored_logits(adapter.encode([e.prompt], [e.target])) for e in asked]
+    torch.testing.assert_close(got, torch.cat(alone), rtol=1e-5, atol=1e-5)
+    assert len(entered) == 1
+    again = references(examples, original)
+    assert len(entered) == 1  # nothing new: no forward
+    torch.testing.assert_close(again, torch.cat([alone[1], alone[3], alone[0]]))
