@@ -157,25 +157,31 @@ class ReferenceOutputs:
     """The original model's scored logits on examples, each computed once per run: where a KL's
     reference is the original model (the fold's initial model is the run's, f0), its outputs on a
     memory example never change, so only examples not seen before are run (under `original`, a
-    context that gives the original model: hooks removed, tuned tensors swapped back)."""
+    context that gives the original model: hooks removed, tuned tensors swapped back). A
+    vocabulary-sized row per target token adds up (SmolLM2: 0.2 MB a row), so the cache stops
+    growing at `max_bytes`; examples beyond it are run each time they are asked for."""
 
-    def __init__(self, adapter: ModelAdapter):
-        self.adapter = adapter
+    def __init__(self, adapter: ModelAdapter, max_bytes: int = 2**30):
+        self.adapter, self.max_bytes, self.bytes = adapter, max_bytes, 0
         self.rows: dict[tuple[str, str], Tensor] = {}
 
     @torch.no_grad()
     def __call__(self, examples: list[Example], original) -> Tensor:
         keys = [(e.prompt, str(e.target)) for e in examples]
         missing = {k: e.target for k, e in zip(keys, examples) if k not in self.rows}
-        todo, step = list(missing), self.adapter.config.eval_batch_size
+        todo, step, found = list(missing), self.adapter.config.eval_batch_size, {}
         for start in range(0, len(todo), step):
             chunk = todo[start : start + step]
             batch = self.adapter.encode([prompt for prompt, _ in chunk], [missing[k] for k in chunk])
             with original():
                 logits = self.adapter.scored_logits(batch)
             counts = torch.bincount(batch.owner, minlength=batch.size).tolist()
-            self.rows.update(zip(chunk, logits.split(counts)))
-        return torch.cat([self.rows[k] for k in keys])
+            found.update(zip(chunk, logits.split(counts)))
+        for key, rows in found.items():
+            size = rows.numel() * rows.element_size()
+            if self.bytes + size <= self.max_bytes:
+                self.rows[key], self.bytes = rows, self.bytes + size
+        return torch.cat([self.rows[k] if k in self.rows else found[k] for k in keys])
 
 
 class HookedEditor(Editor):

@@ -227,3 +227,8 @@ def test_reference_outputs_are_the_original_models_and_each_is_computed_once(fam
     again = references(examples, original)
     assert len(entered) == 1  # nothing new: no forward
     torch.testing.assert_close(again, torch.cat([alone[1], alone[3], alone[0]]))
+    full = ReferenceOutputs(adapter, max_bytes=alone[0].numel() * alone[0].element_size())  # room for one
+    torch.testing.assert_close(full(asked, original), got)
+    assert len(full.rows) == 1 and len(entered) == 2
+    full(asked, original)
+    assert len(entered) == 3  # the two that found no room are run again
