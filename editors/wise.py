@@ -198,7 +198,7 @@ class WiseEditor(HookedEditor):
                 loss = nll + margins
                 stop = abs(last - previous) <= 1e-4 and last <= 0.02  # the previous steps' losses (U:400)
                 if stop or step == cfg.max_steps - 1:
-                    edit_gap = float(g_edit.mean())  # W:465-467, before the last step as published
+                    edit_gap = float(g_edit.detach().mean())  # W:465-467, before the last step as published
                 if stop:
                     break
                 optimizer.zero_grad()
