@@ -23,7 +23,7 @@ seqedit sweep sweeps/FILE.yaml [--count N] [--test] [key=value ...]   offline W&
 seqedit config [key=value ...]        print the resolved config
 seqedit help [GROUP ...] [editor=NAME data=NAME model=NAME]   every key: type, default, help
                                       (GROUP: editor data model loop init logger trainer run)
-seqedit leaderboard RUNS_DIR [out=DIR]  leaderboard.md and plots of every run below RUNS_DIR
+seqedit leaderboard RUNS_DIR [out=DIR]  leaderboard.md, leaderboard.html and plots of every run below RUNS_DIR
                                       (a sweep folder: the best trial per editor)
 seqedit demo [quick=true] [parts=qa,fc] [editors=a,b] the default job: initial models, every editor, leaderboard"""
 
