@@ -51,7 +51,7 @@ def _load_run(folder: Path, root: Path) -> dict:
                "data": str(cfg.data.name) + (f"/{cfg.data.task}" if "task" in cfg.data else ""),
                "settings": _flat(config)}
         measured = {"data": config["data"], "loop": {k: config.get("loop", {}).get(k) for k in MEASURING_LOOP_KEYS}}
-        run["data_settings"] = {k: v for k, v in _flat(measured).items()}
+        run["data_settings"] = _flat(measured)
         run["data_id"] = hashlib.sha1(json.dumps(measured, sort_keys=True, default=str).encode()).hexdigest()[:6]
         name = "edits.jsonl"
         run["lines"] = [json.loads(x) for x in (folder / name).read_text().splitlines() if x.strip()]
@@ -150,7 +150,8 @@ def table(runs: list[dict]) -> str:
     out = ["# seqedit leaderboard", "", "Mean ± std over folds; one table per model, dataset and data settings; "
            f"best of each ranked metric in bold per table. Metrics: {legend}", ""]
     for key, members in all_groups.items():
-        columns, best = _columns(members), _best(members, _columns(members))
+        columns = _columns(members)
+        best = _best(members, columns)
         differ = differing_settings(members)
         title, data_line = _group_heading(key, all_groups)
         out += [f"## {title}", ""] + ([f"Data settings: {data_line}", ""] if data_line else [])
@@ -305,7 +306,8 @@ def page(runs: list[dict], figures: dict[tuple, list[Path]]) -> str:
     parts += [f"<dt>{esc(m)}</dt><dd>{esc(METRICS[m].description)}</dd>" for m in COLUMNS]
     parts.append("</dl>")
     for key, members in all_groups.items():
-        columns, best = _columns(members), _best(members, _columns(members))
+        columns = _columns(members)
+        best = _best(members, columns)
         differ = differing_settings(members)
         title, data_line = _group_heading(key, all_groups)
         parts.append(f"<h2>{esc(title)}</h2>" + (f"<p>Data settings: {esc(data_line)}</p>" if data_line else ""))
