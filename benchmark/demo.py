@@ -10,10 +10,15 @@ training phases (SERA, KE, MEND) run one epoch (KE and MEND on 300 D'train edits
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
+from benchmark.cache import cache_dir
 from benchmark.config import compose, instantiate
+from benchmark.init import initial_weights
+from benchmark.leaderboard import DEMO_TIMES
+from benchmark.records import RunRecords
 from benchmark.registry import EDITORS
 
 PARTS = {"qa": "demo_qa", "fc": "demo_fc"}
@@ -33,8 +38,73 @@ QUICK_EDITOR = {"sera": ["editor.encoder=tiny-bert", "editor.train_examples=200"
                 "mend_style": ["editor.edit_lr=0.1", "editor.train_examples=50"]}
 
 
+# Seconds of each demo run on the 2-core reference machine (commit 9ea3fe9, run alone from a fresh
+# cache, so the first editor's time holds the initial model's fit and KE's, MEND's and SERA's their
+# training phase), at the demo's stream sizes; measured before GRACE, MEMIT, AlphaEdit, ROME and
+# WISE joined. An estimate prefers this machine's own timings (`TIMINGS` in the cache).
+REFERENCE_SECONDS = {
+    "qa": {"constrained_ft": 79, "ft_all": 133, "ft_kl_all": 241, "ft_kl_last": 190, "ft_last": 102,
+           "ke_style": 360, "knn_lm": 157, "mend_style": 342, "sera": 205, "tpatcher": 131},
+    "fc": {"constrained_ft": 52, "ft_all": 19, "ft_kl_all": 33, "ft_kl_last": 49, "ft_last": 19,
+           "ke_style": 53, "knn_lm": 24, "mend_style": 77, "sera": 131, "tpatcher": 24},
+}
+REFERENCE_MODELS = {"qa": "smollm2-135m", "fc": "minilm-l6"}
+TIMINGS = "demo_timings.json"
+INITIAL = "initial model"  # the time file's name for a part's initial-model fit
+
+
 def demo_editors() -> list[str]:
     return EDITORS.names()
+
+
+def _streamed(cfg) -> int | None:
+    """Examples a part streams per editor (folds x stream cap), what its time grows with."""
+    cap = cfg.loop.max_fold_examples
+    return None if cap is None else len(cfg.loop.folds or [0]) * int(cap)
+
+
+def _timings() -> dict:
+    path = cache_dir() / TIMINGS
+    try:
+        return json.loads(path.read_text()) if path.exists() else {}
+    except ValueError:  # a damaged timing file only costs the estimate
+        return {}
+
+
+def estimate(part: str, cfg, editors: list[str]) -> tuple[float, list[str], list[str]]:
+    """Estimated seconds of a part's runs, from this machine's last timing of each (part, editor,
+    model), else the reference machine's, scaled by the examples streamed; with the editors that
+    came from here and those with no timing at all."""
+    mine, total, here, unknown = _timings(), 0.0, [], []
+    streamed = _streamed(cfg)
+    weights = initial_weights(cfg.model, cfg.data, cfg.init)
+    if weights is not None and not weights.exists():  # the initial model is fitted first
+        fit = mine.get(f"{part}/{INITIAL}/{cfg.model.name}")
+        total += fit["seconds"] if fit else 0.0
+    for editor in editors:
+        own = mine.get(f"{part}/{editor}/{cfg.model.name}")
+        if own:
+            seconds, measured_at = own["seconds"], own["examples"]
+            here.append(editor)
+        elif cfg.model.name == REFERENCE_MODELS[part] and editor in REFERENCE_SECONDS[part]:
+            seconds, measured_at = REFERENCE_SECONDS[part][editor], _streamed(compose([f"experiment={PARTS[part]}"]))
+        else:
+            unknown.append(editor)
+            continue
+        total += seconds * (streamed / measured_at if streamed and measured_at else 1.0)
+    return total, here, unknown
+
+
+def _record(part: str, editor: str, cfg, seconds: float, root: Path, times: dict) -> None:
+    """This machine's timing of a run (for later estimates) and the demo's time file."""
+    mine = _timings()
+    mine[f"{part}/{editor}/{cfg.model.name}"] = {"seconds": round(seconds, 1), "examples": _streamed(cfg)}
+    RunRecords.write_json_to(cache_dir(), TIMINGS, mine)
+    entry = times["parts"].setdefault(part, {"seconds": 0.0, "editors": {}})
+    entry["editors"][editor] = round(seconds, 1)
+    entry["seconds"] = round(sum(entry["editors"].values()), 1)
+    root.mkdir(parents=True, exist_ok=True)
+    RunRecords.write_json_to(root, DEMO_TIMES, times)
 
 
 def demo(args: list[str]) -> Path:
@@ -46,7 +116,10 @@ def demo(args: list[str]) -> Path:
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         raise ValueError(f"demo parts={','.join(parts)}: unknown part(s) {unknown}; the parts are {list(PARTS)}")
+    from benchmark.build import build_data
     from benchmark.editor_training import train_editor
+    from benchmark.init import prepare_initial_model
+    from benchmark.models import build_model
     from benchmark.run import run
 
     compose([])  # registers everything
@@ -62,8 +135,21 @@ def demo(args: list[str]) -> Path:
               f"{cfg.data.pool_size}, D_tr {cfg.data.train_subsample}, D_test <= {cfg.loop.test_limit}, "
               f"initial model: {cfg.init.epochs} epoch(s) on D'train", flush=True)
     print(f"[demo] editors: {', '.join(editors)}; results under {root}", flush=True)
-    start = time.perf_counter()
-    for part, experiment, _ in plan:
+    for part, _, cfg in plan:
+        chosen = [e for e in editors if FAMILY[part] in EDITORS.get(e).target.families]
+        seconds, here, unknown = estimate(part, cfg, chosen)
+        known = len(chosen) - len(unknown)
+        said = (f"estimated {seconds / 60:.1f} min for {known} of {len(chosen)} editors ({len(here)} timed on this "
+                f"machine, {known - len(here)} on the 2-core reference)" if known else "no estimate")
+        print(f"[demo] {part}: {said}" + (f"; no timing yet for {', '.join(unknown)}" if unknown else ""), flush=True)
+    start, times = time.perf_counter(), {"parts": {}}
+    for part, experiment, cfg in plan:
+        weights = initial_weights(cfg.model, cfg.data, cfg.init)
+        if weights is not None and not weights.exists():  # timed apart from the first editor's run
+            print(f"[demo] {part}: fitting the initial model", flush=True)
+            began = time.perf_counter()
+            prepare_initial_model(build_model(cfg.model), build_data(cfg), cfg.model, cfg.init, False)
+            _record(part, INITIAL, cfg, time.perf_counter() - began, root, times)
         for editor in editors:
             if FAMILY[part] not in EDITORS.get(editor).target.families:
                 print(f"[demo] {part} / {editor}: skipped, it edits {' or '.join(EDITORS.get(editor).target.families)} "
@@ -73,10 +159,13 @@ def demo(args: list[str]) -> Path:
                          *PER_EDITOR.get(editor, []), *(QUICK_EDITOR.get(editor, []) if quick else []), *extra,
                          f"output_dir={root / part}", f"run_id={editor}"]
             print(f"[demo] {part} / {editor} ({time.perf_counter() - start:.0f} s so far)", flush=True)
-            cfg = compose(overrides)
+            cfg, began = compose(overrides), time.perf_counter()
             if EDITORS.get(editor).target.needs_training:  # its training phase first (cached)
                 print(f"[demo] {part} / {editor}: training phase {train_editor(instantiate(cfg), False)}", flush=True)
             run(cfg)
+            _record(part, editor, instantiate(cfg), time.perf_counter() - began, root, times)
+        if part in times["parts"]:
+            print(f"[demo] {part} took {times['parts'][part]['seconds'] / 60:.1f} min", flush=True)
     from benchmark.leaderboard import build
 
     md, pngs = build(root)

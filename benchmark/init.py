@@ -87,13 +87,20 @@ def init_key(model_cfg, data_cfg, init_cfg: InitConfig) -> str:
     return hashlib.sha1(payload.encode()).hexdigest()[:16]
 
 
+def initial_weights(model_cfg, data_cfg, init_cfg: InitConfig) -> Path | None:
+    """Where the initial model of these settings is cached (once trained); None where none is trained."""
+    if init_cfg.epochs == 0:
+        return None
+    return cache_dir() / "initial" / init_key(model_cfg, data_cfg, init_cfg) / "model.safetensors"
+
+
 def prepare_initial_model(adapter: ModelAdapter, datamodule: EditDataModule, model_cfg, init_cfg: InitConfig,
                           progress: bool = True) -> Path | None:
     """Train (or load the cached) initial model in place; returns its weights file."""
-    if init_cfg.epochs == 0:
+    weights = initial_weights(model_cfg, datamodule.config, init_cfg)
+    if weights is None:
         return None
-    folder = cache_dir() / "initial" / init_key(model_cfg, datamodule.config, init_cfg)
-    weights = folder / "model.safetensors"
+    folder = weights.parent
     if not weights.exists():
         folder.mkdir(parents=True, exist_ok=True)
         splits = datamodule.splits

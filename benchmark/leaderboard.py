@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 from benchmark.metrics import METRICS
 
 COLUMNS = ["SR", "GR", "ER", "TrainR", "TestR", "Loc", "Loc_final", "old_kept", "A_M", "A_FS", "A_mean", "E", "N",
-           "edit_seconds_median", "params_added", "params_added_pct"]
+           "edit_seconds_median", "run_seconds", "params_added", "params_added_pct"]
 # loop keys that change what a run measures (which examples, which split): part of the data settings
 MEASURING_LOOP_KEYS = ("split", "mode", "folds", "max_fold_examples", "test_limit")
 # keys that never change a number: not shown as a difference between runs
@@ -56,9 +56,12 @@ def _load_run(folder: Path, root: Path) -> dict:
         name = "edits.jsonl"
         run["lines"] = [json.loads(x) for x in (folder / name).read_text().splitlines() if x.strip()]
         name = "results.json"
-        metrics = json.loads((folder / name).read_text())["metrics"]
+        results = json.loads((folder / name).read_text())
+        metrics = results["metrics"]
         if not isinstance(metrics, dict):
             raise TypeError("metrics is not a mapping")
+        if isinstance(results.get("wall_seconds"), (int, float)):  # the run's, not a fold's
+            metrics = {**metrics, "run_seconds": {"mean": float(results["wall_seconds"]), "std": 0.0, "folds": 1}}
         run["metrics"] = metrics
     except Exception as err:  # YAML, JSON, a missing key or file: all mean "not a run folder"
         raise ValueError(f"{folder / name}: not a readable run file ({' '.join(str(err).split())[:100]})") from None
@@ -112,7 +115,7 @@ def _group_heading(key: tuple[str, str, str], all_groups: dict) -> tuple[str, st
 def _cell(stat: dict | None, name: str) -> str:
     if not stat or stat["mean"] is None or (isinstance(stat["mean"], float) and math.isnan(stat["mean"])):
         return "-"
-    digits = 0 if name in ("E", "N", "params_added") else 2 if name in ("edit_seconds_median",
+    digits = 0 if name in ("E", "N", "params_added", "run_seconds") else 2 if name in ("edit_seconds_median",
                                                                           "params_added_pct") else 3
     text = f"{stat['mean']:.{digits}f}"
     return text + (f" ± {stat['std']:.{digits}f}" if stat.get("folds", 1) > 1 else "")
@@ -163,7 +166,7 @@ def table(runs: list[dict]) -> str:
             cells = [f"**{text}**" if _is_best(run, c, best) else text for c, text in zip(columns, cells)]
             extra = [_settings_text(differ[run["id"]]) or "-"] if show_settings else []
             out.append(f"| {run['editor']} | {run['id']} | {_folds(run)} | " + " | ".join(cells + extra) + " |")
-        out.append("")
+        out += ["", _run_time(members), ""] if _run_time(members) else [""]
     return "\n".join(out)
 
 
@@ -295,7 +298,7 @@ PAGE_SCRIPT = """document.querySelectorAll('table.board th').forEach(function (t
 });"""
 
 
-def page(runs: list[dict], figures: dict[tuple, list[Path]]) -> str:
+def page(runs: list[dict], figures: dict[tuple, list[Path]], times: list[tuple[str, float, str]] = ()) -> str:
     """leaderboard.html: one file, no network (styles, script and figures inside it)."""
     esc = html.escape
     all_groups = groups(runs)
@@ -332,12 +335,57 @@ def page(runs: list[dict], figures: dict[tuple, list[Path]]) -> str:
                 cells.append(f"<td{cls} data-sort='{'' if mean is None else repr(float(mean))}'>{text}{n}</td>")
             cells.append(_text_cell(_settings_text(differ[run["id"]]) or "-"))
             parts.append("<tr>" + "".join(cells) + "</tr>")
-        parts.append("</tbody></table>")
+        parts.append("</tbody></table>" + (f"<p>{esc(_run_time(members))}</p>" if _run_time(members) else ""))
         for png in figures.get(key, []):
             data = base64.b64encode(png.read_bytes()).decode()
             parts.append(f"<img alt='{esc(png.stem)}' title='{esc(png.name)}' src='data:image/png;base64,{data}'>")
+    parts.append(_times_html(list(times)))
     parts.append(f"<script>{PAGE_SCRIPT}</script></body></html>")
     return "\n".join(parts)
+
+
+def _run_time(members: list[dict]) -> str:
+    seconds = [r["metrics"]["run_seconds"]["mean"] for r in members if "run_seconds" in r["metrics"]]
+    if not seconds:
+        return ""
+    return (f"Run time: {sum(seconds) / 60:.1f} min over {len(seconds)} run(s) (their run_seconds; training "
+            "phases not included).")
+
+
+DEMO_TIMES = "demo_times.json"  # written by `seqedit demo` beside its runs
+
+
+def demo_times(root: Path) -> list[tuple[str, float, str]]:
+    """(part, seconds, per-editor seconds as text) from a demo's time file under `root`, if any."""
+    path = root / DEMO_TIMES
+    if not path.exists():
+        return []
+    try:
+        parts = json.loads(path.read_text())["parts"]
+        return [(str(part), float(entry["seconds"]),
+                 ", ".join(f"{name} {float(s):.0f} s" for name, s in entry["editors"].items()))
+                for part, entry in parts.items()]
+    except Exception as err:  # JSON or a missing key: not what the demo writes
+        raise ValueError(f"{path}: not a readable demo time file ({' '.join(str(err).split())[:100]})") from None
+
+
+def _times_markdown(times: list[tuple[str, float, str]]) -> str:
+    if not times:
+        return ""
+    rows = [f"| {part} | {seconds / 60:.1f} | {editors} |" for part, seconds, editors in times]
+    return "\n".join(["## Time per part", "", "Wall time of each demo part, training phases included.", "",
+                      "| part | minutes | editors (training + run) |", "|---|---|---|", *rows, ""])
+
+
+def _times_html(times: list[tuple[str, float, str]]) -> str:
+    if not times:
+        return ""
+    esc = html.escape
+    rows = "".join(f"<tr><td class='text'>{esc(part)}</td><td>{seconds / 60:.1f}</td><td class='text'>{esc(editors)}"
+                   "</td></tr>" for part, seconds, editors in times)
+    return ("<h2>Time per part</h2><p>Wall time of each demo part, training phases included.</p><table><thead>"
+            f"<tr><th>part</th><th>minutes</th><th>editors (training + run)</th></tr></thead><tbody>{rows}"
+            "</tbody></table>")
 
 
 def _text_cell(text: str) -> str:
@@ -352,8 +400,9 @@ def build(root: str | Path, out: str | Path | None = None) -> tuple[Path, list[P
     if not runs:
         raise FileNotFoundError(f"{root}: no run with a results.json below it")
     out.mkdir(parents=True, exist_ok=True)
+    times = demo_times(root)
     md = out / "leaderboard.md"
-    md.write_text(table(runs))
+    md.write_text(table(runs) + _times_markdown(times))
     figures = plots(runs, out)
-    (out / "leaderboard.html").write_text(page(runs, figures), encoding="utf-8")
+    (out / "leaderboard.html").write_text(page(runs, figures, times), encoding="utf-8")
     return md, [p for files in figures.values() for p in files]

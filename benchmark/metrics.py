@@ -41,6 +41,8 @@ _metric("TestR", True, "accuracy on D_test, final / initial")
 _metric("E", None, "edits made (mistakes met in the stream)")
 _metric("N", None, "mistakes the initial model makes on the fold")
 _metric("edit_seconds_median", False, "median seconds per edit")
+_metric("run_seconds", None, "wall seconds of the run: set-up, initial evaluation, stream and final evaluation "
+        "(a training phase and a resumed run's earlier part not included)")
 _metric("params_added", None, "parameters the editor added to the model")
 _metric("params_added_pct", None, "model growth, percent of the initial parameter count")
 _metric("failed_edits", False, "edits that did not hold right after them")

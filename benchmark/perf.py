@@ -4,7 +4,8 @@
     python -m benchmark.perf suffix [--family classifier|decoder] [--edits 3] [--steps 10]
 
 `suffix` times ft_last, ft_kl_last and constrained_ft (last block) with only the trained block
-run each step against the full forward (see `time_suffix`). For `tpatcher`:
+run each step against the full forward (see `time_suffix`), and KE's and MEND's training edit
+(`time_hypernet_training`). For `tpatcher`:
 
 classifier: a BERT-base-sized encoder (12 layers, hidden 768, random init) editing fact-checking
 claims against a memory of 40,000 queries of distinct real claims (computed once, then cached).
@@ -158,6 +159,43 @@ def time_suffix(family: str, edits: int, steps: int) -> None:
                           "speedup": round(naive / fast, 2), "threads": torch.get_num_threads()}), flush=True)
 
 
+def time_hypernet_training(family: str, edits: int) -> None:
+    """`suffix`, KE and MEND: one training edit (the training step on one example, its backward
+    included) with the locality KL's edited forward running only the edited blocks (fast) against
+    the full forward (naive), alternating. Their sequential edit is one forward and one backward
+    that already stops at the first edited block, so it has no prefix to save. Timing only: the
+    equality is tests/test_hypernet.py's check."""
+    import random
+
+    from benchmark.registry import EDITORS
+
+    adapter = build(family)
+    train = examples(family, edits + 64)
+    data = EditorData(adapter.task, train, [], pool=[])
+    for name in ("ke_style", "mend_style"):
+        entry = EDITORS.get(name)
+        editor = entry.target(entry.config_class(name=name), adapter)
+        modules = {mode: editor.training_module(data) for mode in ("naive", "fast")}
+        seconds: dict[str, list[float]] = {}
+        for mode, module in modules.items():
+            module.mode = mode
+            module.log = module.log_dict = lambda *args, **kwargs: None  # no Trainer to log to
+            module.on_fit_start()
+        for i in range(edits):
+            for mode, module in modules.items():
+                random.seed(i)
+                torch.manual_seed(i)
+                start = time.perf_counter()
+                module.training_step(train[i : i + 1], 0).backward()
+                seconds.setdefault(mode, []).append(time.perf_counter() - start)
+                editor.zero_grad(set_to_none=True)
+        fast, naive = statistics.median(seconds["fast"]), statistics.median(seconds["naive"])
+        print(json.dumps({"benchmark": "hypernet_training", "family": family, "editor": name, "edits": edits,
+                          "blocks": editor.config.blocks, "naive_median_s": round(naive, 4),
+                          "fast_median_s": round(fast, 4), "speedup": round(naive / fast, 2),
+                          "threads": torch.get_num_threads()}), flush=True)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmark.perf")
     parser.add_argument("editor", choices=["tpatcher", "suffix"])
@@ -174,6 +212,7 @@ def main(argv=None) -> None:
     if args.editor == "suffix":
         for family in (["classifier", "decoder"] if args.family == "both" else [args.family]):
             time_suffix(family, args.edits, args.steps)
+            time_hypernet_training(family, args.edits)
         return
     for family in (["classifier", "decoder"] if args.family == "both" else [args.family]):
         adapter = build(family)

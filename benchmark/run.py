@@ -8,6 +8,7 @@ import json
 import math
 import signal
 import sys
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -230,7 +231,7 @@ def _loggers(run_cfg: RunConfig, run_dir: Path, resume_step: int | None) -> list
 
 
 def _edit_folds(plan: _Plan, records: RunRecords, start: dict[int, int]) -> dict[str, Any]:
-    run_cfg = plan.run_cfg
+    run_cfg, began = plan.run_cfg, time.perf_counter()
     editor = _build_editor(run_cfg, plan.datamodule, plan.splits, plan.trained)
     initial = _initial(plan, records, editor)
     stream = _stream(plan, start)
@@ -241,6 +242,8 @@ def _edit_folds(plan: _Plan, records: RunRecords, start: dict[int, int]) -> dict
     if stream or plan.world > 1:  # under DDP every process must enter test(): it starts the others
         _test(run_cfg, editor, callback, loggers, stream)
     results = _results(plan, records, initial, editor, callback.state_bytes, callback.global_step - done_edits)
+    if not any(start.values()):  # a resumed run's time would be its last part's only
+        results["wall_seconds"] = round(time.perf_counter() - began, 1)
     _log_final(loggers, results, callback.global_step)
     if plan.rank == 0:
         RunRecords.write_json_to(plan.run_dir, "results.json", results)

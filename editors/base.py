@@ -4,6 +4,7 @@ edits one example and answers for the current model; what it needs is declared, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -15,6 +16,22 @@ from torch import Tensor
 from benchmark.models.base import ModelAdapter
 from benchmark.types import EditorData, Example
 from editors.configs.base import EditorConfig, TrainedEditorConfig  # noqa: F401  (its config, torch-free)
+
+
+def scored_forward(adapter, batch, params: list[Tensor], mode: str,
+                   reference: bool = False) -> tuple[Tensor | None, Callable[[], Tensor]]:
+    """A function giving the scored logits of `batch` with gradient each step, and (fast mode, or
+    with `reference`) the current ones without gradient. Fast mode, where only a run of last blocks
+    trains: their input is recorded now, in a forward that also gives the current logits, and a
+    step runs only them and the head (exact; `ModelAdapter.suffix`); otherwise the full forward."""
+    first = adapter.trained_suffix(params) if mode == "fast" else None
+    if first is not None:
+        return adapter.suffix(batch, first)
+    current = None
+    if reference:
+        with torch.no_grad():
+            current = adapter.scored_logits(batch)
+    return current, lambda: adapter.scored_logits(batch)
 
 
 @dataclass

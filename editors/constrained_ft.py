@@ -32,9 +32,9 @@ import torch
 from torch import Tensor
 
 from benchmark.types import EditorData, Example, with_training_forms
-from editors.base import Editor, EditResult
+from editors.base import Editor, EditResult, scored_forward
 from editors.configs.constrained_ft import ConstrainedFTConfig  # noqa: F401  (its config, torch-free)
-from editors.ft import adam, descend, fine_tune, scored_forward
+from editors.ft import adam, descend, fine_tune
 
 
 @torch.no_grad()

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from benchmark.types import CLASSIFICATION, GENERATION, EditorData, Example
-from editors.base import Editor, EditResult, ReferenceOutputs
+from editors.base import Editor, EditResult, ReferenceOutputs, scored_forward
 from editors.configs.ft import (  # noqa: F401  (its config, torch-free)
     OFFICIAL_KL_BATCH,
     OFFICIAL_PAST,
@@ -76,22 +76,6 @@ def published_kl(batch_kls, batch_size: int, total: int, past: int) -> Tensor | 
             break
         kl = kl / seen
     return kl
-
-
-def scored_forward(adapter, batch, params: list[Tensor], mode: str,
-                   reference: bool = False) -> tuple[Tensor | None, Callable[[], Tensor]]:
-    """A function giving the scored logits of `batch` with gradient each step, and (fast mode, or
-    with `reference`) the current ones without gradient. Fast mode, where only a run of last blocks
-    trains: their input is recorded now, in a forward that also gives the current logits, and a
-    step runs only them and the head (exact; `ModelAdapter.suffix`); otherwise the full forward."""
-    first = adapter.trained_suffix(params) if mode == "fast" else None
-    if first is not None:
-        return adapter.suffix(batch, first)
-    current = None
-    if reference:
-        with torch.no_grad():
-            current = adapter.scored_logits(batch)
-    return current, lambda: adapter.scored_logits(batch)
 
 
 def fine_tune(optimizer: torch.optim.Optimizer, max_steps: int, look: Callable[[], tuple[bool, Callable[[], Tensor]]],

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 
 from benchmark.models.base import installed
 from benchmark.types import EditorData, Example
-from editors.base import Editor, EditResult
+from editors.base import Editor, EditResult, scored_forward
 from editors.configs.hypernet import HypernetConfig  # noqa: F401  (its config, torch-free)
 
 
@@ -128,8 +128,9 @@ class HypernetEditor(Editor):
 class HypernetTraining(L.LightningModule):
     monitor = "val_edit_success"
 
-    def __init__(self, editor: HypernetEditor, data: EditorData):
+    def __init__(self, editor: HypernetEditor, data: EditorData, mode: str = "fast"):
         super().__init__()
+        self.mode = mode  # fast: the locality KL's edited forward runs only the edited blocks; naive: all
         self.editor, self.cfg = editor, editor.config
         self.train_examples = data.train[: self.cfg.train_examples]
         self.val_examples = (data.val or data.train[-32:])[:64]
@@ -137,6 +138,7 @@ class HypernetTraining(L.LightningModule):
         for e in data.train:
             pool.setdefault(e.relation, []).append(e.target)
         self.pool = pool
+        self.site_weights = [module.weight for _, module in editor.sites]
 
     def on_fit_start(self) -> None:
         calibrate = getattr(self.editor, "calibrate", None)
@@ -158,11 +160,12 @@ class HypernetTraining(L.LightningModule):
             edit_batch = adapter.encode(prompts, [target] * len(prompts))
             others = random.sample(self.train_examples, min(self.cfg.locality, len(self.train_examples)))
             loc_batch = adapter.encode([o.prompt for o in others], [o.target for o in others])
-            with torch.no_grad():
-                reference = adapter.scored_logits(loc_batch)
+            # the unedited logits from a forward that records the edited blocks' input; the edited
+            # ones then run only those blocks (exact: the updates act inside them)
+            reference, edited = scored_forward(adapter, loc_batch, self.site_weights, self.mode, reference=True)
             with editor.applied(updates):
                 edit_loss = adapter.loss(edit_batch, adapter.scored_logits(edit_batch))
-                kl = adapter.task.kl(reference, adapter.scored_logits(loc_batch))
+                kl = adapter.task.kl(reference, edited())
             losses.append(editor.meta_loss(edit_loss, kl))
             self.log_dict({"edit_loss": edit_loss.detach(), "locality_kl": kl.detach()}, batch_size=1)
         loss = torch.stack(losses).mean()

@@ -1,9 +1,10 @@
+import json
 from pathlib import Path
 
 import pytest
 
-from benchmark.config import CONFIG_DIR, compose
-from benchmark.demo import demo
+from benchmark.config import CONFIG_DIR, compose, instantiate
+from benchmark.demo import INITIAL, QUICK, REFERENCE_SECONDS, demo, estimate
 from benchmark.run import run
 from tests.conftest import FAMILIES, SHARED_DATA
 
@@ -37,6 +38,27 @@ def test_quick_demo_writes_leaderboard_and_plots(tmp_path):
     assert "sr_vs_edits" in names and "retain_vs_edits" in names and "patch_activations-qa_tpatcher" in names
     assert (Path(tmp_path) / "leaderboard.html").stat().st_size > sum(p.stat().st_size for p in pngs)  # embedded
     assert all(p.stat().st_size > 5000 for p in pngs)
+    # each part's time, per editor, in the time file and the leaderboard; each run's own time
+    times = json.loads((Path(tmp_path) / "demo_times.json").read_text())["parts"]
+    assert set(times) == {"qa", "fc"} and {"tpatcher", "ft_all"} <= set(times["qa"]["editors"])
+    assert times["qa"]["seconds"] == pytest.approx(sum(times["qa"]["editors"].values()), abs=0.2)
+    assert "## Time per part" in text and "| run_seconds |" in text.replace("edit_seconds_median | ", "| ")
+    # a later estimate reads this machine's timings of the same runs (the initial model is cached now)
+    cfg = instantiate(compose(["experiment=demo_qa", *QUICK["qa"]]))
+    runs = {name: s for name, s in times["qa"]["editors"].items() if name != INITIAL}
+    seconds, here, unknown = estimate("qa", cfg, list(runs))
+    assert not unknown and set(here) == set(runs)
+    assert seconds == pytest.approx(sum(runs.values()), abs=1.0)
+
+
+def test_demo_estimate_scales_the_reference_timings_with_the_stream(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEQEDIT_CACHE", str(tmp_path))  # no timings of this machine
+    cfg = instantiate(compose(["experiment=demo_qa"]))
+    assert estimate("qa", cfg, ["tpatcher", "grace"]) == (REFERENCE_SECONDS["qa"]["tpatcher"], [], ["grace"])
+    longer = instantiate(compose(["experiment=demo_qa", f"loop.max_fold_examples={2 * cfg.loop.max_fold_examples}"]))
+    assert estimate("qa", longer, ["tpatcher"])[0] == pytest.approx(2 * REFERENCE_SECONDS["qa"]["tpatcher"])
+    tiny = instantiate(compose(["experiment=demo_qa", "model=tiny-llama"]))  # the reference is SmolLM2's only
+    assert estimate("qa", tiny, ["tpatcher"]) == (0.0, [], ["tpatcher"])
 
 
 def test_init_command_trains_and_reports(capsys):

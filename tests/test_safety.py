@@ -163,6 +163,8 @@ def test_a_signal_stops_cleanly_and_resume_finishes_the_same(tmp_path, signum, c
     resumed = _run(tmp_path, "editor.forget=true", "editor.sleep=0.4", "resume=true")
     clean = _run(tmp_path / "clean", "editor.forget=true", "editor.sleep=0.4")
     assert _metrics(resumed) == _metrics(clean)
+    # the run's time is only stated where one process ran it all (its edits alone sleep 0.4 s each)
+    assert "wall_seconds" not in resumed and clean["wall_seconds"] >= 0.4 * clean["metrics"]["E"]["mean"]
 
 
 def test_a_run_stopped_between_a_folds_last_example_and_its_end_finishes_that_fold(tmp_path):
