@@ -2,6 +2,7 @@
 
     python -m benchmark.perf tpatcher [--family classifier|decoder] [--edits 5] [--steps 100]
     python -m benchmark.perf suffix [--family classifier|decoder] [--edits 3] [--steps 10]
+    python -m benchmark.perf scale [--edits 1000] [--steps 100] [--out runs/perf/scale.png]
 
 `suffix` times ft_last, ft_kl_last and constrained_ft (last block) with only the trained block
 run each step against the full forward (see `time_suffix`), and KE's and MEND's training edit
@@ -13,8 +14,11 @@ decoder: a SmolLM2-135M-sized LLaMA (30 layers, hidden 576, vocabulary 49,152, r
 editing 5-token answers (memory: 40,000 answer-position queries of 8,000 questions).
 The naive path runs the full model and scans the memory in fp32 every step. The fast path (the
 default) runs only what follows the patched FFN and scans the memory through its int8 copy (same
-top-k entries as fp32, editors/patch_memory.py); a third run times the fast path with the fp32
-scan (the gain of caching alone), a fourth the approximate screened memory (`--refresh`).
+top-k entries as fp32, editors/patch_memory.py) where that is measured faster on this memory
+(`memory_scan=auto`), else in fp32; a third run times the fast path with the fp32 scan (the gain
+of caching alone), a fourth the approximate screened memory (`--refresh`). At the last block the
+fast path's milliseconds per step are printed beside a floor computed from the shapes and this
+machine's measured matmul and read throughput (`step_floor_ms`).
 All paths make the same edits from the same seeds with the same step budget (`--steps`; every step is run,
 the stop rule is off), so the step counts are equal and the ratio is per step. Prints one JSON
 line per family.
@@ -28,6 +32,7 @@ import resource
 import statistics
 import time
 from functools import partial
+from pathlib import Path
 
 import torch
 from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
@@ -109,6 +114,7 @@ def time_edits(adapter, family: str, mode: str, edits: list[Example], memory: in
     editor = TPatcherEditor(cfg, adapter)
     editor.prepare(EditorData(adapter.task, [], [], pool=[]))
     build_seconds = memory_rows(editor, family, len(edits), memory)
+    editor.choose_scan()  # memory_scan=auto decides on the memory it has now
     times, step_counts, missed = [], [], 0
     for i, ex in enumerate(edits):
         torch.manual_seed(i)
@@ -118,8 +124,47 @@ def time_edits(adapter, family: str, mode: str, edits: list[Example], memory: in
         step_counts.append(result.steps)
         missed += result.info.get("screen_missed_rows", 0)
     keys = editor.bank.keys.clone()
+    scan = {"memory_scan": "int8" if editor.memory.quantized else "fp32", "scan_ms": editor.scan_ms}
     editor.reset()
-    return times, step_counts, keys, build_seconds, missed
+    return times, step_counts, keys, build_seconds, missed, scan
+
+
+def throughput(repeats: int = 7) -> dict[str, float]:
+    """Measured here, on this process's threads: fp32 matmul GFLOP/s (1024^3 product) and streaming
+    read GB/s (a matrix-vector product over a 256 MB matrix, bound by reading it)."""
+    def median_seconds(fn) -> float:
+        fn()
+        runs = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            runs.append(time.perf_counter() - start)
+        return statistics.median(runs)
+
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    big, vector = torch.randn(65536, 1024), torch.randn(1024, 1)
+    return {"matmul_gflops": 2 * 1024**3 / median_seconds(lambda: a @ b) / 1e9,
+            "read_gb_s": 4 * big.numel() / median_seconds(lambda: big @ vector) / 1e9}
+
+
+def step_floor_ms(adapter, family: str, memory: int, edit: Example, speed: dict[str, float]) -> dict[str, float]:
+    """The least a fast-path step at the last block must do, from the shapes and `throughput`:
+    score the memory (read once, as int8: memory x width bytes) and run the tail on the scored
+    positions forward and backward (the decoder's vocabulary head read twice, 2 x 2 x positions x
+    vocabulary x width flops; the classifier's pooler, width^2). Each part costs
+    the larger of its reading and its arithmetic time; the patch itself (a few width-long
+    vectors) is left out."""
+    width = adapter.ffn_site().width
+    seconds = {"memory_scan": memory * width / (speed["read_gb_s"] * 1e9)}
+    if family == "decoder":
+        positions = len(adapter.encode([edit.prompt], [edit.target]).targets)
+        vocabulary = adapter.model.get_output_embeddings().weight.shape[0]
+        read, flops = 2 * 4 * vocabulary * width, 2 * 2 * positions * vocabulary * width
+    else:
+        read, flops = 2 * 4 * width * width, 2 * 2 * width * width  # the pooler; the 1-logit head is nothing
+    seconds["tail"] = max(read / (speed["read_gb_s"] * 1e9), flops / (speed["matmul_gflops"] * 1e9))
+    return {f"{name}_ms": round(1000 * s, 3) for name, s in seconds.items()} | {
+        "floor_ms": round(1000 * sum(seconds.values()), 3)}
 
 
 SUFFIX_EDITORS = {"ft_last": {"layers": "last"}, "ft_kl_last": {"layers": "last", "kl_weight": 1.0, "kl_batch": 32},
@@ -196,9 +241,124 @@ def time_hypernet_training(family: str, edits: int) -> None:
                           "threads": torch.get_num_threads()}), flush=True)
 
 
+# `scale`: the editors whose per-edit cost can grow with the stream, and what grows
+SCALE_EDITORS = {"tpatcher": ({}, "patches"), "ft_last": ({"layers": "last"}, "nothing (weights change in place)"),
+                 "knn_lm": ({}, "datastore rows"), "sera": ({"encoder": "tiny-bert"}, "cached edits"),
+                 "grace": ({}, "codebook entries")}
+STREAM_POINTS = (1, 10, 100, 1000)
+MEMORY_POINTS = (10_000, 20_000, 40_000, 80_000, 160_000)
+
+
+def _rss_mb() -> float:
+    """This process's resident memory now (Linux), MB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+STEPPED = ("tpatcher", "ft_last")  # editors that optimise per edit: capped at --steps steps
+
+
+def stream_curve(name: str, edits: int, steps: int) -> list[dict]:
+    """Seconds per edited example (the loop's check, the edit, the memory update, the check after
+    it) and resident memory as one editor's stream grows, on the tiny decoder (random weights:
+    every example is a mistake, and costs do not depend on what the weights know; the editors
+    that optimise run at most `steps` steps, which on random weights they mostly reach). Each
+    point is the median over the second half of the edits up to it."""
+    from benchmark.models import build_model
+    from benchmark.registry import EDITORS
+
+    adapter = build_model(ModelConfig(name="tiny-llama", eval_batch_size=128))
+    chosen = examples("decoder", edits + 256)
+    pool, stream = chosen[edits:], chosen[:edits]
+    entry = EDITORS.get(name)
+    overrides, grows = SCALE_EDITORS[name]
+    budget = {"max_steps": steps} if name in STEPPED else {}
+    editor = entry.target(entry.config_class(name=name, **overrides, **budget), adapter)
+    editor.prepare(EditorData(adapter.task, pool, [], pool=pool))
+    seconds, rows, points = [], [], [p for p in STREAM_POINTS if p <= edits]
+    for i, example in enumerate(stream, 1):
+        torch.manual_seed(i)
+        start = time.perf_counter()
+        check = editor.check(example)
+        editor.edit(example)
+        editor.after_example(example, check)
+        editor.check(example)
+        seconds.append(time.perf_counter() - start)
+        if i in points:
+            rows.append({"benchmark": "scale_stream", "editor": name, "edits": i, "grows": grows, **budget,
+                         "seconds_per_edit": round(statistics.median(seconds[i // 2 :]), 4),
+                         "rss_mb": round(_rss_mb(), 1), "params_added": editor.params_added(),
+                         "threads": torch.get_num_threads()})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def memory_curve(family: str, edits: int, steps: int) -> list[dict]:
+    """T-Patcher's seconds per `steps`-step edit (fast path, memory_scan=auto) as its memory grows.
+    The first 10,000 rows are real queries (`memory_rows`); rows beyond them are drawn from a
+    Gaussian with the real rows' mean and covariance (computing 160,000 real queries would take
+    hours here; the scan's cost depends on the rows' count and spread, not on their source)."""
+    adapter = build(family)
+    chosen = examples(family, edits)
+    rows = []
+    for size in MEMORY_POINTS:
+        cfg = TPatcherConfig(name="tpatcher", max_steps=steps, min_steps=steps)
+        editor = TPatcherEditor(cfg, adapter)
+        editor.prepare(EditorData(adapter.task, [], [], pool=[]))
+        memory_rows(editor, family, edits, min(size, 10_000))
+        real = editor.memory.matrix
+        if size > len(real):
+            generator = torch.Generator().manual_seed(size)
+            spread = torch.linalg.cholesky(torch.cov(real.T.double()) + 1e-6 * torch.eye(real.shape[1]))
+            noise = torch.randn(size - len(real), real.shape[1], generator=generator, dtype=torch.float64)
+            editor.memory.append((real.mean(0).double() + noise @ spread.T).float())
+        editor.choose_scan()
+        seconds = []
+        for i, example in enumerate(chosen):
+            torch.manual_seed(i)
+            start = time.perf_counter()
+            editor.edit(example)
+            seconds.append(time.perf_counter() - start)
+        rows.append({"benchmark": "scale_memory", "family": family, "memory_rows": size, "steps_per_edit": steps,
+                     "seconds_per_edit": round(statistics.median(seconds), 4),
+                     "memory_scan": "int8" if editor.memory.quantized else "fp32", "rss_mb": round(_rss_mb(), 1),
+                     "threads": torch.get_num_threads()})
+        print(json.dumps(rows[-1]), flush=True)
+        editor.reset()
+        del editor
+    return rows
+
+
+def plot_scale(stream: list[dict], memory: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for name in dict.fromkeys(r["editor"] for r in stream):
+        points = [r for r in stream if r["editor"] == name]
+        left.plot([r["edits"] for r in points], [r["seconds_per_edit"] for r in points], marker="o", label=name)
+    left.set(xscale="log", yscale="log", xlabel="edits so far", ylabel="seconds per edited example",
+             title="cost as the stream grows (tiny decoder)")
+    left.legend()
+    for family in dict.fromkeys(r["family"] for r in memory):
+        points = [r for r in memory if r["family"] == family]
+        right.plot([r["memory_rows"] for r in points], [r["seconds_per_edit"] for r in points], marker="o",
+                   label=family)
+    steps = memory[0]["steps_per_edit"] if memory else ""
+    right.set(xscale="log", xlabel="T-Patcher memory rows", ylabel=f"seconds per {steps}-step edit",
+              title="T-Patcher as its memory grows")
+    right.legend()
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmark.perf")
-    parser.add_argument("editor", choices=["tpatcher", "suffix"])
+    parser.add_argument("editor", choices=["tpatcher", "suffix", "scale"])
+    parser.add_argument("--out", default="runs/perf/scale.png", help="scale: where the plot (and .json) go")
     parser.add_argument("--family", choices=["classifier", "decoder", "both"], default="both")
     parser.add_argument("--edits", type=int, default=5)
     parser.add_argument("--steps", type=int, default=100)
@@ -209,6 +369,15 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.editor == "scale":
+        families = ["classifier", "decoder"] if args.family == "both" else [args.family]
+        stream = [r for name in SCALE_EDITORS for r in stream_curve(name, max(args.edits, 1), args.steps)]
+        memory = [r for family in families for r in memory_curve(family, min(args.edits, 5), args.steps)]
+        out = Path(args.out)
+        plot_scale(stream, memory, out)
+        out.with_suffix(".json").write_text(json.dumps({"stream": stream, "memory": memory}, indent=1))
+        print(f"wrote {out} and {out.with_suffix('.json')}")
+        return
     if args.editor == "suffix":
         for family in (["classifier", "decoder"] if args.family == "both" else [args.family]):
             time_suffix(family, args.edits, args.steps)
@@ -220,9 +389,13 @@ def main(argv=None) -> None:
         # naive: the straightforward editor, a full forward and a full fp32 memory scan each step
         run = partial(time_edits, adapter, family, edits=edits, memory=args.memory, steps=args.steps, layer=args.layer)
         naive, naive_steps, naive_keys, *_ = run(mode="naive", memory_scan="fp32")
-        fast, fast_steps, fast_keys, build_s, _ = run(mode="fast")
+        fast, fast_steps, fast_keys, build_s, _, scan = run(mode="fast")
         fp32, _, fp32_keys, *_ = run(mode="fast", memory_scan="fp32")
-        screened, _, screened_keys, _, missed = run(mode="fast", memory_refresh=args.refresh)
+        screened, _, screened_keys, _, missed, _ = run(mode="fast", memory_refresh=args.refresh)
+        floor = step_floor_ms(adapter, family, args.memory, edits[0], throughput()) if args.layer == -1 else {}
+        per_step = {"fast_ms_per_step": round(1000 * statistics.median(fast) / args.steps, 3), **floor}
+        if floor:
+            per_step["fast_over_floor"] = round(per_step["fast_ms_per_step"] / floor["floor_ms"], 2)
         print(json.dumps({
             "family": family,
             "model": "bert-base-sized encoder" if family == "classifier" else "smollm2-135m-sized llama",
@@ -234,6 +407,9 @@ def main(argv=None) -> None:
             "cached_median_s": round(statistics.median(fast), 4),
             "speedup": round(statistics.median(naive) / statistics.median(fast), 2),
             "same_steps": naive_steps == fast_steps,
+            # the default (memory_scan=auto: the scan measured faster on this memory) per step, beside
+            # the floor computed from the shapes and this machine's measured throughput
+            **scan, **per_step,
             "max_key_diff": float((naive_keys - fast_keys).abs().max()),
             # the fast path with the plain fp32 memory scan instead of the bounded int8 one
             "cached_fp32_scan_median_s": round(statistics.median(fp32), 4),

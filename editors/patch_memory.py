@@ -18,6 +18,9 @@ result is the fp32 scan's top-k.
 
 from __future__ import annotations
 
+import statistics
+import time
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -122,6 +125,30 @@ class QueryMemory:
             full = self.matrix @ keys.to(self.rows.dtype) + bias
             found = [(full + shift).flatten().topk(kk).indices for shift in shifts]
         return found * wanted if n == 1 else found
+
+    @torch.no_grad()
+    def keep_faster_scan(self, keys: Tensor, k: int, repeats: int = 5) -> dict[str, float]:
+        """Times the int8-bounded scan and the plain fp32 scan of this memory for `keys` (median ms
+        of `repeats`) and keeps the int8 copy only where its scan is faster: both find the same
+        top-k, so this decides speed alone (the int8 scan wins on large memories, where reading M
+        dominates, and can lose on small ones or wide rows, measured in benchmark.perf)."""
+        if not self.quantized:
+            return {}
+        bias, shifts, timed = torch.zeros(keys.shape[1], device=keys.device), [0.0], {}
+        for name, quantized in (("int8", True), ("fp32", False)):
+            self.quantized, seconds = quantized, []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                self.top_entries(keys, bias, shifts, k)
+                seconds.append(time.perf_counter() - start)
+            timed[name] = 1000 * statistics.median(seconds)
+        self.quantized = True
+        if timed["fp32"] <= timed["int8"]:
+            self.quantized = False
+            for name in ("codes", "scales", "residual", "code_norms"):
+                delattr(self, name)
+        self.scans = {key: 0 for key in self.scans}  # the timing's scans are not the run's
+        return timed
 
     def _bounded_top(self, keys: Tensor, bias: Tensor, shifts: list[Tensor], k: int) -> list[Tensor] | None:
         """The top-k entries through the int8 copy (module docstring), or None where the bound

@@ -196,6 +196,7 @@ class TPatcherEditor(HookedEditor):
         self.patch_queries = torch.zeros(0, site.width)  # each patch's own mistake query (Fig. 5)
         self.patch_labels: list[str] = []  # "edit.mistake", as the paper labels Fig. 5
         self.initial_memory_len = 0
+        self.scan_ms: dict[str, float] = {}  # memory_scan=auto: the timed scans (ms), see choose_scan
         self.initial_val_memory = self.val_memory = torch.zeros(0, site.width)  # recipe=official only
         self.kl_pool: list[Example] = []  # memory_loss=kl: the memory examples
         self.references = ReferenceOutputs(adapter)
@@ -223,6 +224,7 @@ class TPatcherEditor(HookedEditor):
         self.memory.to(self.adapter.device)
         self.memory.append(self._queries(data.pool).to(self.adapter.device))
         self.initial_memory_len = len(self.memory)
+        self.choose_scan()
         self.kl_pool = list(data.pool) if self.config.memory_loss == "kl" else []
         if self.config.recipe == "official":  # its stop rule reads a memory of D_val's queries
             if not data.val and self.config.memory_loss != "none":
@@ -230,6 +232,14 @@ class TPatcherEditor(HookedEditor):
                                  "the editor no D_val (loop.split=val, or data without one)")
             self.initial_val_memory = self._queries(data.val).to(self.adapter.device)
             self.val_memory = self.initial_val_memory
+
+    def choose_scan(self) -> None:
+        """memory_scan=auto: keep the int8 scan only where it is faster on this memory, timed with
+        a patch key as an edit starts it (a memory query q, as q / |q|^2)."""
+        if self.config.memory_scan != "auto" or len(self.memory) <= 4 * self.config.topk:
+            return
+        q = self.memory.matrix[len(self.memory) // 2]
+        self.scan_ms = self.memory.keep_faster_scan((q / q.pow(2).sum())[:, None], self.config.topk)
 
     def check(self, example: Example) -> Check:
         """The loop's check of a stream example also reads its FFN queries, which the memory takes
@@ -458,4 +468,5 @@ class TPatcherEditor(HookedEditor):
         """Patch-by-mistake activation matrix (paper Fig. 5): row i is patch i, column j mistake
         query j (each patch's own query, in edit order), value act(q_j . k_i + b_i)."""
         matrix = self.act(self.bank.activations(self.patch_queries)).T if len(self.bank) else torch.zeros(0, 0)
-        return {"activation_matrix": matrix.tolist(), "labels": list(self.patch_labels)}
+        scan = {"memory_scan": "int8" if self.memory.quantized else "fp32", "scan_ms": dict(self.scan_ms)}
+        return {"activation_matrix": matrix.tolist(), "labels": list(self.patch_labels), **scan}

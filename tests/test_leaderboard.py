@@ -69,6 +69,26 @@ def test_plots_never_overwrite_each_other_and_the_page_holds_them(board):
     assert html.count("<table class='board'>") == 2
 
 
+def test_run_times_and_the_demos_part_times(tmp_path):
+    write_runs(tmp_path / "runs")
+    for run_id, seconds in (("a/tpatcher", 90.0), ("b/tpatcher", 30.0)):  # the other runs were resumed: no time
+        results = tmp_path / "runs" / run_id / "results.json"
+        results.write_text(json.dumps({**json.loads(results.read_text()), "wall_seconds": seconds}))
+    times = {"parts": {"qa": {"seconds": 150.0, "editors": {"initial model": 30.0, "tpatcher": 120.0}}}}
+    (tmp_path / "runs" / "demo_times.json").write_text(json.dumps(times))
+    md, _ = build(tmp_path / "runs", tmp_path / "out")
+    text = md.read_text()
+    assert "| a/tpatcher | 2 | **0.900 ± 0.050** | 4 ± 1 | 90 |" in text
+    assert "| d/ft_all | 2 | 0.500 ± 0.050 | 4 ± 1 |" in text
+    assert "Run time: 2.0 min over 2 run(s)" in text  # a and b share a table; c and d have no time
+    assert "| qa | 2.5 | initial model 30 s, tpatcher 120 s |" in text
+    assert "<h2>Time per part</h2>" in (tmp_path / "out" / "leaderboard.html").read_text()
+    (tmp_path / "runs" / "demo_times.json").write_text('{"parts": {"qa": {"seconds": 1}}}')
+    with pytest.raises(ValueError, match=r"demo_times.json: not a readable demo time file"):
+        build(tmp_path / "runs", tmp_path / "again")
+    assert not (tmp_path / "again" / "leaderboard.md").exists()  # refused before anything is written
+
+
 @pytest.mark.slow
 def test_the_page_sorts_by_a_click_and_shows_every_image_in_chromium(board):
     webdriver = pytest.importorskip("selenium.webdriver", reason="pip install -e .[browser]")

@@ -229,6 +229,37 @@ def test_memory_top_entries_match_the_full_expression(quantized):
     assert memory.scans["bounded" if quantized else "full"] == 1
 
 
+@pytest.mark.parametrize("slower", ["int8", "fp32"])
+def test_memory_keeps_the_scan_that_is_faster_here(slower, monkeypatch):
+    """memory_scan=auto times both scans on the memory and keeps the faster; either finds the same
+    entries. Which is slower is forced here (a sleep in its own code path)."""
+    import time
+
+    from editors.patch_memory import QUANTIZED_SCAN, QueryMemory
+
+    if not QUANTIZED_SCAN:
+        pytest.skip("this torch has no int8 kernel")
+    generator = torch.Generator().manual_seed(0)
+    memory = QueryMemory(48, quantized=True)
+    memory.append(torch.randn(4000, 48, generator=generator))
+    keys = torch.randn(48, 1, generator=generator) * 0.2
+    (before,) = memory.top_entries(keys, torch.zeros(1), [0.0], 50)
+    if slower == "int8":
+        bounded = QueryMemory._bounded_top
+        monkeypatch.setattr(QueryMemory, "_bounded_top", lambda *a: (time.sleep(0.01), bounded(*a))[1])
+    else:
+        matrix = QueryMemory.matrix.fget  # read by the fp32 scan only
+        monkeypatch.setattr(QueryMemory, "matrix", property(lambda self: (time.sleep(0.01), matrix(self))[1]))
+    timed = memory.keep_faster_scan(keys, 50)
+    assert timed[slower] > 10 and memory.quantized == (slower == "fp32")
+    assert not memory.quantized or memory.codes.shape[0] >= 4000
+    monkeypatch.undo()
+    (after,) = memory.top_entries(keys, torch.zeros(1), [0.0], 50)
+    assert torch.equal(after.sort().values, before.sort().values)
+    assert memory.scans == {"full": int(slower == "int8"), "bounded": int(slower == "fp32"), "rescored_rows":
+                            memory.scans["rescored_rows"]}
+
+
 @pytest.mark.parametrize("patches", [1, 3])
 def test_int8_memory_scan_finds_exactly_the_fp32_top_entries(patches):
     """The int8 scan's error bound must hold row by row: any miss changes the top-k set. Rows share
