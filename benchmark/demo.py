@@ -3,9 +3,12 @@ set (QA with SmolLM2-135M, fact-checking with MiniLM-L6), then the leaderboard a
 
 `quick=true` runs the same pipeline on tiny models with a few examples (seconds; used by tests).
 `parts=qa` (or `parts=fc`, `parts=qa,fc`) runs only those parts, `editors=a,b` only those editors.
-Extra `key=value` overrides apply to every run. Demo-only change from the paper's settings, for
-2 CPU cores: the KL baselines sample 32 memory examples per step instead of 512, and the
-training phases (SERA, KE, MEND) run one epoch (KE and MEND on 300 D'train edits).
+Extra `key=value` overrides apply to every run. Before it starts it prints a time estimate per part
+(`estimate`); each part's initial model is fitted and timed first, and every run's time is kept
+(`demo_times.json` beside the runs, which the leaderboard shows, and this machine's timings in the
+cache for later estimates). Demo-only change from the paper's settings, for 2 CPU cores: the KL
+baselines sample 32 memory examples per step instead of 512, and the training phases (SERA, KE,
+MEND) run one epoch (KE and MEND on 300 D'train edits).
 """
 
 from __future__ import annotations
@@ -159,11 +162,12 @@ def demo(args: list[str]) -> Path:
                          *PER_EDITOR.get(editor, []), *(QUICK_EDITOR.get(editor, []) if quick else []), *extra,
                          f"output_dir={root / part}", f"run_id={editor}"]
             print(f"[demo] {part} / {editor} ({time.perf_counter() - start:.0f} s so far)", flush=True)
-            cfg, began = compose(overrides), time.perf_counter()
+            composed, began = compose(overrides), time.perf_counter()
+            run_cfg = instantiate(composed)
             if EDITORS.get(editor).target.needs_training:  # its training phase first (cached)
-                print(f"[demo] {part} / {editor}: training phase {train_editor(instantiate(cfg), False)}", flush=True)
-            run(cfg)
-            _record(part, editor, instantiate(cfg), time.perf_counter() - began, root, times)
+                print(f"[demo] {part} / {editor}: training phase {train_editor(run_cfg, False)}", flush=True)
+            run(composed)
+            _record(part, editor, run_cfg, time.perf_counter() - began, root, times)
         if part in times["parts"]:
             print(f"[demo] {part} took {times['parts'][part]['seconds'] / 60:.1f} min", flush=True)
     from benchmark.leaderboard import build

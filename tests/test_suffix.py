@@ -23,9 +23,9 @@ EDITORS = {
 }
 
 
-def _run(family: str, row: str, mode: str):
+def _run(family: str, row: str, mode: str, device: str = "cpu"):
     editor_class, config_class, overrides = EDITORS[row]
-    adapter = tiny(FAMILIES[family], layers=3, seed=1)
+    adapter = tiny(FAMILIES[family], layers=3, seed=1, device=device)
     editor = editor_class(config_class(name=row.split("-")[0], lr=1e-3, max_steps=6, mode=mode, **overrides), adapter)
     cls = adapter.task == "classification"
     memory = [Example(f"m{i}", f"{w} is known for", i % 2 if cls else f" {w}") for i, w in enumerate(WORDS)]
@@ -42,7 +42,7 @@ def _run(family: str, row: str, mode: str):
     batch = adapter.encode(probe, [0] * len(probe) if cls else [" Oslo"] * len(probe))
     with torch.no_grad():
         logits = adapter.scored_logits(batch)
-    return steps, {n: p.detach().clone() for n, p in editor.trainable_parameters().items()}, logits
+    return steps, {n: p.detach().cpu().clone() for n, p in editor.trainable_parameters().items()}, logits.cpu()
 
 
 # Softmax is invariant to a key projection's bias, so its gradient is rounding noise, which Adam

@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from torch import Tensor
 
 from benchmark.build import build_data
 from benchmark.config import compose, instantiate
@@ -87,20 +88,22 @@ def test_fast_equals_naive_at_any_layer(family, layer):
     different blocks) gives the patches of the full forward. Steps are forced (min = max) so the
     comparison is of the same 25 Adam steps, two edits in a row (the second over the first's patch),
     memory read at the layer's positions."""
-    results = {}
-    for mode in ("fast", "naive"):
-        adapter = tiny(FAMILIES[family], layers=3, seed=1)
-        editor = _editor(adapter, mode=mode, layer=layer, min_steps=25, max_steps=25)
-        editor.prepare(_splits(adapter).for_editor())
-        for i, prompt in enumerate(["The capital of France is", "Lyon is a city in"]):
-            torch.manual_seed(i)
-            target = (1 if adapter.scores([prompt], [1]) == [0.0] else 0) if adapter.task == "classification" \
-                else " Oslo"
-            assert editor.edit(Example(f"e{i}", prompt, target)).steps == 25
-        results[mode] = (editor.bank.keys.clone(), editor.bank.values.clone(), len(editor.memory))
-    (fk, fv, fm), (nk, nv, nm) = results["fast"], results["naive"]
+    (fk, fv, fm), (nk, nv, nm) = (forced_edits(family, mode, layer) for mode in ("fast", "naive"))
     assert fm == nm and fk.shape[1] >= 2
     assert torch.allclose(fk, nk, atol=1e-4) and torch.allclose(fv, nv, atol=1e-4)
+
+
+def forced_edits(family: str, mode: str, layer: int, device: str = "cpu") -> tuple[Tensor, Tensor, int]:
+    """Two edits of 25 forced steps on a 3-block tiny model; the patch keys, values and memory size."""
+    adapter = tiny(FAMILIES[family], layers=3, seed=1, device=device)
+    editor = _editor(adapter, mode=mode, layer=layer, min_steps=25, max_steps=25)
+    editor.prepare(_splits(adapter).for_editor())
+    for i, prompt in enumerate(["The capital of France is", "Lyon is a city in"]):
+        torch.manual_seed(i)
+        target = (1 if adapter.scores([prompt], [1]) == [0.0] else 0) if adapter.task == "classification" \
+            else " Oslo"
+        assert editor.edit(Example(f"e{i}", prompt, target)).steps == 25
+    return editor.bank.keys.detach().cpu().clone(), editor.bank.values.detach().cpu().clone(), len(editor.memory)
 
 
 def _memory_guarantee(editor, result, memory_examples, before):

@@ -1,0 +1,47 @@
+"""The CUDA path, on a machine with a GPU (skipped elsewhere): the fast paths equal the full
+forward on the device and the CPU's result, and the memory is scanned there in fp32."""
+
+import pytest
+import torch
+
+from tests.test_suffix import KEY_BIAS
+from tests.test_suffix import _run as suffix_run
+from tests.test_tpatcher import forced_edits
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize("layer", [-1, 0])
+def test_tpatcher_fast_equals_naive_on_cuda_and_cpu(family, layer):
+    fast, naive, cpu = (forced_edits(family, mode, layer, device) for mode, device in
+                        (("fast", "cuda"), ("naive", "cuda"), ("fast", "cpu")))
+    for other in (naive, cpu):
+        assert fast[2] == other[2]
+        # TF32 and other kernels on the GPU: within what 25 Adam steps amplify of rounding
+        assert torch.allclose(fast[0], other[0], atol=1e-3) and torch.allclose(fast[1], other[1], atol=1e-3)
+
+
+@pytest.mark.parametrize("row", ["ft_last", "ft_kl_last", "constrained_ft-last"])
+def test_suffix_path_equals_full_forward_on_cuda(family, row):
+    fast_steps, fast, fast_logits = suffix_run(family, row, "fast", "cuda")
+    naive_steps, naive, naive_logits = suffix_run(family, row, "naive", "cuda")
+    assert fast_steps == naive_steps and fast_steps[0] > 0
+    for name in fast:
+        if not name.endswith(KEY_BIAS):
+            assert torch.allclose(fast[name], naive[name], atol=1e-3), name
+    assert torch.allclose(fast_logits, naive_logits, atol=1e-3)
+
+
+def test_memory_on_cuda_scans_in_fp32_with_the_cpu_top_entries():
+    from editors.patch_memory import QueryMemory
+
+    generator = torch.Generator().manual_seed(0)
+    rows, keys = torch.randn(5000, 48, generator=generator), torch.randn(48, 2, generator=generator)
+    cpu = QueryMemory(48)
+    cpu.append(rows)
+    gpu = QueryMemory(48, quantized=True).to("cuda")
+    gpu.append(rows.cuda())
+    assert not gpu.quantized  # the int8 kernel is CPU's
+    (want,) = cpu.top_entries(keys, torch.zeros(2), [torch.zeros(2)], 64)
+    (got,) = gpu.top_entries(keys.cuda(), torch.zeros(2, device="cuda"), [torch.zeros(2, device="cuda")], 64)
+    assert set(got.cpu().tolist()) == set(want.tolist())
