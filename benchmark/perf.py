@@ -360,7 +360,7 @@ def main(argv=None) -> None:
     parser.add_argument("editor", choices=["tpatcher", "suffix", "scale"])
     parser.add_argument("--out", default="runs/perf/scale.png", help="scale: where the plot (and .json) go")
     parser.add_argument("--family", choices=["classifier", "decoder", "both"], default="both")
-    parser.add_argument("--edits", type=int, default=5)
+    parser.add_argument("--edits", type=int, default=None, help="edits timed (default 5; scale: 1,000)")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--memory", type=int, default=40_000)
     parser.add_argument("--threads", type=int, default=None)
@@ -369,6 +369,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.edits is None:
+        args.edits = 1000 if args.editor == "scale" else 5
     if args.editor == "scale":
         families = ["classifier", "decoder"] if args.family == "both" else [args.family]
         stream = [r for name in SCALE_EDITORS for r in stream_curve(name, max(args.edits, 1), args.steps)]

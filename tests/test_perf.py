@@ -1,0 +1,32 @@
+"""The benchmark script's pieces that compute rather than time: the step floor from the shapes,
+and the scale curves' rows and plot (on a few edits)."""
+
+import pytest
+
+from benchmark.perf import examples, plot_scale, step_floor_ms, stream_curve
+from tests.conftest import tiny
+
+
+def test_step_floor_is_the_larger_of_reading_and_arithmetic_per_part():
+    adapter = tiny("tiny-llama")  # hidden 64, the tiny vocabulary
+    edit = examples("decoder", 1)[0]
+    speed = {"read_gb_s": 1.0, "matmul_gflops": 1.0}
+    floor = step_floor_ms(adapter, "decoder", 1000, edit, speed)
+    width, vocabulary = 64, adapter.model.get_output_embeddings().weight.shape[0]
+    positions = len(adapter.encode([edit.prompt], [edit.target]).targets)
+    assert floor["memory_scan_ms"] == pytest.approx(1000 * 1000 * width / 1e9, abs=1e-3)
+    tail = max(2 * 4 * vocabulary * width, 2 * 2 * positions * vocabulary * width) / 1e9
+    assert floor["tail_ms"] == pytest.approx(1000 * tail, abs=1e-3)
+    assert floor["floor_ms"] == pytest.approx(floor["memory_scan_ms"] + floor["tail_ms"], abs=2e-3)
+
+
+def test_scale_curve_rows_and_plot(tmp_path, monkeypatch):
+    import benchmark.perf as perf
+
+    monkeypatch.setattr(perf, "STREAM_POINTS", (1, 4))
+    rows = stream_curve("knn_lm", 4, steps=2)
+    assert [r["edits"] for r in rows] == [1, 4] and all(r["seconds_per_edit"] > 0 for r in rows)
+    memory = [{"family": "decoder", "memory_rows": n, "seconds_per_edit": s, "steps_per_edit": 2}
+              for n, s in ((10_000, 0.1), (20_000, 0.2))]
+    plot_scale(rows, memory, tmp_path / "scale.png")
+    assert (tmp_path / "scale.png").stat().st_size > 5000
