@@ -166,7 +166,8 @@ def table(runs: list[dict]) -> str:
             cells = [f"**{text}**" if _is_best(run, c, best) else text for c, text in zip(columns, cells)]
             extra = [_settings_text(differ[run["id"]]) or "-"] if show_settings else []
             out.append(f"| {run['editor']} | {run['id']} | {_folds(run)} | " + " | ".join(cells + extra) + " |")
-        out += ["", _run_time(members), ""] if _run_time(members) else [""]
+        run_time = _run_time(members)
+        out += ["", run_time, ""] if run_time else [""]
     return "\n".join(out)
 
 
@@ -335,7 +336,8 @@ def page(runs: list[dict], figures: dict[tuple, list[Path]], times: list[tuple[s
                 cells.append(f"<td{cls} data-sort='{'' if mean is None else repr(float(mean))}'>{text}{n}</td>")
             cells.append(_text_cell(_settings_text(differ[run["id"]]) or "-"))
             parts.append("<tr>" + "".join(cells) + "</tr>")
-        parts.append("</tbody></table>" + (f"<p>{esc(_run_time(members))}</p>" if _run_time(members) else ""))
+        run_time = _run_time(members)
+        parts.append("</tbody></table>" + (f"<p>{esc(run_time)}</p>" if run_time else ""))
         for png in figures.get(key, []):
             data = base64.b64encode(png.read_bytes()).decode()
             parts.append(f"<img alt='{esc(png.stem)}' title='{esc(png.name)}' src='data:image/png;base64,{data}'>")
