@@ -79,7 +79,7 @@ def estimate(part: str, cfg, editors: list[str]) -> tuple[float, list[str], list
     model), else the reference machine's, scaled by the examples streamed; with the editors that
     came from here and those with no timing at all."""
     mine, total, here, unknown = _timings(), 0.0, [], []
-    streamed = _streamed(cfg)
+    streamed, reference_streamed = _streamed(cfg), _streamed(compose([f"experiment={PARTS[part]}"]))
     weights = initial_weights(cfg.model, cfg.data, cfg.init)
     if weights is not None and not weights.exists():  # the initial model is fitted first
         fit = mine.get(f"{part}/{INITIAL}/{cfg.model.name}")
@@ -90,7 +90,7 @@ def estimate(part: str, cfg, editors: list[str]) -> tuple[float, list[str], list
             seconds, measured_at = own["seconds"], own["examples"]
             here.append(editor)
         elif cfg.model.name == REFERENCE_MODELS[part] and editor in REFERENCE_SECONDS[part]:
-            seconds, measured_at = REFERENCE_SECONDS[part][editor], _streamed(compose([f"experiment={PARTS[part]}"]))
+            seconds, measured_at = REFERENCE_SECONDS[part][editor], reference_streamed
         else:
             unknown.append(editor)
             continue

@@ -300,16 +300,24 @@ def memory_curve(family: str, edits: int, steps: int) -> list[dict]:
     hours here; the scan's cost depends on the rows' count and spread, not on their source)."""
     adapter = build(family)
     chosen = examples(family, edits)
-    rows = []
-    for size in MEMORY_POINTS:
-        cfg = TPatcherConfig(name="tpatcher", max_steps=steps, min_steps=steps)
+    cfg = TPatcherConfig(name="tpatcher", max_steps=steps, min_steps=steps)
+
+    def fresh() -> TPatcherEditor:
         editor = TPatcherEditor(cfg, adapter)
         editor.prepare(EditorData(adapter.task, [], [], pool=[]))
-        memory_rows(editor, family, edits, min(size, 10_000))
-        real = editor.memory.matrix
+        return editor
+
+    loader = fresh()  # the real rows and their spread, read and factored once
+    memory_rows(loader, family, edits, 10_000)
+    real = loader.memory.matrix.clone()
+    spread = torch.linalg.cholesky(torch.cov(real.T.double()) + 1e-6 * torch.eye(real.shape[1]))
+    del loader
+    rows = []
+    for size in MEMORY_POINTS:
+        editor = fresh()
+        editor.memory.append(real[:size])
         if size > len(real):
             generator = torch.Generator().manual_seed(size)
-            spread = torch.linalg.cholesky(torch.cov(real.T.double()) + 1e-6 * torch.eye(real.shape[1]))
             noise = torch.randn(size - len(real), real.shape[1], generator=generator, dtype=torch.float64)
             editor.memory.append((real.mean(0).double() + noise @ spread.T).float())
         editor.choose_scan()

@@ -18,6 +18,9 @@ def test_step_floor_is_the_larger_of_reading_and_arithmetic_per_part():
     tail = max(2 * 4 * vocabulary * width, 2 * 2 * positions * vocabulary * width) / 1e9
     assert floor["tail_ms"] == pytest.approx(1000 * tail, abs=1e-3)
     assert floor["floor_ms"] == pytest.approx(floor["memory_scan_ms"] + floor["tail_ms"], abs=2e-3)
+    double = step_floor_ms(adapter, "decoder", 2000, edit, speed)  # the scan grows with the memory, the tail not
+    assert double["memory_scan_ms"] == pytest.approx(2 * floor["memory_scan_ms"], abs=1e-3)
+    assert double["tail_ms"] == floor["tail_ms"]
 
 
 def test_scale_curve_rows_and_plot(tmp_path, monkeypatch):
