@@ -1,12 +1,13 @@
 """Speed of the fast paths against the naive ones, side by side in one process.
 
     python -m benchmark.perf tpatcher [--family classifier|decoder] [--edits 5] [--steps 100]
-    python -m benchmark.perf suffix [--family classifier|decoder] [--edits 3] [--steps 10]
+    python -m benchmark.perf suffix [--family classifier|decoder] [--model smollm2-135m] [--edits 3] [--steps 10]
     python -m benchmark.perf scale [--edits 1000] [--steps 100] [--out runs/perf/scale.png]
 
 `suffix` times ft_last, ft_kl_last and constrained_ft (last block) with only the trained block
 run each step against the full forward (see `time_suffix`), and KE's and MEND's training edit
-(`time_hypernet_training`). For `tpatcher`:
+(`time_hypernet_training`), on the sized random models below or on real ones (`--model`, repeatable).
+For `tpatcher`:
 
 classifier: a BERT-base-sized encoder (12 layers, hidden 768, random init) editing fact-checking
 claims against a memory of 40,000 queries of distinct real claims (computed once, then cached).
@@ -45,8 +46,14 @@ from benchmark.types import EditorData, Example
 from editors.tpatcher import TPatcherConfig, TPatcherEditor
 
 
-def build(family: str):
+def build(family: str, model: str | None = None):
+    """The sized, randomly initialised model of `family`; or, where `model` names one (a registered
+    name such as smollm2-135m or minilm-l6, or a local folder), that model with its real weights."""
     torch.manual_seed(0)
+    if model:
+        from benchmark.models.zoo import build_model
+
+        return build_model(ModelConfig(name=model, eval_batch_size=128))
     if family == "classifier":
         tok = tiny_tokenizer(with_eos=True)
         model = BertForSequenceClassification(BertConfig(vocab_size=len(tok), num_labels=1))  # BERT-base sizes
@@ -114,7 +121,7 @@ def time_edits(adapter, family: str, mode: str, edits: list[Example], memory: in
     editor = TPatcherEditor(cfg, adapter)
     editor.prepare(EditorData(adapter.task, [], [], pool=[]))
     build_seconds = memory_rows(editor, family, len(edits), memory)
-    editor.choose_scan()  # memory_scan=auto decides on the memory it has now
+    editor.choose_scan()  # memory_scan=auto: the first scans of these edits time both
     times, step_counts, missed = [], [], 0
     for i, ex in enumerate(edits):
         torch.manual_seed(i)
@@ -124,7 +131,7 @@ def time_edits(adapter, family: str, mode: str, edits: list[Example], memory: in
         step_counts.append(result.steps)
         missed += result.info.get("screen_missed_rows", 0)
     keys = editor.bank.keys.clone()
-    scan = {"memory_scan": "int8" if editor.memory.quantized else "fp32", "scan_ms": editor.scan_ms}
+    scan = {"memory_scan": "int8" if editor.memory.quantized else "fp32", "scan_ms": editor.memory.scan_ms}
     editor.reset()
     return times, step_counts, keys, build_seconds, missed, scan
 
@@ -171,7 +178,7 @@ SUFFIX_EDITORS = {"ft_last": {"layers": "last"}, "ft_kl_last": {"layers": "last"
                   "constrained_ft": {"block": "last", "delta": 1.0}}
 
 
-def time_suffix(family: str, edits: int, steps: int) -> None:
+def time_suffix(adapter, edits: int, steps: int) -> None:
     """`suffix`: the fine-tuning editors that train the last block, each step running only that
     block and the head from its recorded input (fast) against the full forward (naive),
     alternating edit by edit; every edit runs all `steps` steps (lr too small to succeed). Timing
@@ -179,7 +186,7 @@ def time_suffix(family: str, edits: int, steps: int) -> None:
     from editors.constrained_ft import ConstrainedFTConfig, ConstrainedFTEditor
     from editors.ft import FTConfig, FTEditor
 
-    adapter = build(family)
+    family = adapter.family
     chosen = examples(family, edits + 64)
     memory, chosen = chosen[edits:], chosen[:edits]
     for name, overrides in SUFFIX_EDITORS.items():
@@ -199,12 +206,13 @@ def time_suffix(family: str, edits: int, steps: int) -> None:
                 assert result.steps == steps
                 editor.reset()
         fast, naive = statistics.median(seconds["fast"]), statistics.median(seconds["naive"])
-        print(json.dumps({"benchmark": "suffix", "family": family, "editor": name, "steps_per_edit": steps,
+        print(json.dumps({"benchmark": "suffix", "family": family, "model": adapter.config.name, "editor": name,
+                          "steps_per_edit": steps,
                           "edits": edits, "naive_median_s": round(naive, 4), "fast_median_s": round(fast, 4),
                           "speedup": round(naive / fast, 2), "threads": torch.get_num_threads()}), flush=True)
 
 
-def time_hypernet_training(family: str, edits: int) -> None:
+def time_hypernet_training(adapter, edits: int) -> None:
     """`suffix`, KE and MEND: one training edit (the training step on one example, its backward
     included) with the locality KL's edited forward running only the edited blocks (fast) against
     the full forward (naive), alternating. Their sequential edit is one forward and one backward
@@ -214,7 +222,7 @@ def time_hypernet_training(family: str, edits: int) -> None:
 
     from benchmark.registry import EDITORS
 
-    adapter = build(family)
+    family = adapter.family
     train = examples(family, edits + 64)
     data = EditorData(adapter.task, train, [], pool=[])
     for name in ("ke_style", "mend_style"):
@@ -235,7 +243,8 @@ def time_hypernet_training(family: str, edits: int) -> None:
                 seconds.setdefault(mode, []).append(time.perf_counter() - start)
                 editor.zero_grad(set_to_none=True)
         fast, naive = statistics.median(seconds["fast"]), statistics.median(seconds["naive"])
-        print(json.dumps({"benchmark": "hypernet_training", "family": family, "editor": name, "edits": edits,
+        print(json.dumps({"benchmark": "hypernet_training", "family": family, "model": adapter.config.name,
+                          "editor": name, "edits": edits,
                           "blocks": editor.config.blocks, "naive_median_s": round(naive, 4),
                           "fast_median_s": round(fast, 4), "speedup": round(naive / fast, 2),
                           "threads": torch.get_num_threads()}), flush=True)
@@ -374,6 +383,9 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--refresh", type=int, default=10, help="memory_refresh of the screened run")
     parser.add_argument("--layer", type=int, default=-1, help="patched block (editor.layer; -1: the last)")
+    parser.add_argument("--model", action="append", default=None,
+                        help="suffix: a real model instead of the sized random one (smollm2-135m, minilm-l6; "
+                             "repeat for several)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -389,10 +401,13 @@ def main(argv=None) -> None:
         print(f"wrote {out} and {out.with_suffix('.json')}")
         return
     if args.editor == "suffix":
-        for family in (["classifier", "decoder"] if args.family == "both" else [args.family]):
-            time_suffix(family, args.edits, args.steps)
-            time_hypernet_training(family, args.edits)
+        families = ["classifier", "decoder"] if args.family == "both" else [args.family]
+        for adapter in ((build("", name) for name in args.model) if args.model else map(build, families)):
+            time_suffix(adapter, args.edits, args.steps)
+            time_hypernet_training(adapter, args.edits)
         return
+    if args.model:
+        parser.error("--model applies to `suffix` only (tpatcher's memory rows are cached per sized model)")
     for family in (["classifier", "decoder"] if args.family == "both" else [args.family]):
         adapter = build(family)
         edits = examples(family, args.edits)

@@ -5,9 +5,12 @@ The memory loss S(M k + b - beta; k) has gradient only at its top-k entries, so 
 them without gradient (one scan of M) and recomputes just those k entries with gradient: the same
 values and gradients as the full expression, without a backward pass through all of M.
 
-On CPU the scan is bound by reading M (123 MB for 40,000 x 768 in fp32, ~7 ms on 2 cores), every
-step. With `quantized=True` the memory also keeps an int8 copy (one scale per row) and the scan
-reads that (~1 ms), then rescores in fp32 only the rows the int8 scores cannot rule out. The int8
+On CPU the scan is bound by reading M (123 MB for 40,000 x 768 in fp32) every step; read through
+a transposed copy (`transposed=True`) it runs at about twice the speed. With `quantized=True` the
+memory also keeps an int8 copy (one scale per row) and the scan reads that (a quarter of the
+bytes, but torch's int8 kernel is not bandwidth-bound: about as fast as the transposed fp32 scan
+for one key, slower for several), then rescores in fp32 only the rows the int8 scores cannot rule
+out; which of the two is faster is timed in the run's own edits (`start_trial`). The int8
 copy holds M_i - c, c the mean of the first rows appended (c.k is added back in fp32): queries
 share a large common part, and the codes then spend their 8 bits on what differs (the bound below
 shrank 7x on BERT-sized queries). Each score a has a proven error bound e (below), so with tau the
@@ -36,13 +39,22 @@ def smooth_top(values: Tensor, k: int) -> Tensor:
 
 
 class QueryMemory:
-    def __init__(self, width: int, quantized: bool = False):
+    def __init__(self, width: int, quantized: bool = False, transposed: bool = False):
         self.width = width
         self.quantized = quantized and QUANTIZED_SCAN
         self.padded = -(-width // PAD) * PAD
         self.rows = torch.zeros(0, width)
+        # transposed=True: the same rows also transposed, [width, capacity], for the fp32 scan: on
+        # CPU k^T M^T reads M at ~2x the speed of M k for one key and ~2.4x for five (MKL's skinny
+        # products, 40,000 x 768, 1 thread), for twice the memory; the row-major copy serves the
+        # gathers of a few rows (a column gather is ~100x slower)
+        self.transposed = transposed
+        self.columns = torch.zeros(width, 0)
         self.length = 0
         self.scans = {"full": 0, "bounded": 0, "rescored_rows": 0}  # what the scans cost, for reports
+        self.trial: dict[str, list[float]] | None = None  # memory_scan=auto's timings, see start_trial
+        self.trial_scans = 0
+        self.scan_ms: dict[str, float] = {}  # its result: median ms of each scan
         if self.quantized:
             self.codes = torch.zeros(0, self.padded, dtype=torch.int8)  # round(M_i / s_i)
             self.scales = torch.zeros(0, dtype=torch.bfloat16)  # s_i, as the kernel reads it
@@ -65,7 +77,7 @@ class QueryMemory:
             self.quantized = False  # the int8 kernel is CPU's; elsewhere the fp32 scan is fast anyway
         if self.quantized and self.centre is not None:
             self.centre = self.centre.to(device)
-        for name in self._buffers():
+        for name in [*self._buffers(), "columns"]:
             setattr(self, name, getattr(self, name).to(device))
         return self
 
@@ -78,8 +90,14 @@ class QueryMemory:
                 grown = torch.zeros(size, *old.shape[1:], dtype=old.dtype, device=rows.device)
                 grown[: self.length] = old[: self.length]
                 setattr(self, name, grown)
+            if self.transposed:
+                columns = torch.zeros(self.width, size, dtype=self.columns.dtype, device=rows.device)
+                columns[:, : self.length] = self.columns[:, : self.length]
+                self.columns = columns
         new = rows.to(self.rows.dtype)
         self.rows[self.length : need] = new
+        if self.transposed:
+            self.columns[:, self.length : need] = new.T
         if self.quantized and len(new):
             self._quantize(new, slice(self.length, need))
         self.length = need
@@ -99,6 +117,12 @@ class QueryMemory:
     def truncate(self, length: int) -> None:
         self.length = min(length, self.length)
 
+    def products(self, keys: Tensor) -> Tensor:
+        """M K [rows, n] in fp32 without gradient (through the transposed copy where kept)."""
+        if self.transposed:
+            return (keys.T.to(self.columns.dtype) @ self.columns[:, : self.length]).T
+        return self.matrix @ keys.to(self.rows.dtype)
+
     def entries(self, keys: Tensor, bias: Tensor, flat: Tensor) -> Tensor:
         """Entries (row, patch) of M K + b at flat indices, with gradient through K and b."""
         n = keys.shape[1]
@@ -113,6 +137,11 @@ class QueryMemory:
         """For each shift (a value per patch): flat indices of the top-k entries of
         M K + b + shift. One scan of M serves every shift; with one patch every shift ranks the
         entries alike, so its top-k is found once (the same tensor is returned for each)."""
+        if self.trial is not None:
+            return self._timed_top(keys, bias, shifts, k)
+        return self._top(keys, bias, shifts, k)
+
+    def _top(self, keys: Tensor, bias: Tensor, shifts: list[Tensor], k: int) -> list[Tensor]:
         n, wanted = keys.shape[1], len(shifts)
         kk = min(k, self.length * n)
         if n == 1:
@@ -122,33 +151,45 @@ class QueryMemory:
             found = self._bounded_top(keys, bias, shifts, kk)
         if found is None:
             self.scans["full"] += 1
-            full = self.matrix @ keys.to(self.rows.dtype) + bias
+            full = self.products(keys) + bias
             found = [(full + shift).flatten().topk(kk).indices for shift in shifts]
         return found * wanted if n == 1 else found
 
-    @torch.no_grad()
-    def keep_faster_scan(self, keys: Tensor, k: int, repeats: int = 5) -> dict[str, float]:
-        """Times the int8-bounded scan and the plain fp32 scan of this memory for `keys` (median ms
-        of `repeats`) and keeps the int8 copy only where its scan is faster: both find the same
-        top-k, so this decides speed alone (the int8 scan wins on large memories, where reading M
-        dominates, and can lose on small ones or wide rows, measured in benchmark.perf)."""
-        if not self.quantized:
-            return {}
-        bias, shifts, timed = torch.zeros(keys.shape[1], device=keys.device), [0.0], {}
-        for name, quantized in (("int8", True), ("fp32", False)):
-            self.quantized, seconds = quantized, []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                self.top_entries(keys, bias, shifts, k)
-                seconds.append(time.perf_counter() - start)
-            timed[name] = 1000 * statistics.median(seconds)
-        self.quantized = True
-        if timed["fp32"] <= timed["int8"]:
+    def start_trial(self, scans: int = 5) -> None:
+        """memory_scan=auto: the next 2 x `scans` scans alternate between the int8-bounded and the
+        fp32 scan, each timed inside the run's own edits, and then only the faster is kept (the
+        int8 copy is dropped where fp32 wins). Both find the same top-k, so this decides speed
+        alone. Timed in the edits, not on a probe key: the int8 scan's cost grows with the rows its
+        bound cannot rule out, which grows as an edit moves its keys (a SmolLM2-sized memory of 40k
+        rows: ~3,300 rescored rows a scan mid-edit, int8 slower than fp32 there, faster on the
+        edit's first key)."""
+        self.trial = {"int8": [], "fp32": []} if self.quantized else None
+        self.trial_scans = scans
+
+    def _timed_top(self, keys: Tensor, bias: Tensor, shifts: list[Tensor], k: int) -> list[Tensor]:
+        """One trial scan, in whichever mode has been timed less so far (none while the memory is
+        too small for the int8 scan to be tried)."""
+        trial = self.trial
+        if self.length * keys.shape[1] <= 4 * min(k, self.length * keys.shape[1]):
+            return self._top(keys, bias, shifts, k)
+        mode = "int8" if len(trial["int8"]) <= len(trial["fp32"]) else "fp32"
+        self.quantized, start = mode == "int8", time.perf_counter()
+        try:
+            found = self._top(keys, bias, shifts, k)
+        finally:
+            self.quantized = True  # the int8 buffers stay in step with the rows until decided
+        trial[mode].append(time.perf_counter() - start)
+        if min(len(t) for t in trial.values()) >= self.trial_scans:
+            self._keep_faster()
+        return found
+
+    def _keep_faster(self) -> None:
+        self.scan_ms = {mode: 1000 * statistics.median(t) for mode, t in self.trial.items()}
+        self.trial = None
+        if self.scan_ms["fp32"] <= self.scan_ms["int8"]:
             self.quantized = False
             for name in ("codes", "scales", "residual", "code_norms"):
                 delattr(self, name)
-        self.scans = {key: 0 for key in self.scans}  # the timing's scans are not the run's
-        return timed
 
     def _bounded_top(self, keys: Tensor, bias: Tensor, shifts: list[Tensor], k: int) -> list[Tensor] | None:
         """The top-k entries through the int8 copy (module docstring), or None where the bound

@@ -149,7 +149,7 @@ class _Screening:
 
     @torch.no_grad()
     def silent_on_all(self, patches: _Patches) -> bool:
-        quiet = float((self.editor.memory.matrix @ patches.keys + patches.bias).max()) <= self.editor.silent_below
+        quiet = float((self.editor.memory.products(patches.keys) + patches.bias).max()) <= self.editor.silent_below
         if not quiet:
             self.last_scan = -self.refresh  # rescan before the next step
         return quiet
@@ -192,11 +192,10 @@ class TPatcherEditor(HookedEditor):
         on_cpu = torch.device(adapter.device).type == "cpu"
         if config.memory_scan == "int8" and not (on_cpu and QUANTIZED_SCAN):
             raise ValueError("editor.memory_scan=int8 needs the model on CPU and torch's int8 kernel; use auto or fp32")
-        self.memory = QueryMemory(site.width, quantized=config.memory_scan != "fp32" and on_cpu)
+        self.memory = QueryMemory(site.width, quantized=config.memory_scan != "fp32" and on_cpu, transposed=True)
         self.patch_queries = torch.zeros(0, site.width)  # each patch's own mistake query (Fig. 5)
         self.patch_labels: list[str] = []  # "edit.mistake", as the paper labels Fig. 5
         self.initial_memory_len = 0
-        self.scan_ms: dict[str, float] = {}  # memory_scan=auto: the timed scans (ms), see choose_scan
         self.initial_val_memory = self.val_memory = torch.zeros(0, site.width)  # recipe=official only
         self.kl_pool: list[Example] = []  # memory_loss=kl: the memory examples
         self.references = ReferenceOutputs(adapter)
@@ -234,12 +233,10 @@ class TPatcherEditor(HookedEditor):
             self.val_memory = self.initial_val_memory
 
     def choose_scan(self) -> None:
-        """memory_scan=auto: keep the int8 scan only where it is faster on this memory, timed with
-        a patch key as an edit starts it (a memory query q, as q / |q|^2)."""
-        if self.config.memory_scan != "auto" or len(self.memory) <= 4 * self.config.topk:
-            return
-        q = self.memory.matrix[len(self.memory) // 2]
-        self.scan_ms = self.memory.keep_faster_scan((q / q.pow(2).sum())[:, None], self.config.topk)
+        """memory_scan=auto: the first scans of the run's edits time the int8 and the fp32 scan in
+        turn, and the faster is kept (QueryMemory.start_trial)."""
+        if self.config.memory_scan == "auto":
+            self.memory.start_trial()
 
     def check(self, example: Example) -> Check:
         """The loop's check of a stream example also reads its FFN queries, which the memory takes
@@ -342,7 +339,7 @@ class TPatcherEditor(HookedEditor):
         either memory loss, as a small memory read until the next scan. Also counts the true
         top-k rows the previous candidates had missed (the screen's measured error)."""
         cfg, n = self.config, keys.shape[1]
-        full = self.memory.matrix @ keys + bias
+        full = self.memory.products(keys) + bias
         wide = min(cfg.memory_candidates * cfg.topk, full.numel())
         shifted = [(full + shift).flatten() for shift in self._shifts(A, bias)]
         rows = torch.cat([v.topk(wide).indices // n for v in shifted]).unique()
@@ -430,7 +427,7 @@ class TPatcherEditor(HookedEditor):
         the patch is silent on the memory); an edit stopped by max_steps says which half failed."""
         keys, bias = patches.keys.detach(), patches.bias.detach()
         own_act = (own @ keys + bias).diagonal() if len(own) > 1 else (own @ keys + bias).reshape(-1)
-        mem_max = (self.memory.matrix @ keys + bias).max(0).values if len(self.memory) else None
+        mem_max = (self.memory.products(keys) + bias).max(0).values if len(self.memory) else None
         info = {"patches": len(own), "solved": solved and quiet, "holds": solved, "activation": own_act.tolist(),
                 "memory_max": mem_max.tolist() if mem_max is not None else []}
         if not (solved and quiet):
@@ -468,5 +465,5 @@ class TPatcherEditor(HookedEditor):
         """Patch-by-mistake activation matrix (paper Fig. 5): row i is patch i, column j mistake
         query j (each patch's own query, in edit order), value act(q_j . k_i + b_i)."""
         matrix = self.act(self.bank.activations(self.patch_queries)).T if len(self.bank) else torch.zeros(0, 0)
-        scan = {"memory_scan": "int8" if self.memory.quantized else "fp32", "scan_ms": dict(self.scan_ms)}
+        scan = {"memory_scan": "int8" if self.memory.quantized else "fp32", "scan_ms": dict(self.memory.scan_ms)}
         return {"activation_matrix": matrix.tolist(), "labels": list(self.patch_labels), **scan}

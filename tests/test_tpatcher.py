@@ -233,9 +233,10 @@ def test_memory_top_entries_match_the_full_expression(quantized):
 
 
 @pytest.mark.parametrize("slower", ["int8", "fp32"])
-def test_memory_keeps_the_scan_that_is_faster_here(slower, monkeypatch):
-    """memory_scan=auto times both scans on the memory and keeps the faster; either finds the same
-    entries. Which is slower is forced here (a sleep in its own code path)."""
+def test_memory_keeps_the_scan_that_is_faster_in_the_edits(slower, monkeypatch):
+    """memory_scan=auto: the first scans alternate int8 / fp32, timed, then only the faster is
+    kept; every scan, in the trial and after, finds the same entries. Which is slower is forced
+    here (a sleep in its own code path)."""
     import time
 
     from editors.patch_memory import QUANTIZED_SCAN, QueryMemory
@@ -253,14 +254,67 @@ def test_memory_keeps_the_scan_that_is_faster_here(slower, monkeypatch):
     else:
         matrix = QueryMemory.matrix.fget  # read by the fp32 scan only
         monkeypatch.setattr(QueryMemory, "matrix", property(lambda self: (time.sleep(0.01), matrix(self))[1]))
-    timed = memory.keep_faster_scan(keys, 50)
-    assert timed[slower] > 10 and memory.quantized == (slower == "fp32")
+    memory.start_trial(scans=3)
+    memory.scans = {key: 0 for key in memory.scans}
+    found = []
+    for step in range(6):
+        (entries,) = memory.top_entries(keys * (1 + 0.01 * step), torch.zeros(1), [0.0], 50)
+        found.append(entries)
+        assert memory.trial is not None or step == 5  # decided after 3 of each, not before
+        memory.append(torch.zeros(0, 48))  # the memory may be written between scans mid-trial
+    assert memory.scans["full"] == 3 and memory.scans["bounded"] == 3  # alternated
+    assert memory.scan_ms[slower] > 10 and memory.quantized == (slower == "fp32")
     assert not memory.quantized or memory.codes.shape[0] >= 4000
     monkeypatch.undo()
+    for step, entries in enumerate(found):  # either scan: the fp32 top-k of its keys
+        exact = (memory.matrix @ (keys * (1 + 0.01 * step))).flatten().topk(50).indices
+        assert torch.equal(entries.sort().values, exact.sort().values)
     (after,) = memory.top_entries(keys, torch.zeros(1), [0.0], 50)
     assert torch.equal(after.sort().values, before.sort().values)
-    assert memory.scans == {"full": int(slower == "int8"), "bounded": int(slower == "fp32"), "rescored_rows":
-                            memory.scans["rescored_rows"]}
+
+
+def test_scan_trial_waits_for_a_memory_the_int8_scan_would_read():
+    """Below 4 x k rows the int8 scan is never tried, so no timing is taken there: the trial
+    starts counting once the memory has grown."""
+    from editors.patch_memory import QUANTIZED_SCAN, QueryMemory
+
+    if not QUANTIZED_SCAN:
+        pytest.skip("this torch has no int8 kernel")
+    memory = QueryMemory(16, quantized=True)
+    memory.append(torch.randn(100, 16))
+    memory.start_trial(scans=2)
+    memory.top_entries(torch.randn(16, 1), torch.zeros(1), [0.0], 50)
+    assert memory.trial == {"int8": [], "fp32": []}
+    memory.append(torch.randn(400, 16))
+    for _ in range(4):
+        memory.top_entries(torch.randn(16, 1), torch.zeros(1), [0.0], 50)
+    assert memory.trial is None and set(memory.scan_ms) == {"int8", "fp32"}
+
+
+@pytest.mark.parametrize("patches", [1, 4])
+def test_transposed_memory_scan_gives_the_row_major_products(patches):
+    """T-Patcher's memory keeps its rows also transposed for the fp32 scan: through appends that
+    grow it (geometric, in place), truncation and regrowth, M K read either way is the same to
+    rounding and ranks the same top-k."""
+    from editors.patch_memory import QueryMemory
+
+    generator = torch.Generator().manual_seed(2)
+    memory, plain = QueryMemory(40, transposed=True), QueryMemory(40)
+    for size in (7, 300, 1, 2000):
+        rows = torch.randn(size, 40, generator=generator)
+        memory.append(rows)
+        plain.append(rows)
+    memory.truncate(1500)
+    plain.truncate(1500)
+    rows = torch.randn(900, 40, generator=generator)
+    memory.append(rows)
+    plain.append(rows)
+    keys = torch.randn(40, patches, generator=generator)
+    assert memory.columns.shape[1] >= len(memory) == 2400
+    torch.testing.assert_close(memory.products(keys), plain.matrix @ keys, rtol=1e-5, atol=1e-5)
+    for shift in (0.0, torch.randn(patches, generator=generator)):
+        top = memory.top_entries(keys, torch.zeros(patches), [shift], 100)[0]
+        assert torch.equal(top.sort().values, ((plain.matrix @ keys) + shift).flatten().topk(100).indices.sort().values)
 
 
 @pytest.mark.parametrize("patches", [1, 3])

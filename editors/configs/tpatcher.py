@@ -58,7 +58,8 @@ class TPatcherConfig(EditorConfig):
     memory_candidates: int = field(default=4, metadata={"help": "candidate rows kept between scans, times topk"})
     memory_scan: str = field(default="auto", metadata={
         "help": "fp32 | int8 | auto: int8 scans an int8 copy of the memory under a proven error bound and rescores "
-                "in fp32 only the rows it cannot rule out (the same top-k as fp32); auto: int8 on CPU"})
+                "in fp32 only the rows it cannot rule out (the same top-k as fp32); auto: on CPU, whichever of the "
+                "two is faster, timed over the first scans of the run's edits"})
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
