@@ -456,7 +456,9 @@ class TPatcherEditor(HookedEditor):
         if float(own_act.min()) <= self.silent_below:
             why += f"; the patch is silent on its own query (pre-activation {float(own_act.min()):.3g})"
         if len(self.memory):
-            cosine = F.normalize(own, dim=-1) @ F.normalize(self.memory.matrix, dim=-1).T
+            # one scan and one norm pass: normalising the whole memory first cost ~0.3 s an edit at 40k rows
+            row_norms = self.memory.matrix.norm(dim=1).clamp_min(1e-12)
+            cosine = self.memory.products(own.T) / (row_norms[:, None] * own.norm(dim=1).clamp_min(1e-12))
             why += f"; nearest memory query at cosine {float(cosine.max()):.4f}"
         return f"max_steps ({self.config.max_steps}): {why}"
 

@@ -155,6 +155,7 @@ def test_an_edit_stopped_by_max_steps_is_not_reported_solved(family):
     result = editor.edit(Example("e", prompt, target))
     assert result.steps == 2 and not result.info["solved"]
     assert result.info["failure"].startswith("max_steps (2): ")
+    assert result.info["failure"].endswith("nearest memory query at cosine 1.0000")  # its own query is there
 
 
 def test_stop_rule_is_met_where_the_memory_allows_it(family):
