@@ -29,6 +29,9 @@ to the block's FFN output (not the block's output) at the subject's last token (
 prefixes generated from the start token, half 5 and half 10 tokens long (rm:213-236,
 context_template_length_params [[5, 10], [10, 10]]); u = C^-1 k* / |C^-1 k*| with k* the mean key
 over the prefixes (cu:58-124); v = (v* - W k) / (k . u) at the bare prompt (cv:166-189); W += v u^T.
+`consistent_keys` is C-ROME (Yang et al., EMNLP 2024 Findings, "The Fall of ROME"; code
+WanliYoung/Collapse-in-Model-Editing, easyeditor/models/rome/compute_v.py:182-191 and 242-273,
+`if_c_rome`): k and W k in v are the means over the prefixed prompts, as in u.
 """
 
 from __future__ import annotations
@@ -351,7 +354,10 @@ class RomeEditor(MemitEditor):
         if self.config.mom2_adjustment:
             u = torch.linalg.solve(self.second_moments[0].double(), u)
         u = u / u.norm()
-        v = (z - outputs[0]) / torch.dot(keys[0], u)  # at the bare prompt (cv:170-181)
+        # at the bare prompt (cv:170-181); C-ROME: at the prefix-averaged key and output, the key of
+        # u, so the denominator k* . u cannot nearly vanish (the collapse of the Fall-of-ROME paper)
+        at = slice(None) if self.config.consistent_keys else slice(0, 1)
+        v = (z - outputs[at].mean(0)) / torch.dot(keys[at].mean(0), u)
         with torch.no_grad():
             site.out_proj.weight += torch.outer(v, u).to(site.out_proj.weight.dtype)
         return EditResult(steps=steps, info={"subject_found": subject is not None})

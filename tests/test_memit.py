@@ -91,19 +91,27 @@ def test_second_moment_is_cached_per_model_block_and_texts(tmp_path, monkeypatch
     torch.testing.assert_close(first._count_second_moments(texts)[0], (keys.T @ keys / len(keys)).float())
 
 
-@pytest.mark.parametrize("adjust", [True, False])
-def test_rome_writes_v_star_exactly_at_its_block(adjust):
+@pytest.mark.parametrize("adjust,consistent", [(True, False), (False, False), (True, True)])
+def test_rome_writes_v_star_exactly_at_its_block(adjust, consistent):
     """ROME's rank-one update makes the FFN output at the subject's token (bare prompt) v*
-    exactly: W' k = W k + v (u . k) with v = (v* - W k) / (k . u), whatever u is (C^-1 k* or k*)."""
-    adapter, editor = _editor("rome", context_templates=2, mom2_adjustment=adjust)
+    exactly: W' k = W k + v (u . k) with v = (v* - W k) / (k . u), whatever u is (C^-1 k* or k*).
+    C-ROME (consistent_keys) does so at the prefix-averaged key k* instead: W' k* = v*."""
+    adapter, editor = _editor("rome", context_templates=2, mom2_adjustment=adjust, consistent_keys=consistent)
     assert len(editor.templates) == 3 and (len(editor.second_moments) == 1) == adjust
     example = Example("e", PROMPT, wrong_target(adapter, PROMPT), subject="France")
     texts, positions, subject = editor._requests(example)
     out_proj = editor.sites[0].out_proj
     z, _ = editor._target_vector(example, texts, positions, subject, out_proj)
     weight = out_proj.weight.detach().clone()
+    keys = editor._read(texts, positions, [(out_proj, False)])[0]
     editor.edit(example)
-    after = editor._read(texts[:1], positions[:1], [(out_proj, True)])[0][0]
+    if consistent:
+        with torch.no_grad():
+            after = out_proj(keys.mean(0).float()).double()
+        bare = editor._read(texts[:1], positions[:1], [(out_proj, True)])[0][0]
+        assert (bare - z).norm() > 1e-2 * z.norm()  # the bare prompt's key is not where v* was written
+    else:
+        after = editor._read(texts[:1], positions[:1], [(out_proj, True)])[0][0]
     torch.testing.assert_close(after, z, rtol=1e-4, atol=1e-4)
     change = out_proj.weight.detach() - weight
     singular = torch.linalg.svdvals(change.double())

@@ -65,6 +65,9 @@ class RomeConfig(LocateConfig):
                 "prompt); 0: bare only"})
     mom2_adjustment: bool = field(default=True, metadata={
         "help": "u = C^-1 k* (the paper, the GPT presets); false: u = k* (EasyEdit's LLaMA presets)"})
+    consistent_keys: bool = field(default=False, metadata={
+        "help": "C-ROME (Yang et al. 2024, 'The Fall of ROME'): v = (v* - mean W k) / (k* . u) with the prefix-"
+                "averaged key k* and output, as u uses; false: the bare prompt's key and output (the published code)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
