@@ -354,10 +354,14 @@ class RomeEditor(MemitEditor):
         if self.config.mom2_adjustment:
             u = torch.linalg.solve(self.second_moments[0].double(), u)
         u = u / u.norm()
-        # at the bare prompt (cv:170-181); C-ROME: at the prefix-averaged key and output, the key of
-        # u, so the denominator k* . u cannot nearly vanish (the collapse of the Fall-of-ROME paper)
+        # at the bare prompt (cv:170-181); C-ROME: at the prefix-averaged key and output, u's own
+        # key, so the denominator is k* . C^-1 k* / |C^-1 k*| (> 0 for a positive definite C) or
+        # |k*|, where the bare key's k . u can come near 0 and blow the update up (the collapse
+        # the Fall-of-ROME paper traces); both are recorded
         at = slice(None) if self.config.consistent_keys else slice(0, 1)
-        v = (z - outputs[at].mean(0)) / torch.dot(keys[at].mean(0), u)
+        denominator = torch.dot(keys[at].mean(0), u)
+        v = (z - outputs[at].mean(0)) / denominator
         with torch.no_grad():
             site.out_proj.weight += torch.outer(v, u).to(site.out_proj.weight.dtype)
-        return EditResult(steps=steps, info={"subject_found": subject is not None})
+        return EditResult(steps=steps, info={"subject_found": subject is not None, "k_dot_u": float(denominator),
+                                             "update_norm": float(v.norm())})

@@ -91,7 +91,7 @@ def test_second_moment_is_cached_per_model_block_and_texts(tmp_path, monkeypatch
     torch.testing.assert_close(first._count_second_moments(texts)[0], (keys.T @ keys / len(keys)).float())
 
 
-@pytest.mark.parametrize("adjust,consistent", [(True, False), (False, False), (True, True)])
+@pytest.mark.parametrize("adjust,consistent", [(True, False), (False, False), (True, True), (False, True)])
 def test_rome_writes_v_star_exactly_at_its_block(adjust, consistent):
     """ROME's rank-one update makes the FFN output at the subject's token (bare prompt) v*
     exactly: W' k = W k + v (u . k) with v = (v* - W k) / (k . u), whatever u is (C^-1 k* or k*).
@@ -104,7 +104,11 @@ def test_rome_writes_v_star_exactly_at_its_block(adjust, consistent):
     z, _ = editor._target_vector(example, texts, positions, subject, out_proj)
     weight = out_proj.weight.detach().clone()
     keys = editor._read(texts, positions, [(out_proj, False)])[0]
-    editor.edit(example)
+    info = editor.edit(example).info
+    assert info["update_norm"] == pytest.approx(torch.linalg.matrix_norm(out_proj.weight.detach() - weight).item(),
+                                                rel=1e-3)  # |v u^T| = |v|, u a unit vector
+    if consistent and not adjust:  # u = k* / |k*|: C-ROME's denominator is |k*|
+        assert info["k_dot_u"] == pytest.approx(keys.mean(0).norm().item(), rel=1e-6)
     if consistent:
         with torch.no_grad():
             after = out_proj(keys.mean(0).float()).double()
