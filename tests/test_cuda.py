@@ -39,7 +39,7 @@ def test_memory_on_cuda_scans_in_fp32_with_the_cpu_top_entries():
     rows, keys = torch.randn(5000, 48, generator=generator), torch.randn(48, 2, generator=generator)
     cpu = QueryMemory(48)
     cpu.append(rows)
-    gpu = QueryMemory(48, quantized=True).to("cuda")
+    gpu = QueryMemory(48, quantized=True, transposed=True).to("cuda")  # T-Patcher's memory
     gpu.append(rows.cuda())
     assert not gpu.quantized  # the int8 kernel is CPU's
     (want,) = cpu.top_entries(keys, torch.zeros(2), [torch.zeros(2)], 64)
