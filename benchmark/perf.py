@@ -15,9 +15,10 @@ decoder: a SmolLM2-135M-sized LLaMA (30 layers, hidden 576, vocabulary 49,152, r
 editing 5-token answers (memory: 40,000 answer-position queries of 8,000 questions).
 The naive path runs the full model and scans the memory in fp32 every step. The fast path (the
 default) runs only what follows the patched FFN and scans the memory through its int8 copy (same
-top-k entries as fp32, editors/patch_memory.py) where that is measured faster on this memory
-(`memory_scan=auto`), else in fp32; a third run times the fast path with the fp32 scan (the gain
-of caching alone), a fourth the approximate screened memory (`--refresh`). At the last block the
+top-k entries as fp32, editors/patch_memory.py) where that is measured faster over the first scans
+of its edits (`memory_scan=auto`), else in fp32 through the memory's transposed copy; a third
+run times the fast path with the fp32 scan (the gain of caching alone), a fourth the approximate
+screened memory (`--refresh`). At the last block the
 fast path's milliseconds per step are printed beside a floor computed from the shapes and this
 machine's measured matmul and read throughput (`step_floor_ms`).
 All paths make the same edits from the same seeds with the same step budget (`--steps`; every step is run,
