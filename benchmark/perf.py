@@ -392,8 +392,10 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     if args.edits is None:
         args.edits = 1000 if args.editor == "scale" else 5
+    if args.model and args.editor != "suffix":
+        parser.error("--model applies to `suffix` only (tpatcher's memory rows are cached per sized model)")
+    families = ["classifier", "decoder"] if args.family == "both" else [args.family]
     if args.editor == "scale":
-        families = ["classifier", "decoder"] if args.family == "both" else [args.family]
         stream = [r for name in SCALE_EDITORS for r in stream_curve(name, max(args.edits, 1), args.steps)]
         memory = [r for family in families for r in memory_curve(family, min(args.edits, 5), args.steps)]
         out = Path(args.out)
@@ -402,14 +404,11 @@ def main(argv=None) -> None:
         print(f"wrote {out} and {out.with_suffix('.json')}")
         return
     if args.editor == "suffix":
-        families = ["classifier", "decoder"] if args.family == "both" else [args.family]
         for adapter in ((build("", name) for name in args.model) if args.model else map(build, families)):
             time_suffix(adapter, args.edits, args.steps)
             time_hypernet_training(adapter, args.edits)
         return
-    if args.model:
-        parser.error("--model applies to `suffix` only (tpatcher's memory rows are cached per sized model)")
-    for family in (["classifier", "decoder"] if args.family == "both" else [args.family]):
+    for family in families:
         adapter = build(family)
         edits = examples(family, args.edits)
         # naive: the straightforward editor, a full forward and a full fp32 memory scan each step
@@ -433,8 +432,8 @@ def main(argv=None) -> None:
             "cached_median_s": round(statistics.median(fast), 4),
             "speedup": round(statistics.median(naive) / statistics.median(fast), 2),
             "same_steps": naive_steps == fast_steps,
-            # the default (memory_scan=auto: the scan measured faster on this memory) per step, beside
-            # the floor computed from the shapes and this machine's measured throughput
+            # the default (memory_scan=auto: the scan measured faster in the first scans of the edits) per step,
+            # beside the floor computed from the shapes and this machine's measured throughput
             **scan, **per_step,
             "max_key_diff": float((naive_keys - fast_keys).abs().max()),
             # the fast path with the plain fp32 memory scan instead of the bounded int8 one
