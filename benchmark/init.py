@@ -75,9 +75,12 @@ def deterministic(threads: int | None):
         torch.use_deterministic_algorithms(strict)
 
 
+_NOT_TRAINING_MODEL = ("eval_batch_size", "eval_cache_mb", "metric", "device")  # how it is scored, not trained
+
+
 def init_key(model_cfg, data_cfg, init_cfg: InitConfig) -> str:
     data_fields = {k: v for k, v in asdict(data_cfg).items() if k not in _NOT_TRAINING_DATA}
-    model_fields = {k: v for k, v in asdict(model_cfg).items() if k not in ("eval_batch_size", "metric", "device")}
+    model_fields = {k: v for k, v in asdict(model_cfg).items() if k not in _NOT_TRAINING_MODEL}
     init_fields = {k: v for k, v in asdict(init_cfg).items() if k != "threads"}
     parts = [model_fields, data_fields, init_fields]
     version = getattr(DATASETS.get(data_cfg.name).target, "version", 1) if data_cfg.name in DATASETS else 1

@@ -16,7 +16,7 @@ import random
 import signal
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from benchmark.config import LoopConfig
 from benchmark.metrics import fold_metrics, mean, ratio
+from benchmark.models.prefix_cache import PrefixCache
 from benchmark.records import RunRecords
 from benchmark.types import EditSplits, Example
 from editors.base import Editor
@@ -131,8 +132,9 @@ def shown_to_editor(example: Example) -> Example:
 
 class SequentialEditingCallback(L.Callback):
     def __init__(self, splits: EditSplits, records: RunRecords, loop: LoopConfig, seed: int,
-                 initial: dict[str, Any], total: int):
+                 initial: dict[str, Any], total: int, cache: PrefixCache | None = None):
         self.splits = splits
+        self.cache = cache  # lent to the model for the loop's own scoring, never during an edit
         self.records = records
         self.loop = loop
         self.seed = seed
@@ -145,6 +147,9 @@ class SequentialEditingCallback(L.Callback):
         self.stop_requested = 0  # the signal that asked the stream to stop
         self.state_bytes: list[int] = []  # size of each saved editor state
         self.batch_done = False
+
+    def _scoring(self):
+        return self.cache.lent() if self.cache is not None else nullcontext()
 
     # -- fold boundaries -------------------------------------------------------------------------
     def _start_fold(self, editor: Editor, fold: int) -> None:
@@ -160,6 +165,16 @@ class SequentialEditingCallback(L.Callback):
     def _end_fold(self, editor: Editor) -> None:
         if self.fold is None:
             return
+        with self._scoring():
+            final = self._final(editor)
+        metrics = fold_metrics(self.edits, final, self.initial)
+        self.records.append({"type": "fold_end", "fold": self.fold, "final": final, "metrics": metrics,
+                             "editor": editor.fold_report()})
+        self._log({f"fold_end/{k}": v for k, v in metrics.items()})
+        self.fold = None
+
+    def _final(self, editor: Editor) -> dict[str, Any]:
+        """The final model's accuracies over the fold, D_tr and D_test (and Loc, A_M, A_F\\S)."""
         fold_examples = self.loop.stream(self.splits.folds[self.fold])
         past = [fold_examples[r["index"]] for r in self.edits]
         final = {
@@ -180,11 +195,7 @@ class SequentialEditingCallback(L.Callback):
         if self.splits.unmodified:  # Zhu et al.: on held-out probes only
             final["modified"] = probe_accuracy(editor, fold_examples)
             final["unmodified"] = probe_accuracy(editor, self.splits.unmodified)
-        metrics = fold_metrics(self.edits, final, self.initial)
-        self.records.append({"type": "fold_end", "fold": self.fold, "final": final, "metrics": metrics,
-                             "editor": editor.fold_report()})
-        self._log({f"fold_end/{k}": v for k, v in metrics.items()})
-        self.fold = None
+        return final
 
     # -- Lightning hooks -----------------------------------------------------------------------
     def on_test_batch_start(self, trainer, pl_module, batch: StreamItem, batch_idx: int, dataloader_idx: int = 0):
@@ -215,7 +226,8 @@ class SequentialEditingCallback(L.Callback):
         ex = item.example
         shown = shown_to_editor(ex)
         record = {"type": "edit", "fold": item.fold, "index": item.index, "uid": ex.uid}
-        check = editor.check(shown)  # before any edit; handed back in after_example
+        with self._scoring():
+            check = editor.check(shown)  # before any edit; handed back in after_example
         mistake = check.score < 1
         record.update(mistake=mistake, edited=mistake, success=None, gr=[], seconds=None, steps=0)
         if mistake:
@@ -225,11 +237,12 @@ class SequentialEditingCallback(L.Callback):
             record["seconds"] = time.perf_counter() - start
             record["steps"] = result.steps
             record["info"] = result.info
-            record["success"] = editor.scores([ex.prompt], [ex.target])[0] == 1
-            if ex.equivalents:
-                record["gr"] = editor.scores(ex.equivalents, [ex.target] * len(ex.equivalents))
-            if ex.locality:
-                record["loc"] = self._locality_kept(editor, item.fold, item.index, ex)
+            with self._scoring():
+                record["success"] = editor.scores([ex.prompt], [ex.target])[0] == 1
+                if ex.equivalents:
+                    record["gr"] = editor.scores(ex.equivalents, [ex.target] * len(ex.equivalents))
+                if ex.locality:
+                    record["loc"] = self._locality_kept(editor, item.fold, item.index, ex)
             record["params_added"] = editor.params_added()
         editor.after_example(shown, check)
         self.records.append(record)
@@ -256,14 +269,16 @@ class SequentialEditingCallback(L.Callback):
             return
         self.batch_done = True
         facts = self.loop.stream(self.splits.folds[item.fold])
-        before = editor.scores([e.prompt for e in facts], [e.target for e in facts])
+        with self._scoring():
+            before = editor.scores([e.prompt for e in facts], [e.target for e in facts])
         seed_all(edit_seed(self.seed, item.fold, 0))
         start = time.perf_counter()
         result = editor.edit_batch([shown_to_editor(e) for e in facts])
         seconds = time.perf_counter() - start
-        after = editor.scores([e.prompt for e in facts], [e.target for e in facts])
-        gr = grouped_scores(editor, [[(q, e.target) for q in e.equivalents] for e in facts])
-        loc = locality_scores(editor, facts)
+        with self._scoring():
+            after = editor.scores([e.prompt for e in facts], [e.target for e in facts])
+            gr = grouped_scores(editor, [[(q, e.target) for q in e.equivalents] for e in facts])
+            loc = locality_scores(editor, facts)
         for index, (ex, was, now) in enumerate(zip(facts, before, after)):
             record = {"type": "edit", "fold": item.fold, "index": index, "uid": ex.uid, "mistake": was < 1,
                       "edited": True, "success": now == 1, "seconds": seconds / len(facts), "steps": result.steps,
@@ -282,12 +297,13 @@ class SequentialEditingCallback(L.Callback):
 
     def _evaluate(self, editor: Editor) -> None:
         fold_examples = self.splits.folds[self.fold]
-        point = {
-            "type": "eval", "fold": self.fold, "edits": len(self.edits),
-            "ER": accuracy(editor, [fold_examples[r["index"]] for r in self.edits]),
-            "TrainR": ratio(accuracy(editor, self.splits.train_subsample), self.initial["train_subsample"]),
-            "TestR": ratio(accuracy(editor, self.test_set), self.initial["test"]),
-        }
+        with self._scoring():
+            point = {
+                "type": "eval", "fold": self.fold, "edits": len(self.edits),
+                "ER": accuracy(editor, [fold_examples[r["index"]] for r in self.edits]),
+                "TrainR": ratio(accuracy(editor, self.splits.train_subsample), self.initial["train_subsample"]),
+                "TestR": ratio(accuracy(editor, self.test_set), self.initial["test"]),
+            }
         self.records.append(point)
         self._log({f"eval/{k}": point[k] for k in ("ER", "TrainR", "TestR")})
 

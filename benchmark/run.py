@@ -9,6 +9,7 @@ import math
 import signal
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from benchmark.loop import (
 )
 from benchmark.metrics import aggregate
 from benchmark.models import build_model
+from benchmark.models.prefix_cache import PrefixCache
 from benchmark.records import ResumeError, RunLock, RunRecords, config_identity
 from benchmark.registry import EDITORS
 from benchmark.types import EditSplits
@@ -89,7 +91,13 @@ def _plan_resume(records: RunRecords, folds: list[int]) -> dict[int, int]:
     return start
 
 
-def _initial_accuracies(editor: Editor, splits: EditSplits, folds: list[int], loop) -> dict[str, Any]:
+def _initial_accuracies(editor: Editor, splits: EditSplits, folds: list[int], loop,
+                        cache: PrefixCache | None = None) -> dict[str, Any]:
+    with cache.lent() if cache is not None else nullcontext():
+        return _f0_accuracies(editor, splits, folds, loop)
+
+
+def _f0_accuracies(editor: Editor, splits: EditSplits, folds: list[int], loop) -> dict[str, Any]:
     test = splits.test[: loop.test_limit] if loop.test_limit else splits.test
     mistakes = {}
     for f in folds:
@@ -233,15 +241,19 @@ def _loggers(run_cfg: RunConfig, run_dir: Path, resume_step: int | None) -> list
 def _edit_folds(plan: _Plan, records: RunRecords, start: dict[int, int]) -> dict[str, Any]:
     run_cfg, began = plan.run_cfg, time.perf_counter()
     editor = _build_editor(run_cfg, plan.datamodule, plan.splits, plan.trained)
-    initial = _initial(plan, records, editor)
+    # the loop's scoring reruns only the blocks the editor declares it changes (exact; checked at each use)
+    cache = PrefixCache(editor.adapter, editor.edited_from(), run_cfg.model.eval_cache_mb * 2**20)
+    initial = _initial(plan, records, editor, cache)
     stream = _stream(plan, start)
     done_edits = sum(1 for r in records.lines if r["type"] == "edit" and r["edited"])
-    callback = SequentialEditingCallback(plan.splits, records, run_cfg.loop, run_cfg.seed, initial, len(stream))
+    callback = SequentialEditingCallback(plan.splits, records, run_cfg.loop, run_cfg.seed, initial, len(stream),
+                                         cache)
     callback.global_step = done_edits
     loggers = _loggers(run_cfg, plan.run_dir, done_edits if run_cfg.resume else None)
     if stream or plan.world > 1:  # under DDP every process must enter test(): it starts the others
         _test(run_cfg, editor, callback, loggers, stream)
     results = _results(plan, records, initial, editor, callback.state_bytes, callback.global_step - done_edits)
+    results["eval_cache"] = {"edited_from": cache.first, "mib": round(cache.bytes / 2**20, 1), **cache.stats}
     if not any(start.values()):  # a resumed run's time would be its last part's only
         results["wall_seconds"] = round(time.perf_counter() - began, 1)
     _log_final(loggers, results, callback.global_step)
@@ -250,12 +262,12 @@ def _edit_folds(plan: _Plan, records: RunRecords, start: dict[int, int]) -> dict
     return results
 
 
-def _initial(plan: _Plan, records: RunRecords, editor: Editor) -> dict[str, Any]:
+def _initial(plan: _Plan, records: RunRecords, editor: Editor, cache: PrefixCache) -> dict[str, Any]:
     """The initial model's accuracies (N and the ratios' denominators), read back on resume."""
     path = records.dir / "initial.json"
     if plan.run_cfg.resume and path.exists():
         return json.loads(path.read_text())
-    initial = _initial_accuracies(editor, plan.splits, plan.folds, plan.run_cfg.loop)
+    initial = _initial_accuracies(editor, plan.splits, plan.folds, plan.run_cfg.loop, cache)
     records.write_json("initial.json", initial)
     return initial
 

@@ -13,7 +13,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from benchmark.models.base import ModelAdapter
+from benchmark.models.base import FFNSite, ModelAdapter
 from benchmark.types import EditorData, Example
 from editors.configs.base import EditorConfig, TrainedEditorConfig  # noqa: F401  (its config, torch-free)
 
@@ -86,6 +86,13 @@ class Editor(L.LightningModule):
         for p in self.model.parameters():
             p.requires_grad_(id(p) in trainable)
         self._initial = {n: p.detach().clone() for n, p in self.trainable_parameters().items()}
+
+    def edited_from(self) -> int | None:
+        """The first transformer block an edit can change (its weights or hooks there); None where
+        an edit can change what comes before the blocks (embeddings, a head tied to them).
+        The loop's evaluations then rerun only the blocks from there on (`PrefixCache`, which checks
+        at every use that nothing before them changed, and otherwise runs the full forward)."""
+        return self.adapter.trained_suffix(self.trainable_parameters().values())
 
     @torch.no_grad()
     def reset(self) -> None:
@@ -206,6 +213,10 @@ class HookedEditor(Editor):
     GRACE's codebook); `disabled` removes them, which gives the base model exactly."""
 
     adds_parameters = True
+    site: FFNSite  # the FFN whose output the hooks change
+
+    def edited_from(self) -> int | None:
+        return self.site.layer_index
 
     def _install(self) -> list:
         """Install the hooks; returns their handles."""

@@ -191,3 +191,26 @@ def test_editor_never_holds_an_evaluation_example(name):
     editor.leak = {"kept": [(0, held_out[0])]}  # the traversal does see an example an editor would keep
     assert id(held_out[0]) in {id(e) for e in _reachable_examples([editor, phase])}
     assert {e.uid for e in reached} <= {e.uid for e in pool}
+
+
+@pytest.mark.parametrize("name", list(ROWS))
+def test_scoring_from_the_cached_prefix_after_an_edit(name, family):
+    """The loop scores through a `PrefixCache` for the blocks the editor declares it changes
+    (`edited_from`): after an edit its answers are the full forward's, and nothing before those
+    blocks changed (no entry was dropped), so the declaration holds for every editor and family."""
+    from benchmark.models.prefix_cache import PrefixCache
+
+    adapter, editor, example, memory = _setup(name, family)
+    cache = PrefixCache(adapter, editor.edited_from(), 2**30)
+    lists = [memory, [example, *memory]]
+    with cache.lent():
+        [_answers(editor, examples) for examples in lists]  # captured
+    editor.edit(example)
+    with cache.lent():
+        cached = [_answers(editor, examples) for examples in lists]
+    assert cached == [_answers(editor, examples) for examples in lists]  # not lent: the full forward
+    assert cache.stats["dropped"] == 0
+    if cache.first is not None and adapter.replays_blocks:
+        assert cache.stats["replayed"] > 0
+    else:
+        assert not cache.entries

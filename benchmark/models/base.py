@@ -101,6 +101,17 @@ class BlockCall:
             out = self.module(**{**self.kwargs, "hidden_states": hidden})
         return out[0] if isinstance(out, tuple) else out
 
+    def input(self) -> Tensor:
+        """The hidden state the block was called with."""
+        return self.args[0] if self.args else self.kwargs["hidden_states"]
+
+    def without_input(self) -> BlockCall:
+        """The same call without its hidden input (a replay passes its own), so that a kept call
+        does not hold that tensor alive."""
+        if self.args:
+            return BlockCall(self.module, (None, *self.args[1:]), self.kwargs)
+        return BlockCall(self.module, (), {k: v for k, v in self.kwargs.items() if k != "hidden_states"})
+
 
 @dataclass
 class FFNCache:
@@ -129,12 +140,14 @@ class ModelAdapter:
 
     family: str = ""
     task: Task  # the adapter's task (benchmark.models.task): losses, right answers, KL
+    replays_blocks: bool = False  # implements `_scored_after_blocks` (evaluation from a cached prefix)
 
     def __init__(self, model: nn.Module, tokenizer: Any, config: ModelConfig):
         self.in_flight: EncodedBatch | None = None  # the batch of the adapter's forward in progress
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.config = config
+        self.prefix = None  # a `PrefixCache` (prefix_cache.py), lent by the loop for its own scoring only
 
     @property
     def scores_by_generation(self) -> bool:
@@ -174,6 +187,11 @@ class ModelAdapter:
         return self.head(self.block_output(-1, ffn_out, residual))
 
     def _forward_scored(self, batch: EncodedBatch) -> Tensor:
+        raise NotImplementedError
+
+    def _scored_after_blocks(self, hidden: Tensor, batch: EncodedBatch) -> Tensor:
+        """The scored logits from the last block's output [B, T, d]: what `_forward_scored` does
+        after the blocks, the same operations on the same tensors (for `replays_blocks`)."""
         raise NotImplementedError
 
     # -- shared -------------------------------------------------------------------------------
@@ -218,12 +236,18 @@ class ModelAdapter:
 
     @torch.no_grad()
     def scores(self, prompts: list[str], targets: list[Any]) -> list[float]:
-        """Correctness of each (prompt, target), evaluated in batches."""
+        """Correctness of each (prompt, target), evaluated in batches; a batch scored before reruns
+        only the blocks an edit can change, from their cached input (`PrefixCache`, exact)."""
         out: list[float] = []
-        step = self.config.eval_batch_size
+        step, cached = self.config.eval_batch_size, self.prefix is not None and self.prefix.check()
         for i in range(0, len(prompts), step):
-            batch = self.encode(prompts[i : i + step], targets[i : i + step])
-            out += self.example_scores(batch, self.scored_logits(batch)).tolist()
+            chunk, answers = prompts[i : i + step], targets[i : i + step]
+            if cached:
+                batch, logits = self.prefix.logits(chunk, answers)
+            else:
+                batch = self.encode(chunk, answers)
+                logits = self.scored_logits(batch)
+            out += self.example_scores(batch, logits).tolist()
         return out
 
     def score_and_queries(self, prompt: str, target: Any, layer: int = -1) -> tuple[float, Tensor]:
@@ -367,7 +391,7 @@ class ModelAdapter:
                         for i, block in enumerate(blocks)]):
             logits = self._run(batch)
         replay = [calls[i] for i in range(len(blocks))]
-        start = _first_tensor(replay[0].args, {"hidden_states": replay[0].kwargs.get("hidden_states")})
+        start = replay[0].input()
 
         def run() -> Tensor:
             hidden = start

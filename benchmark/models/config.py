@@ -24,6 +24,11 @@ class ModelConfig:
     layers: int = field(default=2, metadata={"help": "tiny models: number of layers"})
     hidden: int = field(default=64, metadata={"help": "tiny models: hidden size"})
     eval_batch_size: int = field(default=64, metadata={"help": "batch size of every evaluation"})
+    eval_cache_mb: int = field(
+        default=1024,
+        metadata={"help": "evaluations rerun only the blocks an edit can change, from their input cached in up "
+                          "to this many MiB (exact; checked at every use); 0: the full forward every time"},
+    )
 
     def __post_init__(self) -> None:
         if self.family not in (None, "classifier", "seq2seq", "decoder", "masked"):
@@ -34,6 +39,8 @@ class ModelConfig:
             raise ValueError(f"model.metric must be exact_match or token_accuracy, got {self.metric!r}")
         if self.layers < 1 or self.hidden < 8 or self.eval_batch_size < 1:
             raise ValueError("model.layers >= 1, model.hidden >= 8 and model.eval_batch_size >= 1 are required")
+        if self.eval_cache_mb < 0:
+            raise ValueError(f"model.eval_cache_mb must be >= 0 (0: no cache), got {self.eval_cache_mb}")
         if self.checkpoint is not None:
             from pathlib import Path
 

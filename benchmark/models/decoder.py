@@ -36,6 +36,7 @@ def _act_name(config: Any) -> str:
 class DecoderLMAdapter(ModelAdapter):
     family = "decoder"
     task = TASKS[GENERATION]
+    replays_blocks = True
 
     def __init__(self, model, tokenizer, config):
         super().__init__(model, tokenizer, config)
@@ -106,6 +107,11 @@ class DecoderLMAdapter(ModelAdapter):
     def _forward_scored(self, batch: EncodedBatch) -> Tensor:
         # Run the head on the scored positions only: the vocabulary projection dominates the cost.
         hidden = self.model.base_model(**batch.inputs, use_cache=False).last_hidden_state
+        return self.model.get_output_embeddings()(hidden[batch.score_mask])
+
+    def _scored_after_blocks(self, hidden: Tensor, batch: EncodedBatch) -> Tensor:
+        # the base model's final norm after its last block (LLaMA's norm, GPT-2's ln_f), then as above
+        hidden = self.model.get_submodule(self.layout["final_norm"])(hidden)
         return self.model.get_output_embeddings()(hidden[batch.score_mask])
 
     @torch.no_grad()

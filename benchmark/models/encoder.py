@@ -42,6 +42,7 @@ class BertLayout:
 class EncoderClassifierAdapter(BertLayout, ModelAdapter):
     family = "classifier"
     task = TASKS[CLASSIFICATION]
+    replays_blocks = True
 
     def __init__(self, model, tokenizer, config):
         super().__init__(model, tokenizer, config)
@@ -76,3 +77,10 @@ class EncoderClassifierAdapter(BertLayout, ModelAdapter):
 
     def _forward_scored(self, batch: EncodedBatch) -> Tensor:
         return self.model(**batch.inputs).logits.squeeze(-1)
+
+    def _scored_after_blocks(self, hidden: Tensor, batch: EncodedBatch) -> Tensor:
+        # What *ForSequenceClassification does with the encoder's output: BERT pools [CLS]
+        # (BertPooler reads hidden[:, 0]), drops out and classifies; RoBERTa's head reads [CLS] itself.
+        if self.model.config.model_type == "bert":
+            return self.model.classifier(self.model.dropout(self.encoder.pooler(hidden))).squeeze(-1)
+        return self.model.classifier(hidden).squeeze(-1)

@@ -25,6 +25,7 @@ MASK = "[MASK]"
 
 class MaskedLMAdapter(BertLayout, ModelAdapter):
     family = "masked"
+    replays_blocks = True
     task = TASKS[GENERATION]
 
     def __init__(self, model, tokenizer, config):
@@ -82,6 +83,9 @@ class MaskedLMAdapter(BertLayout, ModelAdapter):
     def _forward_scored(self, batch: EncodedBatch) -> Tensor:
         hidden = self.model.base_model(**batch.inputs).last_hidden_state
         return self._head(hidden[batch.score_mask])
+
+    def _scored_after_blocks(self, hidden: Tensor, batch: EncodedBatch) -> Tensor:
+        return self._head(hidden[batch.score_mask])  # the base model adds nothing after its last block
 
     @torch.no_grad()
     def generate(self, prompts: list[str], max_new_tokens: int = 1) -> list[str]:
