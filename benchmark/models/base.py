@@ -374,11 +374,15 @@ class ModelAdapter:
         return None if not found or None in found else min(found)
 
     @torch.no_grad()
-    def suffix(self, batch: EncodedBatch, first: int) -> tuple[Tensor, Callable[[], Tensor]]:
+    def suffix(self, batch: EncodedBatch, first: int,
+               as_forward: bool = False) -> tuple[Tensor, Callable[[], Tensor]]:
         """One forward now, recording the call of block `first` and of every later block; returns
         its scored logits and a function that reruns only those blocks and the head (with the
         current weights, under autograd) from the recorded input. Exact while nothing before block
-        `first` changes, in eval mode (in train mode dropout would draw the prefix anew)."""
+        `first` changes, in eval mode (in train mode dropout would draw the prefix anew). The head
+        is `head` on the scored rows (its frozen vocabulary projection is faster, and rounds
+        differently from the model's own); `as_forward` finishes as the model's forward does
+        instead (`_scored_after_blocks`), so the logits are the full forward's bit for bit."""
         blocks = list(self.layer_modules())[first:]
         calls: dict[int, BlockCall] = {}
 
@@ -397,7 +401,7 @@ class ModelAdapter:
             hidden = start
             for call in replay:
                 hidden = call(hidden)
-            return self.head(hidden[batch.score_mask])
+            return self._scored_after_blocks(hidden, batch) if as_forward else self.head(hidden[batch.score_mask])
 
         return logits, run
 

@@ -28,9 +28,15 @@ class LocateConfig(EditorConfig):
                 "C = E[k k^T] is estimated"})
     stats_examples: int = field(default=100_000, metadata={"help": "texts read for C at most (the papers: 100,000)"})
     seed: int = field(default=0, metadata={"help": "seed of the generated prefixes"})
+    mode: str = field(default="fast", metadata={
+        "help": "fast: v*'s steps run only the block where delta is added and the later ones, from their input "
+                "recorded once per edit (exact: nothing before it changes while v* is optimised) | naive: the "
+                "full forward each step"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.mode not in ("fast", "naive"):
+            raise ValueError(f"editor.mode must be fast or naive, got {self.mode!r}")
         if not self.layers or len(set(self.layers)) != len(self.layers):
             raise ValueError(f"editor.layers must be a non-empty list of distinct blocks, got {self.layers}")
         if self.v_lr <= 0 or self.clamp_norm_factor <= 0:
