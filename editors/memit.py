@@ -195,18 +195,26 @@ class MemitEditor(Editor):
 
     def _read(self, texts: list[str], positions: list[int], modules: list[tuple[Any, bool]]) -> list[Tensor]:
         """From one forward, [n, d] at one position of each text for each (module, output): the
-        module's output (True) or input (False)."""
+        module's output (True) or input (False). The forward stops once all are read."""
         seen: dict[int, Tensor] = {}
+
+        def keep(i: int, value) -> None:
+            seen.setdefault(i, value[0] if isinstance(value, tuple) else value)
+            if len(seen) == len(modules):
+                raise _Enough  # nothing after the last of them is read
 
         def keeper(i, output):
             if output:
-                return lambda _m, _a, out: seen.setdefault(i, out[0] if isinstance(out, tuple) else out)
-            return lambda _m, args: seen.setdefault(i, args[0])
+                return lambda _m, _a, out: keep(i, out)
+            return lambda _m, args: keep(i, args[0])
 
         with installed([module.register_forward_hook(keeper(i, True)) if output
                         else module.register_forward_pre_hook(keeper(i, False))
                         for i, (module, output) in enumerate(modules)]), torch.no_grad():
-            self.adapter.scored_logits(self.adapter.encode(texts, [" x"] * len(texts)))
+            try:
+                self.adapter.scored_logits(self.adapter.encode(texts, [" x"] * len(texts)))
+            except _Enough:
+                pass
         rows, at = torch.arange(len(texts)), torch.tensor(positions)
         return [seen[i][rows, at].double() for i in range(len(modules))]
 

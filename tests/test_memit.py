@@ -150,3 +150,21 @@ def test_v_star_from_the_recorded_prefix_is_the_full_forwards(name, layers):
         edited[mode] = result.steps, [p.detach().clone() for p in editor.trainable_parameters().values()]
     assert edited["fast"][0] == edited["naive"][0] > 1
     assert all(torch.equal(a, b) for a, b in zip(edited["fast"][1], edited["naive"][1]))
+
+
+def test_reads_stop_the_forward_after_the_last_module_read():
+    from benchmark.models.base import installed
+
+    adapter, editor = _editor("memit", context_templates=0)
+    texts, positions = ["The capital of France is", "Oslo is in"], [4, 1]
+    site, last = editor.sites[0], adapter.layer_modules()[-1]
+    ran, full = [], {}
+    with installed([last.register_forward_pre_hook(lambda _m, _a: ran.append(1))]):
+        keys, outputs = editor._read(texts, positions, [(site.out_proj, False), (site.out_proj, True)])
+    assert not ran  # block 0 was the last read: block 1 and the head never ran
+    with installed([site.out_proj.register_forward_pre_hook(lambda _m, a: full.setdefault("in", a[0])),
+                    site.out_proj.register_forward_hook(lambda _m, _a, out: full.setdefault("out", out))]):
+        with torch.no_grad():
+            adapter.scored_logits(adapter.encode(texts, [" x"] * 2))
+    rows, at = torch.arange(2), torch.tensor(positions)
+    assert torch.equal(keys, full["in"][rows, at].double()) and torch.equal(outputs, full["out"][rows, at].double())
