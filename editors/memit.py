@@ -260,7 +260,7 @@ class MemitEditor(Editor):
         kl_init, steps = None, 0
         with installed([block.register_forward_hook(add_delta)]):
             forward = lambda: adapter.scored_logits(batch)  # noqa: E731
-            if cfg.mode == "fast":  # only delta changes: the blocks before its own see the same input each step
+            if cfg.mode == "fast" and adapter.replays_blocks:  # only delta changes: earlier blocks see the same input
                 owner = next(i for i, b in enumerate(adapter.layer_modules()) if any(m is block for m in b.modules()))
                 # bit for bit the full forward: Adam's steps turn any rounding difference into a different v*
                 _, forward = adapter.suffix(batch, owner, as_forward=True)
