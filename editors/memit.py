@@ -37,6 +37,7 @@ WanliYoung/Collapse-in-Model-Editing, easyeditor/models/rome/compute_v.py:182-19
 from __future__ import annotations
 
 import hashlib
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -259,7 +260,7 @@ class MemitEditor(Editor):
         optimizer = torch.optim.Adam([delta], lr=cfg.v_lr)
         kl_init, steps = None, 0
         with installed([block.register_forward_hook(add_delta)]):
-            forward = lambda: adapter.scored_logits(batch)  # noqa: E731
+            forward = partial(adapter.scored_logits, batch)
             if cfg.mode == "fast" and adapter.replays_blocks:  # only delta changes: earlier blocks see the same input
                 owner = next(i for i, b in enumerate(adapter.layer_modules()) if any(m is block for m in b.modules()))
                 # bit for bit the full forward: Adam's steps turn any rounding difference into a different v*

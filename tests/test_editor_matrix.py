@@ -207,7 +207,8 @@ def test_scoring_from_the_cached_prefix_after_an_edit(name, family):
     cache = PrefixCache(adapter, editor.edited_from(), 2**30)
     lists = [memory, [example, *memory]]
     with cache.lent():
-        [_answers(editor, examples) for examples in lists]  # captured
+        for examples in lists:  # captured
+            _answers(editor, examples)
     editor.edit(example)
     with cache.lent():
         cached = [_answers(editor, examples) for examples in lists]

@@ -374,15 +374,9 @@ class ModelAdapter:
         return None if not found or None in found else min(found)
 
     @torch.no_grad()
-    def suffix(self, batch: EncodedBatch, first: int,
-               as_forward: bool = False) -> tuple[Tensor, Callable[[], Tensor]]:
-        """One forward now, recording the call of block `first` and of every later block; returns
-        its scored logits and a function that reruns only those blocks and the head (with the
-        current weights, under autograd) from the recorded input. Exact while nothing before block
-        `first` changes, in eval mode (in train mode dropout would draw the prefix anew). The head
-        is `head` on the scored rows (its frozen vocabulary projection is faster, and rounds
-        differently from the model's own); `as_forward` finishes as the model's forward does
-        instead (`_scored_after_blocks`), so the logits are the full forward's bit for bit."""
+    def recorded_calls(self, batch: EncodedBatch, first: int) -> tuple[Tensor, list[BlockCall]]:
+        """One forward of the batch: its scored logits, and the call of block `first` and of every
+        later block as that forward made it (`BlockCall`), to replay them on new inputs."""
         blocks = list(self.layer_modules())[first:]
         calls: dict[int, BlockCall] = {}
 
@@ -394,7 +388,19 @@ class ModelAdapter:
         with installed([block.register_forward_pre_hook(keep_call(i), with_kwargs=True)
                         for i, block in enumerate(blocks)]):
             logits = self._run(batch)
-        replay = [calls[i] for i in range(len(blocks))]
+        return logits, [calls[i] for i in range(len(blocks))]
+
+    @torch.no_grad()
+    def suffix(self, batch: EncodedBatch, first: int,
+               as_forward: bool = False) -> tuple[Tensor, Callable[[], Tensor]]:
+        """One forward now, recording the call of block `first` and of every later block; returns
+        its scored logits and a function that reruns only those blocks and the head (with the
+        current weights, under autograd) from the recorded input. Exact while nothing before block
+        `first` changes, in eval mode (in train mode dropout would draw the prefix anew). The head
+        is `head` on the scored rows (its frozen vocabulary projection is faster, and rounds
+        differently from the model's own); `as_forward` finishes as the model's forward does
+        instead (`_scored_after_blocks`), so the logits are the full forward's bit for bit."""
+        logits, replay = self.recorded_calls(batch, first)
         start = replay[0].input()
 
         def run() -> Tensor:

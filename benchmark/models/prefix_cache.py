@@ -10,12 +10,12 @@ and what follows them, exactly as the model's forward does (`ModelAdapter._score
 Checked by construction at every use, not trusted: the entries hold only while everything outside
 the replayed blocks is as it was when they were captured: every parameter's and buffer's storage
 and version counter (any in-place write under no_grad, `copy_`, an optimiser step, a new tensor
-assigned, a move to another device), every module's hooks, the global module hooks, the block
-objects themselves, and every module's eval mode. On any difference the entries are dropped and the full forward
-runs (and is captured anew), so an editor that changes more than it declares costs time, never
-exactness. Not seen: writes through a tensor's `.data`, which bypass version counters (no editor
-here uses them). A family whose forward cannot be finished from the last block's output here
-(`_scored_after_blocks` is None: seq2seq) always runs the full forward.
+assigned, a move to another device), every module's hooks and train/eval mode, the global module
+hooks, and the block objects themselves. On any difference the entries are dropped and the full
+forward runs (and is captured anew), so an editor that changes more than it declares costs time,
+never exactness. Not seen: writes through a tensor's `.data`, which bypass version counters (no
+editor here uses them). A family that cannot finish its forward from the last block's output
+(`replays_blocks` False: seq2seq) always runs the full forward, as does a model in train mode.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from benchmark.models.base import BlockCall, EncodedBatch, ModelAdapter, installed
+from benchmark.models.base import BlockCall, EncodedBatch, ModelAdapter
 
 
 @dataclass
@@ -128,19 +128,8 @@ class PrefixCache:
         return batch, logits
 
     def _capture(self, batch: EncodedBatch) -> tuple[Tensor, _Entry]:
-        blocks = list(self.adapter.layer_modules())[self.first :]
-        calls: dict[int, BlockCall] = {}
-
-        def keep_call(index):
-            def hook(module, args, kwargs):
-                calls.setdefault(index, BlockCall(module, args, dict(kwargs)))
-            return hook
-
-        with installed([block.register_forward_pre_hook(keep_call(i), with_kwargs=True)
-                        for i, block in enumerate(blocks)]):
-            logits = self.adapter._run(batch)
-        start = calls[0].input()
-        kept = [calls[i].without_input() for i in range(len(blocks))]
+        logits, calls = self.adapter.recorded_calls(batch, self.first)
+        start, kept = calls[0].input(), [call.without_input() for call in calls]
         seen: set[int] = set()
         size = _tensor_bytes(start, seen) + sum(_tensor_bytes((c.args, c.kwargs), seen) for c in kept)
         return logits, _Entry(batch, start, kept, size)
