@@ -16,7 +16,7 @@ import random
 import signal
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -132,7 +132,7 @@ def shown_to_editor(example: Example) -> Example:
 
 class SequentialEditingCallback(L.Callback):
     def __init__(self, splits: EditSplits, records: RunRecords, loop: LoopConfig, seed: int,
-                 initial: dict[str, Any], total: int, cache: PrefixCache | None = None):
+                 initial: dict[str, Any], total: int, cache: PrefixCache):
         self.splits = splits
         self.cache = cache  # lent to the model for the loop's own scoring, never during an edit
         self.records = records
@@ -148,9 +148,6 @@ class SequentialEditingCallback(L.Callback):
         self.state_bytes: list[int] = []  # size of each saved editor state
         self.batch_done = False
 
-    def _scoring(self):
-        return self.cache.lent() if self.cache is not None else nullcontext()
-
     # -- fold boundaries -------------------------------------------------------------------------
     def _start_fold(self, editor: Editor, fold: int) -> None:
         self.fold = fold
@@ -165,7 +162,7 @@ class SequentialEditingCallback(L.Callback):
     def _end_fold(self, editor: Editor) -> None:
         if self.fold is None:
             return
-        with self._scoring():
+        with self.cache.lent():
             final = self._final(editor)
         metrics = fold_metrics(self.edits, final, self.initial)
         self.records.append({"type": "fold_end", "fold": self.fold, "final": final, "metrics": metrics,
@@ -226,7 +223,7 @@ class SequentialEditingCallback(L.Callback):
         ex = item.example
         shown = shown_to_editor(ex)
         record = {"type": "edit", "fold": item.fold, "index": item.index, "uid": ex.uid}
-        with self._scoring():
+        with self.cache.lent():
             check = editor.check(shown)  # before any edit; handed back in after_example
         mistake = check.score < 1
         record.update(mistake=mistake, edited=mistake, success=None, gr=[], seconds=None, steps=0)
@@ -237,7 +234,7 @@ class SequentialEditingCallback(L.Callback):
             record["seconds"] = time.perf_counter() - start
             record["steps"] = result.steps
             record["info"] = result.info
-            with self._scoring():
+            with self.cache.lent():
                 record["success"] = editor.scores([ex.prompt], [ex.target])[0] == 1
                 if ex.equivalents:
                     record["gr"] = editor.scores(ex.equivalents, [ex.target] * len(ex.equivalents))
@@ -269,13 +266,13 @@ class SequentialEditingCallback(L.Callback):
             return
         self.batch_done = True
         facts = self.loop.stream(self.splits.folds[item.fold])
-        with self._scoring():
+        with self.cache.lent():
             before = editor.scores([e.prompt for e in facts], [e.target for e in facts])
         seed_all(edit_seed(self.seed, item.fold, 0))
         start = time.perf_counter()
         result = editor.edit_batch([shown_to_editor(e) for e in facts])
         seconds = time.perf_counter() - start
-        with self._scoring():
+        with self.cache.lent():
             after = editor.scores([e.prompt for e in facts], [e.target for e in facts])
             gr = grouped_scores(editor, [[(q, e.target) for q in e.equivalents] for e in facts])
             loc = locality_scores(editor, facts)
@@ -297,7 +294,7 @@ class SequentialEditingCallback(L.Callback):
 
     def _evaluate(self, editor: Editor) -> None:
         fold_examples = self.splits.folds[self.fold]
-        with self._scoring():
+        with self.cache.lent():
             point = {
                 "type": "eval", "fold": self.fold, "edits": len(self.edits),
                 "ER": accuracy(editor, [fold_examples[r["index"]] for r in self.edits]),

@@ -9,7 +9,6 @@ import math
 import signal
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -91,13 +90,7 @@ def _plan_resume(records: RunRecords, folds: list[int]) -> dict[int, int]:
     return start
 
 
-def _initial_accuracies(editor: Editor, splits: EditSplits, folds: list[int], loop,
-                        cache: PrefixCache | None = None) -> dict[str, Any]:
-    with cache.lent() if cache is not None else nullcontext():
-        return _f0_accuracies(editor, splits, folds, loop)
-
-
-def _f0_accuracies(editor: Editor, splits: EditSplits, folds: list[int], loop) -> dict[str, Any]:
+def _initial_accuracies(editor: Editor, splits: EditSplits, folds: list[int], loop) -> dict[str, Any]:
     test = splits.test[: loop.test_limit] if loop.test_limit else splits.test
     mistakes = {}
     for f in folds:
@@ -267,7 +260,8 @@ def _initial(plan: _Plan, records: RunRecords, editor: Editor, cache: PrefixCach
     path = records.dir / "initial.json"
     if plan.run_cfg.resume and path.exists():
         return json.loads(path.read_text())
-    initial = _initial_accuracies(editor, plan.splits, plan.folds, plan.run_cfg.loop, cache)
+    with cache.lent():
+        initial = _initial_accuracies(editor, plan.splits, plan.folds, plan.run_cfg.loop)
     records.write_json("initial.json", initial)
     return initial
 

@@ -262,9 +262,8 @@ class MemitEditor(Editor):
         with installed([block.register_forward_hook(add_delta)]):
             forward = partial(adapter.scored_logits, batch)
             if cfg.mode == "fast" and adapter.replays_blocks:  # only delta changes: earlier blocks see the same input
-                owner = next(i for i, b in enumerate(adapter.layer_modules()) if any(m is block for m in b.modules()))
                 # bit for bit the full forward: Adam's steps turn any rounding difference into a different v*
-                _, forward = adapter.suffix(batch, owner, as_forward=True)
+                _, forward = adapter.suffix(batch, adapter.trained_suffix(block.parameters()), as_forward=True)
             with torch.enable_grad():
                 for steps in range(1, cfg.max_steps + 1):
                     logits = forward()
