@@ -1,7 +1,8 @@
 """Speed of the fast paths against the naive ones, side by side in one process.
 
-    python -m benchmark.perf tpatcher [--family classifier|decoder] [--edits 5] [--steps 100]
-    python -m benchmark.perf suffix [--family classifier|decoder] [--model smollm2-135m] [--edits 3] [--steps 10]
+    python -m benchmark.perf tpatcher [--family classifier|decoder|seq2seq] [--edits 5] [--steps 100] [--device cuda]
+    python -m benchmark.perf suffix [--family classifier|decoder|seq2seq] [--model smollm2-135m] [--edits 3]
+                                    [--steps 10] [--device cuda]
     python -m benchmark.perf scale [--edits 1000] [--steps 100] [--out runs/perf/scale.png]
 
 `suffix` times ft_last, ft_kl_last and constrained_ft (last block) with only the trained block
@@ -13,6 +14,10 @@ classifier: a BERT-base-sized encoder (12 layers, hidden 768, random init) editi
 claims against a memory of 40,000 queries of distinct real claims (computed once, then cached).
 decoder: a SmolLM2-135M-sized LLaMA (30 layers, hidden 576, vocabulary 49,152, random init)
 editing 5-token answers (memory: 40,000 answer-position queries of 8,000 questions).
+seq2seq: a BART-base-sized encoder-decoder (6 + 6 layers, width 768, vocabulary 50,265, random
+init; the paper's QA model), editing the same answers; only with `--family seq2seq`.
+`--device cuda` runs the models and the memory on the GPU (the memory scan is fp32 there), each
+timing taken after the device's queued work is done.
 The naive path runs the full model and scans the memory in fp32 every step. The fast path (the
 default) runs only what follows the patched FFN and scans the memory through its int8 copy (same
 top-k entries as fp32, editors/patch_memory.py) where that is measured faster over the first scans
@@ -37,7 +42,14 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    BartConfig,
+    BartForConditionalGeneration,
+    BertConfig,
+    BertForSequenceClassification,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 from benchmark.cache import cache_dir
 from benchmark.fact_source import TEMPLATES, raw_facts
@@ -46,24 +58,41 @@ from benchmark.models.zoo import ADAPTERS, tiny_tokenizer
 from benchmark.types import EditorData, Example
 from editors.tpatcher import TPatcherConfig, TPatcherEditor
 
+SIZED = {"classifier": "bert-base-sized encoder", "decoder": "smollm2-135m-sized llama",
+         "seq2seq": "bart-base-sized encoder-decoder"}
 
-def build(family: str, model: str | None = None):
+
+def build(family: str, model: str | None = None, device: str = "cpu"):
     """The sized, randomly initialised model of `family`; or, where `model` names one (a registered
     name such as smollm2-135m or minilm-l6, or a local folder), that model with its real weights."""
     torch.manual_seed(0)
     if model:
         from benchmark.models.zoo import build_model
 
-        return build_model(ModelConfig(name=model, eval_batch_size=128))
+        return build_model(ModelConfig(name=model, eval_batch_size=128, device=device))
     if family == "classifier":
         tok = tiny_tokenizer(with_eos=True)
         model = BertForSequenceClassification(BertConfig(vocab_size=len(tok), num_labels=1))  # BERT-base sizes
+    elif family == "seq2seq":  # BART-base sizes (the paper's QA model): 6 + 6 layers, width 768, 50,265 words
+        tok = tiny_tokenizer(with_eos=True)
+        model = BartForConditionalGeneration(BartConfig(
+            vocab_size=50265, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id, decoder_start_token_id=tok.eos_token_id,
+            forced_eos_token_id=tok.eos_token_id))
     else:
         tok = tiny_tokenizer(with_eos=False)
         model = LlamaForCausalLM(LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536,
                                              num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
                                              tie_word_embeddings=True, pad_token_id=tok.pad_token_id))
-    return ADAPTERS[family](model, tok, ModelConfig(name=f"perf-{family}", eval_batch_size=128))
+    return ADAPTERS[family](model.to(device), tok, ModelConfig(name=f"perf-{family}", eval_batch_size=128,
+                                                                device=device))
+
+
+def synced(device: torch.device) -> float:
+    """perf_counter once the device's queued work is done (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def examples(family: str, n: int) -> list[Example]:
@@ -110,8 +139,8 @@ def memory_rows(editor: TPatcherEditor, family: str, skip: int, size: int) -> fl
             if sum(len(r) for r in rows) >= size:
                 break
         seconds = (time.perf_counter() - start) * 1000 / count
-        torch.save({"rows": torch.cat(rows)[:size], "seconds": seconds}, path)
-    saved = torch.load(path, weights_only=True)
+        torch.save({"rows": torch.cat(rows)[:size].cpu(), "seconds": seconds}, path)
+    saved = torch.load(path, weights_only=True, map_location=editor.adapter.device)
     editor.memory.append(saved["rows"])
     return saved["seconds"]
 
@@ -126,45 +155,49 @@ def time_edits(adapter, family: str, mode: str, edits: list[Example], memory: in
     times, step_counts, missed = [], [], 0
     for i, ex in enumerate(edits):
         torch.manual_seed(i)
-        start = time.perf_counter()
+        start = synced(adapter.device)
         result = editor.edit(ex)
-        times.append(time.perf_counter() - start)
+        times.append(synced(adapter.device) - start)
         step_counts.append(result.steps)
         missed += result.info.get("screen_missed_rows", 0)
-    keys = editor.bank.keys.clone()
+    keys = editor.bank.keys.detach().cpu().clone()
     scan = {"memory_scan": "int8" if editor.memory.quantized else "fp32", "scan_ms": editor.memory.scan_ms}
     editor.reset()
     return times, step_counts, keys, build_seconds, missed, scan
 
 
-def throughput(repeats: int = 7) -> dict[str, float]:
-    """Measured here, on this process's threads: fp32 matmul GFLOP/s (1024^3 product) and streaming
-    read GB/s (a matrix-vector product over a 256 MB matrix, bound by reading it)."""
+def throughput(device: torch.device, repeats: int = 7) -> dict[str, float]:
+    """Measured here, on this process's threads or the GPU: fp32 matmul GFLOP/s (an n^3 product, n
+    1,024 on CPU, 8,192 on CUDA, which a small one does not fill) and streaming read GB/s (a
+    matrix-vector product over a 256 MB matrix, bound by reading it)."""
     def median_seconds(fn) -> float:
         fn()
         runs = []
         for _ in range(repeats):
-            start = time.perf_counter()
+            start = synced(device)
             fn()
-            runs.append(time.perf_counter() - start)
+            runs.append(synced(device) - start)
         return statistics.median(runs)
 
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    big, vector = torch.randn(65536, 1024), torch.randn(1024, 1)
-    return {"matmul_gflops": 2 * 1024**3 / median_seconds(lambda: a @ b) / 1e9,
+    n = 8192 if device.type == "cuda" else 1024
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    big, vector = torch.randn(65536, 1024, device=device), torch.randn(1024, 1, device=device)
+    return {"matmul_gflops": 2 * n**3 / median_seconds(lambda: a @ b) / 1e9,
             "read_gb_s": 4 * big.numel() / median_seconds(lambda: big @ vector) / 1e9}
 
 
 def step_floor_ms(adapter, family: str, memory: int, edit: Example, speed: dict[str, float]) -> dict[str, float]:
     """The least a fast-path step at the last block must do, from the shapes and `throughput`:
-    score the memory (read once, as int8: memory x width bytes) and run the tail on the scored
+    score the memory (read once, as int8: memory x width bytes; 4 bytes a value on a GPU, where
+    the scan is fp32) and run the tail on the scored
     positions forward and backward (the decoder's vocabulary head read twice, 2 x 2 x positions x
     vocabulary x width flops; the classifier's pooler, width^2). Each part costs
     the larger of its reading and its arithmetic time; the patch itself (a few width-long
     vectors) is left out."""
     width = adapter.ffn_site().width
-    seconds = {"memory_scan": memory * width / (speed["read_gb_s"] * 1e9)}
-    if family == "decoder":
+    value_bytes = 1 if adapter.device.type == "cpu" else 4
+    seconds = {"memory_scan": value_bytes * memory * width / (speed["read_gb_s"] * 1e9)}
+    if family != "classifier":  # the decoder's or seq2seq decoder's vocabulary head
         positions = len(adapter.encode([edit.prompt], [edit.target]).targets)
         vocabulary = adapter.model.get_output_embeddings().weight.shape[0]
         read, flops = 2 * 4 * vocabulary * width, 2 * 2 * positions * vocabulary * width
@@ -173,6 +206,15 @@ def step_floor_ms(adapter, family: str, memory: int, edit: Example, speed: dict[
     seconds["tail"] = max(read / (speed["read_gb_s"] * 1e9), flops / (speed["matmul_gflops"] * 1e9))
     return {f"{name}_ms": round(1000 * s, 3) for name, s in seconds.items()} | {
         "floor_ms": round(1000 * sum(seconds.values()), 3)}
+
+
+def mistakes(adapter, chosen: list[Example]) -> list[Example]:
+    """`chosen` with each label the classifier gets right flipped, so that every example needs an
+    edit (an example already answered makes no steps); generated answers stay as they are."""
+    if adapter.task != "classification":
+        return chosen
+    right = adapter.scores([ex.prompt for ex in chosen], [ex.target for ex in chosen])
+    return [Example(ex.uid, ex.prompt, 1 - ex.target) if ok else ex for ex, ok in zip(chosen, right)]
 
 
 SUFFIX_EDITORS = {"ft_last": {"layers": "last"}, "ft_kl_last": {"layers": "last", "kl_weight": 1.0, "kl_batch": 32},
@@ -189,7 +231,7 @@ def time_suffix(adapter, edits: int, steps: int) -> None:
 
     family = adapter.family
     chosen = examples(family, edits + 64)
-    memory, chosen = chosen[edits:], chosen[:edits]
+    memory, chosen = chosen[edits:], mistakes(adapter, chosen[:edits])
     for name, overrides in SUFFIX_EDITORS.items():
         editor_class, config_class = (ConstrainedFTEditor, ConstrainedFTConfig) if name == "constrained_ft" \
             else (FTEditor, FTConfig)
@@ -201,16 +243,17 @@ def time_suffix(adapter, edits: int, steps: int) -> None:
                 editor.prepare(EditorData(adapter.task, [], [], pool=memory))
                 torch.manual_seed(i)
                 __import__("random").seed(i)
-                start = time.perf_counter()
+                start = synced(adapter.device)
                 result = editor.edit(ex)
-                seconds[mode].append(time.perf_counter() - start)
-                assert result.steps == steps
+                seconds[mode].append(synced(adapter.device) - start)
+                assert result.steps == steps, (name, mode, result.steps)
                 editor.reset()
         fast, naive = statistics.median(seconds["fast"]), statistics.median(seconds["naive"])
         print(json.dumps({"benchmark": "suffix", "family": family, "model": adapter.config.name, "editor": name,
                           "steps_per_edit": steps,
                           "edits": edits, "naive_median_s": round(naive, 4), "fast_median_s": round(fast, 4),
-                          "speedup": round(naive / fast, 2), "threads": torch.get_num_threads()}), flush=True)
+                          "speedup": round(naive / fast, 2), "device": str(adapter.device),
+                          "threads": torch.get_num_threads()}), flush=True)
 
 
 def time_hypernet_training(adapter, edits: int) -> None:
@@ -234,21 +277,22 @@ def time_hypernet_training(adapter, edits: int) -> None:
         for mode, module in modules.items():
             module.mode = mode
             module.log = module.log_dict = lambda *args, **kwargs: None  # no Trainer to log to
+            module.train()  # as Trainer.fit does (the step itself runs the edited model in eval mode)
             module.on_fit_start()
         for i in range(edits):
             for mode, module in modules.items():
                 random.seed(i)
                 torch.manual_seed(i)
-                start = time.perf_counter()
+                start = synced(adapter.device)
                 module.training_step(train[i : i + 1], 0).backward()
-                seconds.setdefault(mode, []).append(time.perf_counter() - start)
+                seconds.setdefault(mode, []).append(synced(adapter.device) - start)
                 editor.zero_grad(set_to_none=True)
         fast, naive = statistics.median(seconds["fast"]), statistics.median(seconds["naive"])
         print(json.dumps({"benchmark": "hypernet_training", "family": family, "model": adapter.config.name,
                           "editor": name, "edits": edits,
                           "blocks": editor.config.blocks, "naive_median_s": round(naive, 4),
                           "fast_median_s": round(fast, 4), "speedup": round(naive / fast, 2),
-                          "threads": torch.get_num_threads()}), flush=True)
+                          "device": str(adapter.device), "threads": torch.get_num_threads()}), flush=True)
 
 
 # `scale`: the editors whose per-edit cost can grow with the stream, and what grows
@@ -377,11 +421,13 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmark.perf")
     parser.add_argument("editor", choices=["tpatcher", "suffix", "scale"])
     parser.add_argument("--out", default="runs/perf/scale.png", help="scale: where the plot (and .json) go")
-    parser.add_argument("--family", choices=["classifier", "decoder", "both"], default="both")
+    parser.add_argument("--family", choices=["classifier", "decoder", "seq2seq", "both"], default="both",
+                        help="both: classifier and decoder")
     parser.add_argument("--edits", type=int, default=None, help="edits timed (default 5; scale: 1,000)")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--memory", type=int, default=40_000)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="tpatcher, suffix: the torch device the models run on (cuda)")
     parser.add_argument("--refresh", type=int, default=10, help="memory_refresh of the screened run")
     parser.add_argument("--layer", type=int, default=-1, help="patched block (editor.layer; -1: the last)")
     parser.add_argument("--model", action="append", default=None,
@@ -394,6 +440,14 @@ def main(argv=None) -> None:
         args.edits = 1000 if args.editor == "scale" else 5
     if args.model and args.editor != "suffix":
         parser.error("--model applies to `suffix` only (tpatcher's memory rows are cached per sized model)")
+    if args.device != "cpu" and args.editor == "scale":
+        parser.error("--device applies to `tpatcher` and `suffix`; `scale` measures the CPU")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device {args.device}: not a torch device (cpu, cuda, cuda:1)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        parser.error(f"--device {args.device}: this machine has {torch.cuda.device_count()} CUDA devices")
     families = ["classifier", "decoder"] if args.family == "both" else [args.family]
     if args.editor == "scale":
         stream = [r for name in SCALE_EDITORS for r in stream_curve(name, max(args.edits, 1), args.steps)]
@@ -404,12 +458,14 @@ def main(argv=None) -> None:
         print(f"wrote {out} and {out.with_suffix('.json')}")
         return
     if args.editor == "suffix":
-        for adapter in ((build("", name) for name in args.model) if args.model else map(build, families)):
+        adapters = (build("", name, args.device) for name in args.model) if args.model else \
+            (build(family, device=args.device) for family in families)
+        for adapter in adapters:
             time_suffix(adapter, args.edits, args.steps)
             time_hypernet_training(adapter, args.edits)
         return
     for family in families:
-        adapter = build(family)
+        adapter = build(family, device=args.device)
         edits = examples(family, args.edits)
         # naive: the straightforward editor, a full forward and a full fp32 memory scan each step
         run = partial(time_edits, adapter, family, edits=edits, memory=args.memory, steps=args.steps, layer=args.layer)
@@ -417,14 +473,16 @@ def main(argv=None) -> None:
         fast, fast_steps, fast_keys, build_s, _, scan = run(mode="fast")
         fp32, _, fp32_keys, *_ = run(mode="fast", memory_scan="fp32")
         screened, _, screened_keys, _, missed, _ = run(mode="fast", memory_refresh=args.refresh)
-        floor = step_floor_ms(adapter, family, args.memory, edits[0], throughput()) if args.layer == -1 else {}
+        floor = {} if args.layer != -1 else \
+            step_floor_ms(adapter, family, args.memory, edits[0], throughput(adapter.device))
         per_step = {"fast_ms_per_step": round(1000 * statistics.median(fast) / args.steps, 3), **floor}
         if floor:
             per_step["fast_over_floor"] = round(per_step["fast_ms_per_step"] / floor["floor_ms"], 2)
         print(json.dumps({
             "family": family,
-            "model": "bert-base-sized encoder" if family == "classifier" else "smollm2-135m-sized llama",
+            "model": SIZED[family],
             "layer": args.layer,
+            "device": str(adapter.device),
             "memory_size": args.memory,
             "steps_per_edit": args.steps,
             "edits": args.edits,

@@ -117,7 +117,9 @@ class GraceEditor(HookedEditor):
     def _place(self, query: Tensor, label: Any, current: Tensor) -> tuple[int, str]:
         """The codebook update of one edit; returns the entry whose value is trained and what was done."""
         cfg = self.config
-        value = torch.rand_like(current) if cfg.value_init == "cold" else current.clone()
+        # drawn on the CPU, then moved: the same seed gives the same draws on any device
+        value = torch.rand(current.shape, dtype=current.dtype).to(current.device) if cfg.value_init == "cold" \
+            else current.clone()
         if not self.labels:
             return self._add(query, value, label), "added"
         distances = torch.cdist(query[None], self.keys)[0]

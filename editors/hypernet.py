@@ -54,7 +54,7 @@ class HypernetEditor(Editor):
                     kind = type(module).__name__
                     raise ValueError(f"{config.name} edits nn.Linear layers; {names[module]} is {kind}")
                 self.sites.append((names[module], module))
-        self.log_lr = nn.Parameter(torch.full((len(self.sites),), math.log(config.edit_lr)))
+        self.log_lr = nn.Parameter(torch.full((len(self.sites),), math.log(config.edit_lr), device=adapter.device))
 
     def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
         return {f"{name}.weight": module.weight for name, module in self.sites}

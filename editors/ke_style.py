@@ -57,7 +57,8 @@ class KEEditor(HypernetEditor):
     def __init__(self, config: KEConfig, adapter):
         super().__init__(config, adapter)
         embed_dim = adapter.model.get_input_embeddings().weight.shape[1]
-        self.hypernet = KEHypernet(embed_dim, config.lstm_hidden, [tuple(m.weight.shape) for _, m in self.sites])
+        shapes = [tuple(m.weight.shape) for _, m in self.sites]
+        self.hypernet = KEHypernet(embed_dim, config.lstm_hidden, shapes).to(adapter.device)
         self.hypernet.eval()  # training mode only inside the training phase's fit
 
     def _edit_embeddings(self, example: Example, target: Any) -> Tensor:

@@ -80,7 +80,7 @@ class MENDEditor(HypernetEditor):
         self.hypernet = nn.ModuleDict({
             self.shape_key[(out_dim, in_dim)]: GradientTransform(in_dim, out_dim, len(modes[(out_dim, in_dim)]),
                                                                  config.rank, config.hidden_layers)
-            for out_dim, in_dim in shapes})
+            for out_dim, in_dim in shapes}).to(adapter.device)
         self.hypernet.eval()  # training mode only inside the training phase's fit
 
     def updates(self, example: Example, target: Any, grads: list[tuple[Tensor, Tensor]]) -> list[Tensor]:

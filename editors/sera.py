@@ -108,7 +108,7 @@ class SERAEditor(RetrievalEditor):
     needs_training = True
 
     def __init__(self, config: SERAConfig, adapter):
-        classifier = ScopeClassifier(config.encoder)
+        classifier = ScopeClassifier(config.encoder).to(adapter.device)  # where the model runs
         super().__init__(config, adapter, classifier.width)
         self.classifier = classifier.eval()
 

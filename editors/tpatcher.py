@@ -113,9 +113,10 @@ class _Patches:
     @classmethod
     def start(cls, own: Tensor, width: int, value_scale: float) -> _Patches:
         n = len(own)
+        # v' ~ U(0, 1), drawn on the CPU, then moved: the same seed gives the same draws on any device
         return cls(keys=nn.Parameter((own / own.pow(2).sum(-1, keepdim=True)).T.clone()),  # initial activation 1
                    bias=nn.Parameter(torch.zeros(n, device=own.device)),
-                   value_dir=nn.Parameter(torch.rand(n, width, device=own.device)),  # v' ~ U(0, 1)
+                   value_dir=nn.Parameter(torch.rand(n, width).to(own.device)),
                    value_scale=nn.Parameter(torch.full((n, width), value_scale, device=own.device)))  # n_p
 
     def parameters(self) -> list[nn.Parameter]:
@@ -187,7 +188,7 @@ class TPatcherEditor(HookedEditor):
         # The stop rule tests it; the loss aims lower (beta) where the activation is chosen.
         self.silent_below = min(self.beta, THRESHOLDS[act][0]) if config.beta is not None else THRESHOLDS[act][0]
         self.site = site
-        self.bank = PatchBank(site.width, act)
+        self.bank = PatchBank(site.width, act).to(adapter.device)  # where the patches' queries come from
         self.act = self.bank.act
         on_cpu = torch.device(adapter.device).type == "cpu"
         if config.memory_scan == "int8" and not (on_cpu and QUANTIZED_SCAN):

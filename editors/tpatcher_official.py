@@ -86,7 +86,8 @@ def edit_official(editor, example: Example) -> tuple[EditResult, Tensor]:
     n, width = len(rows), editor.site.width
     keys = nn.Parameter((own / own.pow(2).sum(-1, keepdim=True)).T.clone())
     bias = nn.Parameter(torch.zeros(n, device=own.device))
-    value_dir = nn.Parameter(torch.randn(n, width, device=own.device))
+    # drawn on the CPU, then moved: the same seed gives the same draws on any device
+    value_dir = nn.Parameter(torch.randn(n, width).to(own.device))
     value_scale = nn.Parameter(torch.full((n, width), cfg.value_scale, device=own.device))
     params = [keys, bias, value_dir, value_scale]
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=WEIGHT_DECAY)

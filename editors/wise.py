@@ -176,7 +176,9 @@ class WiseEditor(HookedEditor):
                                [example.target] * n + [unrelated.target])
         x, main, finish = self._capture(batch)
         if self.edits % cfg.save_freq == 0:  # a new shard: a new random mask (W:160-162)
-            self.mask = (torch.rand_like(self.side) < cfg.mask_ratio).to(self.side.dtype)
+            # drawn on the CPU, then moved: the same seed gives the same draws on any device
+            draw = torch.rand(self.side.shape, dtype=self.side.dtype)
+            self.mask = (draw < cfg.mask_ratio).to(self.side)
         side = nn.Parameter(self.side.clone())
         optimizer = torch.optim.SGD([side], lr=cfg.lr, weight_decay=1e-5)
         alpha, beta, gamma = cfg.act_margin

@@ -45,3 +45,37 @@ def test_memory_on_cuda_scans_in_fp32_with_the_cpu_top_entries():
     (want,) = cpu.top_entries(keys, torch.zeros(2), [torch.zeros(2)], 64)
     (got,) = gpu.top_entries(keys.cuda(), torch.zeros(2, device="cuda"), [torch.zeros(2, device="cuda")], 64)
     assert set(got.cpu().tolist()) == set(want.tolist())
+
+
+@pytest.mark.parametrize("row", ["grace", "wise"])
+def test_editors_that_draw_edit_alike_on_cuda_and_cpu(row):
+    """GRACE's cold values and WISE's shard masks are drawn on the CPU, so one seed gives one edit
+    on any device (drawn with the GPU's generator, a tiny WISE run's SR was 0.8 on an H100 and 0.9
+    on the CPU)."""
+    import random
+
+    import editors  # noqa: F401
+    from benchmark.registry import EDITORS
+    from benchmark.types import Example
+    from tests.conftest import FAMILIES, tiny
+    from tests.test_editor_matrix import ROWS
+    from tests.test_tpatcher import _splits
+
+    states = []
+    for device in ("cuda", "cpu"):
+        adapter = tiny(FAMILIES["decoder"], layers=3, seed=1, device=device)
+        entry = EDITORS.get(row)
+        editor = entry.target(entry.config_class(name=row, **ROWS[row]), adapter)
+        editor.prepare(_splits(adapter).for_editor())
+        for i, prompt in enumerate(["The capital of France is", "Lyon is a city in", "Oslo lies in"]):
+            random.seed(i)
+            torch.manual_seed(i)
+            editor.edit(Example(f"e{i}", prompt, " Oslo"))
+        states.append({k: v.cpu() for k, v in editor.edit_state().items() if isinstance(v, torch.Tensor)})
+    on_gpu, on_cpu = states
+    assert on_gpu.keys() == on_cpu.keys() and on_gpu
+    for name in on_gpu:
+        if on_gpu[name].dtype.is_floating_point:
+            assert torch.allclose(on_gpu[name], on_cpu[name], atol=1e-3), name
+        else:
+            assert torch.equal(on_gpu[name], on_cpu[name]), name

@@ -9,7 +9,7 @@ import torch
 
 from benchmark.registry import EDITORS
 from benchmark.types import EditSplits, Example
-from tests.conftest import trained_editor_state, trained_tiny, wrong_target
+from tests.conftest import FAMILIES, tiny, trained_editor_state, trained_tiny, wrong_target
 
 ROWS = {
     "ft_all": {"lr": 1e-3, "max_steps": 300},
@@ -191,6 +191,26 @@ def test_editor_never_holds_an_evaluation_example(name):
     editor.leak = {"kept": [(0, held_out[0])]}  # the traversal does see an example an editor would keep
     assert id(held_out[0]) in {id(e) for e in _reachable_examples([editor, phase])}
     assert {e.uid for e in reached} <= {e.uid for e in pool}
+
+
+@pytest.mark.parametrize("name", list(ROWS))
+@pytest.mark.parametrize("family", ["decoder", "classifier"])
+def test_editor_state_is_made_where_the_model_runs(name, family):
+    """An editor built for a model on another device (here `meta`, which needs no GPU) makes its
+    own parameters and buffers there. Lightning moves them in a run, but an editor used directly
+    (benchmark.perf, the API) with a GPU model otherwise meets CPU patches or hypernetworks: seen
+    on an H100 for T-Patcher's patch bank and KE's LSTM."""
+    import editors  # noqa: F401
+
+    editor_name = _editor_name(name)
+    if family in REFUSED.get(editor_name, ()):
+        pytest.skip(f"{editor_name} refuses {family} models")
+    adapter = tiny(FAMILIES[family])
+    adapter.model.to("meta")
+    entry = EDITORS.get(editor_name)
+    editor = entry.target(entry.config_class(name=editor_name, **ROWS[name]), adapter)
+    elsewhere = [n for n, t in [*editor.named_parameters(), *editor.named_buffers()] if t.device.type != "meta"]
+    assert not elsewhere
 
 
 @pytest.mark.parametrize("name", list(ROWS))

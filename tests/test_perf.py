@@ -1,9 +1,9 @@
 """The benchmark script's pieces that compute rather than time: the step floor from the shapes,
-and the scale curves' rows and plot (on a few edits)."""
+the scale curves' rows and plot (on a few edits), the suffix timing's edits, its arguments."""
 
 import pytest
 
-from benchmark.perf import examples, plot_scale, step_floor_ms, stream_curve
+from benchmark.perf import examples, main, mistakes, plot_scale, step_floor_ms, stream_curve
 from tests.conftest import tiny
 
 
@@ -33,3 +33,26 @@ def test_scale_curve_rows_and_plot(tmp_path, monkeypatch):
               for n, s in ((10_000, 0.1), (20_000, 0.2))]
     plot_scale(rows, memory, tmp_path / "scale.png")
     assert (tmp_path / "scale.png").stat().st_size > 5000
+
+
+def test_suffix_timing_edits_only_mistakes():
+    """An example the classifier already answers would make no steps; its label is flipped."""
+    adapter = tiny("tiny-bert")
+    chosen = examples("classifier", 12)
+    flipped = mistakes(adapter, chosen)
+    assert adapter.scores([ex.prompt for ex in flipped], [ex.target for ex in flipped]) == [0.0] * 12
+    assert [ex.prompt for ex in flipped] == [ex.prompt for ex in chosen]
+    answers = tiny("tiny-llama")
+    assert mistakes(answers, examples("decoder", 3)) == examples("decoder", 3)  # answers stay
+
+
+@pytest.mark.parametrize("argv", [["scale", "--device", "cuda"], ["tpatcher", "--device", "cuda:7"],
+                                  ["suffix", "--device", "gpu"]])
+def test_device_refused_before_anything_runs(argv, capsys):
+    import torch
+
+    if "scale" not in argv and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has the device")
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2 and "--device" in capsys.readouterr().err
