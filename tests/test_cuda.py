@@ -1,5 +1,6 @@
-"""The CUDA path, on a machine with a GPU (skipped elsewhere): the fast paths equal the full
-forward on the device and the CPU's result, and the memory is scanned there in fp32."""
+"""The CUDA path, on a machine with a GPU (skipped elsewhere; `bash .ci/gpu OUT` runs it with the
+other GPU checks): the fast paths equal the full forward on the device and the CPU's result, the
+memory is scanned there in fp32, and the editors that draw at random edit as on the CPU."""
 
 import pytest
 import torch
