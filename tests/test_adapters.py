@@ -103,15 +103,25 @@ def test_tiny_models_are_deterministic_by_seed():
     assert torch.equal(pa, pb) and not torch.equal(pa, pc)
 
 
-def test_frozen_projection_matches_the_linear_layer_and_its_gradient():
+@pytest.mark.parametrize("rows", [1, 3, 7])
+@pytest.mark.parametrize("threads", [1, 2])  # 2: the backward reads the weight's transposed copy
+def test_frozen_projection_matches_the_linear_layer_and_its_gradient(rows, threads, monkeypatch):
     from benchmark.models.base import project
 
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
     layer = torch.nn.Linear(16, 50).requires_grad_(False)
-    x = torch.randn(3, 16, requires_grad=True)
+    x = torch.randn(rows, 16, requires_grad=True)
+
+    def gradient(out):
+        return torch.autograd.grad((out * torch.arange(50.0)).sum(), x)[0]
+
     out = project(x, layer)
-    (fast,) = torch.autograd.grad((out * torch.arange(50.0)).sum(), x)
-    (slow,) = torch.autograd.grad((layer(x) * torch.arange(50.0)).sum(), x)
+    fast, slow = gradient(out), gradient(layer(x))
     assert torch.allclose(out, layer(x), atol=1e-6) and torch.allclose(fast, slow, atol=1e-5)
+    with torch.no_grad():  # the weight rewritten in place (as MEMIT does): its transposed copy is made anew
+        layer.weight.mul_(2)
+    assert torch.allclose(gradient(project(x, layer)), 2 * slow, atol=1e-5)
+    assert hasattr(layer, "_seqedit_transposed") == (threads > 1)
     layer.weight.requires_grad_(True)  # a trained head goes through the layer itself
     assert project(x, layer).grad_fn.name() != out.grad_fn.name()
 

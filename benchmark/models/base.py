@@ -42,24 +42,46 @@ class _FrozenProjection(torch.autograd.Function):
     """x W^T for a frozen W and a few rows x; the backward gives dL/dx = g W only. CPU BLAS runs
     W x^T (W's rows read in order) much faster than x W^T for a vocabulary-sized W: 7 rows x
     49,152 x 576 took 6 ms against 25 ms on 2 cores; autograd's own backward of W x^T, W^T g^T,
-    took 104 ms, hence this function."""
+    took 104 ms, hence this function. The backward's g W is likewise computed as (W^T g^T)^T from
+    a transposed copy of W where one is given (`_transposed`)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor) -> Tensor:
-        ctx.save_for_backward(weight)
+    def forward(ctx, x: Tensor, weight: Tensor, transposed: Tensor | None) -> Tensor:
+        ctx.save_for_backward(weight if transposed is None else transposed)
+        ctx.transposed = transposed is not None
         return (weight @ x.T).T.contiguous()
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         (weight,) = ctx.saved_tensors
-        return grad @ weight, None
+        return ((weight @ grad.T).T if ctx.transposed else grad @ weight), None, None
+
+
+def _transposed(layer: nn.Linear) -> Tensor | None:
+    """A contiguous copy of the frozen `layer.weight`'s transpose, made once and kept on the layer
+    while the weight's storage, version and device stay the same; on a CPU with 2 or more threads
+    only. There MKL's g W for a few rows g of a 49,152 x 576 W ran erratically by row count (2
+    threads: 3 rows 32 ms, 5 rows 9 ms, 7 rows 27 ms) and W^T's copy times g^T steadily (13, 10,
+    15 ms); on 1 thread the copy was the slower from 4 rows up (7 rows: 25 against 19 ms). The
+    copy costs W's size once. A rule by thread count, not a timed choice, so that a run's
+    rounding does not depend on how busy the machine was."""
+    weight = layer.weight
+    if weight.device.type != "cpu" or torch.get_num_threads() < 2:
+        return None
+    stamp = (weight.data_ptr(), weight._version, weight.shape)
+    kept = getattr(layer, "_seqedit_transposed", None)
+    if kept is None or kept[0] != stamp:
+        kept = (stamp, weight.detach().T.contiguous())
+        layer._seqedit_transposed = kept
+    return kept[1]
 
 
 def project(x: Tensor, layer: nn.Linear) -> Tensor:
     """`layer(x)` for the rows x of a tail; through `_FrozenProjection` when its weight is frozen."""
     if not isinstance(layer, nn.Linear) or layer.weight.requires_grad or x.dim() != 2:
         return layer(x)
-    out = _FrozenProjection.apply(x, layer.weight)
+    transposed = _transposed(layer) if x.requires_grad else None  # only a backward reads it
+    out = _FrozenProjection.apply(x, layer.weight, transposed)
     return out if layer.bias is None else out + layer.bias
 
 
