@@ -38,6 +38,7 @@ import json
 import resource
 import statistics
 import time
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -189,11 +190,10 @@ def throughput(device: torch.device, repeats: int = 7) -> dict[str, float]:
 def step_floor_ms(adapter, family: str, memory: int, edit: Example, speed: dict[str, float]) -> dict[str, float]:
     """The least a fast-path step at the last block must do, from the shapes and `throughput`:
     score the memory (read once, as int8: memory x width bytes; 4 bytes a value on a GPU, where
-    the scan is fp32) and run the tail on the scored
-    positions forward and backward (the decoder's vocabulary head read twice, 2 x 2 x positions x
-    vocabulary x width flops; the classifier's pooler, width^2). Each part costs
-    the larger of its reading and its arithmetic time; the patch itself (a few width-long
-    vectors) is left out."""
+    the scan is fp32) and run the tail on the scored positions forward and backward (a decoder's
+    vocabulary head read twice, 2 x 2 x positions x vocabulary x width flops; the classifier's
+    pooler, width^2). Each part costs the larger of its reading and its arithmetic time; the patch
+    itself (a few width-long vectors) is left out, and so is a GPU's launch latency."""
     width = adapter.ffn_site().width
     value_bytes = 1 if adapter.device.type == "cpu" else 4
     seconds = {"memory_scan": value_bytes * memory * width / (speed["read_gb_s"] * 1e9)}
@@ -214,7 +214,7 @@ def mistakes(adapter, chosen: list[Example]) -> list[Example]:
     if adapter.task != "classification":
         return chosen
     right = adapter.scores([ex.prompt for ex in chosen], [ex.target for ex in chosen])
-    return [Example(ex.uid, ex.prompt, 1 - ex.target) if ok else ex for ex, ok in zip(chosen, right)]
+    return [replace(ex, target=1 - ex.target) if ok else ex for ex, ok in zip(chosen, right)]
 
 
 SUFFIX_EDITORS = {"ft_last": {"layers": "last"}, "ft_kl_last": {"layers": "last", "kl_weight": 1.0, "kl_batch": 32},

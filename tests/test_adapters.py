@@ -106,7 +106,7 @@ def test_tiny_models_are_deterministic_by_seed():
 @pytest.mark.parametrize("rows", [1, 3, 7])
 @pytest.mark.parametrize("threads", [1, 2])  # 2: the backward reads the weight's transposed copy
 def test_frozen_projection_matches_the_linear_layer_and_its_gradient(rows, threads, monkeypatch):
-    from benchmark.models.base import project
+    from benchmark.models.base import _TRANSPOSED, project
 
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
     layer = torch.nn.Linear(16, 50).requires_grad_(False)
@@ -121,7 +121,7 @@ def test_frozen_projection_matches_the_linear_layer_and_its_gradient(rows, threa
     with torch.no_grad():  # the weight rewritten in place (as MEMIT does): its transposed copy is made anew
         layer.weight.mul_(2)
     assert torch.allclose(gradient(project(x, layer)), 2 * slow, atol=1e-5)
-    assert hasattr(layer, "_seqedit_transposed") == (threads > 1)
+    assert (layer in _TRANSPOSED) == (threads > 1)
     layer.weight.requires_grad_(True)  # a trained head goes through the layer itself
     assert project(x, layer).grad_fn.name() != out.grad_fn.name()
 

@@ -16,6 +16,7 @@ Editors and the loop see a model through three ideas:
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -57,8 +58,12 @@ class _FrozenProjection(torch.autograd.Function):
         return ((weight @ grad.T).T if ctx.transposed else grad @ weight), None, None
 
 
+# a layer's transposed copy (`_transposed`), kept as long as the layer lives
+_TRANSPOSED: weakref.WeakKeyDictionary[nn.Linear, tuple[tuple, Tensor]] = weakref.WeakKeyDictionary()
+
+
 def _transposed(layer: nn.Linear) -> Tensor | None:
-    """A contiguous copy of the frozen `layer.weight`'s transpose, made once and kept on the layer
+    """A contiguous copy of the frozen `layer.weight`'s transpose, made once and kept for the layer
     while the weight's storage, version and device stay the same; on a CPU with 2 or more threads
     only. There MKL's g W for a few rows g of a 49,152 x 576 W ran erratically by row count (2
     threads: 3 rows 32 ms, 5 rows 9 ms, 7 rows 27 ms) and W^T's copy times g^T steadily (13, 10,
@@ -69,10 +74,9 @@ def _transposed(layer: nn.Linear) -> Tensor | None:
     if weight.device.type != "cpu" or torch.get_num_threads() < 2:
         return None
     stamp = (weight.data_ptr(), weight._version, weight.shape)
-    kept = getattr(layer, "_seqedit_transposed", None)
+    kept = _TRANSPOSED.get(layer)
     if kept is None or kept[0] != stamp:
-        kept = (stamp, weight.detach().T.contiguous())
-        layer._seqedit_transposed = kept
+        kept = _TRANSPOSED[layer] = (stamp, weight.detach().T.contiguous())
     return kept[1]
 
 
