@@ -90,7 +90,15 @@ def _outputs(adapter, examples):
         return adapter.scored_logits(batch)
 
 
-@pytest.mark.parametrize("name", list(ROWS))
+# Each cell of a trained editor trains its phase on first use (11-19 s from a cold cache); on the
+# masked LM, a cloze model none of their papers edits, those cells run with `slow` to keep the
+# default suite within its time budget.
+SLOW_CELLS = {("ke_style", "masked"), ("mend_style", "masked"), ("sera", "masked")}
+CELLS = [pytest.param(name, family, marks=pytest.mark.slow) if (name, family) in SLOW_CELLS else (name, family)
+         for family in FAMILIES for name in ROWS]
+
+
+@pytest.mark.parametrize("name, family", CELLS)
 def test_edit_flips_target_and_touches_only_its_parameters(name, family):
     adapter, editor, example, memory = _setup(name, family)
     assert editor.scores([example.prompt], [example.target]) == [0.0]
