@@ -132,6 +132,12 @@ class RunConfig:
     run_id: str | None = field(default=None, metadata={"help": "run folder name (default: derived)"})
     resume: bool = field(default=False, metadata={"help": "continue the run in output_dir/run_id"})
 
+    def __post_init__(self) -> None:
+        device = str(getattr(self.model, "device", "cpu"))
+        if device != "cpu" and self.trainer.accelerator == "cpu":  # Lightning's CPU run moves the model back
+            raise ValueError(f"trainer.accelerator=cpu with model.device={device}: the stream would run with the "
+                             "model moved back to the CPU; set trainer.accelerator=gpu (or auto)")
+
 
 def _split_overrides(overrides: list[str]) -> tuple[dict[str, str], str | None, list[str]]:
     choices, experiment, rest = {}, None, []

@@ -66,6 +66,8 @@ def test_any_overrides_resolve_or_fail_in_one_line(editor, overrides):
     (["editor.lr=nan"], "editor.lr"),
     (["editor.layer=99"], None),  # checked when the model is known: see test_adapters
     (["trainer.accelerator=tpu"], "trainer.accelerator"),
+    (["model.device=gpu"], "model.device"),
+    (["model.device=cuda:99"], "model.device"),
     (["model.checkpoint=/etc/passwd"], "model.checkpoint"),
     (["data.num_folds=0"], "data.num_folds"),
     (["data.folds=3"], "data.num_folds"),  # a renamed key says its new name
@@ -77,3 +79,15 @@ def test_the_reported_bad_inputs_name_their_key(capsys, overrides, names):
         assert code == 0
         return
     assert code == 2 and err.count("\n") == 1 and names in err, err
+
+
+def test_a_gpu_model_with_a_cpu_trainer_is_refused(capsys, monkeypatch):
+    """With trainer.accelerator=cpu Lightning moves the model back to the CPU for the stream: a run
+    asked for on the GPU would quietly run on the CPU."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # as on a machine with one GPU
+    assert main(["config", "model.device=cuda"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "trainer.accelerator=cpu" in err and "model.device=cuda" in err
+    assert main(["config", "model.device=cuda", "trainer.accelerator=gpu"]) == 0

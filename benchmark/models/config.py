@@ -15,7 +15,8 @@ class ModelConfig:
     )
     seed: int = field(default=0, metadata={"help": "seed of random initialisation (tiny models, new heads)"})
     dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16"})
-    device: str = field(default="cpu", metadata={"help": "torch device for the model"})
+    device: str = field(default="cpu", metadata={"help": "torch device for the model: cpu, cuda, cuda:N or mps "
+                                                         "(with cuda, trainer.accelerator=gpu)"})
     checkpoint: str | None = field(default=None, metadata={"help": "initial model weights (safetensors) to load"})
     metric: str = field(
         default="exact_match",
@@ -41,6 +42,7 @@ class ModelConfig:
             raise ValueError("model.layers >= 1, model.hidden >= 8 and model.eval_batch_size >= 1 are required")
         if self.eval_cache_mb < 0:
             raise ValueError(f"model.eval_cache_mb must be >= 0 (0: no cache), got {self.eval_cache_mb}")
+        self._check_device()
         if self.checkpoint is not None:
             from pathlib import Path
 
@@ -49,6 +51,18 @@ class ModelConfig:
             if not str(self.checkpoint).endswith(".safetensors"):
                 raise ValueError(f"model.checkpoint={self.checkpoint}: must be a .safetensors file (pickled "
                                  "checkpoints are not loaded: they can run code)")
+
+    def _check_device(self) -> None:
+        """A device this machine has, said before anything is built (torch only imported for cuda)."""
+        kind, colon, index = str(self.device).partition(":")
+        if kind not in ("cpu", "cuda", "mps") or (colon and (kind != "cuda" or not index.isdigit())):
+            raise ValueError(f"model.device must be cpu, cuda, cuda:N or mps, got {self.device!r}")
+        if kind == "cuda":
+            import torch
+
+            if int(index or 0) >= torch.cuda.device_count():
+                raise ValueError(f"model.device={self.device}, but this machine has {torch.cuda.device_count()} "
+                                 "CUDA devices")
 
 
 
