@@ -66,9 +66,9 @@ def _transposed(layer: nn.Linear) -> Tensor | None:
     """A contiguous copy of the frozen `layer.weight`'s transpose, made once and kept for the layer
     while the weight's storage, version and device stay the same; on a CPU with 2 or more threads
     only. There MKL's g W for a few rows g of a 49,152 x 576 W ran erratically by row count (2
-    threads: 3 rows 32 ms, 5 rows 9 ms, 7 rows 27 ms) and W^T's copy times g^T steadily (13, 10,
-    15 ms); on 1 thread the copy was the slower from 4 rows up (7 rows: 25 against 19 ms). The
-    copy costs W's size once. A rule by thread count, not a timed choice, so that a run's
+    quiet threads, medians of 11: 3 rows 28.7 ms, 5 rows 10.1, 7 rows 29.2) and W^T's copy times
+    g^T steadily (7.6, 11.8, 12.1 ms); on 1 thread the copy was the slower from 4 rows up (7 rows:
+    23.5 against 15.9 ms). The copy costs W's size once. A rule by thread count, not a timed choice, so that a run's
     rounding does not depend on how busy the machine was."""
     weight = layer.weight
     if weight.device.type != "cpu" or torch.get_num_threads() < 2:
