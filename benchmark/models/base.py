@@ -68,8 +68,8 @@ def _transposed(layer: nn.Linear) -> Tensor | None:
     only. There MKL's g W for a few rows g of a 49,152 x 576 W ran erratically by row count (2
     quiet threads, medians of 11: 3 rows 28.7 ms, 5 rows 10.1, 7 rows 29.2) and W^T's copy times
     g^T steadily (7.6, 11.8, 12.1 ms); on 1 thread the copy was the slower from 4 rows up (7 rows:
-    23.5 against 15.9 ms). The copy costs W's size once. A rule by thread count, not a timed choice, so that a run's
-    rounding does not depend on how busy the machine was."""
+    23.5 against 15.9 ms). The copy costs W's size once. A rule by thread count, not a timed
+    choice, so that a run's rounding does not depend on how busy the machine was."""
     weight = layer.weight
     if weight.device.type != "cpu" or torch.get_num_threads() < 2:
         return None

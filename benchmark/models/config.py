@@ -15,7 +15,7 @@ class ModelConfig:
     )
     seed: int = field(default=0, metadata={"help": "seed of random initialisation (tiny models, new heads)"})
     dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16"})
-    device: str = field(default="cpu", metadata={"help": "torch device for the model: cpu, cuda, cuda:N or mps "
+    device: str = field(default="cpu", metadata={"help": "torch device for the model: cpu, cuda or cuda:N "
                                                          "(with cuda, trainer.accelerator=gpu)"})
     checkpoint: str | None = field(default=None, metadata={"help": "initial model weights (safetensors) to load"})
     metric: str = field(
@@ -55,8 +55,8 @@ class ModelConfig:
     def _check_device(self) -> None:
         """A device this machine has, said before anything is built (torch only imported for cuda)."""
         kind, colon, index = str(self.device).partition(":")
-        if kind not in ("cpu", "cuda", "mps") or (colon and (kind != "cuda" or not index.isdigit())):
-            raise ValueError(f"model.device must be cpu, cuda, cuda:N or mps, got {self.device!r}")
+        if kind not in ("cpu", "cuda") or (colon and (kind != "cuda" or not index.isdigit())):
+            raise ValueError(f"model.device must be cpu, cuda or cuda:N, got {self.device!r}")
         if kind == "cuda":
             import torch
 
