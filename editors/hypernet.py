@@ -141,10 +141,18 @@ class HypernetTraining(L.LightningModule):
         self.site_weights = [module.weight for _, module in editor.sites]
 
     def on_fit_start(self) -> None:
+        # Lightning leaves a submodule in the mode it finds it in, and the editor keeps its
+        # network in eval mode between fits: train mode here (the published code trains its
+        # networks in it; cuDNN's LSTM backward refuses eval mode); validation and the edits
+        # after the fit run it in eval mode
+        self.editor.hypernet.train()
         calibrate = getattr(self.editor, "calibrate", None)
         if calibrate is not None:
             sample = self.train_examples[:64]
             calibrate(sample, [self._target(e) for e in sample])
+
+    def on_fit_end(self) -> None:
+        self.editor.hypernet.eval()
 
     def _target(self, example: Example) -> Any:
         return self.editor.adapter.task.new_answer(example, self.pool)

@@ -5,6 +5,7 @@ memory is scanned there in fp32, and the editors that draw at random edit as on 
 import pytest
 import torch
 
+from tests.test_hypernet import fit_modes
 from tests.test_suffix import KEY_BIAS
 from tests.test_suffix import _run as suffix_run
 from tests.test_tpatcher import forced_edits
@@ -80,3 +81,10 @@ def test_editors_that_draw_edit_alike_on_cuda_and_cpu(row):
             assert torch.allclose(on_gpu[name], on_cpu[name], atol=1e-3), name
         else:
             assert torch.equal(on_gpu[name], on_cpu[name]), name
+
+
+@pytest.mark.parametrize("name", ["ke_style", "mend_style"])
+def test_the_hypernetworks_train_on_cuda(name):
+    """KE's training phase failed on a GPU (cuDNN's LSTM backward in eval mode) while it passed on
+    the CPU."""
+    assert fit_modes(name, "cuda") == ([("train", True), ("val", False)], False)
