@@ -54,6 +54,29 @@ from editors.configs.memit import AlphaEditConfig, LocateConfig, MemitConfig, Ro
 PREFIX_STARTS = ["The", "Therefore", "Because", "I", "You"]  # mm get_context_templates
 
 
+def sample_continuation(model, ids: Tensor, max_length: int, top_k: int, generator: torch.Generator) -> Tensor:
+    """What `model.generate(ids, do_sample=True, top_k=top_k, max_length=max_length)` samples from
+    `ids` [1, n]: the top-k logits' softmax, one token drawn at a time until max_length tokens or an
+    end token; the same tokens on a CPU (checked against generate for tiny-llama and SmolLM2, 25
+    seeds x 4 settings each). Every draw is made on the CPU from `generator`: generate draws with
+    the model's device's generator (a GPU drew other prefixes than a CPU from one seed), and on a
+    GPU its deferred stop check samples past an end token and drops it. A whole forward each step:
+    a prefix is at most a few tokens, and no cache argument that differs between versions."""
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    tokens = ids
+    with torch.no_grad():
+        while tokens.shape[1] < max_length:
+            logits = model(input_ids=tokens, use_cache=False).logits[0, -1].float().cpu()
+            kth = logits.topk(min(top_k, logits.numel())).values[-1]
+            probs = torch.softmax(logits.masked_fill(logits < kth, -torch.inf), -1)
+            token = torch.multinomial(probs, 1, generator=generator)
+            tokens = torch.cat([tokens, token.view(1, 1).to(tokens.device)], 1)
+            if int(token) in eos:
+                break
+    return tokens
+
+
 class _Enough(Exception):
     """Raised by a hook to end a forward once everything wanted from it is read."""
 
@@ -160,15 +183,11 @@ class MemitEditor(Editor):
             return []
         tok = self.adapter.tokenizer
         starts = [PREFIX_STARTS[i % len(PREFIX_STARTS)] for i in range(n)]
-        out = []
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(self.config.seed)
-            for start in starts:
-                enc = tok([start], return_tensors="pt").to(self.adapter.device)
-                gen = self.model.generate(**enc, do_sample=True, top_k=5, max_length=10,
-                                          pad_token_id=tok.pad_token_id)
-                text = tok.decode(gen[0], skip_special_tokens=True)
-                out.append(text.replace("{", " ").replace("}", " ") + ". {}")
+        out, generator = [], torch.Generator().manual_seed(self.config.seed)
+        for start in starts:
+            ids = tok([start], return_tensors="pt")["input_ids"].to(self.adapter.device)
+            text = tok.decode(sample_continuation(self.model, ids, 10, 5, generator)[0], skip_special_tokens=True)
+            out.append(text.replace("{", " ").replace("}", " ") + ". {}")
         return out
 
     # -- where the fact is looked up ----------------------------------------------------------------------
@@ -347,15 +366,12 @@ class RomeEditor(MemitEditor):
         long, the rest 10 (rm:213-236), each then '. {}'."""
         n, tok = self.config.context_templates, self.adapter.tokenizer
         start = tok.bos_token or tok.eos_token
-        out = []
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(self.config.seed)
-            for i in range(n):
-                enc = tok([start], return_tensors="pt", add_special_tokens=False).to(self.adapter.device)
-                gen = self.model.generate(**enc, do_sample=True, top_k=5, max_length=5 if i < n // 2 else 10,
-                                          pad_token_id=tok.pad_token_id)
-                text = tok.decode(gen[0], skip_special_tokens=True)
-                out.append(text.replace("{", " ").replace("}", " ") + ". {}")
+        out, generator = [], torch.Generator().manual_seed(self.config.seed)
+        ids = tok([start], return_tensors="pt", add_special_tokens=False)["input_ids"].to(self.adapter.device)
+        for i in range(n):
+            gen = sample_continuation(self.model, ids, 5 if i < n // 2 else 10, 5, generator)
+            text = tok.decode(gen[0], skip_special_tokens=True)
+            out.append(text.replace("{", " ").replace("}", " ") + ". {}")
         return out
 
     def edit(self, example: Example) -> EditResult:

@@ -88,3 +88,21 @@ def test_the_hypernetworks_train_on_cuda(name):
     """KE's training phase failed on a GPU (cuDNN's LSTM backward in eval mode) while it passed on
     the CPU."""
     assert fit_modes(name, "cuda") == ([("train", True), ("val", False)], False)
+
+
+@pytest.mark.parametrize("name", ["memit", "rome"])
+def test_prefixes_are_the_cpus_with_the_model_on_cuda(name):
+    """ROME's tiny run differed between a GPU and a CPU; its prefixes were drawn with the GPU's
+    generator then. Now from a CPU generator: the same prefixes, up to a draw that the logits'
+    rounding moves across a boundary (none in these)."""
+    import editors  # noqa: F401  (registers them)
+    from benchmark.registry import EDITORS
+    from tests.conftest import FAMILIES, tiny, trained_weights
+
+    prefixes = []
+    for device in ("cuda", "cpu"):
+        adapter = tiny(FAMILIES["decoder"], checkpoint=trained_weights("decoder"), device=device)
+        entry = EDITORS.get(name)
+        editor = entry.target(entry.config_class(name=name, layers=[0], context_templates=6), adapter)
+        prefixes.append(editor._prefixes())
+    assert prefixes[0] == prefixes[1]

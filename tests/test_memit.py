@@ -166,3 +166,37 @@ def test_reads_stop_the_forward_after_the_last_module_read():
             adapter.scored_logits(adapter.encode(texts, [" x"] * 2))
     rows, at = torch.arange(2), torch.tensor(positions)
     assert torch.equal(keys, full["in"][rows, at].double()) and torch.equal(outputs, full["out"][rows, at].double())
+
+
+def _generated(adapter, starts: list[str], lengths: list[int], seed: int, special: bool) -> list[str]:
+    """The prefixes as `generate` samples them from one seeded CPU generator (the sampling before
+    `sample_continuation`)."""
+    tok, out = adapter.tokenizer, []
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        for start, length in zip(starts, lengths):
+            enc = tok([start], return_tensors="pt", add_special_tokens=special)
+            gen = adapter.model.generate(**enc, do_sample=True, top_k=5, max_length=length,
+                                         pad_token_id=tok.pad_token_id)
+            out.append(tok.decode(gen[0], skip_special_tokens=True).replace("{", " ").replace("}", " ") + ". {}")
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+@pytest.mark.parametrize("name", ["memit", "rome"])
+def test_prefixes_are_generates_samples_drawn_on_the_cpu(name, seed):
+    """The prefixes are drawn from a CPU generator of their own, whatever the model's device (a GPU's
+    generator drew others), and on a CPU they are the ones `generate` samples: results from before
+    this sampler stand. The global generator is left as it was."""
+    from editors.memit import PREFIX_STARTS
+
+    adapter, editor = _editor(name, context_templates=6, seed=seed)
+    state = torch.random.get_rng_state()
+    prefixes = editor._prefixes()
+    assert torch.equal(torch.random.get_rng_state(), state)
+    tok = adapter.tokenizer
+    if name == "rome":
+        expected = _generated(adapter, [tok.bos_token or tok.eos_token] * 6, [5, 5, 5, 10, 10, 10], seed, False)
+    else:
+        expected = _generated(adapter, [PREFIX_STARTS[i % 5] for i in range(6)], [10] * 6, seed, True)
+    assert prefixes == expected and len(set(prefixes)) > 1
