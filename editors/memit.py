@@ -59,9 +59,10 @@ def sample_continuation(model, ids: Tensor, max_length: int, top_k: int, generat
     `ids` [1, n]: the top-k logits' softmax, one token drawn at a time until max_length tokens or an
     end token; the same tokens on a CPU (checked against generate for tiny-llama and SmolLM2, 25
     seeds x 4 settings each). Every draw is made on the CPU from `generator`: generate draws with
-    the model's device's generator (a GPU drew other prefixes than a CPU from one seed), and on a
-    GPU its deferred stop check samples past an end token and drops it. A whole forward each step:
-    a prefix is at most a few tokens, and no cache argument that differs between versions."""
+    the model's device's generator (a GPU drew other prefixes than a CPU from one seed), and
+    transformers 5.24's, on a GPU, defers its stop check: it samples past an end token and drops
+    those tokens (read in its source). A whole forward each step: a prefix is a few tokens, and no
+    cache argument whose name changes between versions."""
     eos = model.generation_config.eos_token_id
     eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
     tokens = ids
