@@ -63,9 +63,25 @@ def demo_editors() -> list[str]:
 
 
 def _streamed(cfg) -> int | None:
-    """Examples a part streams per editor (folds x stream cap), what its time grows with."""
+    """Examples a part streams per editor (folds x stream cap), what its time grows with; None
+    where the stream is each fold's whole length (not known before the data is read)."""
     cap = cfg.loop.max_fold_examples
-    return None if cap is None else len(cfg.loop.folds or [0]) * int(cap)
+    folds = len(cfg.loop.folds) if cfg.loop.folds is not None else cfg.data.num_folds  # None: every fold
+    return None if cap is None else folds * int(cap)
+
+
+def _timing_key(part: str, editor: str, cfg) -> str:
+    """A timing's name in this machine's time file: a run on another device is timed apart."""
+    device = cfg.model.device
+    return f"{part}/{editor}/{cfg.model.name}" + ("" if device == "cpu" else f"@{device}")
+
+
+def _scaled(seconds: float, measured_at: int | None, streamed: int | None) -> float | None:
+    """A timing scaled from the examples it streamed to those of this run; None where either
+    stream's length is unknown and they may differ."""
+    if measured_at == streamed:
+        return seconds
+    return seconds * streamed / measured_at if streamed and measured_at else None
 
 
 def _timings() -> dict:
@@ -78,32 +94,33 @@ def _timings() -> dict:
 
 def estimate(part: str, cfg, editors: list[str]) -> tuple[float, list[str], list[str]]:
     """Estimated seconds of a part's runs, from this machine's last timing of each (part, editor,
-    model), else the reference machine's, scaled by the examples streamed; with the editors that
-    came from here and those with no timing at all."""
+    model, device), else the CPU reference machine's, scaled by the examples streamed; with the
+    editors that came from here and those with no timing that applies."""
     mine, total, here, unknown = _timings(), 0.0, [], []
-    streamed, reference_streamed = _streamed(cfg), _streamed(compose([f"experiment={PARTS[part]}"]))
+    streamed, reference = _streamed(cfg), instantiate(compose([f"experiment={PARTS[part]}"]))
     weights = initial_weights(cfg.model, cfg.data, cfg.init)
     if weights is not None and not weights.exists():  # the initial model is fitted first
-        fit = mine.get(f"{part}/{INITIAL}/{cfg.model.name}")
+        fit = mine.get(_timing_key(part, INITIAL, cfg))
         total += fit["seconds"] if fit else 0.0
     for editor in editors:
-        own = mine.get(f"{part}/{editor}/{cfg.model.name}")
-        if own:
-            seconds, measured_at = own["seconds"], own["examples"]
+        own = mine.get(_timing_key(part, editor, cfg))
+        seconds = _scaled(own["seconds"], own["examples"], streamed) if own else None
+        if seconds is not None:
             here.append(editor)
-        elif cfg.model.name == REFERENCE_MODELS[part] and editor in REFERENCE_SECONDS[part]:
-            seconds, measured_at = REFERENCE_SECONDS[part][editor], reference_streamed
-        else:
+        elif (cfg.model.name == REFERENCE_MODELS[part] and cfg.model.device == "cpu"
+              and editor in REFERENCE_SECONDS[part]):
+            seconds = _scaled(REFERENCE_SECONDS[part][editor], _streamed(reference), streamed)
+        if seconds is None:
             unknown.append(editor)
             continue
-        total += seconds * (streamed / measured_at if streamed and measured_at else 1.0)
+        total += seconds
     return total, here, unknown
 
 
 def _record(part: str, editor: str, cfg, seconds: float, root: Path, times: dict) -> None:
     """This machine's timing of a run (for later estimates) and the demo's time file."""
     mine = _timings()
-    mine[f"{part}/{editor}/{cfg.model.name}"] = {"seconds": round(seconds, 1), "examples": _streamed(cfg)}
+    mine[_timing_key(part, editor, cfg)] = {"seconds": round(seconds, 1), "examples": _streamed(cfg)}
     RunRecords.write_json_to(cache_dir(), TIMINGS, mine)
     entry = times["parts"].setdefault(part, {"seconds": 0.0, "editors": {}})
     entry["editors"][editor] = round(seconds, 1)

@@ -59,6 +59,29 @@ def test_demo_estimate_scales_the_reference_timings_with_the_stream(tmp_path, mo
     assert estimate("qa", longer, ["tpatcher"])[0] == pytest.approx(2 * REFERENCE_SECONDS["qa"]["tpatcher"])
     tiny = instantiate(compose(["experiment=demo_qa", "model=tiny-llama"]))  # the reference is SmolLM2's only
     assert estimate("qa", tiny, ["tpatcher"]) == (0.0, [], ["tpatcher"])
+    # no fold list streams every fold; a whole-fold stream has no length before the data is read
+    every = instantiate(compose(["experiment=demo_qa", "loop.folds=null"]))
+    assert estimate("qa", every, ["tpatcher"])[0] == pytest.approx(
+        every.data.num_folds / 2 * REFERENCE_SECONDS["qa"]["tpatcher"])
+    whole = instantiate(compose(["experiment=demo_qa", "loop.max_fold_examples=null"]))
+    assert estimate("qa", whole, ["tpatcher"]) == (0.0, [], ["tpatcher"])
+
+
+def test_demo_estimate_keeps_timings_apart_by_device(tmp_path, monkeypatch):
+    """The reference timings are a CPU's: a GPU run is estimated from GPU timings of this machine
+    only, which a CPU run's estimate does not read."""
+    import torch
+
+    from benchmark.demo import TIMINGS
+
+    monkeypatch.setenv("SEQEDIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # as on a machine with one GPU
+    cpu = instantiate(compose(["experiment=demo_qa"]))
+    gpu = instantiate(compose(["experiment=demo_qa", "model.device=cuda", "trainer.accelerator=gpu"]))
+    assert estimate("qa", gpu, ["tpatcher"]) == (0.0, [], ["tpatcher"])
+    (tmp_path / TIMINGS).write_text(json.dumps({"qa/tpatcher/smollm2-135m@cuda": {"seconds": 9.0, "examples": 40}}))
+    assert estimate("qa", gpu, ["tpatcher"]) == (9.0, ["tpatcher"], [])
+    assert estimate("qa", cpu, ["tpatcher"]) == (REFERENCE_SECONDS["qa"]["tpatcher"], [], [])
 
 
 def test_init_command_trains_and_reports(capsys):

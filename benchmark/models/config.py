@@ -65,9 +65,6 @@ class ModelConfig:
                                  "CUDA devices")
 
 
-
-
-
 MODELS.register("tiny-llama", "benchmark.models.zoo:build_tiny_llama", ModelConfig,
                 "random tiny LLaMA decoder LM (SwiGLU), for tests")
 MODELS.register("tiny-bert", "benchmark.models.zoo:build_tiny_bert", ModelConfig,
