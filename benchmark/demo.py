@@ -43,13 +43,14 @@ QUICK_EDITOR = {"sera": ["editor.encoder=tiny-bert", "editor.train_examples=200"
 
 # Seconds of each demo run on the 2-core reference machine, at the demo's stream sizes, run alone
 # from a fresh cache (KE's, MEND's and SERA's include their training phase). qa: commit 9ea3fe9,
-# the first editor's time holding the initial model's fit, before the evaluation cache and before
-# GRACE, MEMIT, AlphaEdit, ROME and WISE joined; fc: commit 9f9181e (a test run beside it for a
-# minute), the initial model's fit (94 s) timed apart. An estimate prefers this machine's own
-# timings (`TIMINGS` in the cache).
+# the first editor's time holding the initial model's fit, before the evaluation cache; GRACE,
+# WISE, AlphaEdit, MEMIT and ROME at commit 28e21ec (2026-11-26), the initial model's fit (122 s)
+# timed apart; fc: commit 9f9181e (a test run beside it for a minute), the initial model's fit
+# (94 s) timed apart. An estimate prefers this machine's own timings (`TIMINGS` in the cache).
 REFERENCE_SECONDS = {
     "qa": {"constrained_ft": 79, "ft_all": 133, "ft_kl_all": 241, "ft_kl_last": 190, "ft_last": 102,
-           "ke_style": 360, "knn_lm": 157, "mend_style": 342, "sera": 205, "tpatcher": 131},
+           "ke_style": 360, "knn_lm": 157, "mend_style": 342, "sera": 205, "tpatcher": 131,
+           "grace": 71, "wise": 303, "alphaedit": 327, "memit": 298, "rome": 364},
     "fc": {"constrained_ft": 9, "ft_all": 17, "ft_kl_all": 30, "ft_kl_last": 35, "ft_last": 10, "grace": 5,
            "ke_style": 52, "knn_lm": 14, "mend_style": 63, "sera": 113, "tpatcher": 12},
 }

@@ -53,6 +53,7 @@ def test_quick_demo_writes_leaderboard_and_plots(tmp_path):
 
 def test_demo_estimate_scales_the_reference_timings_with_the_stream(tmp_path, monkeypatch):
     monkeypatch.setenv("SEQEDIT_CACHE", str(tmp_path))  # no timings of this machine
+    monkeypatch.delitem(REFERENCE_SECONDS["qa"], "grace")  # an editor without a reference timing
     cfg = instantiate(compose(["experiment=demo_qa"]))
     assert estimate("qa", cfg, ["tpatcher", "grace"]) == (REFERENCE_SECONDS["qa"]["tpatcher"], [], ["grace"])
     longer = instantiate(compose(["experiment=demo_qa", f"loop.max_fold_examples={2 * cfg.loop.max_fold_examples}"]))
