@@ -39,3 +39,22 @@ def test_real_model_one_tpatcher_edit(name, target):
     assert editor.scores([prompt], [target]) == [0.0]
     editor.edit(Example("e", prompt, target))
     assert editor.scores([prompt], [target]) == [1.0]
+
+
+def test_smollm2_prefixes_are_generates_samples():
+    """ROME's, MEMIT's and AlphaEdit's prefixes on the real SmolLM2 are the tokens `generate`
+    samples on the CPU from the same seed (the draws moved to a generator of the editors' own)."""
+    from benchmark.models import ModelConfig, build_model
+    from editors.memit import sample_continuation
+
+    adapter = build_model(ModelConfig(name="smollm2-135m"))
+    model, tok = adapter.model, adapter.tokenizer
+    for seed in range(5):
+        for start, length, special in (("The", 10, True), ("You", 10, True), (tok.bos_token, 5, False)):
+            ids = tok([start], return_tensors="pt", add_special_tokens=special)["input_ids"]
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                expected = model.generate(ids, do_sample=True, top_k=5, max_length=length,
+                                          pad_token_id=tok.pad_token_id)
+            assert torch.equal(sample_continuation(model, ids, length, 5, torch.Generator().manual_seed(seed)),
+                               expected)
