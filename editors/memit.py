@@ -184,12 +184,14 @@ class MemitEditor(Editor):
             return []
         tok = self.adapter.tokenizer
         starts = [PREFIX_STARTS[i % len(PREFIX_STARTS)] for i in range(n)]
-        out, generator = [], torch.Generator().manual_seed(self.config.seed)
-        for start in starts:
-            ids = tok([start], return_tensors="pt")["input_ids"].to(self.adapter.device)
-            text = tok.decode(sample_continuation(self.model, ids, 10, 5, generator)[0], skip_special_tokens=True)
-            out.append(text.replace("{", " ").replace("}", " ") + ". {}")
-        return out
+        generator = torch.Generator().manual_seed(self.config.seed)
+        return [self._template(tok([start], return_tensors="pt")["input_ids"], 10, generator) for start in starts]
+
+    def _template(self, ids: Tensor, length: int, generator: torch.Generator) -> str:
+        """A prefix sampled from `ids` (top-k 5, `length` tokens), braces blanked, then '. {}'."""
+        tok = self.adapter.tokenizer
+        gen = sample_continuation(self.model, ids.to(self.adapter.device), length, 5, generator)
+        return tok.decode(gen[0], skip_special_tokens=True).replace("{", " ").replace("}", " ") + ". {}"
 
     # -- where the fact is looked up ----------------------------------------------------------------------
     def _lookup(self, texts: list[str], subject: str | None) -> list[int] | None:
@@ -367,13 +369,9 @@ class RomeEditor(MemitEditor):
         long, the rest 10 (rm:213-236), each then '. {}'."""
         n, tok = self.config.context_templates, self.adapter.tokenizer
         start = tok.bos_token or tok.eos_token
-        out, generator = [], torch.Generator().manual_seed(self.config.seed)
-        ids = tok([start], return_tensors="pt", add_special_tokens=False)["input_ids"].to(self.adapter.device)
-        for i in range(n):
-            gen = sample_continuation(self.model, ids, 5 if i < n // 2 else 10, 5, generator)
-            text = tok.decode(gen[0], skip_special_tokens=True)
-            out.append(text.replace("{", " ").replace("}", " ") + ". {}")
-        return out
+        generator = torch.Generator().manual_seed(self.config.seed)
+        ids = tok([start], return_tensors="pt", add_special_tokens=False)["input_ids"]
+        return [self._template(ids, 5 if i < n // 2 else 10, generator) for i in range(n)]
 
     def edit(self, example: Example) -> EditResult:
         texts, positions, subject = self._requests(example)
