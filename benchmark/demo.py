@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from benchmark.cache import cache_dir
 from benchmark.config import compose, instantiate
@@ -41,22 +42,24 @@ QUICK_EDITOR = {"sera": ["editor.encoder=tiny-bert", "editor.train_examples=200"
                 "mend_style": ["editor.edit_lr=0.1", "editor.train_examples=50"]}
 
 
-# Seconds of each demo run on the 2-core reference machine, at the demo's stream sizes, run alone
-# from a fresh cache (KE's, MEND's and SERA's include their training phase). qa: commit 9ea3fe9,
-# the first editor's time holding the initial model's fit, before the evaluation cache; GRACE,
-# WISE, AlphaEdit, MEMIT and ROME at commit 28e21ec (2026-11-26), the initial model's fit (122 s)
-# timed apart; fc: commit 9f9181e (a test run beside it for a minute), the initial model's fit
-# (94 s) timed apart. An estimate prefers this machine's own timings (`TIMINGS` in the cache).
+INITIAL = "initial model"  # the time file's name for a part's initial-model fit
+
+
+# Seconds of each demo run on the 2-core reference machine at the demo's stream sizes, and of each
+# part's initial-model fit (`INITIAL`). All from one `make demo` on a fresh clone of commit 589943d
+# with a fresh cache (2026-11-26; 55.6 min wall, set-up included), alone on the 2 cores but for a
+# minute of short checks during the QA initial model's fit, which is therefore the fit's time
+# measured alone at commit 28e21ec (122 s; 167 s in that run). KE's, MEND's and SERA's include their
+# training phase. An estimate prefers this machine's own timings (`TIMINGS` in the cache).
 REFERENCE_SECONDS = {
-    "qa": {"constrained_ft": 79, "ft_all": 133, "ft_kl_all": 241, "ft_kl_last": 190, "ft_last": 102,
-           "ke_style": 360, "knn_lm": 157, "mend_style": 342, "sera": 205, "tpatcher": 131,
-           "grace": 71, "wise": 303, "alphaedit": 327, "memit": 298, "rome": 364},
-    "fc": {"constrained_ft": 9, "ft_all": 17, "ft_kl_all": 30, "ft_kl_last": 35, "ft_last": 10, "grace": 5,
-           "ke_style": 52, "knn_lm": 14, "mend_style": 63, "sera": 113, "tpatcher": 12},
+    "qa": {INITIAL: 122, "alphaedit": 272, "constrained_ft": 24, "ft_all": 116, "ft_kl_all": 187,
+           "ft_kl_last": 104, "ft_last": 37, "grace": 64, "ke_style": 202, "knn_lm": 90, "memit": 247,
+           "mend_style": 247, "rome": 310, "sera": 159, "tpatcher": 63, "wise": 303},
+    "fc": {INITIAL: 34, "constrained_ft": 7, "ft_all": 17, "ft_kl_all": 28, "ft_kl_last": 35, "ft_last": 10,
+           "grace": 6, "ke_style": 55, "knn_lm": 13, "mend_style": 62, "sera": 116, "tpatcher": 15},
 }
 REFERENCE_MODELS = {"qa": "smollm2-135m", "fc": "minilm-l6"}
 TIMINGS = "demo_timings.json"
-INITIAL = "initial model"  # the time file's name for a part's initial-model fit
 
 
 def demo_editors() -> list[str]:
@@ -93,29 +96,59 @@ def _timings() -> dict:
         return {}
 
 
-def estimate(part: str, cfg, editors: list[str]) -> tuple[float, list[str], list[str]]:
+class Estimate(NamedTuple):
+    """A part's estimated seconds and which runs (editors, `INITIAL`) it took from this machine's
+    timings, from the reference machine's, or could not time."""
+
+    seconds: float
+    here: list[str]
+    reference: list[str]
+    unknown: list[str]
+
+    def said(self, editors: list[str]) -> str:
+        """In one line: what it covers, where its timings come from, what it lacks."""
+        known = [e for e in editors if e not in self.unknown]
+        if not known and INITIAL not in self.here + self.reference:
+            return "no estimate" + (f"; no timing yet for {', '.join(self.unknown)}" if self.unknown else "")
+        fit = " and the initial model's fit" if INITIAL in self.here + self.reference else ""
+        line = (f"estimated {self.seconds / 60:.1f} min for {len(known)} of {len(editors)} editors{fit} "
+                f"({len(self.here)} timed on this machine, {len(self.reference)} on the 2-core reference)")
+        return line + (f"; no timing yet for {', '.join(self.unknown)}" if self.unknown else "")
+
+
+def estimate(part: str, cfg, editors: list[str]) -> Estimate:
     """Estimated seconds of a part's runs, from this machine's last timing of each (part, editor,
-    model, device), else the CPU reference machine's, scaled by the examples streamed; with the
-    editors that came from here and those with no timing that applies."""
-    mine, total, here, unknown = _timings(), 0.0, [], []
+    model, device), else the CPU reference machine's, scaled by the examples streamed, plus the
+    initial model's fit where it is not cached yet."""
+    mine, out = _timings(), Estimate(0.0, [], [], [])
     streamed, reference = _streamed(cfg), instantiate(compose([f"experiment={PARTS[part]}"]))
+    on_reference = cfg.model.name == REFERENCE_MODELS[part] and cfg.model.device == "cpu"
+    total = 0.0
     weights = initial_weights(cfg.model, cfg.data, cfg.init)
     if weights is not None and not weights.exists():  # the initial model is fitted first
         fit = mine.get(_timing_key(part, INITIAL, cfg))
-        total += fit["seconds"] if fit else 0.0
+        if fit:
+            total += fit["seconds"]
+            out.here.append(INITIAL)
+        elif on_reference and weights == initial_weights(reference.model, reference.data, reference.init):
+            total += REFERENCE_SECONDS[part][INITIAL]  # the very initial model the reference fitted
+            out.reference.append(INITIAL)
+        else:
+            out.unknown.append(INITIAL)
     for editor in editors:
         own = mine.get(_timing_key(part, editor, cfg))
         seconds = _scaled(own["seconds"], own["examples"], streamed) if own else None
         if seconds is not None:
-            here.append(editor)
-        elif (cfg.model.name == REFERENCE_MODELS[part] and cfg.model.device == "cpu"
-              and editor in REFERENCE_SECONDS[part]):
+            out.here.append(editor)
+        elif on_reference and editor in REFERENCE_SECONDS[part]:
             seconds = _scaled(REFERENCE_SECONDS[part][editor], _streamed(reference), streamed)
+            if seconds is not None:
+                out.reference.append(editor)
         if seconds is None:
-            unknown.append(editor)
+            out.unknown.append(editor)
             continue
         total += seconds
-    return total, here, unknown
+    return out._replace(seconds=total)
 
 
 def _record(part: str, editor: str, cfg, seconds: float, root: Path, times: dict) -> None:
@@ -160,11 +193,7 @@ def demo(args: list[str]) -> Path:
     print(f"[demo] editors: {', '.join(editors)}; results under {root}", flush=True)
     for part, _, cfg in plan:
         chosen = [e for e in editors if FAMILY[part] in EDITORS.get(e).target.families]
-        seconds, here, unknown = estimate(part, cfg, chosen)
-        known = len(chosen) - len(unknown)
-        said = (f"estimated {seconds / 60:.1f} min for {known} of {len(chosen)} editors ({len(here)} timed on this "
-                f"machine, {known - len(here)} on the 2-core reference)" if known else "no estimate")
-        print(f"[demo] {part}: {said}" + (f"; no timing yet for {', '.join(unknown)}" if unknown else ""), flush=True)
+        print(f"[demo] {part}: {estimate(part, cfg, chosen).said(chosen)}", flush=True)
     start, times = time.perf_counter(), {"parts": {}}
     for part, experiment, cfg in plan:
         weights = initial_weights(cfg.model, cfg.data, cfg.init)

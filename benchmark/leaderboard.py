@@ -375,7 +375,7 @@ def _times_markdown(times: list[tuple[str, float, str]]) -> str:
     if not times:
         return ""
     rows = [f"| {part} | {seconds / 60:.1f} | {editors} |" for part, seconds, editors in times]
-    return "\n".join(["## Time per part", "", "Wall time of each demo part, training phases included.", "",
+    return "\n".join(["", "## Time per part", "", "Wall time of each demo part, training phases included.", "",
                       "| part | minutes | editors (training + run) |", "|---|---|---|", *rows, ""])
 
 

@@ -5,6 +5,7 @@ import pytest
 
 from benchmark.config import CONFIG_DIR, compose, instantiate
 from benchmark.demo import INITIAL, QUICK, REFERENCE_SECONDS, demo, estimate
+from benchmark.init import initial_weights
 from benchmark.run import run
 from tests.conftest import FAMILIES, SHARED_DATA
 
@@ -42,30 +43,40 @@ def test_quick_demo_writes_leaderboard_and_plots(tmp_path):
     times = json.loads((Path(tmp_path) / "demo_times.json").read_text())["parts"]
     assert set(times) == {"qa", "fc"} and {"tpatcher", "ft_all"} <= set(times["qa"]["editors"])
     assert times["qa"]["seconds"] == pytest.approx(sum(times["qa"]["editors"].values()), abs=0.2)
-    assert "## Time per part" in text and "| run_seconds |" in text.replace("edit_seconds_median | ", "| ")
+    assert "\n\n## Time per part" in text and "| run_seconds |" in text.replace("edit_seconds_median | ", "| ")
     # a later estimate reads this machine's timings of the same runs (the initial model is cached now)
     cfg = instantiate(compose(["experiment=demo_qa", *QUICK["qa"]]))
     runs = {name: s for name, s in times["qa"]["editors"].items() if name != INITIAL}
-    seconds, here, unknown = estimate("qa", cfg, list(runs))
-    assert not unknown and set(here) == set(runs)
+    seconds, here, reference, unknown = estimate("qa", cfg, list(runs))
+    assert not unknown and not reference and set(here) == set(runs)
     assert seconds == pytest.approx(sum(runs.values()), abs=1.0)
 
 
 def test_demo_estimate_scales_the_reference_timings_with_the_stream(tmp_path, monkeypatch):
-    monkeypatch.setenv("SEQEDIT_CACHE", str(tmp_path))  # no timings of this machine
+    monkeypatch.setenv("SEQEDIT_CACHE", str(tmp_path))  # no timings of this machine, no initial model cached
     monkeypatch.delitem(REFERENCE_SECONDS["qa"], "grace")  # an editor without a reference timing
+    reference, fit = REFERENCE_SECONDS["qa"]["tpatcher"], REFERENCE_SECONDS["qa"][INITIAL]
     cfg = instantiate(compose(["experiment=demo_qa"]))
-    assert estimate("qa", cfg, ["tpatcher", "grace"]) == (REFERENCE_SECONDS["qa"]["tpatcher"], [], ["grace"])
+    assert estimate("qa", cfg, ["tpatcher", "grace"]) == (reference + fit, [], [INITIAL, "tpatcher"], ["grace"])
     longer = instantiate(compose(["experiment=demo_qa", f"loop.max_fold_examples={2 * cfg.loop.max_fold_examples}"]))
-    assert estimate("qa", longer, ["tpatcher"])[0] == pytest.approx(2 * REFERENCE_SECONDS["qa"]["tpatcher"])
+    assert estimate("qa", longer, ["tpatcher"]).seconds == pytest.approx(2 * reference + fit)
     tiny = instantiate(compose(["experiment=demo_qa", "model=tiny-llama"]))  # the reference is SmolLM2's only
-    assert estimate("qa", tiny, ["tpatcher"]) == (0.0, [], ["tpatcher"])
+    assert estimate("qa", tiny, ["tpatcher"]) == (0.0, [], [], [INITIAL, "tpatcher"])
     # no fold list streams every fold; a whole-fold stream has no length before the data is read
     every = instantiate(compose(["experiment=demo_qa", "loop.folds=null"]))
-    assert estimate("qa", every, ["tpatcher"])[0] == pytest.approx(
-        every.data.num_folds / 2 * REFERENCE_SECONDS["qa"]["tpatcher"])
+    assert estimate("qa", every, ["tpatcher"]).seconds == pytest.approx(every.data.num_folds / 2 * reference + fit)
     whole = instantiate(compose(["experiment=demo_qa", "loop.max_fold_examples=null"]))
-    assert estimate("qa", whole, ["tpatcher"]) == (0.0, [], ["tpatcher"])
+    assert estimate("qa", whole, ["tpatcher"]) == (fit, [], [INITIAL], ["tpatcher"])
+    # another initial model (other epochs) has no reference fit; a cached one costs nothing
+    other = instantiate(compose(["experiment=demo_qa", "init.epochs=2"]))
+    assert estimate("qa", other, ["tpatcher"]) == (reference, [], ["tpatcher"], [INITIAL])
+    weights = initial_weights(cfg.model, cfg.data, cfg.init)
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"")
+    assert estimate("qa", cfg, ["tpatcher"]) == (reference, [], ["tpatcher"], [])
+    line = estimate("qa", other, ["tpatcher", "grace"]).said(["tpatcher", "grace"])
+    assert line == ("estimated %.1f min for 1 of 2 editors (0 timed on this machine, 1 on the 2-core reference); "
+                    "no timing yet for initial model, grace" % (reference / 60))
 
 
 def test_demo_estimate_keeps_timings_apart_by_device(tmp_path, monkeypatch):
@@ -79,10 +90,12 @@ def test_demo_estimate_keeps_timings_apart_by_device(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # as on a machine with one GPU
     cpu = instantiate(compose(["experiment=demo_qa"]))
     gpu = instantiate(compose(["experiment=demo_qa", "model.device=cuda", "trainer.accelerator=gpu"]))
-    assert estimate("qa", gpu, ["tpatcher"]) == (0.0, [], ["tpatcher"])
-    (tmp_path / TIMINGS).write_text(json.dumps({"qa/tpatcher/smollm2-135m@cuda": {"seconds": 9.0, "examples": 40}}))
-    assert estimate("qa", gpu, ["tpatcher"]) == (9.0, ["tpatcher"], [])
-    assert estimate("qa", cpu, ["tpatcher"]) == (REFERENCE_SECONDS["qa"]["tpatcher"], [], [])
+    assert estimate("qa", gpu, ["tpatcher"]) == (0.0, [], [], [INITIAL, "tpatcher"])
+    (tmp_path / TIMINGS).write_text(json.dumps({"qa/tpatcher/smollm2-135m@cuda": {"seconds": 9.0, "examples": 40},
+                                                f"qa/{INITIAL}/smollm2-135m@cuda": {"seconds": 4.0, "examples": 40}}))
+    assert estimate("qa", gpu, ["tpatcher"]) == (13.0, [INITIAL, "tpatcher"], [], [])
+    assert estimate("qa", cpu, ["tpatcher"]) == (sum(REFERENCE_SECONDS["qa"][k] for k in (INITIAL, "tpatcher")),
+                                                 [], [INITIAL, "tpatcher"], [])
 
 
 def test_init_command_trains_and_reports(capsys):
