@@ -112,7 +112,7 @@ class Estimate(NamedTuple):
             return "no estimate" + (f"; no timing yet for {', '.join(self.unknown)}" if self.unknown else "")
         fit = " and the initial model's fit" if INITIAL in self.here + self.reference else ""
         line = (f"estimated {self.seconds / 60:.1f} min for {len(known)} of {len(editors)} editors{fit} "
-                f"({len(self.here)} timed on this machine, {len(self.reference)} on the 2-core reference)")
+                f"({len(self.here)} timings from this machine, {len(self.reference)} from the 2-core reference)")
         return line + (f"; no timing yet for {', '.join(self.unknown)}" if self.unknown else "")
 
 

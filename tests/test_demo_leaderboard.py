@@ -75,7 +75,7 @@ def test_demo_estimate_scales_the_reference_timings_with_the_stream(tmp_path, mo
     weights.write_bytes(b"")
     assert estimate("qa", cfg, ["tpatcher"]) == (reference, [], ["tpatcher"], [])
     line = estimate("qa", other, ["tpatcher", "grace"]).said(["tpatcher", "grace"])
-    assert line == ("estimated %.1f min for 1 of 2 editors (0 timed on this machine, 1 on the 2-core reference); "
+    assert line == ("estimated %.1f min for 1 of 2 editors (0 timings from this machine, 1 from the 2-core reference); "
                     "no timing yet for initial model, grace" % (reference / 60))
 
 
