@@ -120,35 +120,34 @@ def estimate(part: str, cfg, editors: list[str]) -> Estimate:
     """Estimated seconds of a part's runs, from this machine's last timing of each (part, editor,
     model, device), else the CPU reference machine's, scaled by the examples streamed, plus the
     initial model's fit where it is not cached yet."""
-    mine, out = _timings(), Estimate(0.0, [], [], [])
+    mine, total, here, cited, unknown = _timings(), 0.0, [], [], []
     streamed, reference = _streamed(cfg), instantiate(compose([f"experiment={PARTS[part]}"]))
     on_reference = cfg.model.name == REFERENCE_MODELS[part] and cfg.model.device == "cpu"
-    total = 0.0
     weights = initial_weights(cfg.model, cfg.data, cfg.init)
     if weights is not None and not weights.exists():  # the initial model is fitted first
         fit = mine.get(_timing_key(part, INITIAL, cfg))
         if fit:
             total += fit["seconds"]
-            out.here.append(INITIAL)
+            here.append(INITIAL)
         elif on_reference and weights == initial_weights(reference.model, reference.data, reference.init):
             total += REFERENCE_SECONDS[part][INITIAL]  # the very initial model the reference fitted
-            out.reference.append(INITIAL)
+            cited.append(INITIAL)
         else:
-            out.unknown.append(INITIAL)
+            unknown.append(INITIAL)
     for editor in editors:
         own = mine.get(_timing_key(part, editor, cfg))
         seconds = _scaled(own["seconds"], own["examples"], streamed) if own else None
         if seconds is not None:
-            out.here.append(editor)
+            here.append(editor)
         elif on_reference and editor in REFERENCE_SECONDS[part]:
             seconds = _scaled(REFERENCE_SECONDS[part][editor], _streamed(reference), streamed)
             if seconds is not None:
-                out.reference.append(editor)
+                cited.append(editor)
         if seconds is None:
-            out.unknown.append(editor)
+            unknown.append(editor)
             continue
         total += seconds
-    return out._replace(seconds=total)
+    return Estimate(total, here, cited, unknown)
 
 
 def _record(part: str, editor: str, cfg, seconds: float, root: Path, times: dict) -> None:
