@@ -39,8 +39,11 @@ class LoopConfig:
     test_limit: int | None = field(default=None, metadata={"help": "evaluate on at most this many D_test examples"})
     save_state: bool = field(default=True, metadata={"help": "save the editor state after edits (resume)"})
     state_every: int = field(default=1, metadata={
-        "help": "edits between saved editor states; a resume redoes at most this many edits (raise it where a "
-                "state is large, e.g. ft_all)"})
+        "help": "edits between saved editor states, at least; a resume redoes the edits after the last state"})
+    state_overhead: float = field(default=0.1, metadata={
+        "help": "share of the stream's time that saving states may take: after an edit a state is saved only "
+                "once the time since the last save is at least the last save's duration / this (FT(all) on "
+                "SmolLM2 writes 0.5 GB a state: every ~25 s, not every edit); 0: at every state_every-th edit"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar over the stream"})
 
     def stream(self, fold: list) -> list:
@@ -55,6 +58,8 @@ class LoopConfig:
         for key in ("eval_every", "state_every"):
             if getattr(self, key) < 1:
                 raise ValueError(f"loop.{key} must be at least 1, got {getattr(self, key)}")
+        if not 0 <= self.state_overhead <= 1:
+            raise ValueError(f"loop.state_overhead must be in [0, 1] (0: no limit), got {self.state_overhead}")
         for key in ("max_fold_examples", "test_limit"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ValueError(f"loop.{key} must be at least 1 (or null for all), got {getattr(self, key)}")

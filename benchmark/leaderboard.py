@@ -32,7 +32,7 @@ COLUMNS = ["SR", "GR", "ER", "TrainR", "TestR", "Loc", "Loc_final", "old_kept", 
 MEASURING_LOOP_KEYS = ("split", "mode", "folds", "max_fold_examples", "test_limit")
 # keys that never change a number: not shown as a difference between runs
 NOT_SETTINGS = ("run_id", "output_dir", "resume", "loop.progress", "loop.save_state", "loop.state_every",
-                "loop.eval_every", "logger.", "trainer.")
+                "loop.state_overhead", "loop.eval_every", "logger.", "trainer.")
 
 
 def load_runs(root: Path) -> list[dict]:

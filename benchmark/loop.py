@@ -146,6 +146,8 @@ class SequentialEditingCallback(L.Callback):
         self.global_step = 0
         self.stop_requested = 0  # the signal that asked the stream to stop
         self.state_bytes: list[int] = []  # size of each saved editor state
+        self.state_seconds = 0.0  # the last save's duration (the next waits for it / loop.state_overhead)
+        self.last_state = 0.0  # when the last state of this fold was saved (or the fold started)
         self.batch_done = False
 
     # -- fold boundaries -------------------------------------------------------------------------
@@ -158,6 +160,7 @@ class SequentialEditingCallback(L.Callback):
             editor.load_edit_state(state["editor"])
         self.edits = [r for r in done if r["edited"]]
         self.batch_done = bool(done)  # batch mode: a fold's batch is recorded whole or not at all
+        self.last_state = time.perf_counter()
 
     def _end_fold(self, editor: Editor) -> None:
         if self.fold is None:
@@ -215,7 +218,7 @@ class SequentialEditingCallback(L.Callback):
     def interrupt(self, editor: Editor, signum: int) -> None:
         """Stop between two examples: the state is saved to cover every record, then the run ends."""
         if self.fold is not None and self.edits and self.loop.save_state:
-            self.state_bytes.append(self.records.save_state(self.fold, editor.edit_state()))
+            self._save_state(editor, self.fold)
         raise RunInterrupted(signum, self.global_step)
 
     # -- one stream example ----------------------------------------------------------------------
@@ -251,8 +254,19 @@ class SequentialEditingCallback(L.Callback):
             self._log({"edit/success": float(record["success"]), "edit/seconds": record["seconds"], "SR": sr})
             if len(self.edits) % self.loop.eval_every == 0:
                 self._evaluate(editor)
-            if self.loop.save_state and len(self.edits) % self.loop.state_every == 0:
-                self.state_bytes.append(self.records.save_state(item.fold, editor.edit_state()))
+            if self.loop.save_state and len(self.edits) % self.loop.state_every == 0 and self._state_due():
+                self._save_state(editor, item.fold)
+
+    def _state_due(self) -> bool:
+        """Whether saving a state now keeps saving within `loop.state_overhead` of the stream's time."""
+        share = self.loop.state_overhead
+        return not share or time.perf_counter() - self.last_state >= self.state_seconds / share
+
+    def _save_state(self, editor: Editor, fold: int) -> None:
+        began = time.perf_counter()
+        self.state_bytes.append(self.records.save_state(fold, editor.edit_state()))
+        self.last_state = time.perf_counter()
+        self.state_seconds = self.last_state - began
 
     def _locality_kept(self, editor: Editor, fold: int, index: int, example: Example) -> list[float]:
         """Right after an edit: which of the example's locality pairs the model answers as f0 did."""
@@ -290,7 +304,7 @@ class SequentialEditingCallback(L.Callback):
         self.global_step += len(facts)
         self._log({"SR": mean([float(r["success"]) for r in self.edits]), "edit/seconds": seconds})
         if self.loop.save_state:
-            self.state_bytes.append(self.records.save_state(item.fold, editor.edit_state()))
+            self._save_state(editor, item.fold)
 
     def _evaluate(self, editor: Editor) -> None:
         fold_examples = self.splits.folds[self.fold]

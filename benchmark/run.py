@@ -308,6 +308,7 @@ def _results(plan: _Plan, records: RunRecords, initial: dict, editor: Editor, st
             print(f"seqedit: {note}", file=sys.stderr)
     if state_bytes and made:  # what resumability costs: state bytes written per edit (by this process)
         results["state_bytes_per_edit"] = round(sum(state_bytes) / made)
+        results["states_saved"] = len(state_bytes)
     truncated = len(getattr(editor.adapter, "truncated_prompts", ()))
     if truncated:
         results["prompts_truncated"] = truncated

@@ -117,6 +117,9 @@ class SERAEditor(RetrievalEditor):
         step = self.adapter.config.eval_batch_size
         return torch.cat([self.classifier.embed(prompts[i : i + step]) for i in range(0, len(prompts), step)])
 
+    def key_modules(self) -> list[torch.nn.Module]:
+        return [self.classifier]
+
     def in_scope(self, distance: Tensor) -> Tensor:
         cosine = 1 - distance**2 / 2  # unit vectors
         with torch.no_grad():

@@ -178,3 +178,26 @@ def test_the_task_object_answers_what_editors_used_to_branch_on():
     ref = torch.randn(4, 7)
     same = ref.clone()
     assert gen.kl(ref, same).abs().item() < 1e-6 and gen.kl(ref, torch.randn(4, 7)).item() > 0
+
+
+def test_an_examples_score_does_not_depend_on_its_batch(family):
+    """`scores` batches examples by length: every score is the one the example gets alone, in the
+    caller's order, for batch sizes that split the examples unevenly."""
+    from tests.conftest import DONORS, trained_tiny
+
+    adapter = trained_tiny(family)
+    prompts = [*DONORS, "Lyon is a city in", "The capital of France is", "Peru is a country in",
+               "The river through Paris is the", "Mount Fuji is in the country of"]
+    if adapter.task == "classification":
+        own = [int(x > 0) for x in adapter.scored_logits(adapter.encode(prompts, [1] * len(prompts)))]
+    else:
+        own = adapter.generate(prompts, **({"max_new_tokens": 2} if family == "decoder" else {}))
+    wrong = own[1:] + own[:1] if adapter.task != "classification" else [1 - y for y in own]
+    targets = [o if i % 2 else w for i, (o, w) in enumerate(zip(own, wrong))]
+    alone = [adapter.scores([p], [t])[0] for p, t in zip(prompts, targets)]
+    assert 0.0 in alone and 1.0 in alone  # both kinds, so a misplaced score would show
+    for size in (3, 4, 64):
+        adapter.config.eval_batch_size = size
+        assert adapter.scores(prompts, targets) == alone
+        backwards = adapter.scores(prompts[::-1], targets[::-1])
+        assert backwards == alone[::-1]

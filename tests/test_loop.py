@@ -125,6 +125,36 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path, crash_at, mode):
     assert [(x["fold"], x["index"]) for x in lines] == [(0, i) for i in range(4)] + [(1, i) for i in range(2)]
 
 
+def test_states_are_saved_within_their_share_of_the_time_and_a_resume_redoes_the_rest(tmp_path, monkeypatch):
+    """loop.state_overhead: after a save that took 0.2 s the next waits 2 s (0.1, the default), so
+    quick edits share one state; a crash then redoes every edit since it and ends as a clean run.
+    0 saves after every edit."""
+    import time
+
+    from benchmark.records import RunRecords
+
+    save, saved = RunRecords.save_state, []
+
+    def slow(self, fold, state):
+        time.sleep(0.2)
+        saved.append(fold)
+        return save(self, fold, state)
+
+    monkeypatch.setattr(RunRecords, "save_state", slow)
+    every = _run(tmp_path / "every", "editor.forget=true", "loop.state_overhead=0")
+    assert saved == [0, 0, 0, 1, 1] and every["states_saved"] == 5
+    saved.clear()
+    sparse = _run(tmp_path / "sparse", "editor.forget=true")
+    assert saved == [0] and sparse["states_saved"] == 1  # fold 0's first edit; none due after it
+    assert sparse["folds"] == {k: {**v, "edit_seconds_median": pytest.approx(v["edit_seconds_median"], abs=1)}
+                               for k, v in every["folds"].items()}
+    with pytest.raises(scripted.Crash):
+        _run(tmp_path / "crashed", "editor.crash_at=2", "editor.forget=true")
+    resumed = _run(tmp_path / "crashed", "editor.crash_at=2", "editor.forget=true", "resume=true", calls=99)
+    assert resumed["folds"] == {k: {**v, "edit_seconds_median": pytest.approx(v["edit_seconds_median"], abs=1)}
+                                for k, v in every["folds"].items()}
+
+
 def test_a_null_ratio_says_why():
     from benchmark.run import _null_metric_notes
 

@@ -232,3 +232,88 @@ def test_reference_outputs_are_the_original_models_and_each_is_computed_once(fam
     assert len(full.rows) == 1 and len(entered) == 2
     full(asked, original)
     assert len(entered) == 3  # the two that found no room are run again
+
+
+def test_frozen_outputs_compute_each_input_once_and_drop_them_on_any_change():
+    """kNN-LM's and SERA's keys and base scores: one computation per input while the modules are
+    as they were; a weight written in place, a hook, a mode switch or a full store drops them."""
+    from editors.retrieval import FrozenOutputs
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.ReLU())
+    computed = []
+
+    def compute(todo):
+        computed.append(list(todo))
+        return [f"{x}:{float(net[0].weight.sum()):.4f}" for x in todo]
+
+    memo = FrozenOutputs(lambda: [net], max_items=5)
+    first = memo(["a", "b", "a"], compute)
+    assert computed == [["a", "b"]] and first[0] == first[2]
+    assert memo(["b", "c"], compute)[0] == first[1] and computed[-1] == ["c"]
+    changes = [lambda: net(torch.ones(1, 3)),  # a forward changes nothing
+               lambda: net[0].weight.detach().add_(1.0),  # in place through a view: the version counter moves
+               lambda: net[1].register_forward_hook(lambda *a: None),
+               lambda: net.train(False)]
+    expect_drop = [False, True, True, True]
+    for change, drops in zip(changes, expect_drop):
+        before = len(computed)
+        change()
+        memo(["a"], compute)
+        assert (len(computed) > before) == drops
+    memo(["a", "b", "c", "d", "e"], compute)  # over max_items with what it holds: starts again
+    assert computed[-1] == ["a", "b", "c", "d", "e"]
+
+
+RETRIEVAL_RUNS = {  # editor, family, its settings: the datastore from edits or also D'train, both families
+    "knn_lm-decoder": ("knn_lm", "decoder", ["editor.backend=torch", "editor.epsilon=0.5"]),
+    "knn_lm-train-classifier": ("knn_lm", "classifier", ["editor.backend=torch", "editor.source=edits+train"]),
+    "sera-decoder": ("sera", "decoder", [f"editor.{k}={v}" for k, v in SERA_ROW.items()]),
+}
+
+
+@pytest.mark.parametrize("row", list(RETRIEVAL_RUNS))
+def test_a_retrieval_run_records_the_same_reusing_frozen_outputs(tmp_path, monkeypatch, row):
+    """Every record of a run (mistake checks, SR, GR, ER, TrainR, TestR, the fold's end) is the
+    same whether keys and base scores are reused or computed at every evaluation."""
+    from benchmark.config import compose
+    from benchmark.registry import EDITORS
+    from benchmark.run import run
+    from editors.retrieval import RetrievalEditor
+    from tests.conftest import TRAINING, data_for, trained_editor_state
+    from tests.test_prefix_cache import _records
+
+    editor, family, own = RETRIEVAL_RUNS[row]
+    if editor == "sera":
+        trained_editor_state("sera", family, **SERA_ROW)
+    common = [f"editor={editor}", *own, *data_for(family, **TRAINING[family]), "loop.max_fold_examples=12",
+              "loop.eval_every=2", "data.num_folds=5", "loop.folds=[0,1]", "loop.progress=false",
+              f"output_dir={tmp_path}"]
+    calls = {True: 0, False: 0}
+    cls = EDITORS.get(editor).target
+    keys = cls.keys
+
+    def counted(self, prompts):
+        calls[self.reuse_outputs] += len(prompts)
+        return keys(self, prompts)
+
+    monkeypatch.setattr(cls, "keys", counted)
+    for reuse in (True, False):
+        monkeypatch.setattr(RetrievalEditor, "reuse_outputs", reuse)
+        results = run(compose([*common, f"run_id={reuse}"]))
+        assert results["metrics"]["E"]["mean"] > 0
+    # the same up to a key's rounding in another batch (~1e-7: a batch's keys are not batch-invariant)
+    on, off = _records(tmp_path / "True"), _records(tmp_path / "False")
+    assert len(on) == len(off) and all(_close(a, b) for a, b in zip(on, off)), next(
+        (a, b) for a, b in zip(on, off) if not _close(a, b))
+    assert 0 < calls[True] < calls[False] / 2  # each prompt's key once, not at every evaluation
+
+
+def _close(a, b) -> bool:
+    """Equal records, floats within 1e-5 (relative) anywhere in them; everything else exactly."""
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-7)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b

@@ -141,14 +141,14 @@ def _records(folder):
     return lines
 
 
-@pytest.mark.parametrize("editor", ["ft_last", "knn_lm"])  # a trained block; a model that never changes
+@pytest.mark.parametrize("editor", ["ft_last", "grace"])  # a trained block; a hook in the last block
 def test_a_run_records_the_same_with_and_without_the_cache(tmp_path, editor):
     """The loop's every score (mistake checks, SR, GR, ER, TrainR, TestR, the fold's end) is the
     same whether evaluation replays the edited blocks or runs the full forward."""
     from benchmark.config import compose
     from benchmark.run import run
 
-    own = {"ft_last": ["editor.max_steps=50", "editor.lr=1e-3"], "knn_lm": ["editor.backend=torch"]}[editor]
+    own = {"ft_last": ["editor.max_steps=50", "editor.lr=1e-3"], "grace": []}[editor]
     common = ["experiment=tiny", f"editor={editor}", *own, "loop.max_fold_examples=8", "loop.eval_every=2",
               "data.num_folds=5", "loop.folds=[0,1]", "loop.progress=false"]
     results = {}
@@ -157,5 +157,5 @@ def test_a_run_records_the_same_with_and_without_the_cache(tmp_path, editor):
     assert _records(tmp_path / "1024") == _records(tmp_path / "0")
     on, off = results[1024]["eval_cache"], results[0]["eval_cache"]
     assert on["replayed"] > 0 and on["dropped"] == 0 and off["captured"] == off["replayed"] == 0
-    assert on["edited_from"] == 1  # tiny-llama's last block: ft_last's, and kNN-LM's choice
+    assert on["edited_from"] == 1  # tiny-llama's last block: ft_last's, and GRACE's
 

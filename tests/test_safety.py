@@ -35,13 +35,17 @@ def _metrics(result):
     return {f: {k: v for k, v in m.items() if k != "edit_seconds_median"} for f, m in result["folds"].items()}
 
 
+# a state after every edit, however quick the saves (what these checks of states and records assume)
+EVERY_EDIT = "loop.state_overhead=0"
+
+
 def _crashed_run(tmp_path, crash_at=2):
     with pytest.raises(scripted.Crash):
-        _run(tmp_path, f"editor.crash_at={crash_at}", "editor.forget=true")
+        _run(tmp_path, f"editor.crash_at={crash_at}", "editor.forget=true", EVERY_EDIT)
 
 
 def _resume(tmp_path, crash_at=2):
-    return _run(tmp_path, f"editor.crash_at={crash_at}", "editor.forget=true", "resume=true", calls=99)
+    return _run(tmp_path, f"editor.crash_at={crash_at}", "editor.forget=true", EVERY_EDIT, "resume=true", calls=99)
 
 
 def test_a_hostile_state_file_is_refused_without_running_it(tmp_path):

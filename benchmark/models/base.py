@@ -160,6 +160,12 @@ def _first_tensor(args: tuple, kwargs: dict) -> Tensor:
     return args[0] if args else next(iter(kwargs.values()))
 
 
+def by_length(prompts: list[str], targets: list[Any]) -> list[int]:
+    """Indices of the examples, shortest (prompt and target, in characters) first, ties in their
+    order: batches cut from it pad little, and the same examples give the same batches."""
+    return sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(str(targets[i])))
+
+
 class ModelAdapter:
     """Base adapter. Subclasses set `family`, implement `encode`, `ffn_site`, `layer_modules`,
     `_residual_site`, `block_output`, `head` and `_forward_scored`."""
@@ -262,18 +268,23 @@ class ModelAdapter:
 
     @torch.no_grad()
     def scores(self, prompts: list[str], targets: list[Any]) -> list[float]:
-        """Correctness of each (prompt, target), evaluated in batches; a batch scored before reruns
-        only the blocks an edit can change, from their cached input (`PrefixCache`, exact)."""
-        out: list[float] = []
+        """Correctness of each (prompt, target), evaluated in batches of examples of similar length
+        (`by_length`: less padding; an example's score does not depend on its batch), in the order
+        given; a batch scored before reruns only the blocks an edit can change, from their cached
+        input (`PrefixCache`, exact)."""
+        out = [0.0] * len(prompts)
         step, cached = self.config.eval_batch_size, self.prefix is not None and self.prefix.check()
-        for i in range(0, len(prompts), step):
-            chunk, answers = prompts[i : i + step], targets[i : i + step]
+        order = by_length(prompts, targets)
+        for i in range(0, len(order), step):
+            rows = order[i : i + step]
+            chunk, answers = [prompts[r] for r in rows], [targets[r] for r in rows]
             if cached:
                 batch, logits = self.prefix.logits(chunk, answers)
             else:
                 batch = self.encode(chunk, answers)
                 logits = self.scored_logits(batch)
-            out += self.example_scores(batch, logits).tolist()
+            for r, score in zip(rows, self.example_scores(batch, logits).tolist()):
+                out[r] = score
         return out
 
     def score_and_queries(self, prompt: str, target: Any, layer: int = -1) -> tuple[float, Tensor]:

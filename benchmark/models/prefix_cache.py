@@ -30,6 +30,19 @@ from torch import Tensor
 from benchmark.models.base import BlockCall, EncodedBatch, ModelAdapter
 
 
+def modules_state(modules: list[torch.nn.Module]) -> tuple:
+    """What the outputs of these modules rest on, to compare with an earlier call: each one's
+    parameters and buffers (storage, version counter, device), train/eval mode and hooks, and the
+    global module hooks. Equal states give equal outputs (but for writes through `.data`)."""
+    state = []
+    for module in modules:
+        tensors = [*module._parameters.values(), *module._buffers.values()]
+        state.append((id(module), module.training, tuple(module._forward_pre_hooks), tuple(module._forward_hooks),
+                      tuple((t.data_ptr(), t._version, t.device.type) for t in tensors if t is not None)))
+    hooks = torch.nn.modules.module
+    return tuple(hooks._global_forward_pre_hooks), tuple(hooks._global_forward_hooks), tuple(state)
+
+
 @dataclass
 class _Entry:
     batch: EncodedBatch
@@ -89,16 +102,8 @@ class PrefixCache:
         """Everything whose change could alter what enters block `first` or how blocks are called."""
         blocks = list(self.adapter.layer_modules())[self.first :]
         replayed = {id(m) for block in blocks for m in block.modules()}
-        state = []
-        for module in self.adapter.model.modules():
-            if id(module) in replayed:
-                continue
-            tensors = [*module._parameters.values(), *module._buffers.values()]
-            state.append((id(module), module.training, tuple(module._forward_pre_hooks), tuple(module._forward_hooks),
-                          tuple((t.data_ptr(), t._version, t.device.type) for t in tensors if t is not None)))
-        hooks = torch.nn.modules.module
-        return (tuple(map(id, blocks)), tuple(hooks._global_forward_pre_hooks), tuple(hooks._global_forward_hooks),
-                tuple(state))
+        kept = [m for m in self.adapter.model.modules() if id(m) not in replayed]
+        return tuple(map(id, blocks)), modules_state(kept)
 
     def check(self) -> bool:
         """Whether cached entries may be used now; drops them where anything they rest on changed."""
