@@ -46,17 +46,16 @@ INITIAL = "initial model"  # the time file's name for a part's initial-model fit
 
 
 # Seconds of each demo run on the 2-core reference machine at the demo's stream sizes, and of each
-# part's initial-model fit (`INITIAL`). All from one `make demo` on a fresh clone of commit 589943d
-# with a fresh cache (2026-11-26; 55.6 min wall, set-up included), alone on the 2 cores but for a
-# minute of short checks during the QA initial model's fit, which is therefore the fit's time
-# measured alone at commit 28e21ec (122 s; 167 s in that run). KE's, MEND's and SERA's include their
-# training phase. An estimate prefers this machine's own timings (`TIMINGS` in the cache).
+# part's initial-model fit (`INITIAL`). All from one `make demo` on a fresh clone of commit 5152165
+# with a fresh cache, alone on the 2 cores (2026-11-26; 48.6 min wall, set-up included). KE's,
+# MEND's and SERA's include their training phase. An estimate prefers this machine's own timings
+# (`TIMINGS` in the cache).
 REFERENCE_SECONDS = {
-    "qa": {INITIAL: 122, "alphaedit": 272, "constrained_ft": 24, "ft_all": 116, "ft_kl_all": 187,
-           "ft_kl_last": 104, "ft_last": 37, "grace": 64, "ke_style": 202, "knn_lm": 90, "memit": 247,
-           "mend_style": 247, "rome": 310, "sera": 159, "tpatcher": 63, "wise": 303},
-    "fc": {INITIAL: 34, "constrained_ft": 7, "ft_all": 17, "ft_kl_all": 28, "ft_kl_last": 35, "ft_last": 10,
-           "grace": 6, "ke_style": 55, "knn_lm": 13, "mend_style": 62, "sera": 116, "tpatcher": 15},
+    "qa": {INITIAL: 135, "alphaedit": 300, "constrained_ft": 28, "ft_all": 100, "ft_kl_all": 195,
+           "ft_kl_last": 116, "ft_last": 36, "grace": 67, "ke_style": 222, "knn_lm": 23, "memit": 268,
+           "mend_style": 253, "rome": 332, "sera": 56, "tpatcher": 59, "wise": 289},
+    "fc": {INITIAL: 30, "constrained_ft": 6, "ft_all": 15, "ft_kl_all": 27, "ft_kl_last": 35, "ft_last": 12,
+           "grace": 5, "ke_style": 52, "knn_lm": 4, "mend_style": 66, "sera": 53, "tpatcher": 21},
 }
 REFERENCE_MODELS = {"qa": "smollm2-135m", "fc": "minilm-l6"}
 TIMINGS = "demo_timings.json"

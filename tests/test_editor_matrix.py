@@ -225,28 +225,15 @@ def test_editor_state_is_made_where_the_model_runs(name, family):
 
 
 @pytest.mark.parametrize("name", list(ROWS))
-@pytest.mark.parametrize("family", ["decoder", "classifier"])
-def test_an_edited_models_scores_do_not_depend_on_the_batch(name, family):
-    """Evaluation batches examples by length (`ModelAdapter.scores`), so an edited model's answer
-    to an example must not depend on what shares its batch: hooks and routers decide per example."""
-    adapter, editor, example, memory = _setup(name, family)
-    editor.edit(example)
-    examples = [example, *memory]
-    alone = [_answers(editor, [e])[0] for e in examples]
-    for size in (2, 64):
-        adapter.config.eval_batch_size = size
-        assert _answers(editor, examples) == alone
-        assert _answers(editor, examples[::-1]) == alone[::-1]
-
-
-@pytest.mark.parametrize("name", list(ROWS))
 @pytest.mark.parametrize("family", ["decoder", "classifier"])  # what an editor declares is family-blind
-def test_scoring_from_the_cached_prefix_after_an_edit(name, family, monkeypatch):
+def test_scoring_after_an_edit_from_the_cached_prefix_and_in_any_batch(name, family, monkeypatch):
     """The loop scores through a `PrefixCache` for the blocks the editor declares it changes
     (`edited_from`): after an edit its answers are the full forward's, and nothing before those
     blocks changed (no entry was dropped), so the declaration holds for every editor (on a
     decoder and an encoder; the replay itself is checked on every replaying family in
-    tests/test_prefix_cache.py)."""
+    tests/test_prefix_cache.py). Scoring batches examples by length (`ModelAdapter.scores`), so
+    an edited model's answer must not depend on what shares its batch either: hooks and routers
+    decide per example (one test, so that each row is set up and edited once)."""
     from benchmark.models.prefix_cache import PrefixCache
     from editors.retrieval import RetrievalEditor
 
@@ -268,3 +255,9 @@ def test_scoring_from_the_cached_prefix_after_an_edit(name, family, monkeypatch)
         assert cache.stats["replayed"] > 0
     else:
         assert not cache.entries
+    examples = lists[1]
+    alone = [_answers(editor, [e])[0] for e in examples]
+    for size in (2, 64):
+        adapter.config.eval_batch_size = size
+        assert _answers(editor, examples) == alone
+        assert _answers(editor, examples[::-1]) == alone[::-1]
