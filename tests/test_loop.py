@@ -126,7 +126,7 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path, crash_at, mode):
 
 
 def test_states_are_saved_within_their_share_of_the_time_and_a_resume_redoes_the_rest(tmp_path, monkeypatch):
-    """loop.state_overhead: after a save that took 0.2 s the next waits 2 s (0.1, the default), so
+    """loop.state_overhead: after a save that took 0.5 s the next waits 5 s (0.1, the default), so
     quick edits share one state; a crash then redoes every edit since it and ends as a clean run.
     0 saves after every edit."""
     import time
@@ -136,7 +136,7 @@ def test_states_are_saved_within_their_share_of_the_time_and_a_resume_redoes_the
     save, saved = RunRecords.save_state, []
 
     def slow(self, fold, state):
-        time.sleep(0.2)
+        time.sleep(0.5)
         saved.append(fold)
         return save(self, fold, state)
 
