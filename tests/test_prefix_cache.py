@@ -148,7 +148,7 @@ def test_a_run_records_the_same_with_and_without_the_cache(tmp_path, editor):
     from benchmark.config import compose
     from benchmark.run import run
 
-    own = {"ft_last": ["editor.max_steps=50", "editor.lr=1e-3"], "grace": []}[editor]
+    own = {"ft_last": ["editor.max_steps=50", "editor.lr=1e-3"], "grace": ["editor.max_steps=50"]}[editor]
     common = ["experiment=tiny", f"editor={editor}", *own, "loop.max_fold_examples=8", "loop.eval_every=2",
               "data.num_folds=5", "loop.folds=[0,1]", "loop.progress=false"]
     results = {}
