@@ -21,9 +21,10 @@ timing taken after the device's queued work is done.
 The naive path runs the full model and scans the memory in fp32 every step. The fast path (the
 default) runs only what follows the patched FFN and scans the memory through its int8 copy (same
 top-k entries as fp32, editors/patch_memory.py) where that is measured faster over the first scans
-of its edits (`memory_scan=auto`), else in fp32 through the memory's transposed copy; a third
-run times the fast path with the fp32 scan (the gain of caching alone), a fourth the approximate
-screened memory (`--refresh`). At the last block the
+of its edits (`memory_scan=auto`), else in fp32 through the memory's transposed copy, and on CPU
+reads no row at a step whose scores it can bound from the last full scan's (`memory_reuse`, the
+same top-k); a third run times the fast path scanning every step (`memory_reuse=false`), a fourth
+the fast path with the fp32 scan, a fifth the approximate screened memory (`--refresh`). At the last block the
 fast path's milliseconds per step are printed beside a floor computed from the shapes and this
 machine's measured matmul and read throughput (`step_floor_ms`).
 All paths make the same edits from the same seeds with the same step budget (`--steps`; every step is run,
@@ -469,8 +470,9 @@ def main(argv=None) -> None:
         edits = examples(family, args.edits)
         # naive: the straightforward editor, a full forward and a full fp32 memory scan each step
         run = partial(time_edits, adapter, family, edits=edits, memory=args.memory, steps=args.steps, layer=args.layer)
-        naive, naive_steps, naive_keys, *_ = run(mode="naive", memory_scan="fp32")
+        naive, naive_steps, naive_keys, *_ = run(mode="naive", memory_scan="fp32", memory_reuse=False)
         fast, fast_steps, fast_keys, build_s, _, scan = run(mode="fast")
+        every, _, every_keys, *_ = run(mode="fast", memory_reuse=False)
         fp32, _, fp32_keys, *_ = run(mode="fast", memory_scan="fp32")
         screened, _, screened_keys, _, missed, _ = run(mode="fast", memory_refresh=args.refresh)
         floor = {} if args.layer != -1 else \
@@ -494,6 +496,10 @@ def main(argv=None) -> None:
             # beside the floor computed from the shapes and this machine's measured throughput
             **scan, **per_step,
             "max_key_diff": float((naive_keys - fast_keys).abs().max()),
+            # the fast path scanning the whole memory every step (memory_reuse=false)
+            "scan_every_step_median_s": round(statistics.median(every), 4),
+            "reuse_speedup": round(statistics.median(every) / statistics.median(fast), 2),
+            "scan_every_step_max_key_diff": float((naive_keys - every_keys).abs().max()),
             # the fast path with the plain fp32 memory scan instead of the bounded int8 one
             "cached_fp32_scan_median_s": round(statistics.median(fp32), 4),
             "fp32_scan_speedup": round(statistics.median(naive) / statistics.median(fp32), 2),

@@ -193,7 +193,9 @@ class TPatcherEditor(HookedEditor):
         on_cpu = torch.device(adapter.device).type == "cpu"
         if config.memory_scan == "int8" and not (on_cpu and QUANTIZED_SCAN):
             raise ValueError("editor.memory_scan=int8 needs the model on CPU and torch's int8 kernel; use auto or fp32")
-        self.memory = QueryMemory(site.width, quantized=config.memory_scan != "fp32" and on_cpu, transposed=True)
+        # reuse on CPU, where a scan reads M at memory speed; a GPU's scan is fast anyway (unmeasured there)
+        self.memory = QueryMemory(site.width, quantized=config.memory_scan != "fp32" and on_cpu, transposed=True,
+                                  reuse=config.memory_reuse and on_cpu)
         self.patch_queries = torch.zeros(0, site.width)  # each patch's own mistake query (Fig. 5)
         self.patch_labels: list[str] = []  # "edit.mistake", as the paper labels Fig. 5
         self.initial_memory_len = 0
@@ -437,6 +439,11 @@ class TPatcherEditor(HookedEditor):
         if bounded:  # what the int8 scan left to rescore in fp32, per step (of the memory's rows)
             rescored = self.memory.scans["rescored_rows"] - scanned["rescored_rows"]
             info["rescored_rows_per_scan"] = round(rescored / bounded)
+        reused = self.memory.scans["reused"] - scanned["reused"]
+        if reused:  # steps that read no row of the memory, and the rows they rescored each
+            info["reused_scans"] = reused
+            rescored = self.memory.scans["reused_rows"] - scanned["reused_rows"]
+            info["rescored_rows_per_reuse"] = round(rescored / reused)
         if screening:  # rows of the true top-k that the candidates lacked, summed over rescans
             info.update(memory_scans=screening.scans, screen_missed_rows=screening.missed)
         return info

@@ -346,21 +346,66 @@ def test_int8_memory_scan_finds_exactly_the_fp32_top_entries(patches):
     assert quantized.scans["rescored_rows"] < 12 * len(rows) / 2  # the bound did rule rows out
 
 
-def test_int8_and_fp32_memory_scans_give_the_same_patches():
-    memory = build_data(instantiate(compose(data_for("decoder")))).splits.pool[:300]
-    results = []
-    for scan in ("fp32", "int8"):
-        adapter = trained_tiny("decoder")
-        editor = _editor(adapter, max_steps=60, topk=8, memory_scan=scan)
+@pytest.mark.parametrize("quantized", [False, True], ids=["fp32", "int8"])
+@pytest.mark.parametrize("patches", [1, 3])
+def test_reused_memory_scan_finds_exactly_the_full_scans_top_entries(patches, quantized):
+    """memory reuse: a step bounds its scores from the last full scan's and rescores only the rows
+    that can reach the top-k; every step must find the full scan's top-k, as keys drift a little
+    (most steps reuse), jump (a full scan), and the memory is appended to or cut between steps (the
+    reference is dropped). Rows share a common part, as FFN queries do."""
+    from editors.patch_memory import QueryMemory
+
+    generator = torch.Generator().manual_seed(3)
+    common = 3 * torch.randn(40, generator=generator)
+    rows = common + torch.randn(7000, 40, generator=generator) * torch.rand(7000, 1, generator=generator)
+    reused, plain = QueryMemory(40, quantized=quantized, transposed=True, reuse=True), QueryMemory(40)
+    for memory in (reused, plain):
+        memory.append(rows[:6000])
+    own = rows[:patches] + 0.1 * torch.randn(patches, 40, generator=generator)
+    keys = (own / own.pow(2).sum(-1, keepdim=True)).T
+    for step in range(40):
+        bias = 0.1 * torch.randn(patches, generator=generator)
+        shifts = [torch.zeros(patches), 3.0 - (own * keys.T).sum(-1) - bias]
+        found = reused.top_entries(keys, bias, shifts, 200)
+        expected = plain.top_entries(keys, bias, shifts, 200)
+        for a, b in zip(found, expected):
+            assert set(a.tolist()) == set(b.tolist()), step
+        keys = keys + (0.05 if step == 20 else 1e-4) * torch.randn(keys.shape, generator=generator)  # ~1% a step
+        if step == 10:
+            for memory in (reused, plain):
+                memory.append(rows[6000 + step : 6100 + step])
+        if step == 30:
+            for memory in (reused, plain):
+                memory.truncate(5000)
+    assert reused.scans["reused"] >= 15  # the bound spared scans (1 and 3 patches: 20-31 of 40)
+    assert reused.scans["full"] + reused.scans["bounded"] >= 4  # the first, after the append, the jump, the cut
+    assert reused.scans["reused_rows"] < reused.scans["reused"] * len(reused) / 4
+
+
+@pytest.mark.parametrize("family", ["decoder", "classifier"])
+def test_int8_reused_and_fp32_memory_scans_give_the_same_patches(family):
+    """Every exact way of reading the memory (fp32 each step, int8-bounded, either reused from the
+    last full scan) gives the same edit: the same steps, patches within rounding."""
+    memory = build_data(instantiate(compose(data_for(family)))).splits.pool[:300]
+    results = {}
+    for scan, reuse in (("fp32", False), ("int8", False), ("fp32", True), ("int8", True)):
+        adapter = trained_tiny(family)
+        # lr 1e-3: keys that move little a step, as in real edits past their first steps (a tiny
+        # model's queries spread about as far as their norm, so larger moves leave no step to reuse)
+        editor = _editor(adapter, max_steps=60, min_steps=60, topk=8, lr=1e-3, memory_scan=scan, memory_reuse=reuse)
         editor.prepare(EditorData(adapter.task, [], [], pool=memory))
         torch.manual_seed(0)
         prompt = "The capital of France is"
         result = editor.edit(Example("e", prompt, wrong_target(adapter, prompt)))
-        results.append((result, editor.bank.keys.clone(), editor.bank.values.clone()))
-    (fp32, fp32_keys, fp32_values), (int8, int8_keys, int8_values) = results
-    assert int8.info["rescored_rows_per_scan"] > 0 and "rescored_rows_per_scan" not in fp32.info
-    assert int8.steps == fp32.steps
-    assert torch.allclose(int8_keys, fp32_keys, atol=1e-5) and torch.allclose(int8_values, fp32_values, atol=1e-5)
+        results[scan, reuse] = (result, editor.bank.keys.clone(), editor.bank.values.clone())
+    (fp32, fp32_keys, fp32_values) = results["fp32", False]
+    assert "rescored_rows_per_scan" not in fp32.info and "reused_scans" not in fp32.info
+    assert results["int8", False][0].info["rescored_rows_per_scan"] > 0
+    for reuse in ("fp32", True), ("int8", True):
+        assert results[reuse][0].info.get("reused_scans", 0) >= 5, reuse  # of 60 steps
+    for (result, keys, values) in results.values():
+        assert result.steps == fp32.steps
+        assert torch.allclose(keys, fp32_keys, atol=1e-5) and torch.allclose(values, fp32_values, atol=1e-5)
 
 
 
