@@ -59,9 +59,9 @@ class TPatcherConfig(EditorConfig):
     memory_scan: str = field(default="auto", metadata={
         "help": "fp32 | int8 | auto: int8 scans an int8 copy of the memory under a proven error bound and rescores "
                 "in fp32 only the rows it cannot rule out (the same top-k as fp32); auto: on CPU, whichever of the "
-                "two is faster, timed over the first scans of the run's edits"})
+                "two is faster, timed over the first scans of the run's edits (with memory_reuse: fp32)"})
     memory_reuse: bool = field(default=True, metadata={
-        "help": "on CPU, bound each step's memory scores from the last full scan's (the keys moved by D: a score "
+        "help": "on CPU, bound each step's memory scores from the previous step's (the keys moved by D: a score "
                 "moved by c.D and at most |M_i - c| |D|) and rescore in fp32 only the rows that can hold a top-k "
                 "entry; a full scan where over a quarter of the rows remain (the same top-k; false: scan every step)"})
 
