@@ -22,7 +22,7 @@ The naive path runs the full model and scans the memory in fp32 every step. The 
 default) runs only what follows the patched FFN and scans the memory through its int8 copy (same
 top-k entries as fp32, editors/patch_memory.py) where that is measured faster over the first scans
 of its edits (`memory_scan=auto`), else in fp32 through the memory's transposed copy, and on CPU
-reads no row at a step whose scores it can bound from the last full scan's (`memory_reuse`, the
+reads no row at a step whose scores it can bound from the previous step's (`memory_reuse`, the
 same top-k); a third run times the fast path scanning every step (`memory_reuse=false`), a fourth
 the fast path with the fp32 scan, a fifth the approximate screened memory (`--refresh`). At the last block the
 fast path's milliseconds per step are printed beside a floor computed from the shapes and this

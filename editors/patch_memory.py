@@ -85,7 +85,7 @@ class QueryMemory:
     def __init__(self, width: int, quantized: bool = False, transposed: bool = False, reuse: bool = False):
         self.width = width
         self.quantized = quantized and QUANTIZED_SCAN
-        self.reuse = reuse  # bound scores from the last full scan's (module docstring)
+        self.reuse = reuse  # bound scores from the previous step's (module docstring)
         # fp32 rounding of a width-long dot product, relative to |x| |y| (gamma_width, doubled)
         self.rounding = 2 * width * 2.0**-24
         self.centre: Tensor | None = None  # c, the mean of the first rows appended, fixed once set
@@ -251,8 +251,8 @@ class QueryMemory:
         more than a quarter of the rows to rescore."""
         ref, n = self._reference, keys.shape[1]
         if (ref is None or ref.keys.shape != keys.shape or ref.found is None or len(ref.found) != len(shifts)
-                or not self._bounding_pays(n, k)):
-            return None
+                or any(len(before) < k for before in ref.found) or not self._bounding_pays(n, k)):
+            return None  # (tau below needs k distinct entries of the previous step)
         keys = keys.to(self.rows.dtype)
         drift = keys - ref.keys
         size = drift.norm(dim=0)  # [n]
