@@ -222,8 +222,8 @@ class QueryMemory:
         if found is None:
             self.scans["full"] += 1
             products = self.products(keys)
-            if self.reuse:  # |fl(M_i.K_j) - M_i.K_j| <= gamma_width |M_i| |K_j|
-                self._keep(keys, products, self.rounding * self.norms[: self.length, None] * keys.norm(dim=0))
+            if self.reuse:
+                self._keep(keys, products, self._rounding_error(slice(0, self.length), keys))
             full = products + bias
             found = [(full + shift).flatten().topk(kk).indices for shift in shifts]
         return found
@@ -242,8 +242,12 @@ class QueryMemory:
             return
         if rows is not None:
             values[rows] = exact
-            error[rows] = self.rounding * self.norms[rows, None] * keys.norm(dim=0)
+            error[rows] = self._rounding_error(rows, keys)
         self._reference = _Scan(keys.clone(), values, error)
+
+    def _rounding_error(self, rows, keys: Tensor) -> Tensor:
+        """|fl(M_i.K_j) - M_i.K_j| <= gamma_width |M_i| |K_j| for the given rows."""
+        return self.rounding * self.norms[rows, None] * keys.norm(dim=0)
 
     def _reused_top(self, keys: Tensor, bias: Tensor, shifts: list, k: int) -> list[Tensor] | None:
         """The top-k entries from the previous step's intervals and the keys' move since (module
@@ -271,13 +275,20 @@ class QueryMemory:
             return None
         self.scans["reused"] += 1
         self.scans["reused_rows"] += len(rows)
-        products = times(self.rows.index_select(0, rows), keys)
-        found = []
-        for shift in shifts:
-            local = (products + bias + shift).flatten().topk(k).indices
-            found.append(rows[local // n] * n + local % n)
+        found, products = self._rescore(rows, keys, bias, shifts, k)
         self._keep(keys, moved, error, rows, products)  # the next step bounds its move from here
         return found
+
+    def _rescore(self, rows: Tensor, keys: Tensor, bias: Tensor, shifts: list, k: int) -> tuple[list[Tensor], Tensor]:
+        """The top-k entries among `rows` (which hold every top-k entry), from their fp32 products
+        (also returned, bias left out), as flat indices into the whole memory's entries."""
+        n = keys.shape[1]
+        exact = times(self.rows.index_select(0, rows), keys)  # index_select: 3x faster than rows[...]
+        found = []
+        for shift in shifts:
+            local = (exact + bias + shift).flatten().topk(k).indices
+            found.append(rows[local // n] * n + local % n)
+        return found, exact
 
     def start_trial(self, scans: int = 5) -> None:
         """memory_scan=auto: the next 2 x `scans` scans alternate between the int8-bounded and the
@@ -341,11 +352,6 @@ class QueryMemory:
             return None
         self.scans["bounded"] += 1
         self.scans["rescored_rows"] += len(rows)
-        n = keys.shape[1]
-        exact = times(self.rows.index_select(0, rows), keys)  # index_select: 3x faster than rows[...]
-        found = []
-        for shift in shifts:
-            local = (exact + bias + shift).flatten().topk(k).indices
-            found.append(rows[local // n] * n + local % n)
+        found, exact = self._rescore(rows, keys, bias, shifts, k)
         self._keep(keys, products, bound, rows, exact)
         return found

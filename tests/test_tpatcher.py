@@ -378,7 +378,7 @@ def test_reused_memory_scan_finds_exactly_the_full_scans_top_entries(patches, qu
         if step == 30:
             for memory in (reused, plain):
                 memory.truncate(5000)
-    assert reused.scans["reused"] >= 15  # the bound spared scans (1 and 3 patches: 20-31 of 40)
+    assert reused.scans["reused"] >= 15  # the bound spared scans (measured: 22 of 40 with 3 patches, 35 with 1)
     assert reused.scans["full"] + reused.scans["bounded"] >= 4  # the first, after the append, the jump, the cut
     assert reused.scans["reused_rows"] < reused.scans["reused"] * len(reused) / 4
 
