@@ -27,8 +27,11 @@ from benchmark.registry import EDITORS
 
 PARTS = {"qa": "demo_qa", "fc": "demo_fc"}
 FAMILY = {"qa": "decoder", "fc": "classifier"}  # of the part's model (SmolLM2 / MiniLM; tiny-llama / tiny-bert)
-QUICK = {"qa": ["model=tiny-llama", "init.epochs=20", "loop.max_fold_examples=5", "loop.folds=[0]"],
-         "fc": ["model=tiny-bert", "init.epochs=10", "loop.max_fold_examples=5", "loop.folds=[0]"]}
+# the tiny initial models' training is the tests' own (tests/conftest.py TRAINING), so one cached
+# model serves both: a cold test session trains each once
+_TINY_INIT = ["init.epochs=20", "init.lr=1e-3", "init.batch_size=32", "init.keep=last", "init.threads=1"]
+QUICK = {"qa": ["model=tiny-llama", *_TINY_INIT, "loop.max_fold_examples=5", "loop.folds=[0]"],
+         "fc": ["model=tiny-bert", *_TINY_INIT, "loop.max_fold_examples=5", "loop.folds=[0]"]}
 PER_EDITOR = {"ft_kl_all": ["editor.kl_batch=32"], "ft_kl_last": ["editor.kl_batch=32"],
               "sera": ["editor.train_epochs=1", "editor.train_examples=300"],
               "ke_style": ["editor.train_epochs=1", "editor.train_examples=300"],

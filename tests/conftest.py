@@ -30,8 +30,11 @@ def data_for(family: str, **overrides) -> list[str]:
 
 
 # A tiny BART learns the facts far more slowly than the others (20 epochs leave it answering
-# one country to everything); these settings bring all three to ~100% on D'train. The last epoch
-# is kept: D_val (unseen facts) peaks early, and the tests want a model that knows D'train.
+# one country to everything). Measured with these settings (greedy exact match, 300 examples):
+# D'train 1.0 for the decoder, 0.993 for the classifier, only 0.28 for the BART (D_val 0.27: it
+# answers by relation and region more than by fact; in 20-30 epochs, dropout 0 reached 0.34 and
+# learning rates of 2e-3 to 5e-3 0.14-0.22), whose tests need answers that differ by input, not a
+# model that knows D'train. The last epoch is kept: D_val (unseen facts) peaks early.
 # init.threads=1: the same model whatever the machine's core count (one summation order).
 TRAINING = {"decoder": {"init.epochs": 20, "init.keep": "last", "init.threads": 1},
             "classifier": {"init.epochs": 20, "init.keep": "last", "init.threads": 1},

@@ -7,7 +7,7 @@ from benchmark.config import CONFIG_DIR, compose, instantiate
 from benchmark.demo import INITIAL, QUICK, REFERENCE_SECONDS, demo, estimate
 from benchmark.init import initial_weights
 from benchmark.run import run
-from tests.conftest import FAMILIES, SHARED_DATA
+from tests.conftest import FAMILIES, SHARED_DATA, TRAINING, data_for
 
 TINY_FOR = {"smollm2-135m": "tiny-llama", "minilm-l6": "tiny-bert"}
 
@@ -50,6 +50,18 @@ def test_quick_demo_writes_leaderboard_and_plots(tmp_path):
     seconds, here, reference, unknown = estimate("qa", cfg, list(runs))
     assert not unknown and not reference and set(here) == set(runs)
     assert seconds == pytest.approx(sum(runs.values()), abs=1.0)
+
+
+@pytest.mark.parametrize("part", sorted(QUICK))
+def test_the_quick_demo_and_the_tests_share_one_tiny_initial_model(part):
+    """A cold test session trains each tiny model once (the quick demo's settings are the tests')."""
+    from benchmark.demo import FAMILY, PARTS
+
+    demo_cfg = instantiate(compose([f"experiment={PARTS[part]}", *QUICK[part]]))
+    tests_cfg = instantiate(compose(data_for(FAMILY[part], **TRAINING[FAMILY[part]])))
+    assert initial_weights(demo_cfg.model, demo_cfg.data, demo_cfg.init) == initial_weights(
+        tests_cfg.model, tests_cfg.data, tests_cfg.init)
+    assert demo_cfg.init.threads == 1  # trained the same whichever of the two trains it first
 
 
 def test_demo_estimate_scales_the_reference_timings_with_the_stream(tmp_path, monkeypatch):

@@ -10,7 +10,9 @@ import pytest
 from benchmark.config import ConfigError
 from tests.conftest import ROOT
 
-TINY_RUN = ["model=tiny-llama", "init.epochs=20", "init.keep=last", "loop.max_fold_examples=4", "loop.test_limit=20",
+# the initial model is the tests' decoder (conftest TRAINING, cached once), not demo_qa's own init
+TINY_RUN = ["model=tiny-llama", "init.epochs=20", "init.lr=1e-3", "init.batch_size=32", "init.keep=last",
+            "init.threads=1", "loop.max_fold_examples=4", "loop.test_limit=20",
             "data.train_subsample=30", "loop.progress=false"]
 
 
@@ -48,7 +50,9 @@ def test_offline_sweep_runs_trials_continues_and_reports_the_best(tmp_path):
     from benchmark.config import compose, instantiate
     from benchmark.sweep import run_sweep, sweep_leaderboard, test_best
 
-    extra = [*TINY_RUN, "loop.folds=[0]", "editor.max_steps=30"]
+    # an untrained model (init.epochs=0): the sweep's mechanics need edits, not a model that knows
+    # the facts, and the modified facts would otherwise train one more initial model (~45 s cold)
+    extra = [*TINY_RUN, "init.epochs=0", "loop.folds=[0]", "editor.max_steps=10"]
     data = build_data(instantiate(compose(["experiment=demo_qa", "data.target=modified", *extra])))
     val_uids = {e.uid for e in data.splits.val}
     folder = run_sweep(ROOT / "sweeps" / "ft_kl.yaml", 1, extra, tmp_path)
