@@ -54,6 +54,9 @@ class EditDataModule(L.LightningDataModule):
     task: ClassVar[str] = GENERATION
     config_class: ClassVar[type] = DataConfig
     version: ClassVar[int] = 1  # bump when the same files and settings give other examples (new initial models)
+    # D'train, D_val, D_edit where the dataset is published pre-split (set by `read_examples`, whose
+    # records are then their concatenation, so that the cleaning sees every split)
+    given: list[list[Example]] | None = None
 
     def __init__(self, config: DataConfig):
         super().__init__()
@@ -71,7 +74,11 @@ class EditDataModule(L.LightningDataModule):
     # -- shared ------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if self.splits is None:
-            self.splits = self.make_splits(*self._clean(*self.read_examples()))
+            records, test = self._clean(*self.read_examples())
+            if self.given is not None:  # what the cleaning dropped leaves the published splits too
+                kept = {id(e) for e in records}
+                self.given = [[e for e in part if id(e) in kept] for part in self.given]
+            self.splits = self.make_splits(records, test)
 
     def _clean(self, records: list[Example], test: list[Example] | None):
         """Records with an empty target are dropped; a (prompt, target) pair counts once: repeats
@@ -101,6 +108,10 @@ class EditDataModule(L.LightningDataModule):
 
     def make_splits(self, records: list[Example], test: list[Example] | None) -> EditSplits:
         cfg = self.config
+        if self.given is not None:  # published pre-split: its files are D'train, D_val, D_edit
+            if test is None:
+                raise DataError(f"{cfg.path}: the published split files come without a test file")
+            return self.assemble(*self.given, test)
         if test is None:  # no published test split: D_test takes test_fraction first
             test, records = split_by_ratio(records, [cfg.test_fraction, 1 - cfg.test_fraction], cfg.seed + 3)
         train, val, edit = split_by_ratio(records, cfg.split_ratios, cfg.seed)

@@ -44,7 +44,6 @@ class ZsreDataModule(EditDataModule):
     task = GENERATION
     config_class = ZsreConfig
     version = 2  # 2: target=modified splits each fact's questions into training forms and probes
-    given: list[list[Example]] | None = None  # D'train, D_val, D_edit of a pre-split layout
 
     def _layout(self) -> tuple[str, list]:
         layouts = [self.config.layout] if self.config.layout != "auto" else list(LAYOUTS)
@@ -138,12 +137,9 @@ class ZsreDataModule(EditDataModule):
             records = [hold_out_probes(e, rng) for e in records]
             if self.given is not None:
                 self.given = [[hold_out_probes(e, rng) for e in part] for part in self.given]
-        if self.given is not None:
-            if test is None:
-                raise DataError(f"{self.config.path}: T-Patcher's zsRE layout lacks zsre-dev-kilt.jsonl (D_test)")
-            splits = self.assemble(*self.given, test)
-        else:
-            splits = super().make_splits(records, test)
+        if self.given is not None and test is None:
+            raise DataError(f"{self.config.path}: T-Patcher's zsRE layout lacks zsre-dev-kilt.jsonl (D_test)")
+        splits = super().make_splits(records, test)
         if self.config.target == "modified":
             self._sampler = ObjectSampler((e.relation, e.target.strip()) for e in splits.train if e.relation)
             rng = random.Random(self.config.seed + 2)

@@ -66,7 +66,8 @@ def test_fever_reader_on_the_real_sample():
     dm = datamodule("data=fever", f"data.path={SHARED_DATA / 'fever'}", "data.num_folds=1")
     assert dm.records_read == 10 and len(dm.splits.test) == 5
     assert {e.target for e in dm.splits.test} <= {0, 1}
-    assert "no back-translation model" in dm.notices[0]
+    assert dm.notices[0] == "layout: kilt, detected"
+    assert "no back-translation model" in dm.notices[1]
 
 
 @needs_shared
@@ -228,6 +229,46 @@ def test_back_translation_caches_and_drops_identical_outputs(tmp_path):
     identity = BackTranslator(_IdentityModel(), tok, _IdentityModel(), tok, name="identity",
                               cache_path=tmp_path / "bt.jsonl", num_beams=1)
     assert identity(texts) == [[], []]
+
+
+@needs_shared
+def test_fever_tpatcher_layout_keeps_its_published_splits(tmp_path):
+    """T-Patcher's repository writes fever-{train,val,edit}.jsonl once (KILT records as read) and
+    reads them with fever-dev-kilt.jsonl: those files are the splits; only edit records with
+    `rephrases` are edited, and their equivalents are `rephrases` (its FeverEditData)."""
+    def claims(start, n, **extra):
+        return [{"id": str(i), "input": f"Acme {i} was founded in {1900 + i}.",
+                 "output": [{"answer": "SUPPORTS" if i % 2 else "REFUTES"}], **extra} for i in range(start, start + n)]
+
+    edit = [{**c, "rephrases": [f"In {1900 + int(c['id'])}, Acme {c['id']} was founded."],
+             "filtered_rephrases": ["not the field T-Patcher reads"]} for c in claims(200, 4)]
+    real = (SHARED_DATA / "fever" / "fever-train-kilt.jsonl").read_text().splitlines()
+    edit += [json.loads(real[0]), claims(0, 1, rephrases=["a copy of a D'train record"])[0]]
+    for name, records in (("fever-train.jsonl", claims(0, 12)), ("fever-val.jsonl", claims(100, 3)),
+                          ("fever-edit.jsonl", edit)):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tmp_path / "fever-dev-kilt.jsonl").write_text((SHARED_DATA / "fever" / "fever-dev-kilt.jsonl").read_text())
+    dm = datamodule("data=fever", f"data.path={tmp_path}", "data.num_folds=2", "data.train_subsample=5")
+    assert dm.layout == "tpatcher" and dm.notices[0] == "layout: tpatcher, detected"
+    splits = dm.splits
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (12, 3, 5)
+    streamed = sorted((e for fold in splits.folds for e in fold), key=lambda e: int(e.uid))
+    assert [e.uid for e in streamed] == ["200", "201", "202", "203"]  # neither the unrephrased nor the copy
+    assert [e.equivalents for e in streamed] == [[f"In {1900 + i}, Acme {i} was founded."] for i in range(200, 204)]
+    assert [e.target for e in streamed] == [0, 1, 0, 1]
+    assert dm.dropped["edit record without rephrases (T-Patcher edits only those with)"] == 1
+    assert dm.dropped["duplicate (prompt, target) (records)"] == 1
+    # beside the KILT train file the auto layout is KILT's, and says that the split files are there
+    (tmp_path / "fever-train-kilt.jsonl").write_text((SHARED_DATA / "fever" / "fever-train-kilt.jsonl").read_text())
+    kilt = datamodule("data=fever", f"data.path={tmp_path}", "data.num_folds=1")
+    assert kilt.layout == "kilt" and "data.layout=tpatcher" in kilt.notices[1]
+    given = datamodule("data=fever", f"data.path={tmp_path}", "data.layout=tpatcher", "data.num_folds=2")
+    assert given.layout == "tpatcher" and len(given.splits.train) == 12
+    (tmp_path / "fever-val.jsonl").unlink()
+    with pytest.raises(DataError, match="lacks fever-val.jsonl"):
+        datamodule("data=fever", f"data.path={tmp_path}", "data.layout=tpatcher")
+    with pytest.raises(ValueError, match="data.layout must be"):
+        datamodule("data=fever", f"data.path={tmp_path}", "data.layout=split")
 
 
 def test_zsre_tpatcher_layout_keeps_its_published_splits(tmp_path):
