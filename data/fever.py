@@ -21,7 +21,7 @@ from benchmark.types import CLASSIFICATION, DataError, Example
 from data.base import EditDataModule
 from data.configs.fever import TPATCHER_FILES, FeverConfig  # noqa: F401  (its config, torch-free)
 from data.io import field as get
-from data.io import find_file, read_jsonl
+from data.io import find_file, kilt_answers, read_jsonl
 
 LABELS = {"SUPPORTS": 1, "REFUTES": 0}
 
@@ -41,9 +41,9 @@ class FeverDataModule(EditDataModule):
                 break
             self.records_read += 1
             claim = get(record, "input", where, str)
-            answers = {get(o, "answer", where, str) for o in get(record, "output", where, list)}
+            answers = set(kilt_answers(record, where))
             if len(answers) != 1:
-                self.dropped["several different labels"] += 1
+                self.dropped["several different labels" if answers else "no label"] += 1
                 continue
             label = answers.pop()
             if label not in LABELS:

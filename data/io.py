@@ -115,6 +115,21 @@ def field(record: dict, path: str, where: str, kind: type | tuple = object) -> A
     return value
 
 
+def kilt_answers(record: dict, where: str) -> list[str]:
+    """The answers in a KILT record's `output`, in order: "each element might contain an answer, a
+    provenance or both" (KILT's README), so provenance-only elements are skipped (the real NQ files
+    have them). An element that is a string is an answer itself (T-Patcher's own zsRE files)."""
+    answers = []
+    for n, element in enumerate(field(record, "output", where, list)):
+        if isinstance(element, str):
+            answers.append(element)
+        elif not isinstance(element, dict):
+            raise DataError(f"{where}: field 'output.{n}' should be dict/str, got {type(element).__name__}")
+        elif "answer" in element:
+            answers.append(field(element, "answer", where, str))
+    return answers
+
+
 def find_file(folder: str | Path | None, patterns: list[str], what: str) -> Path | None:
     """First file in `folder` matching one of `patterns` (glob), or None."""
     if folder is None:

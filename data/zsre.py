@@ -28,16 +28,15 @@ from benchmark.types import GENERATION, DataError, EditSplits, Example, hold_out
 from data.base import EditDataModule
 from data.configs.zsre import LAYOUTS, ZsreConfig  # noqa: F401  (its config, torch-free)
 from data.io import field as get
-from data.io import find_file, read_json_array, read_jsonl
+from data.io import find_file, kilt_answers, read_json_array, read_jsonl
 from data.modify import ObjectSampler, modified
 
 TPATCHER_SPLITS = ("zsre-val.jsonl", "zsre-edit.jsonl")  # D_val, D_edit beside zsre-train.jsonl
 
 
 def _answers(record: dict, where: str) -> list[str]:
-    """KILT's `output[].answer`; T-Patcher's own files hold the answer strings themselves."""
-    found = {o if isinstance(o, str) else get(o, "answer", where, str) for o in get(record, "output", where, list)}
-    return sorted({a.strip() for a in found} - {""})
+    """The distinct answers of a KILT-shaped record (`kilt_answers`)."""
+    return sorted({a.strip() for a in kilt_answers(record, where)} - {""})
 
 
 class ZsreDataModule(EditDataModule):

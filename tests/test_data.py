@@ -170,6 +170,8 @@ def test_json_mapped_dataset(tmp_path):
         ('{"id": 1, "input": "x", "output": [{"answer": "SUPPORTS"}]}\n{not json}\n', ":2: malformed JSON"),
         ('{"id": 1, "output": [{"answer": "SUPPORTS"}]}\n', ":1: missing field 'input'"),
         ('{"id": 1, "input": 3, "output": []}\n', ":1: field 'input' should be str"),
+        ('{"id": 1, "input": "x", "output": [3]}\n', ":1: field 'output.0' should be dict/str"),
+        ('{"id": 1, "input": "x", "output": [{"answer": 1}]}\n', ":1: field 'answer' should be str"),
     ],
 )
 def test_bad_input_names_file_line_and_field(tmp_path, content, message):
@@ -178,6 +180,31 @@ def test_bad_input_names_file_line_and_field(tmp_path, content, message):
     with pytest.raises(DataError) as err:
         datamodule("data=fever", f"data.path={tmp_path}")
     assert message in str(err.value) and "fever-train-kilt.jsonl" in str(err.value)
+
+
+@needs_shared
+def test_kilt_output_elements_with_provenance_alone_are_not_answers(tmp_path):
+    """KILT: "each element might contain an answer, a provenance or both" (the real NQ sample has
+    provenance-only elements): they are skipped, and a record with no answer at all is dropped."""
+    provenance = {"provenance": [{"wikipedia_id": "1", "title": "Acme"}]}
+    fever = [json.loads(line) for line in (SHARED_DATA / "fever" / "fever-train-kilt.jsonl").read_text().splitlines()]
+    fever[0]["output"] = [provenance, *fever[0]["output"]]
+    fever[1]["output"] = [provenance]
+    (tmp_path / "fever-train-kilt.jsonl").write_text("".join(json.dumps(r) + "\n" for r in fever))
+    (tmp_path / "fever-dev-kilt.jsonl").write_text((SHARED_DATA / "fever" / "fever-dev-kilt.jsonl").read_text())
+    dm = datamodule("data=fever", f"data.path={tmp_path}", "data.num_folds=1")
+    every = dm.splits.train + dm.splits.val + [e for f in dm.splits.folds for e in f]
+    assert {e.uid for e in every} == {r["id"] for r in fever} - {fever[1]["id"]}
+    assert dm.dropped["no label"] == 1
+    zsre = [json.loads(line) for line in
+            (SHARED_DATA / "zsre" / "structured_zeroshot-train-kilt.jsonl").read_text().splitlines()]
+    zsre[0]["output"] = [provenance, *zsre[0]["output"]]
+    (tmp_path / "structured_zeroshot-train-kilt.jsonl").write_text("".join(json.dumps(r) + "\n" for r in zsre))
+    (tmp_path / "structured_zeroshot-dev-kilt.jsonl").write_text(
+        (SHARED_DATA / "zsre" / "structured_zeroshot-dev-kilt.jsonl").read_text())
+    dm = datamodule("data=zsre", f"data.path={tmp_path}", "data.num_folds=1", "data.layout=kilt")
+    every = dm.splits.train + dm.splits.val + [e for f in dm.splits.folds for e in f]
+    assert len(every) == 5 and not dm.dropped
 
 
 def test_empty_split_and_missing_folder(tmp_path):
