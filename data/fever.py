@@ -21,7 +21,7 @@ from benchmark.types import CLASSIFICATION, DataError, Example
 from data.base import EditDataModule
 from data.configs.fever import TPATCHER_FILES, FeverConfig  # noqa: F401  (its config, torch-free)
 from data.io import field as get
-from data.io import find_file, kilt_answers, read_jsonl
+from data.io import find_file, kilt_answers, read_jsonl, strings
 
 LABELS = {"SUPPORTS": 1, "REFUTES": 0}
 
@@ -49,7 +49,8 @@ class FeverDataModule(EditDataModule):
             if label not in LABELS:
                 self.dropped[f"label {label}"] += 1
                 continue
-            equivalents = next((record[k] for k in rephrases if record.get(k)), [])
+            named = next((k for k in rephrases if record.get(k)), None)
+            equivalents = strings(record[named], named, where) if named else []
             uid = str(record.get("id", where))
             out.append(Example(uid=uid, prompt=claim, target=LABELS[label], equivalents=list(equivalents)))
         return out

@@ -115,6 +115,13 @@ def field(record: dict, path: str, where: str, kind: type | tuple = object) -> A
     return value
 
 
+def strings(value: Any, path: str, where: str) -> list[str]:
+    """`value`, the field at `path`, as a list of strings; anything else is a DataError."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise DataError(f"{where}: field '{path}' should be a list of strings")
+    return value
+
+
 def kilt_answers(record: dict, where: str) -> list[str]:
     """The answers in a KILT record's `output`, in order: "each element might contain an answer, a
     provenance or both" (KILT's README), so provenance-only elements are skipped (the real NQ files

@@ -28,7 +28,7 @@ from benchmark.types import GENERATION, DataError, EditSplits, Example, hold_out
 from data.base import EditDataModule
 from data.configs.zsre import LAYOUTS, ZsreConfig  # noqa: F401  (its config, torch-free)
 from data.io import field as get
-from data.io import find_file, kilt_answers, read_json_array, read_jsonl
+from data.io import find_file, kilt_answers, read_json_array, read_jsonl, strings
 from data.modify import ObjectSampler, modified
 
 TPATCHER_SPLITS = ("zsre-val.jsonl", "zsre-edit.jsonl")  # D_val, D_edit beside zsre-train.jsonl
@@ -59,27 +59,30 @@ class ZsreDataModule(EditDataModule):
 
     def _parse(self, layout: str, where: str, record: dict) -> Example | None:
         if layout == "mend":
-            answers = [a.strip() for a in get(record, "answers", where, list)]
+            answers = [a.strip() for a in strings(get(record, "answers", where, list), "answers", where)]
             prompt, rephrase = get(record, "src", where, str), record.get("rephrase")
             alt = str(record.get("alt") or "").strip()
             equivalents = [rephrase] if isinstance(rephrase, str) and rephrase.strip() else []
             relation, subject = None, record["subject"] if isinstance(record.get("subject"), str) else ""
-            loc, loc_ans = record.get("loc"), record.get("loc_ans")
+            loc = get(record, "loc", where, str) if record.get("loc") is not None else ""
+            loc_ans = record.get("loc_ans")
             locality = [(loc.removeprefix("nq question: ").strip(), " " + str(loc_ans).strip())] if loc else []
         else:
             answers = _answers(record, where)
             if layout == "kilt":
                 subject, _, relation = get(record, "input", where, str).partition(" [SEP] ")
-                questions = get(record, "meta.template_questions", where, list)
+                questions = strings(get(record, "meta.template_questions", where, list), "meta.template_questions",
+                                    where)
                 if not questions:
                     raise DataError(f"{where}: field 'meta.template_questions' is empty")
                 prompt, equivalents = questions[0], list(questions[1:])
                 alt = ""
             else:
                 prompt = get(record, "input", where, str)
-                equivalents = list(record.get("filtered_rephrases") or record.get("rephrases") or [])
-                alternatives = record.get("alternatives") or []
-                alt, relation = (str(alternatives[0]).strip() if alternatives else ""), None
+                named = "filtered_rephrases" if record.get("filtered_rephrases") else "rephrases"
+                equivalents = strings(record.get(named) or [], named, where)
+                alternatives = strings(record.get("alternatives") or [], "alternatives", where)
+                alt, relation = (alternatives[0].strip() if alternatives else ""), None
                 subject = ""  # the other layout names no subject
             locality = []
         if len(answers) != 1:

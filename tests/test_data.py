@@ -172,6 +172,8 @@ def test_json_mapped_dataset(tmp_path):
         ('{"id": 1, "input": 3, "output": []}\n', ":1: field 'input' should be str"),
         ('{"id": 1, "input": "x", "output": [3]}\n', ":1: field 'output.0' should be dict/str"),
         ('{"id": 1, "input": "x", "output": [{"answer": 1}]}\n', ":1: field 'answer' should be str"),
+        ('{"id": 1, "input": "x", "output": [{"answer": "REFUTES"}], "rephrases": "y"}\n',
+         ":1: field 'rephrases' should be a list of strings"),
     ],
 )
 def test_bad_input_names_file_line_and_field(tmp_path, content, message):

@@ -7,6 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from benchmark.build import build_data
 from benchmark.config import compose, instantiate
@@ -86,3 +88,66 @@ def test_a_broken_record_names_file_and_line(row, tmp_path):
     with pytest.raises(DataError) as err:
         _load(row, copy)
     assert f"{broken}:3" in str(err.value) and "\n" not in str(err.value)
+
+
+# -- fuzzing: records broken at random ---------------------------------------------------------------
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers(-3, 3) | st.floats(allow_nan=False, width=32)
+                           | st.text(max_size=4),
+                           lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.text(max_size=3), inner,
+                                                                                        max_size=2), max_leaves=4)
+MUTATION = st.tuples(st.integers(0, 10**6), st.lists(st.integers(0, 10**6), min_size=1, max_size=4),
+                     st.sampled_from(["drop", "set"]), JSON_VALUES)
+
+
+def _read_records(path: Path) -> list:
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return json.loads(path.read_text())
+
+
+def _write_records(path: Path, records: list) -> None:
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    else:
+        path.write_text(json.dumps(records, indent=4))
+
+
+def _mutate(records: list, mutation) -> None:
+    """Drop or replace one value somewhere inside one record (a walk down `steps`)."""
+    index, steps, action, value = mutation
+    parent, key = records, index % len(records)
+    for step in steps[:-1]:
+        child = parent[key]
+        if not isinstance(child, (dict, list)) or not child:
+            break
+        parent, key = child, (list(child)[step % len(child)] if isinstance(child, dict) else step % len(child))
+    if action == "drop":
+        del parent[key]
+    else:
+        parent[key] = value
+
+
+@pytest.mark.parametrize("row", [r for r in ROWS if ROWS[r][2]])
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(mutations=st.lists(MUTATION, min_size=1, max_size=3))
+def test_records_broken_at_random_load_or_fail_in_one_line(row, tmp_path_factory, mutations):
+    """Any field dropped or given another JSON type, anywhere in a record of a real file: the data
+    loads, or a DataError says what is wrong in one line; never another exception."""
+    name, source, broken, _ = ROWS[row]
+    _needs(source)
+    folder = tmp_path_factory.mktemp(row)
+    if source.is_dir():
+        shutil.copytree(source, folder, dirs_exist_ok=True)
+        target = folder / broken
+    else:
+        target = folder / broken
+        shutil.copy(source, target)
+    records = _read_records(target)[:60]  # the 1,000-record zsRE file: the first 60 are enough
+    for mutation in mutations:
+        if records:
+            _mutate(records, mutation)
+    _write_records(target, records)
+    try:
+        _load(row, folder if source.is_dir() else target)
+    except DataError as err:
+        assert "\n" not in str(err)
