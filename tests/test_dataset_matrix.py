@@ -27,6 +27,11 @@ ROWS = {
     "fever": ("fever", SHARED_DATA / "fever", "fever-train-kilt.jsonl", ["data.num_folds=1"]),
     "zsre-kilt": ("zsre", SHARED_DATA / "zsre", "structured_zeroshot-train-kilt.jsonl", ["data.layout=kilt", *SMALL]),
     "zsre-mend": ("zsre", SHARED_DATA / "zsre", "zsre_mend_train-1k.json", ["data.layout=mend"]),
+    # the layouts no public sample exists of: fixtures written to their published fields
+    "fever-tpatcher": ("fever", FIXTURES / "fever_tpatcher", "fever-edit.jsonl", ["data.num_folds=1"]),
+    "zsre-annotated": ("zsre", FIXTURES / "zsre_annotated", "structured_zeroshot-train-new_annotated_final.jsonl",
+                       ["data.layout=annotated", *SMALL]),
+    "zsre-tpatcher": ("zsre", FIXTURES / "zsre_tpatcher", "zsre-train.jsonl", ["data.num_folds=1"]),
     "trex": ("trex", SHARED_DATA / "trex", "P19.jsonl", []),
     "counterfact-rome": ("counterfact", FIXTURES / "counterfact_rome.json", "counterfact_rome.json", []),
     "counterfact-easyedit": ("counterfact", FIXTURES / "counterfact-edit.json", "counterfact-edit.json", []),
