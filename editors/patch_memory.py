@@ -92,6 +92,9 @@ class QueryMemory:
         self.spread = torch.zeros(0)  # |M_i - c| (reuse)
         self.norms = torch.zeros(0)  # |M_i| (reuse: the rounding margins)
         self._reference: _Scan | None = None  # the last step's intervals (reuse)
+        # the rows this step's bounded scan rescored (sorted indices) and their copy: `entries`
+        # then gathers from this small block, still in cache, instead of from all of M
+        self._gathered: tuple[Tensor, Tensor] | None = None
         self.padded = -(-width // PAD) * PAD
         self.rows = torch.zeros(0, width)
         # transposed=True: the same rows also transposed, [width, capacity], for the fp32 scan of one
@@ -130,7 +133,7 @@ class QueryMemory:
             self.quantized = False  # the int8 kernel is CPU's; elsewhere the fp32 scan is fast anyway
         if self.centre is not None:
             self.centre = self.centre.to(device)
-        self._reference = None
+        self._reference = self._gathered = None
         for name in [*self._buffers(), "columns"]:
             setattr(self, name, getattr(self, name).to(device))
         return self
@@ -161,7 +164,7 @@ class QueryMemory:
                 self.spread[self.length : need] = (new - self.centre).norm(dim=1)
                 self.norms[self.length : need] = new.norm(dim=1)
         if len(new):
-            self._reference = None
+            self._reference = self._gathered = None
         self.length = need
 
     def _quantize(self, rows: Tensor, where: slice) -> None:
@@ -176,7 +179,7 @@ class QueryMemory:
 
     def truncate(self, length: int) -> None:
         if length < self.length:
-            self._reference = None
+            self._reference = self._gathered = None
         self.length = min(length, self.length)
 
     def products(self, keys: Tensor) -> Tensor:
@@ -193,8 +196,17 @@ class QueryMemory:
         rows, cols = flat // n, flat % n
         # (M[rows] K) then pick each row's patch: a small matmul whose backward is a matmul, where
         # gathering K's columns per entry would scatter-add k gradients row by row.
-        picked = (self.rows.index_select(0, rows).to(keys.dtype) @ keys).gather(1, cols[:, None]).squeeze(1)
+        picked = (self._gather(rows).to(keys.dtype) @ keys).gather(1, cols[:, None]).squeeze(1)
         return picked + bias[cols]
+
+    def _gather(self, rows: Tensor) -> Tensor:
+        """M[rows]: from the rows this step rescored where they hold them all (the same values)."""
+        if self._gathered is not None and len(self._gathered[0]):
+            kept, block = self._gathered
+            at = torch.searchsorted(kept, rows).clamp_(max=len(kept) - 1)
+            if bool((kept[at] == rows).all()):
+                return block.index_select(0, at)
+        return self.rows.index_select(0, rows)
 
     @torch.no_grad()
     def top_entries(self, keys: Tensor, bias: Tensor, shifts: list[Tensor], k: int) -> list[Tensor]:
@@ -202,6 +214,7 @@ class QueryMemory:
         M K + b + shift. One scan of M serves every shift; with one patch every shift ranks the
         entries alike, so its top-k is found once (the same tensor is returned for each)."""
         n, wanted = keys.shape[1], len(shifts)
+        self._gathered = None
         if n == 1:  # one patch: every shift ranks the entries alike
             shifts = shifts[:1]
         found = self._reused_top(keys, bias, shifts, min(k, self.length * n)) if self.reuse else None
@@ -283,7 +296,9 @@ class QueryMemory:
         """The top-k entries among `rows` (which hold every top-k entry), from their fp32 products
         (also returned, bias left out), as flat indices into the whole memory's entries."""
         n = keys.shape[1]
-        exact = times(self.rows.index_select(0, rows), keys)  # index_select: 3x faster than rows[...]
+        block = self.rows.index_select(0, rows)  # index_select: 3x faster than rows[...]
+        self._gathered = (rows, block)  # `rows` is sorted (nonzero's order)
+        exact = times(block, keys)
         found = []
         for shift in shifts:
             local = (exact + bias + shift).flatten().topk(k).indices

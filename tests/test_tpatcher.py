@@ -363,6 +363,7 @@ def test_reused_memory_scan_finds_exactly_the_full_scans_top_entries(patches, qu
         memory.append(rows[:6000])
     own = rows[:patches] + 0.1 * torch.randn(patches, 40, generator=generator)
     keys = (own / own.pow(2).sum(-1, keepdim=True)).T
+    served = 0  # entries served from the rescored rows
     for step in range(40):
         bias = 0.1 * torch.randn(patches, generator=generator)
         shifts = [torch.zeros(patches), 3.0 - (own * keys.T).sum(-1) - bias]
@@ -371,6 +372,11 @@ def test_reused_memory_scan_finds_exactly_the_full_scans_top_entries(patches, qu
         expected = plain.top_entries(keys, bias, shifts, k)
         for a, b in zip(found, expected):
             assert set(a.tolist()) == set(b.tolist()), step
+            # the entries (with gradient) read the rows this step rescored where it did: the same values
+            from_block, block_used = reused.entries(keys, bias, a), reused._gathered is not None
+            reused._gathered = None
+            assert torch.equal(from_block, reused.entries(keys, bias, a)), step
+            served += block_used
         keys = keys + (0.05 if step == 20 else 1e-4) * torch.randn(keys.shape, generator=generator)  # ~1% a step
         if step == 10:
             for memory in (reused, plain):
@@ -381,6 +387,7 @@ def test_reused_memory_scan_finds_exactly_the_full_scans_top_entries(patches, qu
     assert reused.scans["reused"] >= 15  # the bound spared scans (measured: 22 of 40 with 3 patches, 35 with 1)
     assert reused.scans["full"] + reused.scans["bounded"] >= 4  # the first, after the append, the jump, the cut
     assert reused.scans["reused_rows"] < reused.scans["reused"] * len(reused) / 4
+    assert served >= reused.scans["reused"]
 
 
 @pytest.mark.parametrize("family", ["decoder", "classifier"])
