@@ -4,9 +4,9 @@ Two layouts in data.path (`data.layout`, auto-detected):
 
 * kilt: the KILT train file is split 0.8 / 0.1 / 0.1 into D'train / D_val / D_edit by seed;
 * tpatcher: T-Patcher's repository cut the KILT train file once, with an unseeded shuffle, into
-  fever-{train,val,edit}.jsonl (the same KILT records; src/dataset/fever_dataloader.py:150-172 at
+  fever-{train,val,edit}.jsonl (the same KILT records; src/dataset/fever_dataloader.py:163-198 at
   fec629a); those files are the splits, used as they are, so a run edits the published code's
-  D_edit. As its `FeverEditData` (fever_dataloader.py:78-84) does, only edit records with
+  D_edit. As its `FeverEditData` (fever_dataloader.py:84-91) does, only edit records with
   `rephrases` are edited (the others are counted as dropped), and the equivalents are the
   `rephrases` it reads.
 

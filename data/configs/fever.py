@@ -9,7 +9,7 @@ from data.configs.base import BackTranslationConfig, DataConfig
 
 LAYOUTS = ("kilt", "tpatcher")
 # T-Patcher's repository cuts the KILT train file once into these (D'train, D_val, D_edit) and reads
-# them with the KILT dev file (src/dataset/sme_dataset.py:40-43 at fec629a)
+# them with the KILT dev file (src/dataset/sme_dataset.py:41-44 at fec629a)
 TPATCHER_FILES = ("fever-train.jsonl", "fever-val.jsonl", "fever-edit.jsonl")
 
 
