@@ -309,16 +309,17 @@ def test_zsre_tpatcher_layout_keeps_its_published_splits(tmp_path):
                  for i in range(start, start + n)]
         if name == "zsre-edit.jsonl":
             lines.append({"input": "Two answers?", "output": ["A", "B"], "rephrases": []})
+            lines.append({"input": "One answer twice?", "output": ["A", "A"], "rephrases": []})  # dropped as published
         (tmp_path / name).write_text("\n".join(json.dumps(x) for x in lines) + "\n")
 
     for name, n, start in (("zsre-train.jsonl", 30, 0), ("zsre-val.jsonl", 4, 100), ("zsre-edit.jsonl", 6, 200),
                            ("zsre-dev-kilt.jsonl", 5, 300)):
         write(name, n, start)
     dm = datamodule("data=zsre", f"data.path={tmp_path}", "data.num_folds=2", "data.train_subsample=10")
-    assert dm.layout == "tpatcher" and dm.records_read == 46
+    assert dm.layout == "tpatcher" and dm.records_read == 47
     splits = dm.splits
     assert (len(splits.train), len(splits.val), len(splits.test)) == (30, 4, 5)
-    assert [len(f) for f in splits.folds] == [3, 3] and dm.dropped["not exactly one answer"] == 1
+    assert [len(f) for f in splits.folds] == [3, 3] and dm.dropped["not exactly one answer"] == 2
     edit = [e for f in splits.folds for e in f]
     assert {e.prompt for e in edit} == {f"Who founded Acme {i}?" for i in range(200, 206)}
     for e in edit:
