@@ -69,6 +69,7 @@ class _Scan:
     values: Tensor
     error: Tensor
     found: list[Tensor] | None = None
+    fresh: bool = True  # from a scan of every row (False: from a reused step's intervals)
 
 
 def times(rows: Tensor, keys: Tensor) -> Tensor:
@@ -92,6 +93,9 @@ class QueryMemory:
         self.spread = torch.zeros(0)  # |M_i - c| (reuse)
         self.norms = torch.zeros(0)  # |M_i| (reuse: the rounding margins)
         self._reference: _Scan | None = None  # the last step's intervals (reuse)
+        # reuse attempts to skip, and the next such pause: where even one step's move from a fresh
+        # scan leaves too many rows, the keys move too fast for reuse, and each attempt only costs
+        self._skip = self._pause = 0
         # the rows this step's bounded scan rescored (sorted indices) and their copy: `entries`
         # then gathers from this small block, still in cache, instead of from all of M
         self._gathered: tuple[Tensor, Tensor] | None = None
@@ -107,7 +111,7 @@ class QueryMemory:
         self.length = 0
         # what the scans cost, for reports: full fp32 scans, int8-bounded ones and the rows they
         # rescored, reused ones (no scan) and the rows they rescored
-        self.scans = {"full": 0, "bounded": 0, "rescored_rows": 0, "reused": 0, "reused_rows": 0}
+        self.scans = {"full": 0, "bounded": 0, "rescored_rows": 0, "reused": 0, "reused_rows": 0, "paused": 0}
         self.trial: dict[str, list[float]] | None = None  # memory_scan=auto's timings, see start_trial
         self.trial_scans = 0
         self.scan_ms: dict[str, float] = {}  # its result: median ms of each scan
@@ -247,7 +251,7 @@ class QueryMemory:
         return self.length * n > 4 * min(k, self.length * n)
 
     def _keep(self, keys: Tensor, values: Tensor, error: Tensor, rows: Tensor | None = None,
-              exact: Tensor | None = None) -> None:
+              exact: Tensor | None = None, fresh: bool = True) -> None:
         """reuse: the products of `keys` (bias left out) and a bound on their error, for the next
         step to bound its own from; `rows` were rescored in fp32 (`exact`), so they are known to
         rounding again (they are the rows near the top-k, where a tight bound counts)."""
@@ -256,7 +260,7 @@ class QueryMemory:
         if rows is not None:
             values[rows] = exact
             error[rows] = self._rounding_error(rows, keys)
-        self._reference = _Scan(keys.clone(), values, error)
+        self._reference = _Scan(keys.clone(), values, error, fresh=fresh)
 
     def _rounding_error(self, rows, keys: Tensor) -> Tensor:
         """|fl(M_i.K_j) - M_i.K_j| <= gamma_width |M_i| |K_j| for the given rows."""
@@ -270,6 +274,10 @@ class QueryMemory:
         if (ref is None or ref.keys.shape != keys.shape or ref.found is None or len(ref.found) != len(shifts)
                 or any(len(before) < k for before in ref.found) or not self._bounding_pays(n, k)):
             return None  # (tau below needs k distinct entries of the previous step)
+        if self._skip:
+            self._skip -= 1
+            self.scans["paused"] += 1
+            return None
         keys = keys.to(self.rows.dtype)
         drift = keys - ref.keys
         size = drift.norm(dim=0)  # [n]
@@ -285,11 +293,15 @@ class QueryMemory:
             needed |= (high >= tau).any(1)
         rows = needed.nonzero().squeeze(1)
         if 4 * len(rows) > self.length:
+            if ref.fresh:  # pause attempts for 1, 2, 4, 8 steps in a row of such failures
+                self._pause = min(2 * self._pause or 1, 8)
+                self._skip = self._pause
             return None
+        self._pause = 0
         self.scans["reused"] += 1
         self.scans["reused_rows"] += len(rows)
         found, products = self._rescore(rows, keys, bias, shifts, k)
-        self._keep(keys, moved, error, rows, products)  # the next step bounds its move from here
+        self._keep(keys, moved, error, rows, products, fresh=False)  # the next step bounds its move from here
         return found
 
     def _rescore(self, rows: Tensor, keys: Tensor, bias: Tensor, shifts: list, k: int) -> tuple[list[Tensor], Tensor]:
