@@ -34,11 +34,6 @@ from data.modify import ObjectSampler, modified
 TPATCHER_SPLITS = ("zsre-val.jsonl", "zsre-edit.jsonl")  # D_val, D_edit beside zsre-train.jsonl
 
 
-def _answers(record: dict, where: str) -> list[str]:
-    """The distinct answers of a KILT-shaped record (`kilt_answers`)."""
-    return sorted({a.strip() for a in kilt_answers(record, where)} - {""})
-
-
 class ZsreDataModule(EditDataModule):
     task = GENERATION
     config_class = ZsreConfig
@@ -68,8 +63,9 @@ class ZsreDataModule(EditDataModule):
             loc_ans = record.get("loc_ans")
             locality = [(loc.removeprefix("nq question: ").strip(), " " + str(loc_ans).strip())] if loc else []
         else:
-            answers = _answers(record, where)
-            if layout == "tpatcher" and len(kilt_answers(record, where)) != 1:
+            given = kilt_answers(record, where)
+            answers = sorted({a.strip() for a in given} - {""})  # the distinct answers
+            if layout == "tpatcher" and len(given) != 1:
                 # its Seq2SeqData drops a record unless `output` holds one answer, even one answer
                 # given twice (src/dataset/zsre_dataloader.py:37 at fec629a)
                 answers = []
