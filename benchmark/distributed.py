@@ -43,8 +43,9 @@ def merge_initial(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """One initial.json from the ranks': the shared accuracies, every rank's fold mistakes."""
     merged = dict(parts[0])
     merged["mistakes"] = {k: v for part in parts for k, v in part["mistakes"].items()}
-    if any("locality" in part for part in parts):  # per fold, like the mistakes
-        merged["locality"] = {k: v for part in parts for k, v in part.get("locality", {}).items()}
+    for name in ("locality", "locality_tokens"):  # per fold, like the mistakes
+        if any(name in part for part in parts):
+            merged[name] = {k: v for part in parts for k, v in part.get(name, {}).items()}
     return merged
 
 

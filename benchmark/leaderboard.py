@@ -6,9 +6,11 @@ sortable tables, the figures embedded) and the plots as PNG files.
 One table per (model, dataset, data settings): runs are compared only where they streamed the
 same data (the `data` group and the loop keys that decide what is measured). Rows are runs, named
 by their folder below RUNS_DIR (the run id), with the settings that differ between them; columns
-are the registered metrics as mean ± std over folds, and the fold count. The best value of each
-ranked metric is bold within a table. Plots per table: SR against the number of edits
-(T-Patcher Fig. 4), TrainR / TestR against edits (Fig. 7); per run, T-Patcher's
+are the registered metrics as the mean over folds with its 95% interval (`[low, high]`, see
+`benchmark.metrics`; mean ± std over folds where a metric has no interval, as counts and costs
+do, or an older run lacks it), and the fold count. Within a table, every run whose interval
+overlaps the best run's is bold: a difference inside the noise is not a ranking. Plots per table:
+SR against the number of edits (T-Patcher Fig. 4), TrainR / TestR against edits (Fig. 7); per run, T-Patcher's
 patch-by-mistake activation matrix (Fig. 5), named after the run so that none overwrites another.
 """
 
@@ -24,10 +26,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from benchmark.metrics import METRICS
+from benchmark.metrics import INTERVAL_METHOD, METRICS
 
-COLUMNS = ["SR", "GR", "ER", "TrainR", "TestR", "Loc", "Loc_final", "old_kept", "A_M", "A_FS", "A_mean", "E", "N",
-           "edit_seconds_median", "run_seconds", "params_added", "params_added_pct"]
+COLUMNS = ["SR", "GR", "GR_pooled", "ER", "TrainR", "TestR", "Loc", "Loc_final", "Loc_rw", "Loc_rw_final", "old_kept",
+           "A_M", "A_FS", "A_mean", "E", "N", "edit_seconds_median", "run_seconds", "params_added", "params_added_pct"]
 # loop keys that change what a run measures (which examples, which split): part of the data settings
 MEASURING_LOOP_KEYS = ("split", "mode", "folds", "max_fold_examples", "test_limit")
 # keys that never change a number: not shown as a difference between runs
@@ -112,31 +114,60 @@ def _group_heading(key: tuple[str, str, str], all_groups: dict) -> tuple[str, st
     return title, ", ".join(f"{k}={mine[k]}" for k in differ)
 
 
+def _mean(stat: dict | None) -> float | None:
+    if not stat or stat.get("mean") is None or (isinstance(stat["mean"], float) and math.isnan(stat["mean"])):
+        return None
+    return stat["mean"]
+
+
+def _digits(name: str) -> int:
+    return 0 if name in ("E", "N", "params_added", "run_seconds") else 2 if name in ("edit_seconds_median",
+                                                                           "params_added_pct") else 3
+
+
+def _cell_parts(stat: dict | None, name: str) -> tuple[str, str]:
+    """(the mean, its interval or ± std) as text, one line: ("-", "") where there is no value."""
+    if _mean(stat) is None:
+        return "-", ""
+    digits = _digits(name)
+    if stat.get("ci95"):
+        low, high = stat["ci95"]
+        return f"{stat['mean']:.{digits}f}", f"[{low:.{digits}f}, {high:.{digits}f}]"
+    return f"{stat['mean']:.{digits}f}", (f"± {stat['std']:.{digits}f}" if stat.get("folds", 1) > 1 else "")
+
+
 def _cell(stat: dict | None, name: str) -> str:
-    if not stat or stat["mean"] is None or (isinstance(stat["mean"], float) and math.isnan(stat["mean"])):
-        return "-"
-    digits = 0 if name in ("E", "N", "params_added", "run_seconds") else 2 if name in ("edit_seconds_median",
-                                                                          "params_added_pct") else 3
-    text = f"{stat['mean']:.{digits}f}"
-    return text + (f" ± {stat['std']:.{digits}f}" if stat.get("folds", 1) > 1 else "")
+    return " ".join(t for t in _cell_parts(stat, name) if t)
 
 
 def _columns(members: list[dict]) -> list[str]:
     return [c for c in COLUMNS if any(c in r["metrics"] for r in members)]
 
 
-def _best(members: list[dict], columns: list[str]) -> dict[str, float]:
+def _best(members: list[dict], columns: list[str]) -> dict[str, set[str]]:
+    """{metric: ids of the runs marked best}: the run with the best mean, and every run whose 95%
+    interval overlaps that run's (where both have one); ranked metrics only, two runs or more."""
     best = {}
     for c in columns:
         direction = METRICS[c].higher_is_better
-        values = [r["metrics"][c]["mean"] for r in members if c in r["metrics"] and r["metrics"][c]["mean"] is not None]
-        if direction is not None and len(values) > 1:
-            best[c] = max(values) if direction else min(values)
+        scored = [r for r in members if _mean(r["metrics"].get(c)) is not None]
+        if direction is None or len(scored) < 2:
+            continue
+        top = (max if direction else min)(scored, key=lambda r: r["metrics"][c]["mean"])
+        top_stat = top["metrics"][c]
+        best[c] = {r["id"] for r in scored
+                   if r["metrics"][c]["mean"] == top_stat["mean"] or _overlap(r["metrics"][c], top_stat)}
     return best
 
 
+def _overlap(a: dict, b: dict) -> bool:
+    if not a.get("ci95") or not b.get("ci95"):
+        return False
+    return a["ci95"][0] <= b["ci95"][1] and b["ci95"][0] <= a["ci95"][1]
+
+
 def _is_best(run: dict, c: str, best: dict) -> bool:
-    return c in best and c in run["metrics"] and run["metrics"][c]["mean"] == best[c]
+    return run["id"] in best.get(c, ())
 
 
 def _folds(run: dict) -> int:
@@ -150,8 +181,9 @@ def _settings_text(settings: dict) -> str:
 def table(runs: list[dict]) -> str:
     all_groups = groups(runs)
     legend = "; ".join(f"**{m}** {METRICS[m].description}" for m in COLUMNS)
-    out = ["# seqedit leaderboard", "", "Mean ± std over folds; one table per model, dataset and data settings; "
-           f"best of each ranked metric in bold per table. Metrics: {legend}", ""]
+    out = ["# seqedit leaderboard", "", f"Mean over folds [95% interval: {INTERVAL_METHOD}] (± std over folds where a "
+           "metric has no interval); one table per model, dataset and data settings; in bold per table, the best "
+           f"run of each ranked metric and every run whose interval overlaps it. Metrics: {legend}", ""]
     for key, members in all_groups.items():
         columns = _columns(members)
         best = _best(members, columns)
@@ -274,10 +306,11 @@ def _label(run: dict, members: list[dict]) -> str:
 
 PAGE_STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}
 table{border-collapse:collapse;margin:1em 0}
-th,td{border:1px solid #ccc;padding:3px 7px;font-size:13px;text-align:right}td.text,th.text{text-align:left}
+th,td{border:1px solid #ccc;padding:3px 7px;font-size:13px;text-align:right;white-space:nowrap}
+td.text,th.text{text-align:left}
 th{background:#f2f2f2;cursor:pointer;user-select:none}th[aria-sort=descending]::after{content:" \\25BC"}
 th[aria-sort=ascending]::after{content:" \\25B2"}td.best{font-weight:bold}.std{color:#777}
-.n{color:#999;font-size:11px}img{max-width:48%;margin:4px;border:1px solid #ddd}
+img{max-width:48%;margin:4px;border:1px solid #ddd}
 dl{font-size:13px}dt{font-weight:bold;float:left;margin-right:.5em}"""
 # Sorting by a click on a header; a cell's data-sort holds its mean (or text), missing ones sort last.
 PAGE_SCRIPT = """document.querySelectorAll('table.board th').forEach(function (th) {
@@ -305,8 +338,9 @@ def page(runs: list[dict], figures: dict[tuple, list[Path]], times: list[tuple[s
     all_groups = groups(runs)
     parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'><title>seqedit leaderboard</title>",
              f"<style>{PAGE_STYLE}</style></head><body><h1>seqedit leaderboard</h1>",
-             "<p>Mean ± std over folds (n: folds); one table per model, dataset and data settings; click a column "
-             "to sort by it; the best of each ranked metric is bold.</p><dl>"]
+             f"<p>Mean over folds [95% interval: {esc(INTERVAL_METHOD)}] (± std over folds where a metric has no "
+             "interval); one table per model, dataset and data settings; click a column to sort by it; in bold, the "
+             "best run of each ranked metric and every run whose interval overlaps it.</p><dl>"]
     parts += [f"<dt>{esc(m)}</dt><dd>{esc(METRICS[m].description)}</dd>" for m in COLUMNS]
     parts.append("</dl>")
     for key, members in all_groups.items():
@@ -325,15 +359,12 @@ def page(runs: list[dict], figures: dict[tuple, list[Path]], times: list[tuple[s
             cells = [_text_cell(run["editor"]), _text_cell(run["id"]), f"<td data-sort='{folds}'>{folds}</td>"]
             for c in columns:
                 stat = run["metrics"].get(c)
-                mean = None if not stat or stat["mean"] is None or (isinstance(stat["mean"], float)
-                                                                    and math.isnan(stat["mean"])) else stat["mean"]
-                text = _cell(stat, c)
-                if mean is not None and " ± " in text:
-                    value, std = text.split(" ± ")
-                    text = f"{value}<span class='std'> ± {std}</span>"
-                n = f"<span class='n'> n={stat.get('folds')}</span>" if mean is not None and stat.get("folds") else ""
+                mean = _mean(stat)
+                value, spread = _cell_parts(stat, c)
+                text = esc(value) + (f"<span class='std'> {esc(spread)}</span>" if spread else "")
+                tip = f" title='std over folds {stat['std']}, n={stat.get('folds')}'" if mean is not None else ""
                 cls = " class='best'" if _is_best(run, c, best) else ""
-                cells.append(f"<td{cls} data-sort='{'' if mean is None else repr(float(mean))}'>{text}{n}</td>")
+                cells.append(f"<td{cls}{tip} data-sort='{'' if mean is None else repr(float(mean))}'>{text}</td>")
             cells.append(_text_cell(_settings_text(differ[run["id"]]) or "-"))
             parts.append("<tr>" + "".join(cells) + "</tr>")
         run_time = _run_time(members)

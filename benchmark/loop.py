@@ -91,37 +91,60 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def accuracy(editor: Editor, examples: list[Example], targets: list[Any] | None = None) -> float:
+def example_scores(editor: Editor, examples: list[Example], targets: list[Any] | None = None) -> list[float]:
     if not examples:
-        return float("nan")
-    return mean(editor.scores([e.prompt for e in examples], targets or [e.target for e in examples]))
+        return []
+    return editor.scores([e.prompt for e in examples], targets or [e.target for e in examples])
+
+
+def accuracy(editor: Editor, examples: list[Example], targets: list[Any] | None = None) -> float:
+    return mean(example_scores(editor, examples, targets))  # NaN where there is no example
+
+
+def probe_scores(editor: Editor, facts: list[Example]) -> list[float]:
+    """Scores on the facts' held-out probes, every probe one statement (Zhu et al.'s test set)."""
+    prompts = [p for e in facts for p in e.probes]
+    return editor.scores(prompts, [e.target for e in facts for _ in e.probes]) if prompts else []
 
 
 def probe_accuracy(editor: Editor, facts: list[Example]) -> float:
-    """Accuracy on the facts' held-out probes, every probe one statement (Zhu et al.'s test set);
-    NaN where no fact has a probe."""
-    prompts = [p for e in facts for p in e.probes]
-    return mean(editor.scores(prompts, [e.target for e in facts for _ in e.probes])) if prompts else float("nan")
+    return mean(probe_scores(editor, facts))  # NaN where no fact has a probe
+
+
+def grouped(answer, groups: list[list[tuple[str, Any]]]) -> list[list[Any]]:
+    """`answer(prompts, answers)` (an editor's `scores` or `predictions`) on every (prompt, answer)
+    pair of every group, in one batch, grouped back."""
+    pairs = [(i, p, a) for i, group in enumerate(groups) for p, a in group]
+    values = answer([p for _, p, _ in pairs], [a for _, _, a in pairs]) if pairs else []
+    out: list[list[Any]] = [[] for _ in groups]
+    for (i, _, _), value in zip(pairs, values):
+        out[i].append(value)
+    return out
 
 
 def grouped_scores(editor: Editor, groups: list[list[tuple[str, Any]]]) -> list[list[float]]:
-    """Right/wrong on every (prompt, answer) pair of every group, in one batch, grouped back."""
-    pairs = [(i, p, a) for i, group in enumerate(groups) for p, a in group]
-    scores = editor.scores([p for _, p, _ in pairs], [a for _, _, a in pairs]) if pairs else []
-    out: list[list[float]] = [[] for _ in groups]
-    for (i, _, _), score in zip(pairs, scores):
-        out[i].append(score)
-    return out
+    return grouped(editor.scores, groups)
 
 
 def locality_scores(editor: Editor, examples: list[Example]) -> list[list[float]]:
     """Right/wrong on each example's locality pairs (prompt, answer)."""
-    return grouped_scores(editor, [e.locality for e in examples])
+    return grouped(editor.scores, [e.locality for e in examples])
+
+
+def locality_predictions(editor: Editor, examples: list[Example]) -> list[list[list[int]]]:
+    """The teacher-forced answers on each example's locality pairs (EasyEdit's locality reading)."""
+    return grouped(editor.predictions, [e.locality for e in examples])
 
 
 def kept(now: list[float], before: list[float]) -> list[float]:
     """Per locality pair: 1 where the model is right or wrong on it as the initial model was."""
     return [float(a == b) for a, b in zip(now, before)]
+
+
+def tokens_kept(now: list[list[int]], before: list[list[int]]) -> list[float]:
+    """Per locality pair: the share of the initial model's teacher-forced answers that the model
+    still gives (EasyEdit's Loc: mean of pre == post over the answer's tokens)."""
+    return [sum(a == b for a, b in zip(n, b4)) / len(b4) for n, b4 in zip(now, before)]
 
 
 def shown_to_editor(example: Example) -> Example:
@@ -174,27 +197,38 @@ class SequentialEditingCallback(L.Callback):
         self.fold = None
 
     def _final(self, editor: Editor) -> dict[str, Any]:
-        """The final model's accuracies over the fold, D_tr and D_test (and Loc, A_M, A_F\\S)."""
+        """The final model's accuracies over the fold, D_tr and D_test (and Loc, A_M, A_F\\S), and in
+        `items` the per-example scores behind them (f0's too for the ratios), which the metrics'
+        intervals resample."""
         fold_examples = self.loop.stream(self.splits.folds[self.fold])
         past = [fold_examples[r["index"]] for r in self.edits]
+        items = {"past_edits": example_scores(editor, past),
+                 "train_subsample": example_scores(editor, self.splits.train_subsample),
+                 "test": example_scores(editor, self.test_set)}
         final = {
-            "past_edits": accuracy(editor, past),
-            "train_subsample": accuracy(editor, self.splits.train_subsample),
-            "test": accuracy(editor, self.test_set),
             "initial_mistakes": self.initial["mistakes"][str(self.fold)],
             "params_added": editor.params_added(),
             "base_params": editor.adapter.parameter_count(),
         }
         if any(e.locality for e in fold_examples):  # Loc of the final model over the fold's locality pairs
-            before = self.initial["locality"][str(self.fold)]
-            final["locality"] = mean([k for now, was in zip(locality_scores(editor, fold_examples), before)
-                                      for k in kept(now, was)])
+            fold = str(self.fold)
+            items["locality"] = [k for now, was in zip(locality_predictions(editor, fold_examples),
+                                                       self.initial["locality_tokens"][fold])
+                                 for k in tokens_kept(now, was)]
+            items["locality_rw"] = [k for now, was in zip(locality_scores(editor, fold_examples),
+                                                          self.initial["locality"][fold])
+                                    for k in kept(now, was)]
         replaced = [e for e in fold_examples if e.original_target is not None]
         if replaced:  # modified facts: does the final model still give the old (true) object?
-            final["old_kept"] = accuracy(editor, replaced, [e.original_target for e in replaced])
+            items["old_kept"] = example_scores(editor, replaced, [e.original_target for e in replaced])
         if self.splits.unmodified:  # Zhu et al.: on held-out probes only
-            final["modified"] = probe_accuracy(editor, fold_examples)
-            final["unmodified"] = probe_accuracy(editor, self.splits.unmodified)
+            items["modified"] = probe_scores(editor, fold_examples)
+            items["unmodified"] = probe_scores(editor, self.splits.unmodified)
+        final.update({name: mean(scores) for name, scores in items.items()})
+        for name in ("train_subsample", "test"):  # the ratios' denominators, example by example
+            if name in self.initial.get("items", {}):
+                items[f"{name}_initial"] = self.initial["items"][name]
+        final["items"] = items
         return final
 
     # -- Lightning hooks -----------------------------------------------------------------------
@@ -242,7 +276,7 @@ class SequentialEditingCallback(L.Callback):
                 if ex.equivalents:
                     record["gr"] = editor.scores(ex.equivalents, [ex.target] * len(ex.equivalents))
                 if ex.locality:
-                    record["loc"] = self._locality_kept(editor, item.fold, item.index, ex)
+                    record.update(self._locality_kept(editor, item.fold, [(item.index, ex)])[0])
             record["params_added"] = editor.params_added()
         editor.after_example(shown, check)
         self.records.append(record)
@@ -268,9 +302,14 @@ class SequentialEditingCallback(L.Callback):
         self.last_state = time.perf_counter()
         self.state_seconds = self.last_state - began
 
-    def _locality_kept(self, editor: Editor, fold: int, index: int, example: Example) -> list[float]:
-        """Right after an edit: which of the example's locality pairs the model answers as f0 did."""
-        return kept(locality_scores(editor, [example])[0], self.initial["locality"][str(fold)][index])
+    def _locality_kept(self, editor: Editor, fold: int, examples: list[tuple[int, Example]]) -> list[dict]:
+        """Right after an edit, per (index, example): its locality pairs' `loc_tokens` (EasyEdit's
+        Loc: the initial model's teacher-forced answers kept) and `loc` (right or wrong as f0 was)."""
+        shown = [ex for _, ex in examples]
+        tokens, scores = locality_predictions(editor, shown), locality_scores(editor, shown)
+        before_tokens, before = self.initial["locality_tokens"][str(fold)], self.initial["locality"][str(fold)]
+        return [{"loc_tokens": tokens_kept(t, before_tokens[i]), "loc": kept(s, before[i])}
+                for (i, _), t, s in zip(examples, tokens, scores)]
 
     def _process_batch(self, editor: Editor, item: StreamItem) -> None:
         """`loop.mode=batch` (Zhu et al., Sec. 4): at the fold's first example, every fact of the
@@ -289,14 +328,14 @@ class SequentialEditingCallback(L.Callback):
         with self.cache.lent():
             after = editor.scores([e.prompt for e in facts], [e.target for e in facts])
             gr = grouped_scores(editor, [[(q, e.target) for q in e.equivalents] for e in facts])
-            loc = locality_scores(editor, facts)
+            with_pairs = [(i, e) for i, e in enumerate(facts) if e.locality]
+            loc = dict(zip([i for i, _ in with_pairs], self._locality_kept(editor, item.fold, with_pairs)))
         for index, (ex, was, now) in enumerate(zip(facts, before, after)):
             record = {"type": "edit", "fold": item.fold, "index": index, "uid": ex.uid, "mistake": was < 1,
                       "edited": True, "success": now == 1, "seconds": seconds / len(facts), "steps": result.steps,
                       "gr": gr[index],
                       "params_added": editor.params_added(),
-                      **({"loc": kept(loc[index], self.initial["locality"][str(item.fold)][index])}
-                         if ex.locality else {}),
+                      **loc.get(index, {}),
                       "info": {"batch_size": len(facts), "batch_seconds": seconds,
                                **(result.info if index == 0 else {})}}
             self.records.append(record)

@@ -2,19 +2,34 @@
 
 T-Patcher (Huang et al. 2023, Sec. 3): SR, GR, ER, TrainR, TestR, E, N. Zhu et al. (2020):
 A_M (modified facts), A_FS (unmodified facts, A_F\\S) and their mean A_mean, on held-out probes.
-Loc (MEND, SERAC, EasyEdit): on each example's locality prompts, the share answered as the initial
-model answered them; seqedit compares right/wrong on the file's locality answer (which every
-editor, those answering from a memory included, can be asked), where EasyEdit compares the
-predicted tokens themselves.
-GR is averaged per edit first (each edit's equivalents), then over edits with equivalents.
+Loc (EasyEdit, `compute_locality_quality`): on each example's locality prompts, teacher-forced on
+the file's locality answer, the share of the initial model's predicted tokens that the edited
+model still predicts (per pair; averaged over an edit's pairs, then over edits). Loc_rw: the
+share of locality pairs the model gets right or wrong as the initial model did (exact match of
+the locality answer), a coarser reading.
+GR is averaged per edit first (each edit's equivalents), then over edits with equivalents;
+GR_pooled pools every equivalent of every edit, as T-Patcher's code counts them.
 Std over folds is the sample standard deviation (ddof=1); one fold has std 0.
+
+Intervals (`INTERVAL_METHOD`): a 95% percentile bootstrap. Within each fold, the items a metric
+averages are resampled with replacement (edits for SR, GR, Loc and the median edit time; the
+scored examples or locality pairs for ER, TrainR, TestR, Loc_final, old_kept, A_M and A_F\\S; a
+ratio's numerator and denominator on the same resampled examples), the metric is computed on the
+resample, and the fold values are averaged over folds as the reported mean is (folds are strata,
+each resampled apart). The items are treated as exchangeable given the run: the interval says how
+much the number would move with other examples of the same kind, not with another stream order.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+import warnings
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -34,7 +49,9 @@ def _metric(name: str, higher: bool | None, description: str) -> None:
 
 
 _metric("SR", True, "success rate: the edit holds right after it")
-_metric("GR", True, "generalisation rate: right on the edit's equivalent inputs right after it")
+_metric("GR", True, "generalisation rate: right on the edit's equivalent inputs right after it (mean per edit, "
+        "then over edits)")
+_metric("GR_pooled", True, "generalisation rate over all equivalents of all edits pooled (T-Patcher's code)")
 _metric("ER", True, "edit retain rate: the final model still gets every past edit right")
 _metric("TrainR", True, "accuracy on D_tr, final / initial")
 _metric("TestR", True, "accuracy on D_test, final / initial")
@@ -46,8 +63,12 @@ _metric("run_seconds", None, "wall seconds of the run: set-up, initial evaluatio
 _metric("params_added", None, "parameters the editor added to the model")
 _metric("params_added_pct", None, "model growth, percent of the initial parameter count")
 _metric("failed_edits", False, "edits that did not hold right after them")
-_metric("Loc", True, "locality: share of the edit's locality prompts answered as the initial model did, right after it")
-_metric("Loc_final", True, "locality of the final model over the fold's locality prompts")
+_metric("Loc", True, "locality (EasyEdit): share of the initial model's teacher-forced tokens on the edit's "
+        "locality prompts still predicted, right after it")
+_metric("Loc_final", True, "Loc of the final model over the fold's locality prompts")
+_metric("Loc_rw", True, "share of the edit's locality prompts the model gets right or wrong as the initial model "
+        "did (exact match of the file's locality answer), right after it")
+_metric("Loc_rw_final", True, "Loc_rw of the final model over the fold's locality prompts")
 _metric("old_kept", False, "modified facts whose edit prompt the final model still answers with the old (true) object")
 _metric("A_M", True, "accuracy on modified facts (Zhu et al.)")
 _metric("A_FS", True, "accuracy on unmodified facts, A_F\\S (Zhu et al.)")
@@ -69,9 +90,11 @@ def fold_metrics(edits: list[dict], final: dict, initial: dict) -> dict[str, flo
     """edits: the fold's records of edited examples; final: accuracies of the final model
     (`past_edits`, `train_subsample`, `test`, optional `modified`, `unmodified`); initial: of f0."""
     gr_per_edit = [mean(e["gr"]) for e in edits if e["gr"]]
+    gr_all = [g for e in edits for g in e["gr"]]
     out = {
         "SR": mean([float(e["success"]) for e in edits]),
         "GR": mean(gr_per_edit),
+        "GR_pooled": mean(gr_all),
         "ER": final["past_edits"],
         "TrainR": ratio(final["train_subsample"], initial["train_subsample"]),
         "TestR": ratio(final["test"], initial["test"]),
@@ -82,9 +105,11 @@ def fold_metrics(edits: list[dict], final: dict, initial: dict) -> dict[str, flo
         "params_added_pct": 100.0 * final["params_added"] / final["base_params"],
         "failed_edits": float(sum(not e["success"] for e in edits)),
     }
-    loc_per_edit = [mean(e["loc"]) for e in edits if e.get("loc")]
+    loc_per_edit = [mean(e["loc_tokens"]) for e in edits if e.get("loc_tokens")]
+    rw_per_edit = [mean(e["loc"]) for e in edits if e.get("loc")]
     if loc_per_edit or "locality" in final:
         out["Loc"], out["Loc_final"] = mean(loc_per_edit), final.get("locality", math.nan)
+        out["Loc_rw"], out["Loc_rw_final"] = mean(rw_per_edit), final.get("locality_rw", math.nan)
     if "old_kept" in final:
         out["old_kept"] = final["old_kept"]
     if "modified" in final:
@@ -93,8 +118,10 @@ def fold_metrics(edits: list[dict], final: dict, initial: dict) -> dict[str, flo
     return out
 
 
-def aggregate(per_fold: dict[int, dict[str, float]]) -> dict[str, dict[str, float]]:
-    """{metric: {mean, std}} over folds, ignoring NaN/None (e.g. GR where no edit had equivalents)."""
+def aggregate(per_fold: dict[int, dict[str, float]],
+              intervals: dict[str, list[float]] | None = None) -> dict[str, dict[str, float]]:
+    """{metric: {mean, std, folds, ci95}} over folds, ignoring NaN/None (e.g. GR where no edit had
+    equivalents); `ci95` where `intervals` has the metric (see `fold_intervals`)."""
     names = sorted({k for m in per_fold.values() for k in m}, key=list(METRICS).index)
     out = {}
     for name in names:
@@ -104,4 +131,110 @@ def aggregate(per_fold: dict[int, dict[str, float]]) -> dict[str, dict[str, floa
             "std": statistics.stdev(values) if len(values) > 1 else 0.0,
             "folds": len(values),
         }
+        if intervals and name in intervals:
+            out[name]["ci95"] = intervals[name]
     return out
+
+
+# -- intervals ---------------------------------------------------------------------------------
+RESAMPLES = 2000
+INTERVAL_METHOD = (f"95% percentile bootstrap, {RESAMPLES} resamples: the items a metric averages (edits; scored "
+                   "examples or locality pairs) resampled with replacement within each fold, the fold values "
+                   "averaged over folds as the mean is")
+Replicates = Callable[[np.random.Generator], np.ndarray]  # one fold's metric on RESAMPLES resamples
+
+
+def _draws(rng: np.random.Generator, n: int) -> np.ndarray:
+    return rng.integers(0, n, size=(RESAMPLES, n))
+
+
+def _boot_mean(values: list[float]) -> Replicates | None:
+    v = np.asarray(values, dtype=float)
+    return (lambda rng: v[_draws(rng, v.size)].mean(axis=1)) if v.size else None
+
+
+def _boot_median(values: list[float]) -> Replicates | None:
+    v = np.asarray(values, dtype=float)
+    return (lambda rng: np.median(v[_draws(rng, v.size)], axis=1)) if v.size else None
+
+
+def _boot_ratio(final: list[float], initial: list[float]) -> Replicates | None:
+    """final / initial accuracy on the same resampled examples (the pairing keeps their correlation)."""
+    f, i = np.asarray(final, dtype=float), np.asarray(initial, dtype=float)
+    if not f.size or f.size != i.size:
+        return None
+
+    def replicates(rng):
+        idx = _draws(rng, f.size)
+        den = i[idx].mean(axis=1)
+        return np.where(den > 0, f[idx].mean(axis=1) / np.where(den > 0, den, 1.0), np.nan)
+
+    return replicates
+
+
+def _boot_pooled(groups: list[list[float]]) -> Replicates | None:
+    """Sum over count of every member of the resampled groups (GR_pooled: edits resampled whole)."""
+    sums = np.asarray([sum(g) for g in groups], dtype=float)
+    counts = np.asarray([len(g) for g in groups], dtype=float)
+    if not counts.sum():
+        return None
+
+    def replicates(rng):
+        idx = _draws(rng, sums.size)
+        total = counts[idx].sum(axis=1)
+        return np.where(total > 0, sums[idx].sum(axis=1) / np.where(total > 0, total, 1.0), np.nan)
+
+    return replicates
+
+
+def _boot_average(a: Replicates | None, b: Replicates | None) -> Replicates | None:
+    return (lambda rng: (a(rng) + b(rng)) / 2) if a and b else None
+
+
+def fold_replicates(edits: list[dict], final: dict) -> dict[str, Replicates]:
+    """The resampling of each metric of one fold that has items to resample; `final["items"]` holds
+    the per-example scores of the final model (and f0's for the ratios), absent in older runs."""
+    items = final.get("items", {})
+    out = {
+        "SR": _boot_mean([float(e["success"]) for e in edits]),
+        "GR": _boot_mean([mean(e["gr"]) for e in edits if e["gr"]]),
+        "GR_pooled": _boot_pooled([e["gr"] for e in edits]),
+        "Loc": _boot_mean([mean(e["loc_tokens"]) for e in edits if e.get("loc_tokens")]),
+        "Loc_rw": _boot_mean([mean(e["loc"]) for e in edits if e.get("loc")]),
+        "edit_seconds_median": _boot_median([e["seconds"] for e in edits]),
+        "ER": _boot_mean(items.get("past_edits", [])),
+        "TrainR": _boot_ratio(items.get("train_subsample", []), items.get("train_subsample_initial", [])),
+        "TestR": _boot_ratio(items.get("test", []), items.get("test_initial", [])),
+        "Loc_final": _boot_mean(items.get("locality", [])),
+        "Loc_rw_final": _boot_mean(items.get("locality_rw", [])),
+        "old_kept": _boot_mean(items.get("old_kept", [])),
+        "A_M": _boot_mean(items.get("modified", [])),
+        "A_FS": _boot_mean(items.get("unmodified", [])),
+    }
+    out["A_mean"] = _boot_average(out["A_M"], out["A_FS"])
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def fold_intervals(folds: dict[int, tuple[list[dict], dict, dict]]) -> dict[str, list[float]]:
+    """{metric: [low, high]}, the 95% interval of the mean over folds (`INTERVAL_METHOD`), from each
+    fold's (edit records, final accuracies, metrics). Deterministic: each metric's resamples are
+    seeded by its name, so a rebuilt results file has the same intervals. A metric gets an interval
+    only where every fold that reports it has its items to resample (not so in older runs)."""
+    per_fold = {f: fold_replicates(edits, final) for f, (edits, final, _) in folds.items()}
+    out = {}
+    for name in METRICS:
+        reporting = [f for f, (_, _, metrics) in folds.items() if _finite(metrics.get(name))]
+        if not reporting or any(name not in per_fold[f] for f in reporting):
+            continue
+        rng = np.random.default_rng(zlib.crc32(name.encode()))
+        with warnings.catch_warnings():  # a resample can leave a fold without a value (all-NaN column)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            combined = np.nanmean(np.stack([per_fold[f][name](rng) for f in reporting]), axis=0)
+            low, high = np.nanpercentile(combined, [2.5, 97.5])
+        if np.isfinite(low) and np.isfinite(high):
+            out[name] = [float(low), float(high)]
+    return out
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)

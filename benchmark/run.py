@@ -27,13 +27,14 @@ from benchmark.init import prepare_initial_model
 from benchmark.loop import (
     SequentialEditingCallback,
     StreamItem,
-    accuracy,
+    example_scores,
+    locality_predictions,
     locality_scores,
     probe_accuracy,
     seed_all,
     stop_on_signals,
 )
-from benchmark.metrics import aggregate
+from benchmark.metrics import INTERVAL_METHOD, aggregate, fold_intervals, mean
 from benchmark.models import build_model
 from benchmark.models.prefix_cache import PrefixCache
 from benchmark.records import ResumeError, RunLock, RunRecords, config_identity
@@ -97,11 +98,12 @@ def _initial_accuracies(editor: Editor, splits: EditSplits, folds: list[int], lo
         stream = loop.stream(splits.folds[f])
         scores = editor.scores([e.prompt for e in stream], [e.target for e in stream])
         mistakes[str(f)] = sum(s < 1 for s in scores)
-    out = {"train_subsample": accuracy(editor, splits.train_subsample), "test": accuracy(editor, test),
-           "mistakes": mistakes}
+    items = {"train_subsample": example_scores(editor, splits.train_subsample), "test": example_scores(editor, test)}
+    out = {**{name: mean(scores) for name, scores in items.items()}, "mistakes": mistakes, "items": items}
     locality = {str(f): locality_scores(editor, loop.stream(splits.folds[f])) for f in folds}
-    if any(pairs for fold in locality.values() for pairs in fold):  # Loc: f0's right/wrong on each pair
-        out["locality"] = locality
+    if any(pairs for fold in locality.values() for pairs in fold):  # Loc: f0's answers on each pair
+        out["locality"] = locality  # right/wrong (Loc_rw)
+        out["locality_tokens"] = {str(f): locality_predictions(editor, loop.stream(splits.folds[f])) for f in folds}
     if splits.unmodified:
         out["unmodified"] = probe_accuracy(editor, splits.unmodified)
     return out
@@ -366,6 +368,9 @@ def summarize(records: RunRecords) -> dict[str, Any]:
 
 
 def summarize_lines(lines: list[dict], run_dir: Path) -> dict[str, Any]:
-    per_fold = {r["fold"]: r["metrics"] for r in lines if r["type"] == "fold_end"}
+    ends = {r["fold"]: r for r in lines if r["type"] == "fold_end"}
+    per_fold = {f: r["metrics"] for f, r in ends.items()}
+    edits = {f: [r for r in lines if r["type"] == "edit" and r["fold"] == f and r["edited"]] for f in ends}
+    intervals = fold_intervals({f: (edits[f], r["final"], r["metrics"]) for f, r in ends.items()})
     return {"run_dir": str(run_dir), "folds": {str(k): v for k, v in sorted(per_fold.items())},
-            "metrics": aggregate(per_fold)}
+            "metrics": aggregate(per_fold, intervals), "interval": INTERVAL_METHOD}

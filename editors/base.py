@@ -131,6 +131,11 @@ class Editor(L.LightningModule):
         """Correctness of the current (edited) model; editors that answer differently override."""
         return self.adapter.scores(prompts, targets)
 
+    def predictions(self, prompts: list[str], targets: list[Any]) -> list[list[int]]:
+        """The current model's answer at each scored position under teacher forcing on the target
+        (`ModelAdapter.predictions`); editors that answer differently override, with `scores`."""
+        return self.adapter.predictions(prompts, targets)
+
     def params_added(self) -> int:
         return 0
 

@@ -18,7 +18,12 @@ One edit:
    MEMIT: W += r (lambda C + k k^T)^-1 k^T in float64 (mm:155-212);
    AlphaEdit: W += [(P (k k^T + K_p K_p^T) + L2 I)^-1 P k r^T]^T (am:111-139), P the projection on
    C's null space (eigenvalues below `nullspace_threshold`, ev:405-421), K_p the keys of earlier
-   edits of the fold (am:146-148).
+   edits of the fold (am:146-148);
+   memit_seq, the AlphaEdit authors' sequential MEMIT (`ms` memit/memit_seq_main.py at f5248d3):
+   MEMIT with K_p K_p^T added, W += r (lambda C + K_p K_p^T + k k^T)^-1 k^T (ms:198-200, K_p read
+   on the edited model, ms:226-228). There `apply_memit_seq_to_model` drops its `cache_c` argument
+   on the way to `execute_memit` (ms:45), whose default None then fails at ms:199; seqedit follows
+   ms:199 and ms:228 as the evaluation script means them (ev:193-201, 245, 260-261).
 C = E[k k^T] is the keys' second moment on a text corpus (Wikipedia in the papers): here
 `stats_source` = the run's memory pool and D'train (prompt + answer), or a text file, cached per
 model, block and source.
@@ -109,6 +114,7 @@ class MemitEditor(Editor):
             p.requires_grad_(False)
         self.templates = ["{}", *self._prefixes()]
         self.second_moments = self._second_moments(self._stats_texts(data)) if self.uses_second_moments else []
+        self.past = self._no_past() if self.keeps_past_keys else []
 
     @property
     def uses_second_moments(self) -> bool:
@@ -253,14 +259,32 @@ class MemitEditor(Editor):
         self._after_edit(texts, positions)
         return EditResult(steps=steps, info={"subject_found": subject is not None})
 
+    @property
+    def keeps_past_keys(self) -> bool:
+        """Whether the keys of the fold's earlier edits join the update's preserved keys (memit_seq,
+        AlphaEdit), kept as sum k k^T per block in float32, as the published cache_c."""
+        return self.config.past_keys
+
     @torch.no_grad()
     def _update(self, i: int, site, key: Tensor, residual: Tensor) -> None:
-        C = self.second_moments[i].double()
-        adj = torch.linalg.solve(self.config.mom2_update_weight * C + torch.outer(key, key), key)
+        C = self.config.mom2_update_weight * self.second_moments[i].double()
+        if self.keeps_past_keys:  # memit_seq_main.py:198-200: lambda C + cache_c + k k^T
+            C = C + self.past[i].double()
+        adj = torch.linalg.solve(C + torch.outer(key, key), key)
         site.out_proj.weight += torch.outer(residual, adj).to(site.out_proj.weight.dtype)
 
     def _after_edit(self, texts: list[str], positions: list[int]) -> None:
-        """MEMIT keeps nothing between edits."""
+        """The keys of this edit, read on the edited model, join the preserved ones where the editor
+        keeps them (am:146-148, memit_seq_main.py:226-228); plain MEMIT keeps nothing."""
+        if not self.keeps_past_keys:
+            return
+        keys = self._read(texts, positions, [(site.out_proj, False) for site in self.sites])
+        for i, k in enumerate(keys):
+            k = mean_key(k).float()
+            self.past[i] += torch.outer(k, k)
+
+    def _no_past(self) -> list[Tensor]:
+        return [torch.zeros(C.shape, dtype=torch.float32, device=self.adapter.device) for C in self.second_moments]
 
     def _target_vector(self, example: Example, texts, positions, subject, block) -> tuple[Tensor, int]:
         cfg, adapter = self.config, self.adapter
@@ -313,6 +337,18 @@ class MemitEditor(Editor):
     def reset(self) -> None:
         super().reset()
         self._fallbacks = 0
+        self.past = self._no_past() if self.keeps_past_keys else []
+
+    def edit_state(self) -> dict[str, Any]:
+        if not self.keeps_past_keys:
+            return super().edit_state()
+        return {"weights": super().edit_state(), "past": [p.clone() for p in self.past]}
+
+    def load_edit_state(self, state: dict[str, Any]) -> None:
+        if not self.keeps_past_keys:
+            return super().load_edit_state(state)
+        super().load_edit_state(state["weights"])
+        self.past = [p.clone() for p in state["past"]]
 
 
 class AlphaEditEditor(MemitEditor):
@@ -326,7 +362,6 @@ class AlphaEditEditor(MemitEditor):
             small = U[:, S < self.config.nullspace_threshold]
             self.projections.append((small @ small.T).to(self.adapter.device))
             self.null_dims.append(small.shape[1])
-        self.past = [torch.zeros_like(p) for p in self.projections]
 
     @torch.no_grad()
     def _update(self, i: int, site, key: Tensor, residual: Tensor) -> None:
@@ -334,24 +369,6 @@ class AlphaEditEditor(MemitEditor):
         k = key.float()[:, None]
         upd = torch.linalg.solve(P @ (k @ k.T + self.past[i]) + self.config.l2 * eye, P @ k @ residual.float()[None])
         site.out_proj.weight += upd.T.to(site.out_proj.weight.dtype)
-
-    def _after_edit(self, texts: list[str], positions: list[int]) -> None:
-        """The keys of this edit, on the edited model, join the preserved ones (am:146-148)."""
-        keys = self._read(texts, positions, [(site.out_proj, False) for site in self.sites])
-        for i, k in enumerate(keys):
-            k = mean_key(k).float()
-            self.past[i] += torch.outer(k, k)
-
-    def reset(self) -> None:
-        super().reset()
-        self.past = [torch.zeros_like(p) for p in self.projections]
-
-    def edit_state(self) -> dict[str, Any]:
-        return {"weights": super().edit_state(), "past": [p.clone() for p in self.past]}
-
-    def load_edit_state(self, state: dict[str, Any]) -> None:
-        super().load_edit_state(state["weights"])
-        self.past = [p.clone() for p in state["past"]]
 
     def fold_report(self) -> dict[str, Any]:
         return {**super().fold_report(), "null_space_dims": list(self.null_dims)}
@@ -363,6 +380,10 @@ class RomeEditor(MemitEditor):
     @property
     def uses_second_moments(self) -> bool:
         return self.config.mom2_adjustment
+
+    @property
+    def keeps_past_keys(self) -> bool:
+        return False  # ROME's update (rm) keeps nothing between edits
 
     def _prefixes(self) -> list[str]:
         """ROME's prefixes: sampled from the start token alone (top-k 5), the first half 5 tokens

@@ -138,6 +138,19 @@ class RetrievalEditor(Editor):
                 out[i] = float(self._same(self.store.values[int(index[i])], targets[i]))
         return out
 
+    @torch.no_grad()
+    def predictions(self, prompts: list[str], targets: list[Any]) -> list[list[int]]:
+        """The model's teacher-forced answers, and a stored answer's own tokens where the memory
+        answers (an in-scope prompt gets that answer whole, whatever the target)."""
+        out = self.adapter.predictions(prompts, targets)
+        if self._off or len(self.store) == 0 or not prompts:
+            return out
+        distance, index = self.store.search(self.prompt_keys(prompts))
+        for i, hit in enumerate(self.in_scope(distance).tolist()):
+            if hit:
+                out[i] = self.adapter.target_ids(prompts[i], self.store.values[int(index[i])])
+        return out
+
     @contextmanager
     def disabled(self):
         """The base model's answers: the memory is bypassed."""

@@ -8,8 +8,12 @@ from hparams/WISE/llama-7b.yaml, the retrieval variant WISE-Retrieve).
 One edit (W:150-250, M:18-35):
 * the batch: the edit prompt under 11 context templates (the bare prompt and greedy 5- and
   10-token continuations of "I", "You", "Because", "Yes", "Q: "; U:426-450) with its answer, and
-  one unrelated prompt (the published `loc_prompt`; here a memory-pool prompt drawn per edit, as
-  an editor never holds the data's locality prompts);
+  one unrelated prompt, the published `loc_prompts[i]`: the i-th record of the *training* file's
+  locality prompt and answer (EasyEdit examples/run_wise_editing.py:46-48 at aab6938, zsre_mend_train
+  for edits of zsre_mend_edit), so never the edit's own locality prompt, which locality is scored on.
+  Here (`unrelated=locality`) the i-th edit of a fold takes the locality pair of the i-th
+  memory-pool record that has one (D'train, never an evaluated example); where no pool record has
+  one (the facts set), a memory-pool fact drawn per edit, as `unrelated=pool` always does;
 * SGD (lr 1.0, weight decay 1e-5) on the side memory for `max_steps` (70), the gradient masked to
   a random `mask_ratio` share of its entries (the knowledge shard, drawn when a shard starts;
   W:160-162, 470-476), each entry clamped to the original weight +- `norm_constraint` (W:252-258);
@@ -151,6 +155,8 @@ class WiseEditor(HookedEditor):
         if not self.pool:
             raise ValueError("editor=wise draws an unrelated prompt per edit from the memory pool, and the data "
                              "gives none (raise data.pool_size or lower data.train_subsample)")
+        # (prompt, answer) of the pool records' locality pairs: the published loc_prompts
+        self.locality = [e.locality[0] for e in self.pool if e.locality] if self.config.unrelated == "locality" else []
         self.templates = ["{}", *self._templates()]
 
     @torch.no_grad()
@@ -170,10 +176,10 @@ class WiseEditor(HookedEditor):
     # -- editing --------------------------------------------------------------------------------------
     def edit(self, example: Example) -> EditResult:
         cfg, adapter = self.config, self.adapter
-        unrelated = random.choice(self.pool)
+        unrelated = self._unrelated()
         n = len(self.templates)
-        batch = adapter.encode([t.format(example.prompt) for t in self.templates] + [unrelated.prompt],
-                               [example.target] * n + [unrelated.target])
+        batch = adapter.encode([t.format(example.prompt) for t in self.templates] + [unrelated[0]],
+                               [example.target] * n + [unrelated[1]])
         x, main, finish = self._capture(batch)
         if self.edits % cfg.save_freq == 0:  # a new shard: a new random mask (W:160-162)
             # drawn on the CPU, then moved: the same seed gives the same draws on any device
@@ -216,7 +222,16 @@ class WiseEditor(HookedEditor):
         self.side_min_gap = min(self.side_min_gap, edit_gap)
         self._after_edit()
         return EditResult(steps=taken, info={"gap": edit_gap, "unrelated_gap": float(g_unrelated.detach()[0]),
-                                             "shards": len(self.shards)})
+                                             "shards": len(self.shards),
+                                             "unrelated_from": "locality" if self.locality else "pool"})
+
+    def _unrelated(self) -> tuple[str, object]:
+        """This edit's unrelated (prompt, answer): the locality pair of the pool record paired with
+        the edit by its index in the fold (run_wise_editing.py:46-48), else a random pool fact."""
+        if self.locality:
+            return self.locality[self.edits % len(self.locality)]
+        fact = random.choice(self.pool)
+        return fact.prompt, fact.target
 
     def _capture(self, batch):
         """The main output of the side memory's block at every position, its input, and `finish`:

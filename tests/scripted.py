@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -53,6 +54,7 @@ class ScriptedConfig(EditorConfig):
     sleep: float = 0.0  # seconds each edit takes (signal tests)
     generalises: bool = True  # an edit also fixes the fact's held-out probe
     fail: list[str] = field(default_factory=list)  # prompts whose edit changes nothing
+    side_effect: str = ""  # a prompt each edit also makes the model answer " maybe"
 
 
 class Crash(RuntimeError):
@@ -73,6 +75,9 @@ class ScriptedEditor(Editor):
     def scores(self, prompts, targets):
         return [float(self.knowledge.get(p) == t) for p, t in zip(prompts, targets)]
 
+    def predictions(self, prompts, targets):  # one "token" per answer: its checksum (None: no answer)
+        return [[zlib.crc32(str(self.knowledge.get(p)).encode())] for p in prompts]
+
     def edit(self, example):
         if ScriptedEditor.calls == self.config.crash_at:
             ScriptedEditor.calls += 1
@@ -89,6 +94,8 @@ class ScriptedEditor(Editor):
                 self.knowledge.pop(prompt, None)
                 self.knowledge.pop(f"{prompt}?", None)
         self.knowledge[example.prompt] = example.target
+        if self.config.side_effect:
+            self.knowledge[self.config.side_effect] = " maybe"
         assert not example.equivalents, "the loop hands an editor no equivalents (GR is measured on them)"
         assert not example.probes, "the loop hands an editor no held-out probes (A_M is measured on them)"
         if self.config.generalises:

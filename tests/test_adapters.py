@@ -201,3 +201,21 @@ def test_an_examples_score_does_not_depend_on_its_batch(family):
         assert adapter.scores(prompts, targets) == alone
         backwards = adapter.scores(prompts[::-1], targets[::-1])
         assert backwards == alone[::-1]
+
+
+@pytest.mark.parametrize("eval_batch_size", [1, 2])
+def test_predictions_are_the_teacher_forced_answers_in_the_order_given(family, eval_batch_size):
+    """`predictions` (EasyEdit's locality reading): per example, the argmax (or label) at each
+    scored position of its own forward, whatever batch and length order it was run in; a target
+    the model gets right token for token under teacher forcing is its own `target_ids`."""
+    adapter = tiny(FAMILIES[family], eval_batch_size=eval_batch_size)
+    prompts, targets = _examples(adapter)
+    got = adapter.predictions(prompts, targets)
+    for prompt, target, answers in zip(prompts, targets, got):
+        batch = adapter.encode([prompt], [target])
+        alone = adapter.task.predicted(adapter.scored_logits(batch)).tolist()
+        assert answers == alone and len(answers) == len(adapter.target_ids(prompt, target))
+    taught = [adapter.target_ids(p, t) for p, t in zip(prompts, targets)]
+    right = [a == t for a, t in zip(got, taught)]
+    if adapter.task == "classification" or not adapter.scores_by_generation:
+        assert right == [s == 1 for s in adapter.scores(prompts, targets)]

@@ -24,6 +24,7 @@ ROWS = {
     "knn_lm": {"epsilon": 0.01, "backend": "torch"},
     "grace": {"max_steps": 50, "layer": 0},
     "memit": {"layers": [0], "mom2_update_weight": 10.0},
+    "memit_seq": {"layers": [0], "mom2_update_weight": 10.0},
     "alphaedit": {"layers": [0], "l2": 0.01},
     "rome": {"layers": [0], "context_templates": 2},
     "wise": {"layer": 0, "max_steps": 40},
@@ -38,6 +39,7 @@ ROWS = {
 # others and `test_refused_families_are_refused` holds the refusal
 REFUSED = {"grace": {"seq2seq"},  # scored by generation, where its read-position hook does not act
            "memit": {"seq2seq", "classifier", "masked"},  # decoder LMs, the method's models
+           "memit_seq": {"seq2seq", "classifier", "masked"},
            "alphaedit": {"seq2seq", "classifier", "masked"},
            "rome": {"seq2seq", "classifier", "masked"},
            "wise": {"seq2seq", "classifier", "masked"}}

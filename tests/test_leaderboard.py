@@ -123,3 +123,22 @@ def test_the_page_sorts_by_a_click_and_shows_every_image_in_chromium(board):
         driver.save_screenshot(str(board[2].with_suffix(".png")))
     finally:
         driver.quit()
+
+
+def test_intervals_in_one_line_and_every_run_overlapping_the_best_is_bold(tmp_path):
+    """A cell is `mean [low, high]` on one line; the best run and every run whose interval overlaps
+    its interval are bold, a run clear of it is not (a difference inside the noise is no ranking)."""
+    write_runs(tmp_path / "runs")
+    intervals = {"a/tpatcher": [0.85, 0.95], "b/tpatcher": [0.60, 0.80], "c/ft_all": [0.70, 0.86]}
+    for run_id, ci in intervals.items():
+        path = tmp_path / "runs" / run_id / "results.json"
+        results = json.loads(path.read_text())
+        results["metrics"]["SR"]["ci95"] = ci
+        path.write_text(json.dumps(results))
+    md, _ = build(tmp_path / "runs", tmp_path / "out")
+    text = md.read_text()
+    assert "| tpatcher | a/tpatcher | 2 | **0.900 [0.850, 0.950]** |" in text
+    assert "| ft_all | c/ft_all | 2 | **0.800 [0.700, 0.860]** |" in text  # overlaps the best: bold
+    assert "| tpatcher | b/tpatcher | 2 | 0.700 [0.600, 0.800] |" in text  # clear of it
+    html = (tmp_path / "out" / "leaderboard.html").read_text()
+    assert "<span class='std'> [0.850, 0.950]</span>" in html and "white-space:nowrap" in html

@@ -190,13 +190,18 @@ def test_official_tpatcher_is_refused_without_d_val(tmp_path):
 
 
 def test_locality_right_after_each_edit_and_at_the_end(tmp_path):
-    """Loc: the share of an edit's locality pairs answered as f0 answered them. c's pairs are t1
-    (f0 right) and x2 (f0 wrong); a forgetting editor has lost t1 by then: Loc 1/2, and still at
-    the end; an editor that forgets nothing keeps both."""
+    """Loc (EasyEdit): the share of f0's teacher-forced answers on an edit's locality pairs that
+    the model still gives; Loc_rw: the share answered right or wrong as f0 did. c's pairs are t1
+    (f0 right) and x2 (f0 wrong, no answer); a forgetting editor has lost t1 by then: both 1/2, and
+    still at the end; an editor that forgets nothing keeps both; one that makes x2 answer
+    " maybe" keeps it wrong (Loc_rw 1) but changes its answer (Loc 1/2)."""
     forgetful = _run(tmp_path / "forget", "editor.forget=true")["folds"]
     assert (forgetful["0"]["Loc"], forgetful["0"]["Loc_final"]) == (0.5, 0.5)
+    assert (forgetful["0"]["Loc_rw"], forgetful["0"]["Loc_rw_final"]) == (0.5, 0.5)
     assert "Loc" not in forgetful["1"]  # no example of fold 1 has locality pairs
     kept = _run(tmp_path / "keep")["folds"]["0"]
-    assert (kept["Loc"], kept["Loc_final"]) == (1.0, 1.0)
+    assert (kept["Loc"], kept["Loc_final"], kept["Loc_rw"], kept["Loc_rw_final"]) == (1.0, 1.0, 1.0, 1.0)
     edits = [x for x in _edit_lines(tmp_path / "keep") if x["uid"] == "c"]
-    assert edits[0]["loc"] == [1.0, 1.0]
+    assert edits[0]["loc"] == edits[0]["loc_tokens"] == [1.0, 1.0]
+    changed = _run(tmp_path / "changed", "editor.side_effect=x2")["folds"]["0"]
+    assert (changed["Loc"], changed["Loc_final"], changed["Loc_rw"], changed["Loc_rw_final"]) == (0.5, 0.5, 1.0, 1.0)

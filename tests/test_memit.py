@@ -69,6 +69,43 @@ def test_alphaedit_leaves_the_preserved_keys_alone():
     torch.testing.assert_close(weight.detach() - before, change.float())
 
 
+def test_memit_seq_adds_the_earlier_edits_keys_to_lambda_c():
+    """memit_seq (memit_seq_main.py): its first edit of a fold is MEMIT's, bit for bit (no earlier
+    keys); its second solves against lambda C + K_p K_p^T, where K_p is the first edit's key read
+    on the edited model; reset forgets them and a saved state brings them back."""
+    first = Example("e", PROMPT, " Oslo", subject="France")
+    second = Example("f", "The capital of Peru is", " Hanoi", subject="Peru")
+    changes = {}
+    for name in ("memit", "memit_seq"):
+        adapter, editor = _editor(name, mom2_update_weight=10.0, context_templates=0)
+        weight = editor.sites[0].out_proj.weight
+        before = weight.detach().clone()
+        editor.edit(first)
+        after_first = weight.detach().clone()
+        texts, positions, _ = editor._requests(first)
+        key = editor._read(texts, positions, [(editor.sites[0].out_proj, False)])[0].mean(0).float()
+        editor.edit(second)
+        changes[name] = (after_first - before, weight.detach() - after_first, key, editor)
+    assert torch.equal(changes["memit"][0], changes["memit_seq"][0])
+    assert not torch.allclose(changes["memit"][1], changes["memit_seq"][1])
+    seq = changes["memit_seq"][3]
+    assert changes["memit"][3].past == [] and not changes["memit"][3].keeps_past_keys
+    # after two edits: the sum of both keys' outer products; the first is the one read above
+    assert float((seq.past[0] - torch.outer(changes["memit_seq"][2], changes["memit_seq"][2])).abs().sum()) > 0
+    state = seq.edit_state()
+    seq.reset()
+    assert seq.past[0].abs().sum() == 0
+    seq.load_edit_state(state)
+    assert torch.equal(seq.past[0], state["past"][0])
+
+
+def test_alphaedit_refuses_to_drop_the_earlier_keys():
+    from editors.configs.memit import AlphaEditConfig
+
+    with pytest.raises(ValueError, match="past_keys"):
+        AlphaEditConfig(name="alphaedit", past_keys=False)
+
+
 def test_second_moment_is_cached_per_model_block_and_texts(tmp_path, monkeypatch):
     """The second run reads the file the first wrote (a changed file shows through), and the
     one-pass count stopped after the deepest block equals a full forward's."""

@@ -109,9 +109,13 @@ def test_knn_overrides_only_within_epsilon(family):
     targets = [example.target] * len(others)
     with editor.disabled():
         base = editor.scores(others, targets)
+        base_answers = editor.predictions(others, targets)
     assert editor.scores(others, targets) == base  # outside epsilon: the model answers
+    assert editor.predictions(others, targets) == base_answers
     editor.config.epsilon = float(distance.max()) + 1e-3  # now all fall inside: the edit's answer
     assert editor.scores(others, targets) == [1.0] * len(others)
+    # the stored answer whole, as locality (EasyEdit's Loc) reads it
+    assert editor.predictions(others, targets) == [adapter.target_ids(p, example.target) for p in others]
     assert torch.equal(editor.keys([prompt]), key)
 
 

@@ -98,3 +98,31 @@ def test_shards_are_kept_and_merged_on_schedule_and_the_state_round_trips():
     editor.load_edit_state(state)
     with torch.no_grad():
         torch.testing.assert_close(adapter.scored_logits(batch), before)
+
+
+def test_the_unrelated_prompt_is_a_pool_records_locality_pair_paired_by_edit_index():
+    """unrelated=locality (the published loc_prompts, run_wise_editing.py:46-48): the i-th edit
+    takes the i-th locality pair of the pool records that have one; without any, a pool fact;
+    unrelated=pool always a pool fact. The edited example's own locality is never read (the
+    loop hands it over without)."""
+    import editors  # noqa: F401
+
+    adapter = trained_tiny("decoder")
+    pairs = [("Kyoto is a city in", " Japan"), ("The currency of Peru is the", " sol")]
+    pool = [Example(f"m{i}", d, wrong_target(adapter, d), locality=[pairs[i]] if i < 2 else [])
+            for i, d in enumerate(DONORS)]
+    entry = EDITORS.get("wise")
+    for choice, expected in (("locality", [pairs[0], pairs[1], pairs[0]]), ("pool", None)):
+        editor = entry.target(entry.config_class(name="wise", layer=-1, unrelated=choice), adapter)
+        editor.prepare(EditSplits(task=adapter.task, train=pool, val=[], folds=[], train_subsample=[], test=[],
+                                  pool=pool).for_editor())
+        drawn = []
+        for i in range(3):
+            editor.edits = i
+            drawn.append(editor._unrelated())
+        if expected:
+            assert drawn == expected
+        else:
+            assert all((p, t) in {(e.prompt, e.target) for e in pool} for p, t in drawn)
+    with pytest.raises(ValueError, match="editor.unrelated"):
+        entry.config_class(name="wise", unrelated="own")

@@ -266,13 +266,11 @@ class ModelAdapter:
         frac = right / total.clamp(min=1)
         return frac if self.config.metric == "token_accuracy" else (frac == 1).float()
 
-    @torch.no_grad()
-    def scores(self, prompts: list[str], targets: list[Any]) -> list[float]:
-        """Correctness of each (prompt, target), evaluated in batches of examples of similar length
-        (`by_length`: less padding; an example's score does not depend on its batch), in the order
-        given; a batch scored before reruns only the blocks an edit can change, from their cached
-        input (`PrefixCache`, exact)."""
-        out = [0.0] * len(prompts)
+    def _scored(self, prompts: list[str], targets: list[Any]) -> Iterator[tuple[list[int], EncodedBatch, Tensor]]:
+        """(rows, batch, scored logits) over `prompts` in batches of examples of similar length
+        (`by_length`: less padding; an example's outputs do not depend on its batch); a batch scored
+        before reruns only the blocks an edit can change, from their cached input (`PrefixCache`,
+        exact)."""
         step, cached = self.config.eval_batch_size, self.prefix is not None and self.prefix.check()
         order = by_length(prompts, targets)
         for i in range(0, len(order), step):
@@ -283,9 +281,33 @@ class ModelAdapter:
             else:
                 batch = self.encode(chunk, answers)
                 logits = self.scored_logits(batch)
+            yield rows, batch, logits
+
+    @torch.no_grad()
+    def scores(self, prompts: list[str], targets: list[Any]) -> list[float]:
+        """Correctness of each (prompt, target), in the order given."""
+        out = [0.0] * len(prompts)
+        for rows, batch, logits in self._scored(prompts, targets):
             for r, score in zip(rows, self.example_scores(batch, logits).tolist()):
                 out[r] = score
         return out
+
+    @torch.no_grad()
+    def predictions(self, prompts: list[str], targets: list[Any]) -> list[list[int]]:
+        """The model's answer at each scored position of each (prompt, target) under teacher forcing
+        on the target (generation: the argmax token after each target prefix; classification: the
+        predicted label), as EasyEdit reads locality (`test_prediction_acc(..., locality=True)`)."""
+        out: list[list[int]] = [[] for _ in prompts]
+        for rows, batch, logits in self._scored(prompts, targets):
+            answers = self.task.predicted(logits).tolist()
+            for owner, answer in zip(batch.owner.tolist(), answers):
+                out[rows[owner]].append(int(answer))
+        return out
+
+    def target_ids(self, prompt: str, answer: Any) -> list[int]:
+        """The answer as `predictions` gives answers: its token ids (or its label) at the scored
+        positions of (prompt, answer)."""
+        return self.encode([prompt], [answer]).targets.long().tolist()
 
     def score_and_queries(self, prompt: str, target: Any, layer: int = -1) -> tuple[float, Tensor]:
         """One example's `scores` and its FFN queries of `layer` (`memory_queries`), from one

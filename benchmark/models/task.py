@@ -40,6 +40,10 @@ class Task(str):
         """Per scored position: how far the target is ahead of the best other answer."""
         raise NotImplementedError
 
+    def predicted(self, logits: Tensor) -> Tensor:
+        """Per scored position: the model's answer (a token id, or a label), as integers."""
+        raise NotImplementedError
+
     def kl(self, reference: Tensor, logits: Tensor) -> Tensor:
         """KL(reference || current) over the scored outputs, averaged over them."""
         raise NotImplementedError
@@ -67,6 +71,9 @@ class Classification(Task):
 
     def correct(self, logits: Tensor, targets: Tensor) -> Tensor:
         return (logits > 0).float() == targets
+
+    def predicted(self, logits: Tensor) -> Tensor:
+        return (logits > 0).long()
 
     def margin(self, logits: Tensor, targets: Tensor) -> Tensor:
         return logits * (2 * targets - 1)
@@ -99,6 +106,9 @@ class Generation(Task):
 
     def correct(self, logits: Tensor, targets: Tensor) -> Tensor:
         return logits.argmax(-1) == targets
+
+    def predicted(self, logits: Tensor) -> Tensor:
+        return logits.argmax(-1)
 
     def margin(self, logits: Tensor, targets: Tensor) -> Tensor:
         target = logits.gather(1, targets[:, None]).squeeze(1)

@@ -50,11 +50,20 @@ class LocateConfig(EditorConfig):
 @dataclass
 class MemitConfig(LocateConfig):
     mom2_update_weight: float = field(default=15000.0, metadata={"help": "lambda of MEMIT's lambda C + k k^T"})
+    past_keys: bool = field(default=False, metadata={
+        "help": "add the keys of the fold's earlier edits to lambda C (the AlphaEdit authors' sequential MEMIT, "
+                "memit_seq_main.py; editor=memit_seq); false: each edit against lambda C alone (kmeng01/memit)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.mom2_update_weight < 0:
             raise ValueError("editor.mom2_update_weight must be >= 0")
+
+
+@dataclass
+class MemitSeqConfig(MemitConfig):
+    past_keys: bool = field(default=True, metadata={
+        "help": "add the keys of the fold's earlier edits to lambda C (memit_seq_main.py:198-200, 226-228)"})
 
 
 @dataclass
@@ -86,10 +95,20 @@ class AlphaEditConfig(MemitConfig):
     nullspace_threshold: float = field(default=2e-2, metadata={
         "help": "eigenvalues of C below this span the preserved keys' null space"})
     l2: float = field(default=10.0, metadata={"help": "L2 of AlphaEdit's solve (Llama3-8B preset: 10)"})
+    past_keys: bool = field(default=True, metadata={
+        "help": "AlphaEdit always preserves the fold's earlier edits' keys (AlphaEdit_main.py:146-148)"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.past_keys:
+            raise ValueError("editor.past_keys: AlphaEdit always keeps the earlier edits' keys; for MEMIT without "
+                             "them use editor=memit")
 
 
 EDITORS.register("memit", "editors.memit:MemitEditor", MemitConfig,
                  "MEMIT: closed-form rewrite of the FFN output projections of a block range, one edit at a time")
+EDITORS.register("memit_seq", "editors.memit:MemitEditor", MemitSeqConfig,
+                 "MEMIT as the AlphaEdit authors run it sequentially: earlier edits' keys added to lambda C")
 EDITORS.register("alphaedit", "editors.memit:AlphaEditEditor", AlphaEditConfig,
                  "AlphaEdit: MEMIT's update projected on the null space of the preserved keys, past edits kept")
 EDITORS.register("rome", "editors.memit:RomeEditor", RomeConfig,

@@ -30,6 +30,10 @@ class WiseConfig(EditorConfig):
         "help": "edits between merges of the last merge_freq/save_freq shards (TIES)"})
     densities: float = field(default=0.53, metadata={"help": "TIES: share of each shard's largest changes kept"})
     weights: float = field(default=1.0, metadata={"help": "TIES: total weight of the merged shards"})
+    unrelated: str = field(default="locality", metadata={
+        "help": "locality: each edit's unrelated prompt is the locality pair of a memory-pool record, the i-th "
+                "edit the i-th record's (the published script's loc_prompts from the training file), a pool "
+                "fact where no pool record has one | pool: a memory-pool fact drawn per edit"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -37,6 +41,8 @@ class WiseConfig(EditorConfig):
             raise ValueError("editor.mask_ratio and editor.densities must be in (0, 1]")
         if self.lr <= 0 or self.norm_constraint <= 0 or self.act_ratio <= 0:
             raise ValueError("editor.lr, editor.norm_constraint and editor.act_ratio must be > 0")
+        if self.unrelated not in ("locality", "pool"):
+            raise ValueError(f"editor.unrelated must be locality or pool, got {self.unrelated!r}")
         if len(self.act_margin) != 3:
             raise ValueError(f"editor.act_margin is [alpha, beta, gamma], got {self.act_margin}")
         if self.save_freq < 1 or self.merge_freq < self.save_freq or self.merge_freq % self.save_freq:
