@@ -121,15 +121,11 @@ def _config(overrides: list[str]) -> None:
     print(to_yaml(cfg), end="")
 
 
-HELP_GROUPS = ("editor", "data", "model", "loop", "init", "logger", "trainer", "run")
-
-
 def _help(args: list[str]) -> None:
     """Each config key of the chosen groups with its type, default and help text, from the
-    dataclasses themselves (the one place they are written)."""
-    import dataclasses
-
+    dataclasses themselves (`benchmark.reference`, which the docs' config reference is made by)."""
     from benchmark.config import instantiate
+    from benchmark.reference import HELP_GROUPS, rows
 
     groups = [a for a in args if "=" not in a]
     unknown = [g for g in groups if g not in HELP_GROUPS]
@@ -140,14 +136,8 @@ def _help(args: list[str]) -> None:
         node = chosen if group == "run" else getattr(chosen, group)
         title = f"{group} ({node.name})" if group in ("editor", "data", "model") else group
         print(f"{title}:")
-        for f in dataclasses.fields(node):
-            value = getattr(node, f.name)
-            if dataclasses.is_dataclass(value):  # run's own groups are listed under their names
-                continue
-            kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-            text = f.metadata.get("help", "")
-            key = f"{group}.{f.name}" if group != "run" else f.name
-            print(f"  {key}: {kind} = {value!r}" + (f"  # {text}" if text else ""))
+        for key, kind, default, text in rows(group, node):
+            print(f"  {key}: {kind} = {default}" + (f"  # {text}" if text else ""))
         print()
 
 
