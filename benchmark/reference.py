@@ -31,7 +31,8 @@ def _table(entries: list[tuple[str, str, str, str]]) -> list[str]:
         return text.replace("|", "\\|").replace("\n", " ")
 
     return ["| key | type | default | meaning |", "|---|---|---|---|",
-            *[f"| `{key}` | `{cell(kind)}` | `{cell(default)}` | {cell(text)} |" for key, kind, default, text in entries]]
+            *[f"| `{key}` | `{cell(kind)}` | `{cell(default)}` | {cell(text)} |"
+              for key, kind, default, text in entries]]
 
 
 def markdown() -> str:
