@@ -158,31 +158,18 @@ def _boot_median(values: list[float]) -> Replicates | None:
     return (lambda rng: np.median(v[_draws(rng, v.size)], axis=1)) if v.size else None
 
 
-def _boot_ratio(final: list[float], initial: list[float]) -> Replicates | None:
-    """final / initial accuracy on the same resampled examples (the pairing keeps their correlation)."""
-    f, i = np.asarray(final, dtype=float), np.asarray(initial, dtype=float)
-    if not f.size or f.size != i.size:
+def _boot_quotient(numerators: list[float], denominators: list[float]) -> Replicates | None:
+    """sum(numerators) / sum(denominators) over the same resampled items: a ratio of two accuracies
+    on the same examples (the pairing keeps their correlation), or GR_pooled's right equivalents
+    over all equivalents with each edit resampled whole. NaN where the denominator sums to 0."""
+    num, den = np.asarray(numerators, dtype=float), np.asarray(denominators, dtype=float)
+    if not num.size or num.size != den.size or not den.sum():
         return None
 
     def replicates(rng):
-        idx = _draws(rng, f.size)
-        den = i[idx].mean(axis=1)
-        return np.where(den > 0, f[idx].mean(axis=1) / np.where(den > 0, den, 1.0), np.nan)
-
-    return replicates
-
-
-def _boot_pooled(groups: list[list[float]]) -> Replicates | None:
-    """Sum over count of every member of the resampled groups (GR_pooled: edits resampled whole)."""
-    sums = np.asarray([sum(g) for g in groups], dtype=float)
-    counts = np.asarray([len(g) for g in groups], dtype=float)
-    if not counts.sum():
-        return None
-
-    def replicates(rng):
-        idx = _draws(rng, sums.size)
-        total = counts[idx].sum(axis=1)
-        return np.where(total > 0, sums[idx].sum(axis=1) / np.where(total > 0, total, 1.0), np.nan)
+        idx = _draws(rng, num.size)
+        total = den[idx].sum(axis=1)
+        return np.where(total > 0, num[idx].sum(axis=1) / np.where(total > 0, total, 1.0), np.nan)
 
     return replicates
 
@@ -198,13 +185,13 @@ def fold_replicates(edits: list[dict], final: dict) -> dict[str, Replicates]:
     out = {
         "SR": _boot_mean([float(e["success"]) for e in edits]),
         "GR": _boot_mean([mean(e["gr"]) for e in edits if e["gr"]]),
-        "GR_pooled": _boot_pooled([e["gr"] for e in edits]),
+        "GR_pooled": _boot_quotient([sum(e["gr"]) for e in edits], [len(e["gr"]) for e in edits]),
         "Loc": _boot_mean([mean(e["loc_tokens"]) for e in edits if e.get("loc_tokens")]),
         "Loc_rw": _boot_mean([mean(e["loc"]) for e in edits if e.get("loc")]),
         "edit_seconds_median": _boot_median([e["seconds"] for e in edits]),
         "ER": _boot_mean(items.get("past_edits", [])),
-        "TrainR": _boot_ratio(items.get("train_subsample", []), items.get("train_subsample_initial", [])),
-        "TestR": _boot_ratio(items.get("test", []), items.get("test_initial", [])),
+        "TrainR": _boot_quotient(items.get("train_subsample", []), items.get("train_subsample_initial", [])),
+        "TestR": _boot_quotient(items.get("test", []), items.get("test_initial", [])),
         "Loc_final": _boot_mean(items.get("locality", [])),
         "Loc_rw_final": _boot_mean(items.get("locality_rw", [])),
         "old_kept": _boot_mean(items.get("old_kept", [])),
