@@ -38,6 +38,7 @@ PER_EDITOR = {"ft_kl_all": ["editor.kl_batch=32"], "ft_kl_last": ["editor.kl_bat
               "mend_style": ["editor.train_epochs=1", "editor.train_examples=300"]}
 QUICK_EDITOR = {"sera": ["editor.encoder=tiny-bert", "editor.train_examples=200"],
                 "memit": ["editor.layers=[0]", "editor.mom2_update_weight=10"],
+                "memit_seq": ["editor.layers=[0]", "editor.mom2_update_weight=10"],
                 "alphaedit": ["editor.layers=[0]", "editor.l2=0.01"],
                 "rome": ["editor.layers=[0]", "editor.context_templates=2"],
                 "wise": ["editor.layer=0"],

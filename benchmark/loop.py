@@ -305,6 +305,8 @@ class SequentialEditingCallback(L.Callback):
     def _locality_kept(self, editor: Editor, fold: int, examples: list[tuple[int, Example]]) -> list[dict]:
         """Right after an edit, per (index, example): its locality pairs' `loc_tokens` (EasyEdit's
         Loc: the initial model's teacher-forced answers kept) and `loc` (right or wrong as f0 was)."""
+        if not examples:
+            return []
         shown = [ex for _, ex in examples]
         tokens, scores = locality_predictions(editor, shown), locality_scores(editor, shown)
         before_tokens, before = self.initial["locality_tokens"][str(fold)], self.initial["locality"][str(fold)]
