@@ -424,9 +424,10 @@ def test_int8_reused_and_fp32_memory_scans_give_the_same_patches(family):
     results = {}
     for scan, reuse in (("fp32", False), ("int8", False), ("fp32", True), ("int8", True)):
         adapter = trained_tiny(family)
-        # lr 1e-3: keys that move little a step, as in real edits past their first steps (a tiny
-        # model's queries spread about as far as their norm, so larger moves leave no step to reuse)
-        editor = _editor(adapter, max_steps=60, min_steps=60, topk=8, lr=1e-3, memory_scan=scan, memory_reuse=reuse)
+        # lr 1e-4: keys that move little a step, as in real edits past their first steps (a tiny
+        # model's queries spread about as far as their norm, so larger moves leave no step to reuse;
+        # at 1e-3 the classifier trained on one machine reused no scan, at 1e-4 13 of 60, the decoder 60)
+        editor = _editor(adapter, max_steps=60, min_steps=60, topk=8, lr=1e-4, memory_scan=scan, memory_reuse=reuse)
         editor.prepare(EditorData(adapter.task, [], [], pool=memory))
         torch.manual_seed(0)
         prompt = "The capital of France is"
