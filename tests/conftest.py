@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# real samples of the published files (their sources and licences: tests/fixtures/real/README.md)
+REAL_DATA = ROOT / "tests" / "fixtures" / "real"
 # Rebuildable caches (tokenizer, facts table, initial models) persist between test sessions.
 os.environ.setdefault("SEQEDIT_CACHE", str(ROOT / ".cache" / "seqedit"))
 

@@ -11,9 +11,8 @@ from benchmark.config import compose, instantiate
 from benchmark.types import DataError
 from data.base import cut_folds, split_by_ratio
 from data.modify import ObjectSampler
-from tests.conftest import SHARED_DATA
+from tests.conftest import REAL_DATA
 
-needs_shared = pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data is not beside the checkout")
 
 
 def datamodule(*overrides):
@@ -61,30 +60,28 @@ def test_object_sampler_follows_frequency_and_never_returns_the_original():
     assert sampler.sample(rng, "q", "z") is None
 
 
-@needs_shared
 def test_fever_reader_on_the_real_sample():
-    dm = datamodule("data=fever", f"data.path={SHARED_DATA / 'fever'}", "data.num_folds=1")
+    dm = datamodule("data=fever", f"data.path={REAL_DATA / 'fever'}", "data.num_folds=1")
     assert dm.records_read == 10 and len(dm.splits.test) == 5
     assert {e.target for e in dm.splits.test} <= {0, 1}
     assert dm.notices[0] == "layout: kilt, detected"
     assert "no back-translation model" in dm.notices[1]
 
 
-@needs_shared
 def test_zsre_kilt_and_mend_layouts():
-    kilt = datamodule("data=zsre", f"data.path={SHARED_DATA / 'zsre'}", "data.layout=kilt")
+    kilt = datamodule("data=zsre", f"data.path={REAL_DATA / 'zsre'}", "data.layout=kilt")
     ex = kilt.splits.train[0]
     assert ex.target.startswith(" ") and ex.prompt.endswith("?") and len(ex.equivalents) >= 3
     # the subject (MEMIT's key position): KILT's "subject [SEP] relation", MEND's `subject`
     assert ex.subject and "[SEP]" not in ex.subject and ex.subject in ex.prompt
-    mend = datamodule("data=zsre", f"data.path={SHARED_DATA / 'zsre'}", "data.layout=mend")
+    mend = datamodule("data=zsre", f"data.path={REAL_DATA / 'zsre'}", "data.layout=mend")
     assert mend.records_read == 1000
     named = [e.subject is not None and e.subject in e.prompt for e in mend.splits.train]
     assert sum(named) > 0.9 * len(named)
     every = mend.splits.train + [e for f in mend.splits.folds for e in f]
     assert all(not loc.startswith("nq question:") for e in every for loc, _ in e.locality)
     assert all(e.alternative is None or e.alternative == e.alternative.strip() for e in every)
-    modified = datamodule("data=zsre", f"data.path={SHARED_DATA / 'zsre'}", "data.layout=mend",
+    modified = datamodule("data=zsre", f"data.path={REAL_DATA / 'zsre'}", "data.layout=mend",
                           "data.target=modified")
     for e in (e for f in modified.splits.folds for e in f):
         assert e.target.strip() == e.alternative and e.original_target != e.target
@@ -104,9 +101,8 @@ def test_zsre_annotated_layout(tmp_path):
     assert ex.equivalents == ["Who is the founder of Acme?"] and ex.alternative == "Runner"
 
 
-@needs_shared
 def test_trex_modified_facts():
-    dm = datamodule("data=trex", f"data.path={SHARED_DATA / 'trex'}", "data.modify=32")
+    dm = datamodule("data=trex", f"data.path={REAL_DATA / 'trex'}", "data.modify=32")
     assert dm.records_read == 944
     stream = dm.splits.folds[0]
     assert len(stream) == 32
@@ -127,16 +123,15 @@ def test_trex_modified_facts():
     assert not {e.uid for e in splits.unmodified} & {e.uid for e in (*given.train, *given.pool)}
 
 
-@needs_shared
 def test_trex_masked_form_keeps_every_cloze_evidence_and_a_masked_lm_reads_them():
-    causal = datamodule("data=trex", f"data.path={SHARED_DATA / 'trex'}", "data.modify=32")
-    masked = datamodule("data=trex", f"data.path={SHARED_DATA / 'trex'}", "data.modify=32", "data.form=masked")
+    causal = datamodule("data=trex", f"data.path={REAL_DATA / 'trex'}", "data.modify=32")
+    masked = datamodule("data=trex", f"data.path={REAL_DATA / 'trex'}", "data.modify=32", "data.form=masked")
     assert masked.records_read == causal.records_read
     assert not any("mask" in reason for reason in masked.dropped)
     stream = masked.splits.folds[0]
     assert len(stream) == 32 and all(e.prompt.count("[MASK]") == 1 for e in stream)
     expected = 0  # every distinct one-mask evidence sentence of every fact, read straight from the files
-    for path in sorted((SHARED_DATA / "trex").glob("P*.jsonl")):
+    for path in sorted((REAL_DATA / "trex").glob("P*.jsonl")):
         for line in path.read_text().splitlines():
             sentences = {ev["masked_sentence"].strip() for ev in json.loads(line)["evidences"]}
             expected += sum(s.count("[MASK]") == 1 for s in sentences)
@@ -184,26 +179,25 @@ def test_bad_input_names_file_line_and_field(tmp_path, content, message):
     assert message in str(err.value) and "fever-train-kilt.jsonl" in str(err.value)
 
 
-@needs_shared
 def test_kilt_output_elements_with_provenance_alone_are_not_answers(tmp_path):
     """KILT: "each element might contain an answer, a provenance or both" (the real NQ sample has
     provenance-only elements): they are skipped, and a record with no answer at all is dropped."""
     provenance = {"provenance": [{"wikipedia_id": "1", "title": "Acme"}]}
-    fever = [json.loads(line) for line in (SHARED_DATA / "fever" / "fever-train-kilt.jsonl").read_text().splitlines()]
+    fever = [json.loads(line) for line in (REAL_DATA / "fever" / "fever-train-kilt.jsonl").read_text().splitlines()]
     fever[0]["output"] = [provenance, *fever[0]["output"]]
     fever[1]["output"] = [provenance]
     (tmp_path / "fever-train-kilt.jsonl").write_text("".join(json.dumps(r) + "\n" for r in fever))
-    (tmp_path / "fever-dev-kilt.jsonl").write_text((SHARED_DATA / "fever" / "fever-dev-kilt.jsonl").read_text())
+    (tmp_path / "fever-dev-kilt.jsonl").write_text((REAL_DATA / "fever" / "fever-dev-kilt.jsonl").read_text())
     dm = datamodule("data=fever", f"data.path={tmp_path}", "data.num_folds=1")
     every = dm.splits.train + dm.splits.val + [e for f in dm.splits.folds for e in f]
     assert {e.uid for e in every} == {r["id"] for r in fever} - {fever[1]["id"]}
     assert dm.dropped["no label"] == 1
     zsre = [json.loads(line) for line in
-            (SHARED_DATA / "zsre" / "structured_zeroshot-train-kilt.jsonl").read_text().splitlines()]
+            (REAL_DATA / "zsre" / "structured_zeroshot-train-kilt.jsonl").read_text().splitlines()]
     zsre[0]["output"] = [provenance, *zsre[0]["output"]]
     (tmp_path / "structured_zeroshot-train-kilt.jsonl").write_text("".join(json.dumps(r) + "\n" for r in zsre))
     (tmp_path / "structured_zeroshot-dev-kilt.jsonl").write_text(
-        (SHARED_DATA / "zsre" / "structured_zeroshot-dev-kilt.jsonl").read_text())
+        (REAL_DATA / "zsre" / "structured_zeroshot-dev-kilt.jsonl").read_text())
     dm = datamodule("data=zsre", f"data.path={tmp_path}", "data.num_folds=1", "data.layout=kilt")
     every = dm.splits.train + dm.splits.val + [e for f in dm.splits.folds for e in f]
     assert len(every) == 5 and not dm.dropped
@@ -260,7 +254,6 @@ def test_back_translation_caches_and_drops_identical_outputs(tmp_path):
     assert identity(texts) == [[], []]
 
 
-@needs_shared
 def test_fever_tpatcher_layout_keeps_its_published_splits(tmp_path):
     """T-Patcher's repository writes fever-{train,val,edit}.jsonl once (KILT records as read) and
     reads them with fever-dev-kilt.jsonl: those files are the splits; only edit records with
@@ -271,12 +264,12 @@ def test_fever_tpatcher_layout_keeps_its_published_splits(tmp_path):
 
     edit = [{**c, "rephrases": [f"In {1900 + int(c['id'])}, Acme {c['id']} was founded."],
              "filtered_rephrases": ["not the field T-Patcher reads"]} for c in claims(200, 4)]
-    real = (SHARED_DATA / "fever" / "fever-train-kilt.jsonl").read_text().splitlines()
+    real = (REAL_DATA / "fever" / "fever-train-kilt.jsonl").read_text().splitlines()
     edit += [json.loads(real[0]), claims(0, 1, rephrases=["a copy of a D'train record"])[0]]
     for name, records in (("fever-train.jsonl", claims(0, 12)), ("fever-val.jsonl", claims(100, 3)),
                           ("fever-edit.jsonl", edit)):
         (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in records))
-    (tmp_path / "fever-dev-kilt.jsonl").write_text((SHARED_DATA / "fever" / "fever-dev-kilt.jsonl").read_text())
+    (tmp_path / "fever-dev-kilt.jsonl").write_text((REAL_DATA / "fever" / "fever-dev-kilt.jsonl").read_text())
     dm = datamodule("data=fever", f"data.path={tmp_path}", "data.num_folds=2", "data.train_subsample=5")
     assert dm.layout == "tpatcher" and dm.notices[0] == "layout: tpatcher, detected"
     splits = dm.splits
@@ -288,7 +281,7 @@ def test_fever_tpatcher_layout_keeps_its_published_splits(tmp_path):
     assert dm.dropped["edit record without rephrases (T-Patcher edits only those with)"] == 1
     assert dm.dropped["duplicate (prompt, target) (records)"] == 1
     # beside the KILT train file the auto layout is KILT's, and says that the split files are there
-    (tmp_path / "fever-train-kilt.jsonl").write_text((SHARED_DATA / "fever" / "fever-train-kilt.jsonl").read_text())
+    (tmp_path / "fever-train-kilt.jsonl").write_text((REAL_DATA / "fever" / "fever-train-kilt.jsonl").read_text())
     kilt = datamodule("data=fever", f"data.path={tmp_path}", "data.num_folds=1")
     assert kilt.layout == "kilt" and "data.layout=tpatcher" in kilt.notices[1]
     given = datamodule("data=fever", f"data.path={tmp_path}", "data.layout=tpatcher", "data.num_folds=2")
@@ -341,10 +334,9 @@ def test_val_stream_is_d_val_modified_like_d_edit_and_leaves_d_val_alone():
     assert all(e.original_target is None for e in dm.splits.val)  # the initial model's D_val is untouched
 
 
-@needs_shared
 def test_val_stream_of_data_without_d_val_is_one_line():
     with pytest.raises(DataError, match="has no D_val"):
-        datamodule("data=trex", f"data.path={SHARED_DATA / 'trex'}").val_stream()
+        datamodule("data=trex", f"data.path={REAL_DATA / 'trex'}").val_stream()
 
 
 def test_empty_targets_and_repeats_are_dropped_and_counted(tmp_path):
@@ -359,9 +351,8 @@ def test_empty_targets_and_repeats_are_dropped_and_counted(tmp_path):
     assert len(every) == len({(e.prompt, e.target) for e in every}) == 60
 
 
-@needs_shared
 def test_trex_traps_are_said_or_refused():
-    path = f"data.path={SHARED_DATA / 'trex'}"
+    path = f"data.path={REAL_DATA / 'trex'}"
     dm = datamodule("data=trex", path)
     assert any("no D_val" in n for n in dm.notices)
     dm.check_model("masked")
@@ -372,11 +363,10 @@ def test_trex_traps_are_said_or_refused():
         datamodule("data=trex", path, "data.modify=100000")
 
 
-@needs_shared
 def test_max_records_reads_exactly_that_many_records_of_each_file():
-    zsre = datamodule("data=zsre", f"data.path={SHARED_DATA / 'zsre'}", "data.layout=mend", "data.max_records=100")
+    zsre = datamodule("data=zsre", f"data.path={REAL_DATA / 'zsre'}", "data.layout=mend", "data.max_records=100")
     assert zsre.records_read == 100
-    fever = datamodule("data=fever", f"data.path={SHARED_DATA / 'fever'}", "data.max_records=3", "data.num_folds=1")
+    fever = datamodule("data=fever", f"data.path={REAL_DATA / 'fever'}", "data.max_records=3", "data.num_folds=1")
     assert fever.records_read == 6  # 3 of the train file, 3 of the dev file
 
 
@@ -426,9 +416,8 @@ def test_a_short_tpatcher_run_on_counterfact_reports_sr_gr_and_loc(tmp_path):
         assert metric in result["metrics"], metric
 
 
-@needs_shared
 def test_zsre_eval_file_alone_is_an_edit_only_dataset(tmp_path):
-    rows = json.loads((SHARED_DATA / "zsre" / "zsre_mend_train-1k.json").read_text())[:120]
+    rows = json.loads((REAL_DATA / "zsre" / "zsre_mend_train-1k.json").read_text())[:120]
     (tmp_path / "zsre_mend_eval.json").write_text(json.dumps(rows))
     dm = datamodule("data=zsre", f"data.path={tmp_path}", "data.target=modified")
     assert any("the eval file alone" in n for n in dm.notices)

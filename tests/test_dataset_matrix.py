@@ -1,5 +1,5 @@
 """One matrix: every registered dataset and layout is a row that reads real published files (the
-samples in ../shared/data, or fixtures in tests/fixtures written to the published layouts), shows
+samples in tests/fixtures/real, or fixtures in tests/fixtures written to the published layouts), shows
 its splits, and names file and line when one record is broken. A new dataset joins with a row."""
 
 import json
@@ -14,7 +14,7 @@ from benchmark.build import build_data
 from benchmark.config import compose, instantiate
 from benchmark.registry import DATASETS
 from benchmark.types import DataError
-from tests.conftest import SHARED_DATA
+from tests.conftest import REAL_DATA
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SMALL = ["data.split_ratios=[0.4,0.3,0.3]", "data.num_folds=1"]  # a 5-record sample still has every split
@@ -24,15 +24,15 @@ EDIT_FIELDS = ("{prompt: question, target: answer, equivalents: paraphrases, loc
 # row -> (dataset, folder or file to copy, the file whose line is broken, overrides)
 ROWS = {
     "facts": ("facts", None, None, []),
-    "fever": ("fever", SHARED_DATA / "fever", "fever-train-kilt.jsonl", ["data.num_folds=1"]),
-    "zsre-kilt": ("zsre", SHARED_DATA / "zsre", "structured_zeroshot-train-kilt.jsonl", ["data.layout=kilt", *SMALL]),
-    "zsre-mend": ("zsre", SHARED_DATA / "zsre", "zsre_mend_train-1k.json", ["data.layout=mend"]),
+    "fever": ("fever", REAL_DATA / "fever", "fever-train-kilt.jsonl", ["data.num_folds=1"]),
+    "zsre-kilt": ("zsre", REAL_DATA / "zsre", "structured_zeroshot-train-kilt.jsonl", ["data.layout=kilt", *SMALL]),
+    "zsre-mend": ("zsre", REAL_DATA / "zsre", "zsre_mend_train-1k.json", ["data.layout=mend"]),
     # the layouts no public sample exists of: fixtures written to their published fields
     "fever-tpatcher": ("fever", FIXTURES / "fever_tpatcher", "fever-edit.jsonl", ["data.num_folds=1"]),
     "zsre-annotated": ("zsre", FIXTURES / "zsre_annotated", "structured_zeroshot-train-new_annotated_final.jsonl",
                        ["data.layout=annotated", *SMALL]),
     "zsre-tpatcher": ("zsre", FIXTURES / "zsre_tpatcher", "zsre-train.jsonl", ["data.num_folds=1"]),
-    "trex": ("trex", SHARED_DATA / "trex", "P19.jsonl", []),
+    "trex": ("trex", REAL_DATA / "trex", "P19.jsonl", []),
     "counterfact-rome": ("counterfact", FIXTURES / "counterfact_rome.json", "counterfact_rome.json", []),
     "counterfact-easyedit": ("counterfact", FIXTURES / "counterfact-edit.json", "counterfact-edit.json", []),
     "json": ("json", FIXTURES / "edits.jsonl", "edits.jsonl", [f"data.fields={EDIT_FIELDS}"]),

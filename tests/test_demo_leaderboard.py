@@ -7,7 +7,7 @@ from benchmark.config import CONFIG_DIR, compose, instantiate
 from benchmark.demo import INITIAL, QUICK, REFERENCE_SECONDS, demo, estimate
 from benchmark.init import initial_weights
 from benchmark.run import run
-from tests.conftest import FAMILIES, SHARED_DATA, TRAINING, data_for
+from tests.conftest import FAMILIES, REAL_DATA, TRAINING, data_for
 
 TINY_FOR = {"smollm2-135m": "tiny-llama", "minilm-l6": "tiny-bert"}
 
@@ -18,10 +18,8 @@ def test_every_experiment_runs_a_step_on_a_tiny_model(experiment, tmp_path):
     tiny = TINY_FOR.get(str(cfg.model.name), str(cfg.model.name))
     assert tiny in FAMILIES.values()
     files = []
-    if cfg.data.name == "trex":  # an experiment on published files: the real samples beside the checkout
-        if not (SHARED_DATA / "trex").exists():
-            pytest.skip("needs ../shared/data/trex")
-        files = [f"data.path={SHARED_DATA / 'trex'}"]
+    if cfg.data.name == "trex":  # an experiment on published files: the real samples in tests/fixtures/real
+        files = [f"data.path={REAL_DATA / 'trex'}"]
     result = run(compose([f"experiment={experiment}", f"model={tiny}", "init.epochs=0", "loop.folds=[0]",
                           "loop.max_fold_examples=2", "loop.progress=false", "editor.max_steps=2",
                           f"output_dir={tmp_path}", *files]))
