@@ -14,7 +14,6 @@ from data.modify import ObjectSampler
 from tests.conftest import REAL_DATA
 
 
-
 def datamodule(*overrides):
     return build_data(instantiate(compose(list(overrides))))
 
