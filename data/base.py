@@ -66,6 +66,24 @@ class EditDataModule(L.LightningDataModule):
         self.records_read = 0
         self.notices: list[str] = []  # one-line facts a user should see (where equivalents came from)
 
+    # where a dataset's published file is fetched when data.path is not given (`data.url`); the file
+    # itself is the data path, or (`download_is_folder`) the folder it is fetched into
+    download_name: ClassVar[str | None] = None
+    download_is_folder: ClassVar[bool] = False
+
+    @property
+    def data_path(self) -> str | None:
+        """`data.path`, or the published file fetched from `data.url` on first use, cached."""
+        if self.config.path or not self.download_name:
+            return self.config.path
+        if not hasattr(self, "_fetched"):
+            from data.download import fetch
+
+            path = fetch(self.config.url, self.download_name, self.config.sha256)
+            self._fetched = str(path.parent if self.download_is_folder else path)
+            self.notices.append(f"data.path not set: {self.config.url} (cached as {path})")
+        return self._fetched
+
     # -- to implement ------------------------------------------------------------------------
     def read_examples(self) -> tuple[list[Example], list[Example] | None]:
         """Return (training records, separate test records or None)."""

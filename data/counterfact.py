@@ -67,11 +67,11 @@ class CounterFactDataModule(EditDataModule):
                        equivalents=_strings(record.get("rephrase_prompt", []), where, "rephrase_prompt"),
                        locality=locality, subject=_optional_subject(record))
 
+    download_name = "counterfact/counterfact.json"
+
     def read_examples(self):
-        if not self.config.path:
-            raise DataError("counterfact: set data.path to the CounterFact JSON file")
         examples, self.layout = [], None
-        for n, (where, record) in enumerate(read_records(self.config.path)):
+        for n, (where, record) in enumerate(read_records(self.data_path)):
             if self.config.max_records and n >= self.config.max_records:
                 break
             self.records_read += 1
@@ -97,4 +97,4 @@ class CounterFactDataModule(EditDataModule):
                         "'prompt' and 'target_new' (EasyEdit)")
 
     def make_splits(self, records, test) -> EditSplits:
-        return self.edit_only_splits(records, str(self.config.path))
+        return self.edit_only_splits(records, str(self.data_path))

@@ -38,19 +38,21 @@ class ZsreDataModule(EditDataModule):
     task = GENERATION
     config_class = ZsreConfig
     version = 2  # 2: target=modified splits each fact's questions into training forms and probes
+    download_name = "zsre/zsre_mend_eval.json"  # ROME's file: the eval file alone, edits only
+    download_is_folder = True
 
     def _layout(self) -> tuple[str, list]:
         layouts = [self.config.layout] if self.config.layout != "auto" else list(LAYOUTS)
         for name in layouts:
-            train = find_file(self.config.path, [LAYOUTS[name][0]], "zsre")
+            train = find_file(self.data_path, [LAYOUTS[name][0]], "zsre")
             if train is not None:
-                return name, [train, find_file(self.config.path, [LAYOUTS[name][1]], "zsre")]
+                return name, [train, find_file(self.data_path, [LAYOUTS[name][1]], "zsre")]
         if "mend" in layouts:  # the eval file alone, as ROME and EasyEdit users have it: edits only
-            evaluation = find_file(self.config.path, [LAYOUTS["mend"][1]], "zsre")
+            evaluation = find_file(self.data_path, [LAYOUTS["mend"][1]], "zsre")
             if evaluation is not None:
                 return "mend", [evaluation]
         wanted = ", ".join(LAYOUTS[n][0] for n in layouts)
-        raise DataError(f"{self.config.path}: no zsRE file found (looked for {wanted}, or {LAYOUTS['mend'][1]} alone)")
+        raise DataError(f"{self.data_path}: no zsRE file found (looked for {wanted}, or {LAYOUTS['mend'][1]} alone)")
 
     def _parse(self, layout: str, where: str, record: dict) -> Example | None:
         if layout == "mend":
@@ -100,10 +102,10 @@ class ZsreDataModule(EditDataModule):
                             f"{'detected' if self.config.layout == 'auto' else 'given'}: "
                             f"{', '.join(p.name for p in paths if p is not None)}")
         if layout == "tpatcher":
-            extra = [find_file(self.config.path, [name], "zsre") for name in TPATCHER_SPLITS]
+            extra = [find_file(self.data_path, [name], "zsre") for name in TPATCHER_SPLITS]
             missing = [name for name, path in zip(TPATCHER_SPLITS, extra) if path is None]
             if missing:
-                raise DataError(f"{self.config.path}: T-Patcher's zsRE layout lacks {', '.join(missing)}")
+                raise DataError(f"{self.data_path}: T-Patcher's zsRE layout lacks {', '.join(missing)}")
             paths = [paths[0], *extra, paths[1]]
         reader = read_json_array if layout == "mend" else read_jsonl
         parts = []
@@ -127,7 +129,7 @@ class ZsreDataModule(EditDataModule):
 
     def make_splits(self, records, test) -> EditSplits:
         if self.edit_only:  # the NQ locality questions of unedited records are the facts to keep
-            splits = self.edit_only_splits(records, str(self.config.path))
+            splits = self.edit_only_splits(records, str(self.data_path))
             if self.config.target == "modified":
                 self._sampler = ObjectSampler([])
                 rng = random.Random(self.config.seed + 2)
@@ -140,7 +142,7 @@ class ZsreDataModule(EditDataModule):
             if self.given is not None:
                 self.given = [[hold_out_probes(e, rng) for e in part] for part in self.given]
         if self.given is not None and test is None:
-            raise DataError(f"{self.config.path}: T-Patcher's zsRE layout lacks zsre-dev-kilt.jsonl (D_test)")
+            raise DataError(f"{self.data_path}: T-Patcher's zsRE layout lacks zsre-dev-kilt.jsonl (D_test)")
         splits = super().make_splits(records, test)
         if self.config.target == "modified":
             self._sampler = ObjectSampler((e.relation, e.target.strip()) for e in splits.train if e.relation)

@@ -49,6 +49,14 @@ class DataConfig:
             raise ValueError("data.train_subsample and data.pool_size must be >= 0")
 
 
+def check_source(url: str, sha256: str | None) -> None:
+    """A published file's address (http or https only) and its optional SHA-256 (64 hex digits)."""
+    if not url.startswith(("https://", "http://")):
+        raise ValueError(f"data.url must be an http(s) address, got {url!r}")
+    if sha256 is not None and (len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256.lower())):
+        raise ValueError(f"data.sha256 must be 64 hex digits, got {sha256!r}")
+
+
 @dataclass
 class BackTranslationConfig:
     forward: str | None = field(default=None, metadata={"help": "source->pivot model, e.g. Helsinki-NLP/opus-mt-en-de"})
