@@ -48,11 +48,11 @@ def _list() -> None:
 
 
 def _run(overrides: list[str]) -> None:
+    from benchmark.metrics import report
     from benchmark.run import run
 
     results = run(compose(overrides))
-    print(json.dumps({"run_dir": results["run_dir"],
-                      "metrics": {k: round(v["mean"], 4) for k, v in results["metrics"].items()}}))
+    print("\n".join([f"run folder: {results['run_dir']}", *report(results["metrics"])]))
 
 
 def _data_stats(overrides: list[str]) -> None:

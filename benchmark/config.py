@@ -254,7 +254,10 @@ def compose(overrides: list[str] | None = None, experiment_file: str | Path | No
             names = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
             raise ConfigError(f"unknown experiment {experiment!r}; choose one of: {', '.join(names)} "
                               "(or a path to a YAML file)")
-        layers.append(_load_yaml(path))
+        layer = _load_yaml(path)
+        if isinstance(layer.get("data"), DictConfig):  # a shipped sample named relatively, as in any YAML
+            _anchor_paths(layer.data, path.parent)
+        layers.append(layer)
     if experiment_file:
         layers.append(_experiment_file(str(experiment_file), "--config"))
     for group, value in list(choices.items()):

@@ -225,6 +225,10 @@ class SequentialEditingCallback(L.Callback):
             items["modified"] = probe_scores(editor, fold_examples)
             items["unmodified"] = probe_scores(editor, self.splits.unmodified)
         final.update({name: mean(scores) for name, scores in items.items()})
+        # the final model on the past edits' equivalents, per edit (GR_final: the papers' Gen. after T edits)
+        items["past_equivalents"] = [g for g in grouped_scores(editor, [[(q, e.target) for q in e.equivalents]
+                                                                         for e in past]) if g]
+        final["past_equivalents"] = mean([mean(g) for g in items["past_equivalents"]])
         for name in ("train_subsample", "test"):  # the ratios' denominators, example by example
             if name in self.initial.get("items", {}):
                 items[f"{name}_initial"] = self.initial["items"][name]

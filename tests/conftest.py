@@ -6,6 +6,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 # real samples of the published files (their sources and licences: tests/fixtures/real/README.md)
 REAL_DATA = ROOT / "tests" / "fixtures" / "real"
+ZSRE_MEND = ROOT / "data" / "samples" / "zsre_mend"  # the real MEND-layout zsRE sample, shipped as data
 # Rebuildable caches (tokenizer, facts table, initial models) persist between test sessions.
 os.environ.setdefault("SEQEDIT_CACHE", str(ROOT / ".cache" / "seqedit"))
 

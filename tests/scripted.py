@@ -91,8 +91,8 @@ class ScriptedEditor(Editor):
             time.sleep(self.config.sleep)
         if self.config.forget:
             for prompt in (self.last, "t1"):
-                self.knowledge.pop(prompt, None)
-                self.knowledge.pop(f"{prompt}?", None)
+                for known in [prompt, f"{prompt}?", *(f"{prompt}~{i}" for i in range(2))]:  # with its equivalents
+                    self.knowledge.pop(known, None)
         self.knowledge[example.prompt] = example.target
         if self.config.side_effect:
             self.knowledge[self.config.side_effect] = " maybe"

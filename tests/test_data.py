@@ -11,7 +11,7 @@ from benchmark.config import compose, instantiate
 from benchmark.types import DataError
 from data.base import cut_folds, split_by_ratio
 from data.modify import ObjectSampler
-from tests.conftest import REAL_DATA
+from tests.conftest import REAL_DATA, ZSRE_MEND
 
 
 def datamodule(*overrides):
@@ -73,14 +73,14 @@ def test_zsre_kilt_and_mend_layouts():
     assert ex.target.startswith(" ") and ex.prompt.endswith("?") and len(ex.equivalents) >= 3
     # the subject (MEMIT's key position): KILT's "subject [SEP] relation", MEND's `subject`
     assert ex.subject and "[SEP]" not in ex.subject and ex.subject in ex.prompt
-    mend = datamodule("data=zsre", f"data.path={REAL_DATA / 'zsre'}", "data.layout=mend")
+    mend = datamodule("data=zsre", f"data.path={ZSRE_MEND}", "data.layout=mend")
     assert mend.records_read == 1000
     named = [e.subject is not None and e.subject in e.prompt for e in mend.splits.train]
     assert sum(named) > 0.9 * len(named)
     every = mend.splits.train + [e for f in mend.splits.folds for e in f]
     assert all(not loc.startswith("nq question:") for e in every for loc, _ in e.locality)
     assert all(e.alternative is None or e.alternative == e.alternative.strip() for e in every)
-    modified = datamodule("data=zsre", f"data.path={REAL_DATA / 'zsre'}", "data.layout=mend",
+    modified = datamodule("data=zsre", f"data.path={ZSRE_MEND}", "data.layout=mend",
                           "data.target=modified")
     for e in (e for f in modified.splits.folds for e in f):
         assert e.target.strip() == e.alternative and e.original_target != e.target
@@ -363,7 +363,7 @@ def test_trex_traps_are_said_or_refused():
 
 
 def test_max_records_reads_exactly_that_many_records_of_each_file():
-    zsre = datamodule("data=zsre", f"data.path={REAL_DATA / 'zsre'}", "data.layout=mend", "data.max_records=100")
+    zsre = datamodule("data=zsre", f"data.path={ZSRE_MEND}", "data.layout=mend", "data.max_records=100")
     assert zsre.records_read == 100
     fever = datamodule("data=fever", f"data.path={REAL_DATA / 'fever'}", "data.max_records=3", "data.num_folds=1")
     assert fever.records_read == 6  # 3 of the train file, 3 of the dev file
@@ -416,7 +416,7 @@ def test_a_short_tpatcher_run_on_counterfact_reports_sr_gr_and_loc(tmp_path):
 
 
 def test_zsre_eval_file_alone_is_an_edit_only_dataset(tmp_path):
-    rows = json.loads((REAL_DATA / "zsre" / "zsre_mend_train-1k.json").read_text())[:120]
+    rows = json.loads((ZSRE_MEND / "zsre_mend_train-1k.json").read_text())[:120]
     (tmp_path / "zsre_mend_eval.json").write_text(json.dumps(rows))
     dm = datamodule("data=zsre", f"data.path={tmp_path}", "data.target=modified")
     assert any("the eval file alone" in n for n in dm.notices)

@@ -14,7 +14,7 @@ from benchmark.build import build_data
 from benchmark.config import compose, instantiate
 from benchmark.registry import DATASETS
 from benchmark.types import DataError
-from tests.conftest import REAL_DATA
+from tests.conftest import REAL_DATA, ZSRE_MEND
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SMALL = ["data.split_ratios=[0.4,0.3,0.3]", "data.num_folds=1"]  # a 5-record sample still has every split
@@ -26,7 +26,7 @@ ROWS = {
     "facts": ("facts", None, None, []),
     "fever": ("fever", REAL_DATA / "fever", "fever-train-kilt.jsonl", ["data.num_folds=1"]),
     "zsre-kilt": ("zsre", REAL_DATA / "zsre", "structured_zeroshot-train-kilt.jsonl", ["data.layout=kilt", *SMALL]),
-    "zsre-mend": ("zsre", REAL_DATA / "zsre", "zsre_mend_train-1k.json", ["data.layout=mend"]),
+    "zsre-mend": ("zsre", ZSRE_MEND, "zsre_mend_train-1k.json", ["data.layout=mend"]),
     # the layouts no public sample exists of: fixtures written to their published fields
     "fever-tpatcher": ("fever", FIXTURES / "fever_tpatcher", "fever-edit.jsonl", ["data.num_folds=1"]),
     "zsre-annotated": ("zsre", FIXTURES / "zsre_annotated", "structured_zeroshot-train-new_annotated_final.jsonl",

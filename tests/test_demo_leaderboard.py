@@ -20,6 +20,8 @@ def test_every_experiment_runs_a_step_on_a_tiny_model(experiment, tmp_path):
     files = []
     if cfg.data.name == "trex":  # an experiment on published files: the real samples in tests/fixtures/real
         files = [f"data.path={REAL_DATA / 'trex'}"]
+    if cfg.data.name == "counterfact" and not cfg.data.path:  # fetched from ROME's address: a real fixture here
+        files = [f"data.path={Path(__file__).parent / 'fixtures' / 'counterfact_rome.json'}", "data.num_folds=1"]
     result = run(compose([f"experiment={experiment}", f"model={tiny}", "init.epochs=0", "loop.folds=[0]",
                           "loop.max_fold_examples=2", "loop.progress=false", "editor.max_steps=2",
                           f"output_dir={tmp_path}", *files]))

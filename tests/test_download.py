@@ -17,11 +17,12 @@ import pytest
 
 from benchmark.types import DataError
 from data.download import fetch
+from tests.conftest import ZSRE_MEND
 
 FIXTURES = Path(__file__).parent / "fixtures"
 BODY = (FIXTURES / "counterfact_rome.json").read_bytes()
 FILES = {"/counterfact.json": BODY,  # and ROME's zsRE eval file, here as its real train sample's records
-         "/zsre_mend_eval.json": (FIXTURES / "real" / "zsre" / "zsre_mend_train-1k.json").read_bytes()}
+         "/zsre_mend_eval.json": (ZSRE_MEND / "zsre_mend_train-1k.json").read_bytes()}
 
 
 class Server:

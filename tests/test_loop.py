@@ -25,10 +25,11 @@ def test_metrics_on_a_hand_made_stream(tmp_path):
     fold0, fold1 = result["folds"]["0"], result["folds"]["1"]
     # fold 0: "a" is known, b c d are mistakes; each edit fixes 1 of 2 equivalents.
     assert (fold0["E"], fold0["N"], fold0["SR"], fold0["GR"], fold0["ER"]) == (3, 3, 1.0, 0.5, 1.0)
+    assert fold0["GR_final"] == 0.5  # the final model on the edits' equivalents: still 1 of 2 each
     assert (fold0["TrainR"], fold0["TestR"]) == (1.0, 1.0)
     assert fold0["params_added"] == 7 * (8 + 3 + 3 + 3)  # known (prompts, probes) + edits, their equivalents, probes
     # fold 1: e and f are mistakes; f has no equivalents, so GR averages e's alone.
-    assert (fold1["E"], fold1["N"], fold1["GR"]) == (2, 2, 0.5)
+    assert (fold1["E"], fold1["N"], fold1["GR"], fold1["GR_final"]) == (2, 2, 0.5, 0.5)
     assert result["metrics"]["E"]["mean"] == 2.5
     assert result["metrics"]["E"]["std"] == pytest.approx(0.7071, abs=1e-4)
 
@@ -88,6 +89,8 @@ def test_forgetting_editor_lowers_er_and_trainr(tmp_path):
     fold0 = result["folds"]["0"]
     assert fold0["SR"] == 1.0
     assert fold0["ER"] == pytest.approx(1 / 3)  # only the last of b, c, d survives
+    # right after each edit 1 of its 2 equivalents holds (GR); at the end only d's (GR_final)
+    assert (fold0["GR"], fold0["GR_final"]) == (0.5, pytest.approx(0.5 / 3))
     assert fold0["TrainR"] == pytest.approx((1 / 3) / (2 / 3))  # t1 forgotten
     evals = [json.loads(x) for x in (tmp_path / "r" / "edits.jsonl").read_text().splitlines()]
     evals = [x for x in evals if x["type"] == "eval" and x["fold"] == 0]
