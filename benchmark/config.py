@@ -7,6 +7,7 @@ whose config dataclass then types that whole group, so an unknown key is an erro
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,6 +139,9 @@ class RunConfig:
     resume: bool = field(default=False, metadata={"help": "continue the run in output_dir/run_id"})
 
     def __post_init__(self) -> None:
+        if self.run_id is not None and not self.run_id.strip():
+            raise ValueError(f"run_id={self.run_id!r}: empty; give a folder name, or leave run_id unset for one "
+                             "derived from the config")
         device = str(getattr(self.model, "device", "cpu"))
         if device != "cpu" and self.trainer.accelerator == "cpu":  # Lightning's CPU run moves the model back
             raise ValueError(f"trainer.accelerator=cpu with model.device={device}: the stream would run with the "
@@ -347,7 +351,20 @@ def instantiate(cfg: DictConfig) -> RunConfig:
         raise ConfigError(str(err).split("\n")[0]) from None
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    _no_infinity(run)
     return run
+
+
+def _no_infinity(node: Any, path: str = "") -> None:
+    """An infinity (`1e999` reads as one) passes every `> 0` check, so `editor.lr=1e999` would be
+    taken and every edit fail: refused by name, except in a field whose metadata says infinity
+    means something (`"infinite": "what it means"`, as constrained FT's delta = inf: no bound)."""
+    for f in dataclasses.fields(node):
+        value, key = getattr(node, f.name), f"{path}.{f.name}" if path else f.name
+        if dataclasses.is_dataclass(value):
+            _no_infinity(value, key)
+        elif isinstance(value, float) and math.isinf(value) and not f.metadata.get("infinite"):
+            raise ConfigError(f"{key}={value} is not a finite number, which this setting must be")
 
 
 def to_yaml(cfg: DictConfig) -> str:

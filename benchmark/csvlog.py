@@ -15,6 +15,8 @@ from typing import Any
 from lightning.pytorch.loggers.logger import Logger, rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
+from benchmark.records import open_no_follow
+
 HEADER = ["step", "metric", "value"]
 
 
@@ -27,16 +29,17 @@ class AppendingCSVLogger(Logger):
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is None or not self.path.exists():
-            self.path.write_text(",".join(HEADER) + "\n")
+            with open_no_follow(self.path, "w", newline="") as handle:
+                handle.write(",".join(HEADER) + "\n")
         else:
             with open(self.path, newline="") as handle:
                 rows = [r for r in csv.DictReader(handle) if r.get("step", "").isdigit()
                         and int(r["step"]) <= resume_step]
-            with open(self.path, "w", newline="") as handle:
+            with open_no_follow(self.path, "w", newline="") as handle:
                 writer = csv.DictWriter(handle, fieldnames=HEADER)
                 writer.writeheader()
                 writer.writerows({k: r[k] for k in HEADER} for r in rows)
-        self._handle = open(self.path, "a", newline="")
+        self._handle = open_no_follow(self.path, "a", newline="")
         self._writer = csv.writer(self._handle)
 
     @property

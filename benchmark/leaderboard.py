@@ -175,6 +175,12 @@ def _folds(run: dict) -> int:
     return max((s.get("folds", 0) for s in run["metrics"].values() if isinstance(s, dict)), default=0)
 
 
+def _md(text: str) -> str:
+    """Text from run folders (ids, config values) as Markdown shows it literally: code hosts render
+    raw HTML in Markdown, and a `|` would cut the table's row."""
+    return html.escape(str(text), quote=False).replace("|", "\\|").replace("\n", " ")
+
+
 def _settings_text(settings: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in settings.items())
 
@@ -190,15 +196,16 @@ def table(runs: list[dict]) -> str:
         best = _best(members, columns)
         differ = differing_settings(members)
         title, data_line = _group_heading(key, all_groups)
-        out += [f"## {title}", ""] + ([f"Data settings: {data_line}", ""] if data_line else [])
+        out += [f"## {_md(title)}", ""] + ([f"Data settings: {_md(data_line)}", ""] if data_line else [])
         show_settings = any(differ.values())
         out += ["| editor | run | folds | " + " | ".join(columns) + (" | settings |" if show_settings else " |"),
                 "|---" * (len(columns) + 3 + show_settings) + "|"]
         for run in members:
             cells = [_cell(run["metrics"].get(c), c) for c in columns]
             cells = [f"**{text}**" if _is_best(run, c, best) else text for c, text in zip(columns, cells)]
-            extra = [_settings_text(differ[run["id"]]) or "-"] if show_settings else []
-            out.append(f"| {run['editor']} | {run['id']} | {_folds(run)} | " + " | ".join(cells + extra) + " |")
+            extra = [_md(_settings_text(differ[run["id"]]) or "-")] if show_settings else []
+            row = [_md(run["editor"]), _md(run["id"]), str(_folds(run)), *cells, *extra]
+            out.append("| " + " | ".join(row) + " |")
         run_time = _run_time(members)
         out += ["", run_time, ""] if run_time else [""]
     return "\n".join(out)

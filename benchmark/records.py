@@ -16,6 +16,7 @@ while a run writes it.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -41,6 +42,48 @@ class RunLockedError(ValueError):
     """Another process is writing the run folder."""
 
 
+class RunFolderError(ValueError):
+    """A run folder holding a link or a special file where seqedit reads or writes."""
+
+
+OWNED_BY_OTHERS = ("wandb",)  # W&B's offline logs, with its own links: W&B writes there, seqedit never
+
+
+def check_run_folder(run_dir: Path) -> None:
+    """A run folder is something people copy, download and share, so nothing in it may point
+    elsewhere: the folder, and every entry seqedit may read or write below it, must be a plain folder
+    or regular file. A link (to a file outside, or inside) or a device, pipe or socket is refused in
+    one line before anything is read or written; `open_no_follow` closes the race after the check."""
+    run_dir = Path(run_dir)
+    if run_dir.is_symlink():
+        raise RunFolderError(f"{run_dir}: the run folder is a link; give a plain folder (seqedit never follows one)")
+    if not run_dir.exists():
+        return
+    for top, folders, files in os.walk(run_dir, followlinks=False):
+        if Path(top) == run_dir:
+            folders[:] = [f for f in folders if f not in OWNED_BY_OTHERS]
+        for name in [*folders, *files]:
+            path = Path(top) / name
+            if path.is_symlink() or not (path.is_dir() or path.is_file()):
+                kind = "a link" if path.is_symlink() else "not a regular file"
+                raise RunFolderError(f"{path}: {kind} inside a run folder; seqedit writes only plain files there and "
+                                     "will not follow it (remove it, or start another run_id)")
+
+
+def open_no_follow(path: Path, mode: str, **kwargs):
+    """`open(path, mode)` for the files a run appends to, refusing a link at the last component
+    (O_NOFOLLOW), so a link swapped in after `check_run_folder` is not followed either."""
+    flags = {"a": os.O_WRONLY | os.O_APPEND | os.O_CREAT, "a+": os.O_RDWR | os.O_APPEND | os.O_CREAT,
+             "w": os.O_WRONLY | os.O_TRUNC | os.O_CREAT}[mode]
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW, 0o644)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise RunFolderError(f"{path}: a link inside a run folder; seqedit will not follow it") from None
+        raise
+    return os.fdopen(fd, mode, **kwargs)
+
+
 def line_hash(record: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(record).encode()).hexdigest()[:16]
 
@@ -62,7 +105,7 @@ class RunLock:
     def __init__(self, run_dir: Path):
         run_dir.mkdir(parents=True, exist_ok=True)
         self.path = run_dir / ".lock"
-        self._handle = open(self.path, "a+")
+        self._handle = open_no_follow(self.path, "a+")
         try:
             fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -123,7 +166,7 @@ class RunRecords:
         if not resume:
             config_path.write_text(header + without_resume(config_yaml))
         self.lines: list[dict] = self._read() if resume else []
-        self._handle = open(self.path, "a", encoding="utf-8")
+        self._handle = open_no_follow(self.path, "a", encoding="utf-8")
 
     def _read(self) -> list[dict]:
         """Every record line, verified: only a last line without its newline (cut by a crash while
@@ -157,7 +200,7 @@ class RunRecords:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(line) + "\n" for line in self.lines), encoding="utf-8")
         tmp.replace(self.path)
-        self._handle = open(self.path, "a", encoding="utf-8")
+        self._handle = open_no_follow(self.path, "a", encoding="utf-8")
 
     def append(self, record: dict[str, Any]) -> None:
         record = _finite(record)

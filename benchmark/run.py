@@ -37,7 +37,7 @@ from benchmark.loop import (
 from benchmark.metrics import INTERVAL_METHOD, aggregate, fold_intervals, mean
 from benchmark.models import build_model
 from benchmark.models.prefix_cache import PrefixCache
-from benchmark.records import ResumeError, RunLock, RunRecords, config_identity
+from benchmark.records import ResumeError, RunLock, RunRecords, check_run_folder, config_identity
 from benchmark.registry import EDITORS
 from benchmark.types import EditSplits
 from data.base import EditDataModule
@@ -146,6 +146,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """One run: every check that can fail runs before the slow steps (initial model, editing), and
     the run folder is locked while it is written."""
     plan = _plan(cfg)
+    check_run_folder(plan.run_dir)  # nothing in it is a link, before anything is read or written
     lock = RunLock(plan.folder)
     try:
         records = RunRecords(plan.folder, to_yaml(plan.cfg), plan.run_cfg.seed, plan.run_cfg.resume)

@@ -167,19 +167,24 @@ class EditDataModule(L.LightningDataModule):
     def memory_pool(self, candidates: list[Example], what: str) -> list[Example]:
         """The first `memory_size` candidates; a pool smaller than asked is said in the notices."""
         size = self.config.pool_size
-        if len(candidates) < size:
+        if len(candidates) < size and not self._default("pool_size"):  # a default asks for all there is: no notice
             self.notices.append(f"memory pool: {len(candidates)} {what} (data.pool_size={size} asks for more)")
         return candidates[:size]
 
     def d_tr_size(self, available: int) -> int:
         """data.train_subsample, or half of what there is where it asks for all of it: the other
-        half is the memory pool, which an editor's memory loss or KL needs (said in the notices)."""
+        half is the memory pool, which an editor's memory loss or KL needs (a notice where the size was given)."""
         asked = self.config.train_subsample
         if asked < available or available < 2:
             return min(asked, available)
-        self.notices.append(f"D_tr: {available // 2} of {available} D'train facts (data.train_subsample={asked} asks "
-                            "for all of them; the other half is the memory pool)")
+        if not self._default("train_subsample"):  # the default's halving is documented; a given size is told
+            self.notices.append(f"D_tr: {available // 2} of {available} D'train facts (data.train_subsample="
+                                f"{asked} asks for all of them; the other half is the memory pool)")
         return available // 2
+
+    def _default(self, name: str) -> bool:
+        """Whether a setting holds its dataclass default (a size no user asked for)."""
+        return getattr(self.config, name) == type(self.config).__dataclass_fields__[name].default
 
     def edit_only_splits(self, records: list[Example], source: str) -> EditSplits:
         """Splits from a file of edit records alone, for a pre-trained model: `background_fraction`

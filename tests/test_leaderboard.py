@@ -142,3 +142,19 @@ def test_intervals_in_one_line_and_every_run_overlapping_the_best_is_bold(tmp_pa
     assert "| tpatcher | b/tpatcher | 2 | 0.700 [0.600, 0.800] |" in text  # clear of it
     html = (tmp_path / "out" / "leaderboard.html").read_text()
     assert "<span class='std'> [0.850, 0.950]</span>" in html and "white-space:nowrap" in html
+
+
+def test_markdown_shows_run_ids_and_settings_literally(tmp_path):
+    """A run id or config value holding HTML or a `|` is shown as text (code hosts render raw HTML
+    in Markdown), and the table's rows keep their cells."""
+    write_runs(tmp_path / "runs")
+    bad = tmp_path / "runs" / "a" / "<img src=x onerror=alert(1)>"
+    (tmp_path / "runs" / "a" / "tpatcher").rename(bad)
+    config = bad / "config.yaml"
+    config.write_text(config.read_text().replace("layer: -1", "layer: '<b>x|y</b>'"))
+    md, _ = build(tmp_path / "runs", tmp_path / "out")
+    text = md.read_text()
+    assert "<img" not in text and "<b>" not in text
+    assert "&lt;img src=x onerror=alert(1)&gt;" in text and "&lt;b&gt;x\\|y&lt;/b&gt;" in text
+    rows = [line for line in text.splitlines() if "onerror" in line]
+    assert rows and all(line.count(" | ") == rows[0].count(" | ") for line in rows)

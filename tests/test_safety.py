@@ -206,3 +206,69 @@ def _top_level_blocks(lines: list[str]) -> list[str]:
         else:
             blocks.append(line)
     return blocks
+
+
+@pytest.mark.parametrize("planted", [".lock", "edits.jsonl", "config.yaml", "logs/metrics.csv", "results.json.tmp",
+                                     "state", "run"])
+def test_a_link_in_a_run_folder_is_refused_and_its_target_untouched(tmp_path, planted):
+    """A run folder (copied, downloaded, shared) with a link where seqedit writes: refused in one
+    line before anything is written, for a new run and a resume, and the link's target keeps its
+    bytes; the whole folder a link is refused too."""
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep me\n")
+    first = _run(tmp_path / "out")  # a finished run to resume
+    assert first["metrics"]
+    folder = tmp_path / "out" / "r"
+    if planted == "run":
+        (tmp_path / "elsewhere").mkdir()
+        os.rename(folder, tmp_path / "elsewhere" / "r")
+        folder.symlink_to(tmp_path / "elsewhere" / "r")
+    else:
+        target = folder / planted
+        if target.is_dir():
+            import shutil
+
+            shutil.rmtree(target)
+        target.unlink(missing_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(outside)
+    for resume in ("resume=true", "resume=false"):
+        with pytest.raises(ValueError, match=r"link.*(will not|never) follow"):
+            _run(tmp_path / "out", resume)
+    assert outside.read_text() == "keep me\n"
+
+
+def test_a_fifo_in_a_run_folder_is_refused(tmp_path):
+    _run(tmp_path)
+    os.mkfifo(tmp_path / "r" / "logs" / "extra")
+    with pytest.raises(ValueError, match="not a regular file inside a run folder"):
+        _run(tmp_path, "resume=true")
+
+
+def test_appends_never_follow_a_link_swapped_in_after_the_check(tmp_path):
+    """`open_no_follow` refuses a link at open time (O_NOFOLLOW), the race the folder check leaves."""
+    from benchmark.records import RunFolderError, open_no_follow
+
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep me\n")
+    (tmp_path / "edits.jsonl").symlink_to(outside)
+    with pytest.raises(RunFolderError, match="will not follow"):
+        open_no_follow(tmp_path / "edits.jsonl", "a")
+    assert outside.read_text() == "keep me\n"
+
+
+@pytest.mark.parametrize("bad,named", [("editor.lr=1e999", "editor.lr=inf is not a finite number"),
+                                       ("editor.max_steps=1e999", "editor.max_steps"),
+                                       ("run_id=''", "run_id='': empty"), ("run_id=' '", "run_id=' ': empty")])
+def test_impossible_values_are_one_line_before_anything_is_written(tmp_path, capsys, bad, named):
+    """An infinity passes every `> 0` check and an empty run_id picked a derived folder: both are
+    refused by name, exit 2, nothing written, and the error is the only line (a default run on the
+    facts set says nothing about sizes it never asked for). Constrained FT's delta=inf (no bound) stays."""
+    code = main(["run", "editor=ft_last", "data=facts", "model=tiny-llama", f"output_dir={tmp_path / 'out'}",
+                 "loop.progress=false", bad])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and named in err[0], err
+    assert not (tmp_path / "out").exists()
+    from benchmark.config import compose, instantiate
+
+    assert instantiate(compose(["editor=constrained_ft", "editor.delta=inf"])).editor.delta == float("inf")

@@ -11,7 +11,8 @@ from editors.configs.base import EditorConfig
 @dataclass
 class ConstrainedFTConfig(EditorConfig):
     block: str = field(default="last", metadata={"help": "block index 0..L-1 | embeddings | last | all"})
-    delta: float = field(default=1e-3, metadata={"help": "bound on ||theta - theta_0||; inf is plain fine-tuning"})
+    delta: float = field(default=1e-3, metadata={"help": "bound on ||theta - theta_0||; inf is plain fine-tuning",
+                                                  "infinite": "no bound: plain fine-tuning"})
     norm: str = field(default="linf", metadata={"help": "linf (element-wise clamp) | l2 (ball over all tuned weights)"})
     lr: float = field(default=1e-4, metadata={"help": "Adam learning rate"})
     mix: str = field(default="ftm", metadata={"help": "ftm: modified facts only | fta: plus as many unmodified"})
