@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
-from benchmark.cache import cache_dir
+from benchmark.cache import cache_dir, file_sha256
 from benchmark.config import InitConfig
 from benchmark.keep_best import KeepBest
 from benchmark.models.base import ModelAdapter
@@ -103,40 +103,76 @@ def prepare_initial_model(adapter: ModelAdapter, datamodule: EditDataModule, mod
     weights = initial_weights(model_cfg, datamodule.config, init_cfg)
     if weights is None:
         return None
-    folder = weights.parent
-    if not weights.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        splits = datamodule.splits
-        module = TaskModule(adapter, init_cfg.lr)
-        adapter.model.train()
-        # keep the epoch with the best D_val accuracy (the paper validates its initial models on D_val)
-        best = KeepBest("val_acc")
-        keep_best = init_cfg.keep == "best_val"
-        trainer = L.Trainer(max_epochs=init_cfg.epochs, accelerator="auto" if model_cfg.device != "cpu" else "cpu",
-                            devices=1, logger=False, callbacks=[best] if keep_best else [],
-                            enable_checkpointing=False, enable_progress_bar=progress,
-                            enable_model_summary=False, num_sanity_val_steps=0)
-        # every training form of a fact (Zhu et al.: the model learns facts from their evidence)
-        loader = DataLoader(with_training_forms(splits.train), batch_size=init_cfg.batch_size, shuffle=True,
-                            collate_fn=list, generator=torch.Generator().manual_seed(model_cfg.seed))
-        if not splits.val and keep_best:
-            print("seqedit: the data has no D_val; the initial model's best epoch is chosen on 64 D'train examples",
-                  file=sys.stderr)
-        val = DataLoader(splits.val or splits.train[:64], batch_size=64, collate_fn=list)
-        torch.manual_seed(model_cfg.seed)  # dropout masks: the same model from the same settings
-        with deterministic(init_cfg.threads):
-            trainer.fit(module, loader, val)
-        if keep_best:
-            best.restore(module)
-        adapter.model.eval()
-        state = {k: v.contiguous() for k, v in adapter.model.state_dict().items()}
-        tmp = folder / "model.tmp"
-        save_file(dedupe_shared(state), str(tmp))
-        tmp.replace(weights)
-    else:
-        adapter.model.load_state_dict(load_file(str(weights)), strict=False)
+    if weights.exists():
+        problem = _load_verified(adapter, weights)
+        if problem is None:
+            adapter.model.eval()
+            return weights
+        print(f"seqedit: the cached initial model {weights} {problem}; fitting it again", file=sys.stderr)
+        weights.unlink()
+    _fit(adapter, datamodule, model_cfg, init_cfg, progress, weights)
     adapter.model.eval()
     return weights
+
+
+def _fit(adapter: ModelAdapter, datamodule: EditDataModule, model_cfg, init_cfg: InitConfig, progress: bool,
+         weights: Path) -> None:
+    """Fine-tune the model on D'train and cache its weights with their checksum."""
+    folder = weights.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    splits = datamodule.splits
+    module = TaskModule(adapter, init_cfg.lr)
+    adapter.model.train()
+    # keep the epoch with the best D_val accuracy (the paper validates its initial models on D_val)
+    best = KeepBest("val_acc")
+    keep_best = init_cfg.keep == "best_val"
+    trainer = L.Trainer(max_epochs=init_cfg.epochs, accelerator="auto" if model_cfg.device != "cpu" else "cpu",
+                        devices=1, logger=False, callbacks=[best] if keep_best else [],
+                        enable_checkpointing=False, enable_progress_bar=progress,
+                        enable_model_summary=False, num_sanity_val_steps=0)
+    # every training form of a fact (Zhu et al.: the model learns facts from their evidence)
+    loader = DataLoader(with_training_forms(splits.train), batch_size=init_cfg.batch_size, shuffle=True,
+                        collate_fn=list, generator=torch.Generator().manual_seed(model_cfg.seed))
+    if not splits.val and keep_best:
+        print("seqedit: the data has no D_val; the initial model's best epoch is chosen on 64 D'train examples",
+              file=sys.stderr)
+    val = DataLoader(splits.val or splits.train[:64], batch_size=64, collate_fn=list)
+    torch.manual_seed(model_cfg.seed)  # dropout masks: the same model from the same settings
+    with deterministic(init_cfg.threads):
+        trainer.fit(module, loader, val)
+    if keep_best:
+        best.restore(module)
+    adapter.model.eval()
+    state = {k: v.contiguous() for k, v in adapter.model.state_dict().items()}
+    tmp = folder / "model.tmp"
+    save_file(dedupe_shared(state), str(tmp))
+    tmp.replace(weights)
+    _pin(weights).write_text(file_sha256(weights) + "\n")
+
+
+def _pin(weights: Path) -> Path:
+    return weights.with_name(weights.name + ".sha256")
+
+
+def _load_verified(adapter: ModelAdapter, weights: Path) -> str | None:
+    """Load a cached initial model where it can be trusted; else say why not (and load nothing):
+    its bytes must match the checksum written beside it, and its tensors be this model's, every
+    name and shape (a file from another model would otherwise load partly and publish an
+    untrained model's metrics)."""
+    pin = _pin(weights)
+    if pin.exists() and file_sha256(weights) != pin.read_text().strip():
+        return "does not match its checksum (damaged)"
+    try:
+        state = load_file(str(weights))
+    except Exception as err:  # safetensors raises its own error on a cut or foreign file
+        return f"cannot be read ({type(err).__name__})"
+    expected = {k: tuple(v.shape) for k, v in dedupe_shared(adapter.model.state_dict()).items()}
+    if {k: tuple(v.shape) for k, v in state.items()} != expected:
+        return "holds tensors that are not this model's"
+    adapter.model.load_state_dict(state, strict=False)  # tied weights are saved once (dedupe_shared)
+    if not pin.exists():  # cached before checksums were written: verified by its tensors, pinned now
+        pin.write_text(file_sha256(weights) + "\n")
+    return None
 
 
 def report(adapter: ModelAdapter, datamodule: EditDataModule) -> dict[str, float]:

@@ -14,25 +14,16 @@ the cache (`SEQEDIT_CACHE/downloads/`).
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from benchmark.cache import cache_dir
+from benchmark.cache import cache_dir, file_sha256
 from data.io import DataError
 
-CHUNK = 1 << 20
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
+CHUNK = 1 << 20  # bytes a read asks for
 
 
 def _refusal(url: str, reason: str) -> DataError:
@@ -51,14 +42,14 @@ def fetch(url: str, name: str, sha256: str | None = None, timeout: float = 60.0,
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         expected = sha256 or (pin.read_text().strip() if pin.exists() else None)
-        if expected and _sha256(path) == expected:
+        if expected and file_sha256(path) == expected:
             return path
         path.unlink()  # damaged, swapped, or never verified: fetched again
         pin.unlink(missing_ok=True)
     if offline():
         raise _refusal(url, "not in the cache and offline (SEQEDIT_OFFLINE or HF_HUB_OFFLINE is set)")
     _download(url, part, timeout, progress)
-    got = _sha256(part)
+    got = file_sha256(part)
     if sha256 and got != sha256:
         part.unlink()
         raise _refusal(url, f"checksum mismatch (sha256 {got[:16]}..., expected {sha256[:16]}...); nothing was cached")

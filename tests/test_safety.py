@@ -272,3 +272,40 @@ def test_impossible_values_are_one_line_before_anything_is_written(tmp_path, cap
     from benchmark.config import compose, instantiate
 
     assert instantiate(compose(["editor=constrained_ft", "editor.delta=inf"])).editor.delta == float("inf")
+
+
+@pytest.mark.parametrize("damage", ["cut", "flipped", "foreign"])
+def test_a_damaged_cached_initial_model_is_fitted_again(tmp_path, monkeypatch, capsys, damage):
+    """A cached initial model cut short, with a changed byte, or holding another model's tensors
+    (its checksum rewritten to match, so only the tensor check can tell) is never loaded: one line
+    says so, the model is fitted again, and it is the model the first fit made."""
+    from safetensors.torch import save_file
+
+    from benchmark.build import build_data
+    from benchmark.config import compose, instantiate
+    from benchmark.init import prepare_initial_model
+    from benchmark.models import build_model
+
+    monkeypatch.setenv("SEQEDIT_CACHE", str(tmp_path))
+    cfg = instantiate(compose(["model=tiny-llama", "data=facts", "init.epochs=1", "init.threads=1",
+                               "data.train_subsample=50"]))
+    data = build_data(cfg)
+    first = build_model(cfg.model)
+    weights = prepare_initial_model(first, data, cfg.model, cfg.init, progress=False)
+    fitted = {k: v.clone() for k, v in first.model.state_dict().items()}
+    raw = weights.read_bytes()
+    if damage == "cut":
+        weights.write_bytes(raw[: len(raw) // 2])
+    elif damage == "flipped":
+        weights.write_bytes(raw[:-1] + bytes([raw[-1] ^ 1]))
+    else:
+        save_file({"other.weight": torch.zeros(3, 3)}, str(weights))
+        from benchmark.cache import file_sha256
+
+        weights.with_name(weights.name + ".sha256").write_text(file_sha256(weights) + "\n")
+    capsys.readouterr()
+    again = build_model(cfg.model)
+    prepare_initial_model(again, data, cfg.model, cfg.init, progress=False)
+    assert "fitting it again" in capsys.readouterr().err
+    state = again.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in fitted.items())
