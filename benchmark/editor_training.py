@@ -19,10 +19,10 @@ from typing import Any
 import lightning as L
 import torch
 
-from benchmark.cache import cache_dir
+from benchmark.cache import cache_dir, pin, pin_mismatch, pin_path
 from benchmark.init import deterministic, init_key, prepare_initial_model
 from benchmark.keep_best import KeepBest
-from benchmark.records import load_tensors
+from benchmark.records import ResumeError, load_tensors
 
 # Editor fields that only matter while editing, not for what the training phase learns.
 EDIT_TIME_FIELDS = {"max_steps", "threshold", "backend"}
@@ -48,11 +48,22 @@ def train_command(run_cfg) -> str:
 
 
 def load_trained_state(run_cfg) -> dict[str, Any]:
+    """The cached trained state, where it is whole (its checksum, and readable as tensors only)."""
     path = trained_path(run_cfg)
     if not path.exists():
         raise FileNotFoundError(f"editor {run_cfg.editor.name} has no trained state for this model and data "
                                 f"({path.name}); make it with: {train_command(run_cfg)}")
-    return load_tensors(path)
+    try:
+        if pin_mismatch(path):
+            raise ResumeError("does not match its checksum")
+        state = load_tensors(path)
+    except ResumeError as err:
+        raise FileNotFoundError(f"{path}: the cached trained state of editor {run_cfg.editor.name} is damaged "
+                                f"({str(err).rsplit('(', 1)[-1].rstrip(')')}); make it again with: "
+                                f"{train_command(run_cfg)}") from None
+    if not pin_path(path).exists():  # cached before checksums were written, read whole just now
+        pin(path)
+    return state
 
 
 def train_editor(run_cfg, progress: bool = True) -> dict[str, Any]:
@@ -61,7 +72,7 @@ def train_editor(run_cfg, progress: bool = True) -> dict[str, Any]:
     from benchmark.models import build_model
 
     path = trained_path(run_cfg)
-    if path.exists():
+    if path.exists() and not pin_mismatch(path):
         return {"state": str(path), "cached": True}
     datamodule = build_data(run_cfg)
     adapter = build_model(run_cfg.model)
@@ -82,4 +93,5 @@ def train_editor(run_cfg, progress: bool = True) -> dict[str, Any]:
     tmp = path.with_suffix(".tmp")
     torch.save(editor.trained_state(), tmp)
     tmp.replace(path)
+    pin(path)
     return {"state": str(path), "cached": False, module.monitor: best.best}

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
-from benchmark.cache import cache_dir, file_sha256
+from benchmark.cache import cache_dir, pin, pin_mismatch, pin_path
 from benchmark.config import InitConfig
 from benchmark.keep_best import KeepBest
 from benchmark.models.base import ModelAdapter
@@ -147,11 +147,7 @@ def _fit(adapter: ModelAdapter, datamodule: EditDataModule, model_cfg, init_cfg:
     tmp = folder / "model.tmp"
     save_file(dedupe_shared(state), str(tmp))
     tmp.replace(weights)
-    _pin(weights).write_text(file_sha256(weights) + "\n")
-
-
-def _pin(weights: Path) -> Path:
-    return weights.with_name(weights.name + ".sha256")
+    pin(weights)
 
 
 def _load_verified(adapter: ModelAdapter, weights: Path) -> str | None:
@@ -159,8 +155,7 @@ def _load_verified(adapter: ModelAdapter, weights: Path) -> str | None:
     its bytes must match the checksum written beside it, and its tensors be this model's, every
     name and shape (a file from another model would otherwise load partly and publish an
     untrained model's metrics)."""
-    pin = _pin(weights)
-    if pin.exists() and file_sha256(weights) != pin.read_text().strip():
+    if pin_mismatch(weights):
         return "does not match its checksum (damaged)"
     try:
         state = load_file(str(weights))
@@ -170,8 +165,8 @@ def _load_verified(adapter: ModelAdapter, weights: Path) -> str | None:
     if {k: tuple(v.shape) for k, v in state.items()} != expected:
         return "holds tensors that are not this model's"
     adapter.model.load_state_dict(state, strict=False)  # tied weights are saved once (dedupe_shared)
-    if not pin.exists():  # cached before checksums were written: verified by its tensors, pinned now
-        pin.write_text(file_sha256(weights) + "\n")
+    if not pin_path(weights).exists():  # cached before checksums were written: verified by its tensors
+        pin(weights)
     return None
 
 

@@ -42,6 +42,7 @@ WanliYoung/Collapse-in-Model-Editing, easyeditor/models/rome/compute_v.py:182-19
 from __future__ import annotations
 
 import hashlib
+import sys
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from benchmark.cache import cache_dir
+from benchmark.cache import cache_dir, pin, pin_mismatch, pin_path
 from benchmark.models.base import installed
 from benchmark.types import EditorData, Example
 from editors.base import Editor, EditResult
@@ -142,17 +143,41 @@ class MemitEditor(Editor):
                 digest.update(p.detach().float().cpu().numpy().tobytes())
             if index in self.layers:
                 paths.append(cache_dir() / "second_moments" / f"{digest.hexdigest()}-{index}.safetensors")
-        if all(path.exists() for path in paths):
-            from safetensors.torch import load_file
-
-            return [load_file(path)["mom2"].to(self.adapter.device) for path in paths]
+        cached = self._cached_moments(paths)
+        if cached is not None:
+            return cached
         moments = self._count_second_moments(texts)
         from safetensors.torch import save_file
 
         paths[0].parent.mkdir(parents=True, exist_ok=True)
         for path, mom2 in zip(paths, moments):
-            save_file({"mom2": mom2.cpu().contiguous()}, str(path))
+            tmp = path.with_suffix(".tmp")
+            save_file({"mom2": mom2.cpu().contiguous()}, str(tmp))
+            tmp.replace(path)
+            pin(path)
         return moments
+
+    def _cached_moments(self, paths: list[Path]) -> list[Tensor] | None:
+        """The cached E[k k^T] of every block, where each file is whole, matches its checksum and
+        holds one square matrix over the block's keys; else None (and a damaged file is named)."""
+        if not all(path.exists() for path in paths):
+            return None
+        from safetensors.torch import load_file
+
+        out = []
+        for path, site in zip(paths, self.sites):
+            try:
+                mom2 = None if pin_mismatch(path) else load_file(path)["mom2"]
+            except Exception:  # cut or foreign: safetensors' own error, or no "mom2"
+                mom2 = None
+            keys = getattr(site.out_proj, "in_features", None) or site.out_proj.weight.shape[0]  # Conv1D: [in, out]
+            if mom2 is None or tuple(mom2.shape) != (keys, keys):
+                print(f"seqedit: the cached second moment {path} is damaged; computing it again", file=sys.stderr)
+                return None
+            if not pin_path(path).exists():
+                pin(path)
+            out.append(mom2.to(self.adapter.device))
+        return out
 
     def _count_second_moments(self, texts: list[str]) -> list[Tensor]:
         """One pass over the texts for every edited block, stopped after the deepest one (the

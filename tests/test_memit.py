@@ -106,17 +106,34 @@ def test_alphaedit_refuses_to_drop_the_earlier_keys():
         AlphaEditConfig(name="alphaedit", past_keys=False)
 
 
-def test_second_moment_is_cached_per_model_block_and_texts(tmp_path, monkeypatch):
-    """The second run reads the file the first wrote (a changed file shows through), and the
-    one-pass count stopped after the deepest block equals a full forward's."""
+def test_second_moment_is_cached_per_model_block_and_texts(tmp_path, monkeypatch, capsys):
+    """The second run reads the file the first wrote (a changed file with its checksum shows
+    through); a file whose bytes no longer match its checksum, or cut short, or of another shape, is
+    named in one line and computed again; the one-pass count stopped after the deepest block equals
+    a full forward's."""
     from safetensors.torch import save_file
+
+    from benchmark.cache import pin
 
     monkeypatch.setenv("SEQEDIT_CACHE", str(tmp_path))
     _, first = _editor("memit", context_templates=0)
     (path,) = list((tmp_path / "second_moments").glob("*.safetensors"))
     save_file({"mom2": 2 * first.second_moments[0]}, str(path))
+    pin(path)
     _, again = _editor("memit", context_templates=0)
     assert torch.equal(again.second_moments[0], 2 * first.second_moments[0])
+    for damage in ("unpinned change", "cut", "shape"):
+        if damage == "unpinned change":
+            save_file({"mom2": 3 * first.second_moments[0]}, str(path))
+        elif damage == "cut":
+            path.write_bytes(path.read_bytes()[:100])
+        else:
+            save_file({"mom2": torch.eye(3)}, str(path))
+            pin(path)
+        capsys.readouterr()
+        _, again = _editor("memit", context_templates=0)
+        assert "is damaged; computing it again" in capsys.readouterr().err, damage
+        torch.testing.assert_close(again.second_moments[0], first.second_moments[0])
     texts = [f"{w} is known for {w}" for w in WORDS]
     seen = []
     handle = first.sites[0].out_proj.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))

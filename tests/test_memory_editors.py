@@ -321,3 +321,32 @@ def _close(a, b) -> bool:
     if isinstance(a, list) and isinstance(b, list):
         return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
     return type(a) is type(b) and a == b
+
+
+def test_a_damaged_trained_state_is_refused_with_the_command_that_makes_it(tmp_path, monkeypatch):
+    """A cached training phase whose bytes changed, or that is cut short, is not loaded: one line
+    names it and the command that makes it again; one cached before checksums were written is read
+    (tensors only) and pinned."""
+    import torch
+
+    from benchmark.cache import pin, pin_path
+    from benchmark.config import compose, instantiate
+    from benchmark.editor_training import load_trained_state, trained_path
+
+    monkeypatch.setenv("SEQEDIT_CACHE", str(tmp_path))
+    cfg = instantiate(compose(["editor=sera", "model=tiny-llama", "data=facts"]))
+    path = trained_path(cfg)
+    path.parent.mkdir(parents=True)
+    torch.save({"w": torch.arange(100.0)}, path)
+    assert torch.equal(load_trained_state(cfg)["w"], torch.arange(100.0)) and pin_path(path).exists()
+    raw = path.read_bytes()
+    flipped, cut = raw[:-9] + bytes([raw[-9] ^ 1]) + raw[-8:], raw[: len(raw) // 2]
+    for damaged, checksum in ((flipped, True), (cut, False)):  # without its checksum the read itself must tell
+        path.write_bytes(damaged)
+        if not checksum:
+            pin_path(path).unlink()
+        with pytest.raises(FileNotFoundError, match=r"is damaged \(.*\); make it again with: seqedit train-editor"):
+            load_trained_state(cfg)
+    path.write_bytes(raw)
+    pin(path)
+    assert torch.equal(load_trained_state(cfg)["w"], torch.arange(100.0))

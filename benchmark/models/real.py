@@ -11,9 +11,11 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
+import sys
 from pathlib import Path
 
-from benchmark.cache import cache_dir
+from benchmark.cache import cache_dir, pin, pin_mismatch, pin_path
 from benchmark.models.base import ModelAdapter, ModelConfig
 from benchmark.models.zoo import load_pretrained
 
@@ -36,7 +38,11 @@ def smollm2_folder() -> Path:
     """The dequantised safetensors copy, made from the GGUF on first use."""
     gguf = smollm2_gguf()
     folder = cache_dir() / f"smollm2-135m-{gguf.stat().st_size}"
-    if not (folder / "model.safetensors").exists():
+    weights = folder / "model.safetensors"
+    if folder.exists() and (not weights.exists() or pin_mismatch(weights)):
+        print(f"seqedit: the cached SmolLM2 copy {folder} is damaged; making it again from the GGUF", file=sys.stderr)
+        shutil.rmtree(folder)
+    if not folder.exists():
         from safetensors.torch import save_file
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -55,6 +61,8 @@ def smollm2_folder() -> Path:
         model.generation_config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         tmp.replace(folder)
+    if not pin_path(weights).exists():  # made just now, or cached before checksums were written
+        pin(weights)
     return folder
 
 
