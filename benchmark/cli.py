@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from benchmark.config import ConfigError, compose
@@ -166,6 +168,52 @@ def _demo(args: list[str]) -> None:
     demo(args)
 
 
+class Stopped(BaseException):
+    """SIGINT or SIGTERM outside the stream (which stops itself after the example in progress):
+    a BaseException, like KeyboardInterrupt, so no `except Exception` on the way swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def _stop_on_signals():
+    """Every phase answers SIGINT and SIGTERM: set-up, initial fit, training phases, the final
+    evaluation, the leaderboard, a sweep (the stream installs its own graceful handler inside)."""
+    def handler(signum, _frame):
+        raise Stopped(signum)
+
+    try:
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: signals stay with whoever owns them
+        previous = {}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _stopping() -> tuple[type[BaseException], ...]:
+    """What a signal arrives as: ours, Python's KeyboardInterrupt, or Lightning's SIGTERMException
+    (a SystemExit with status 0 that a scheduler would take for success), once Lightning is loaded."""
+    stops: list[type[BaseException]] = [Stopped, KeyboardInterrupt]
+    if "lightning.pytorch" in sys.modules:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        stops.append(SIGTERMException)
+    return tuple(stops)
+
+
+def _stopped_line(command: str, err: BaseException) -> tuple[str, int]:
+    signum = getattr(err, "signum", signal.SIGINT if isinstance(err, KeyboardInterrupt) else signal.SIGTERM)
+    again = "the same command with resume=true" if command == "run" else "the same command"
+    return (f"seqedit: stopped by {signal.Signals(signum).name} during `seqedit {command}`; what was finished is "
+            "kept (cached initial models, trained editors, statistics and downloads; a run's records and saved "
+            f"state); {again} continues from there", 128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="seqedit", usage=USAGE)
@@ -191,8 +239,15 @@ def main(argv: list[str] | None = None) -> int:
 
     # Lightning's per-Trainer banners (GPU available, tips) would repeat for every run of a demo.
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    # its "Received SIGTERM" would stand beside the one line a stop prints
+    logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector").setLevel(logging.WARNING)
     try:
-        commands[command](rest)
+        with _stop_on_signals():
+            commands[command](rest)
+    except _stopping() as err:
+        line, code = _stopped_line(command, err)
+        print(line, file=sys.stderr)
+        return code
     except _expected() as err:
         print(f"seqedit: {_one_line(err)}", file=sys.stderr)
         return 2
@@ -200,9 +255,6 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{err.filename}: " if getattr(err, "filename", None) else ""
         print(f"seqedit: {where}{err.strerror or _one_line(err)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("seqedit: interrupted", file=sys.stderr)
-        return 130
     except Exception as err:
         from benchmark.loop import RunInterrupted
 

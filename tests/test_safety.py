@@ -309,3 +309,21 @@ def test_a_damaged_cached_initial_model_is_fitted_again(tmp_path, monkeypatch, c
     assert "fitting it again" in capsys.readouterr().err
     state = again.model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in fitted.items())
+
+
+@pytest.mark.parametrize("sig,after", [(signal.SIGTERM, 7.0), (signal.SIGINT, 7.0), (signal.SIGTERM, 1.5)])
+def test_a_signal_outside_the_stream_exits_128_plus_n_with_one_line(tmp_path, sig, after):
+    """SIGTERM while the initial model trains exited 0 (Lightning's SIGTERMException is a SystemExit
+    with status 0) and SIGINT exited 1 with no word; now every phase, set-up (1.5 s) or the fit
+    (7 s: the fit here), exits 128 + n with one line saying what is kept and how to continue, no traceback."""
+    env = {**os.environ, "SEQEDIT_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "init", "model=tiny-llama", "data=facts",
+                             "init.epochs=500", "init.threads=1"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(after)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    lines = [x for x in err.splitlines() if x.startswith("seqedit:") or "Traceback" in x or "Error" in x]
+    assert proc.returncode == 128 + sig, err[-500:]
+    assert len(lines) == 1 and f"stopped by {signal.Signals(sig).name} during `seqedit init`" in lines[0], lines
+    assert not list((tmp_path / "cache").rglob("*.tmp"))
