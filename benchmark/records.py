@@ -84,6 +84,25 @@ def open_no_follow(path: Path, mode: str, **kwargs):
     return os.fdopen(fd, mode, **kwargs)
 
 
+CHAIN = "chain"  # each record line's link: a hash of the line before's link and this line's content
+
+
+def chain_link(previous: str, record: dict[str, Any]) -> str:
+    """The link of a record line: SHA-256 over the previous line's link and this line's content
+    (its JSON without the link), so a change to any line breaks the chain from that line on."""
+    body = json.dumps({k: v for k, v in record.items() if k != CHAIN})
+    return hashlib.sha256(f"{previous}\n{body}".encode()).hexdigest()[:16]
+
+
+def chained(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The lines with their links (re)computed in this order (a merged multi-process file)."""
+    out, previous = [], ""
+    for record in lines:
+        previous = chain_link(previous, record)
+        out.append({**{k: v for k, v in record.items() if k != CHAIN}, CHAIN: previous})
+    return out
+
+
 def line_hash(record: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(record).encode()).hexdigest()[:16]
 
@@ -180,7 +199,7 @@ class RunRecords:
         raws = text.split("\n")
         if raws[-1]:  # no newline at the end: the line being written when the run stopped
             raws[-1] = ""
-        lines = []
+        lines, previous = [], ""
         for number, raw in enumerate(raws[:-1], 1):
             try:
                 record = json.loads(raw)
@@ -188,6 +207,11 @@ class RunRecords:
                 record = None
             if not isinstance(record, dict) or "type" not in record:
                 raise ResumeError(f"{self.path}:{number}: damaged record line; the run cannot be resumed safely")
+            if CHAIN in record or previous:  # records written before links were kept have none
+                previous = chain_link(previous, record)
+                if record.get(CHAIN) != previous:
+                    raise ResumeError(f"{self.path}:{number}: changed after it was written (the records' hash chain "
+                                      "breaks there); the run cannot be resumed safely")
             lines.append(record)
         return lines
 
@@ -204,6 +228,7 @@ class RunRecords:
 
     def append(self, record: dict[str, Any]) -> None:
         record = _finite(record)
+        record[CHAIN] = chain_link(self.lines[-1].get(CHAIN, "") if self.lines else "", record)
         self._handle.write(json.dumps(record) + "\n")
         self._handle.flush()
         os.fsync(self._handle.fileno())
@@ -250,7 +275,7 @@ class RunRecords:
         header = f"# seed: {seed}\n# code_version: {code_version()}\n"
         (folder / "config.yaml").write_text(header + without_resume(config_yaml))
         tmp = folder / (RECORDS + ".tmp")
-        tmp.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+        tmp.write_text("".join(json.dumps(line) + "\n" for line in chained(lines)), encoding="utf-8")
         tmp.replace(folder / RECORDS)
 
     def close(self) -> None:

@@ -120,7 +120,19 @@ def _fold_indices(run_cfg: RunConfig, splits: EditSplits) -> list[int]:
 
 def _finished(records: RunRecords, folds: list[int]) -> bool:
     ended = {r["fold"] for r in records.lines if r["type"] == "fold_end"}
-    return set(folds) <= ended and (records.dir / "results.json").exists()
+    return set(folds) <= ended and ((records.dir / "results.json").exists()
+                                    or any(r["type"] == "run_end" for r in records.lines))
+
+
+def _finished_results(records: RunRecords) -> dict[str, Any]:
+    """A finished run's results: its results.json, or, where that was deleted, the copy its last
+    record line holds (written with it, so the rebuilt file is the same, wall time included)."""
+    path = records.dir / "results.json"
+    if not path.exists():
+        end = next(r for r in reversed(records.lines) if r["type"] == "run_end")
+        RunRecords.write_json_to(records.dir, "results.json", end["results"])
+        print(f"seqedit: {path} rebuilt from the records' run_end line", file=sys.stderr)
+    return json.loads(path.read_text())
 
 
 @dataclass
@@ -153,7 +165,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         try:
             if plan.run_cfg.resume and plan.world == 1 and _finished(records, plan.folds):
                 print(f"seqedit: {plan.run_dir} is finished; nothing to resume", file=sys.stderr)
-                return json.loads((plan.run_dir / "results.json").read_text())
+                return _finished_results(records)
             start = _plan_resume(records, plan.folds) if plan.run_cfg.resume else {f: 0 for f in plan.folds}
             return _edit_folds(plan, records, start)
         finally:
@@ -253,6 +265,8 @@ def _edit_folds(plan: _Plan, records: RunRecords, start: dict[int, int]) -> dict
     if not any(start.values()):  # a resumed run's time would be its last part's only
         results["wall_seconds"] = round(time.perf_counter() - began, 1)
     _log_final(loggers, results, callback.global_step)
+    if plan.world == 1:  # the results in the records too: a deleted results.json is rebuilt exactly
+        records.append({"type": "run_end", "results": results})
     if plan.rank == 0:
         RunRecords.write_json_to(plan.run_dir, "results.json", results)
     return results
