@@ -9,6 +9,11 @@ from typing import Any
 
 from benchmark.types import DataError
 
+# Limits no published record comes near (the real samples' longest line is 17.5k characters, their
+# longest string 3.5k): past them a file is refused by name before it costs minutes or gigabytes.
+MAX_LINE = 4 * 2**20  # characters of one JSONL line
+MAX_TEXT = 100_000  # characters of one text field (a prompt, an answer, an evidence sentence)
+
 
 def _existing(path: str | Path) -> Path:
     path = Path(path)
@@ -44,6 +49,8 @@ def _loads(text: str, path: Path, first_line: int = 1) -> Any:
     except json.JSONDecodeError as err:
         line = first_line + err.lineno - 1
         raise DataError(f"{path}:{line}: malformed JSON ({err.msg} at column {err.colno})") from None
+    except RecursionError:  # the parser recurses once per level: a hostile file nests past the stack
+        raise DataError(f"{path}:{first_line}: JSON nested too deeply to read (no record nests like this)") from None
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[str, dict]]:
@@ -52,10 +59,13 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[str, dict]]:
     for number, line in enumerate(_text(path).split("\n"), 1):  # not splitlines: U+2028 may sit in a string
         if not line.strip():
             continue
+        if len(line) > MAX_LINE:
+            raise DataError(f"{path}:{number}: a line of {len(line):,} characters, past the {MAX_LINE:,} any record "
+                            "needs; refused unread")
         record = _loads(line, path, number)
         if not isinstance(record, dict):
             raise DataError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-        yield f"{path}:{number}", record
+        yield f"{path}:{number}", _bounded(record, f"{path}:{number}")
 
 
 def read_json_array(path: str | Path) -> Iterator[tuple[str, dict]]:
@@ -71,7 +81,8 @@ def read_json_array(path: str | Path) -> Iterator[tuple[str, dict]]:
         line = starts[i] if i < len(starts) else 1
         if not isinstance(record, dict):
             raise DataError(f"{path}:{line}: record {i} is not a JSON object")
-        yield f"{path}:{line} (record {i})", record
+        where = f"{path}:{line} (record {i})"
+        yield where, _bounded(record, where)
 
 
 def _object_lines(text: str) -> list[int]:
@@ -113,6 +124,23 @@ def field(record: dict, path: str, where: str, kind: type | tuple = object) -> A
         names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
         raise DataError(f"{where}: field '{path}' should be {names}, got {type(value).__name__}")
     return value
+
+
+def _bounded(record: dict, where: str) -> dict:
+    """The record, where none of its strings, at any depth, is longer than MAX_TEXT (walked without
+    recursion: the depth is the file's to choose)."""
+    todo: list[Any] = [record]
+    while todo:
+        value = todo.pop()
+        if isinstance(value, str):
+            if len(value) > MAX_TEXT:
+                raise DataError(f"{where}: a text of {len(value):,} characters, past the {MAX_TEXT:,} a record's "
+                                "text may have; refused before it is tokenized")
+        elif isinstance(value, dict):
+            todo.extend(value.values())
+        elif isinstance(value, list):
+            todo.extend(value)
+    return record
 
 
 def strings(value: Any, path: str, where: str) -> list[str]:

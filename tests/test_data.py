@@ -470,3 +470,19 @@ def test_edit_only_data_takes_its_facts_from_the_embedded_set_or_a_second_file(b
     if background == "file":
         assert {e.prompt for e in kept} == {f"Fact {i} is" for i in range(30)}
     assert any("data.background=" in n for n in dm.notices)
+
+
+@pytest.mark.parametrize("content,message", [
+    ("[" * 100_000 + "]" * 100_000, r":1: JSON nested too deeply"),  # a JSON array file
+    ('{"prompt": "a", "target": "b"}\n' + "[" * 100_000 + "]" * 100_000 + "\n", r":2: JSON nested too deeply"),
+    ('{"prompt": "' + "x" * 200_000 + '", "target": "b"}\n', r":1: a text of 200,000 characters"),
+    ('{"prompt": "a", "target": "b", "pad": "' + "x" * (5 * 2**20) + '"}\n', r":1: a line of 5,242,[0-9]+ characters"),
+])
+def test_files_past_any_real_records_size_are_refused_in_one_line(tmp_path, content, message):
+    """A 100,000-deep JSON array was a RecursionError traceback and one 50 MB prompt took 10 GB and
+    100 s to tokenize: limits no published record nears (a line of 4 Mi characters, a text of
+    100,000, nesting Python can parse) refuse them by file and line before anything slow."""
+    path = tmp_path / "edits.jsonl"
+    path.write_text(content)
+    with pytest.raises(DataError, match=message):
+        datamodule("data=json", f"data.path={path}")
