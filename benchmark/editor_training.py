@@ -22,7 +22,7 @@ import torch
 from benchmark.cache import cache_dir, pin, pin_mismatch, pin_path
 from benchmark.init import deterministic, init_key, prepare_initial_model
 from benchmark.keep_best import KeepBest
-from benchmark.records import ResumeError, load_tensors
+from benchmark.records import ResumeError, load_tensors, write_atomically
 
 # Editor fields that only matter while editing, not for what the training phase learns.
 EDIT_TIME_FIELDS = {"max_steps", "threshold", "backend"}
@@ -90,8 +90,7 @@ def train_editor(run_cfg, progress: bool = True) -> dict[str, Any]:
         trainer.fit(module)
     best.restore(module)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(editor.trained_state(), tmp)
-    tmp.replace(path)
+    state = editor.trained_state()
+    write_atomically(path, lambda tmp: torch.save(state, tmp))
     pin(path)
     return {"state": str(path), "cached": False, module.monitor: best.best}

@@ -23,7 +23,7 @@ from benchmark.cache import cache_dir, pin, pin_mismatch, pin_path
 from benchmark.config import InitConfig
 from benchmark.keep_best import KeepBest
 from benchmark.models.base import ModelAdapter
-from benchmark.records import dedupe_shared
+from benchmark.records import dedupe_shared, write_atomically
 from benchmark.registry import DATASETS
 from benchmark.types import Example, with_training_forms
 from data.base import EditDataModule
@@ -117,9 +117,8 @@ def prepare_initial_model(adapter: ModelAdapter, datamodule: EditDataModule, mod
 
 def _fit(adapter: ModelAdapter, datamodule: EditDataModule, model_cfg, init_cfg: InitConfig, progress: bool,
          weights: Path) -> None:
-    """Fine-tune the model on D'train and cache its weights with their checksum."""
-    folder = weights.parent
-    folder.mkdir(parents=True, exist_ok=True)
+    """Fine-tune the model on D'train and cache its weights with their checksum; where the cache
+    cannot be written (full, read-only) the fitted model still serves this run."""
     splits = datamodule.splits
     module = TaskModule(adapter, init_cfg.lr)
     adapter.model.train()
@@ -143,11 +142,14 @@ def _fit(adapter: ModelAdapter, datamodule: EditDataModule, model_cfg, init_cfg:
     if keep_best:
         best.restore(module)
     adapter.model.eval()
-    state = {k: v.contiguous() for k, v in adapter.model.state_dict().items()}
-    tmp = folder / "model.tmp"
-    save_file(dedupe_shared(state), str(tmp))
-    tmp.replace(weights)
-    pin(weights)
+    state = dedupe_shared({k: v.contiguous() for k, v in adapter.model.state_dict().items()})
+    try:
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(weights, lambda tmp: save_file(state, str(tmp)))
+        pin(weights)
+    except OSError as err:
+        print(f"seqedit: could not cache the initial model at {err.filename or weights} ({err.strerror or err}); "
+              "this run goes on with the model it fitted, and the next one fits it again", file=sys.stderr)
 
 
 def _load_verified(adapter: ModelAdapter, weights: Path) -> str | None:

@@ -103,6 +103,26 @@ def chained(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def write_atomically(path: Path, write) -> None:
+    """`write(tmp)`, then the temporary renamed onto `path`: a reader sees the old file or the new
+    one, never half of one. Where the disk is full or not writable the temporary is removed and one
+    OSError names `path` (torch and safetensors report a failed write as their own errors)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    except BaseException as err:  # a signal too: no half-written temporary is left behind
+        tmp.unlink(missing_ok=True)
+        if not isinstance(err, (OSError, RuntimeError)) and type(err).__name__ != "SafetensorError":
+            raise
+        code = getattr(err, "errno", None)
+        if not code and shutil.disk_usage(path.parent).free < 2**16:  # torch says only "iostream error"
+            code = errno.ENOSPC
+        reason = os.strerror(code) if code else " ".join(str(err).split())[:80]
+        raise OSError(code or errno.EIO, f"cannot write it ({reason})", str(path)) from None
+
+
 def line_hash(record: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(record).encode()).hexdigest()[:16]
 
@@ -221,26 +241,26 @@ class RunRecords:
             return  # nothing to cut: the file stays as it is
         self._handle.close()
         self.lines = self.lines[:keep]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(line) + "\n" for line in self.lines), encoding="utf-8")
-        tmp.replace(self.path)
+        text = "".join(json.dumps(line) + "\n" for line in self.lines)
+        write_atomically(self.path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
         self._handle = open_no_follow(self.path, "a", encoding="utf-8")
 
     def append(self, record: dict[str, Any]) -> None:
         record = _finite(record)
         record[CHAIN] = chain_link(self.lines[-1].get(CHAIN, "") if self.lines else "", record)
-        self._handle.write(json.dumps(record) + "\n")
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+        try:
+            self._handle.write(json.dumps(record) + "\n")
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+        except OSError as err:  # a full disk: name the file (a line cut short is dropped at resume)
+            raise OSError(err.errno, err.strerror, str(self.path)) from None
         self.lines.append(record)
 
     def save_state(self, fold: int, state: dict[str, Any]) -> int:
         """Write the editor state covering every record so far; returns its size in bytes."""
         path = self.state_dir / f"fold{fold}.pt"
-        tmp = path.with_suffix(".tmp")
         last = line_hash(self.lines[-1]) if self.lines else ""
-        torch.save({"lines": len(self.lines), "last": last, "editor": state}, tmp)
-        tmp.replace(path)
+        write_atomically(path, lambda tmp: torch.save({"lines": len(self.lines), "last": last, "editor": state}, tmp))
         return path.stat().st_size
 
     def load_state(self, fold: int) -> dict[str, Any] | None:
@@ -264,9 +284,8 @@ class RunRecords:
 
     @staticmethod
     def write_json_to(folder: Path, name: str, payload: dict[str, Any]) -> None:
-        tmp = Path(folder) / (name + ".tmp")
-        tmp.write_text(json.dumps(_finite(payload), indent=2, sort_keys=False, default=float))
-        tmp.replace(Path(folder) / name)
+        text = json.dumps(_finite(payload), indent=2, sort_keys=False, default=float)
+        write_atomically(Path(folder) / name, lambda tmp: tmp.write_text(text))
 
     @staticmethod
     def write_merged(folder: Path, config_yaml: str, seed: int, lines: list[dict]) -> None:
@@ -274,9 +293,8 @@ class RunRecords:
         folder = Path(folder)
         header = f"# seed: {seed}\n# code_version: {code_version()}\n"
         (folder / "config.yaml").write_text(header + without_resume(config_yaml))
-        tmp = folder / (RECORDS + ".tmp")
-        tmp.write_text("".join(json.dumps(line) + "\n" for line in chained(lines)), encoding="utf-8")
-        tmp.replace(folder / RECORDS)
+        text = "".join(json.dumps(line) + "\n" for line in chained(lines))
+        write_atomically(folder / RECORDS, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
     def close(self) -> None:
         self._handle.close()

@@ -53,6 +53,7 @@ from torch import Tensor
 
 from benchmark.cache import cache_dir, pin, pin_mismatch, pin_path
 from benchmark.models.base import installed
+from benchmark.records import write_atomically
 from benchmark.types import EditorData, Example
 from editors.base import Editor, EditResult
 from editors.configs.memit import AlphaEditConfig, LocateConfig, MemitConfig, RomeConfig  # noqa: F401  (its config, torch-free)
@@ -149,12 +150,15 @@ class MemitEditor(Editor):
         moments = self._count_second_moments(texts)
         from safetensors.torch import save_file
 
-        paths[0].parent.mkdir(parents=True, exist_ok=True)
-        for path, mom2 in zip(paths, moments):
-            tmp = path.with_suffix(".tmp")
-            save_file({"mom2": mom2.cpu().contiguous()}, str(tmp))
-            tmp.replace(path)
-            pin(path)
+        try:
+            paths[0].parent.mkdir(parents=True, exist_ok=True)
+            for path, mom2 in zip(paths, moments):
+                tensors = {"mom2": mom2.cpu().contiguous()}
+                write_atomically(path, lambda tmp, tensors=tensors: save_file(tensors, str(tmp)))
+                pin(path)
+        except OSError as err:  # a full or read-only cache: this run keeps what it computed
+            print(f"seqedit: could not cache the second moments at {err.filename} ({err.strerror}); this run goes "
+                  "on with them, the next one computes them again", file=sys.stderr)
         return moments
 
     def _cached_moments(self, paths: list[Path]) -> list[Tensor] | None:

@@ -368,3 +368,63 @@ def test_a_deleted_results_file_is_rebuilt_exactly_and_a_finished_run_prints_its
     out = capsys.readouterr()
     assert code == 0 and path.read_text() == before
     assert "rebuilt from the records' run_end line" in out.err and "metric" in out.out and "SR" in out.out
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 24 KiB tmpfs (root may mount one; elsewhere the test is skipped), grown on request."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+
+    def grow():
+        subprocess.run(["mount", "-o", "remount,size=16m", str(disk)], check=True)
+
+    yield disk, grow
+    subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_a_full_disk_mid_run_is_one_line_naming_the_file_and_the_run_resumes(small_disk, tmp_path, capsys):
+    """The disk fills while the run writes: exit 2 with one line naming the file (no traceback), no
+    temporary left; once there is room, resume=true ends with the metrics of a run that never
+    stopped."""
+    disk, grow = small_disk
+    args = ["run", "editor=scripted", "data=handmade", "model=tiny-llama", "run_id=r", "loop.progress=false",
+            "loop.state_overhead=0", "editor.equivalents_learned=2"]
+    code = main([*args, f"output_dir={disk}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "No space left on device" in err[-1] and str(disk / "r") in err[-1], err
+    assert not [e for e in err if "Traceback" in e]
+    assert not list(disk.rglob("*.tmp"))
+    grow()
+    resumed = main([*args, f"output_dir={disk}", "resume=true"])
+    assert resumed == 0
+    clean = main([*args, f"output_dir={tmp_path / 'clean'}"])
+    assert clean == 0
+    got = json.loads((disk / "r" / "results.json").read_text())["folds"]
+    want = json.loads((tmp_path / "clean" / "r" / "results.json").read_text())["folds"]
+    assert _metrics({"folds": got}) == _metrics({"folds": want})
+
+
+def test_a_read_only_cache_after_the_fit_keeps_the_fitted_model_for_the_run(small_disk, monkeypatch, capsys):
+    """The initial model's cache cannot be written (here a read-only filesystem): one line says
+    so and the run goes on with the model it fitted (the fit is not lost), instead of a traceback."""
+    from benchmark.build import build_data
+    from benchmark.config import compose, instantiate
+    from benchmark.init import initial_weights, prepare_initial_model
+    from benchmark.models import build_model
+
+    disk, grow = small_disk
+    grow()
+    monkeypatch.setenv("SEQEDIT_CACHE", str(disk))
+    cfg = instantiate(compose(["model=tiny-llama", "data=facts", "init.epochs=1", "init.threads=1",
+                               "data.train_subsample=50"]))
+    data = build_data(cfg)  # its own cached files written first
+    adapter = build_model(cfg.model)
+    before = {k: v.clone() for k, v in adapter.model.state_dict().items()}
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    prepare_initial_model(adapter, data, cfg.model, cfg.init, progress=False)
+    assert "could not cache the initial model" in capsys.readouterr().err
+    assert any(not torch.equal(v, before[k]) for k, v in adapter.model.state_dict().items())  # fitted
+    assert not initial_weights(cfg.model, data.config, cfg.init).exists()
