@@ -100,8 +100,10 @@ def _sweep(args: list[str]) -> None:
             count = next(it, "")
         elif arg.startswith("--count="):
             count = arg.split("=", 1)[1]
-        elif arg.startswith("out="):
+        elif arg.startswith(("out=", "output_dir=")):  # where the sweep's folder goes, as a run's output_dir
             out = arg.split("=", 1)[1]
+        elif arg.startswith("run_id="):
+            raise ValueError("seqedit sweep names each trial itself (trial-NNN); run_id= cannot be given")
         else:
             rest.append(arg)
     if not count.isdigit():

@@ -13,7 +13,9 @@ normal run with its records, logged to CSV and to W&B offline. Trials are append
 from __future__ import annotations
 
 import json
+import os
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +100,23 @@ def _read_trials(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+@contextmanager
+def _wandb_files_in(folder: Path):
+    """W&B's offline files (its cache, config, data and artifacts, otherwise under the home
+    directory) kept in the sweep's folder, for the trials' runs only."""
+    names = ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR")  # the logs: in the run
+    before = {n: os.environ.get(n) for n in names}
+    os.environ.update({n: str((folder / ".wandb").resolve()) for n in names})
+    try:
+        yield
+    finally:
+        for n, value in before.items():
+            if value is None:
+                os.environ.pop(n, None)
+            else:
+                os.environ[n] = value
+
+
 def run_sweep(path: str | Path, count: int, extra: list[str], out_root: str | Path = "runs/sweeps") -> Path:
     """Propose and run `count` more trials of the sweep; returns the sweep folder."""
     sweeps = _sweeps()
@@ -129,7 +148,8 @@ def run_sweep(path: str | Path, count: int, extra: list[str], out_root: str | Pa
         overrides = [*overrides_of(proposal.config), *extra, f"output_dir={folder}", f"run_id={run_id}",
                      "logger.wandb=true", "logger.wandb_mode=offline"]
         print(f"[sweep] {folder.name} {run_id}: {' '.join(overrides_of(proposal.config))}", flush=True)
-        results = run(compose(overrides))
+        with _wandb_files_in(folder):
+            results = run(compose(overrides))
         value = results["metrics"].get(metric.split("/", 1)[1], {}).get("mean")
         trial = {"run_id": run_id, "config": proposal.config, "overrides": overrides, "metric": value,
                  "run_dir": results["run_dir"]}

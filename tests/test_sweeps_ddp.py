@@ -117,3 +117,20 @@ def test_two_cpu_processes_give_the_same_folds_as_one(tmp_path):
     assert len(read("one")) == len(read("two"))
     initial = [json.loads((tmp_path / run / "initial.json").read_text()) for run in ("one", "two")]
     assert initial[0] == initial[1]
+
+
+def test_a_sweep_writes_under_output_dir_and_nothing_under_home(tmp_path, monkeypatch, capsys):
+    """`seqedit sweep FILE output_dir=X` puts the sweep's folder in X (it was ignored), and W&B's
+    offline files stay there too, not under the home directory; run_id= is refused in one line."""
+    from benchmark.cli import main
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    extra = [*TINY_RUN, "init.epochs=0", "loop.folds=[0]", "editor.max_steps=2", "loop.max_fold_examples=2"]
+    code = main(["sweep", str(ROOT / "sweeps" / "ft_kl.yaml"), "--count", "1", f"output_dir={tmp_path / 'x'}", *extra])
+    assert code == 0
+    assert (tmp_path / "x" / "ft_kl" / "trials.jsonl").exists() and not (ROOT / "runs" / "sweeps" / "x").exists()
+    assert not [p for p in home.rglob("*") if "wandb" in p.name.lower()], list(home.rglob("*"))
+    assert main(["sweep", str(ROOT / "sweeps" / "ft_kl.yaml"), "run_id=a"]) == 2
+    assert "run_id= cannot be given" in capsys.readouterr().err
