@@ -190,7 +190,11 @@ class RunRecords:
         if resume:
             if not config_path.exists():
                 raise FileNotFoundError(f"{config_path}: nothing to resume (no run there)")
-            differ = config_differences(config_path.read_text(), config_yaml)
+            try:
+                differ = config_differences(config_path.read_text(encoding="utf-8"), config_yaml)
+            except (ResumeError, UnicodeDecodeError) as err:
+                raise ResumeError(f"{config_path}: {err if isinstance(err, ResumeError) else 'not UTF-8 text'}; "
+                                  "the run cannot be resumed safely") from None
             if differ:
                 raise ValueError(f"{config_path}: the run there has a different config ({'; '.join(differ[:3])}"
                                  f"{'; ...' if len(differ) > 3 else ''}); resume needs the same one")
@@ -318,9 +322,13 @@ def without_resume(config_yaml: str) -> str:
 def config_identity(config_yaml: str) -> dict[str, Any]:
     """A run's config as data (comments, key order and `resume` left out): two configs are the
     same run when these are equal, however their YAML was written."""
-    data = yaml.safe_load(config_yaml) or {}
+    try:
+        data = yaml.safe_load(config_yaml) or {}
+    except yaml.YAMLError as err:  # a damaged config.yaml: where YAML stopped reading it
+        mark = getattr(err, "problem_mark", None)
+        raise ResumeError(f"not readable YAML{f' at line {mark.line + 1}' if mark else ''}") from None
     if not isinstance(data, dict):
-        raise ValueError("a run config is a mapping of keys")
+        raise ResumeError("a run config is a mapping of keys")
     data.pop("resume", None)
     return data
 

@@ -39,7 +39,7 @@ keys = st.one_of(st.sampled_from(KEYS), st.sampled_from(["editor", "data", "mode
 override = st.one_of(st.tuples(keys, values).map(lambda kv: f"{kv[0]}={kv[1]}"), st.text(max_size=10))
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(EDITORS), st.lists(override, min_size=1, max_size=4))
 def test_any_overrides_resolve_or_fail_in_one_line(editor, overrides):
     import io
@@ -91,3 +91,58 @@ def test_a_gpu_model_with_a_cpu_trainer_is_refused(capsys, monkeypatch):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "trainer.accelerator=cpu" in err and "model.device=cuda" in err
     assert main(["config", "model.device=cuda", "trainer.accelerator=gpu"]) == 0
+
+
+@pytest.mark.usefixtures("scripted")
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_a_run_folder_damaged_at_random_resumes_or_is_refused_in_one_line(tmp_path_factory, data):
+    """A finished run folder, one of its files damaged at random (a byte changed, cut short, emptied
+    or removed), resumed: either exit 0 with complete results, or exit 2 with one `seqedit:` line,
+    never a traceback; and nothing outside the run folder changes."""
+    import json
+    import shutil
+    import sys
+    from io import StringIO
+
+    root = tmp_path_factory.mktemp("fuzz")
+    pristine = _finished_folder(tmp_path_factory)
+    shutil.copytree(pristine, root / "r")
+    files = sorted(p for p in (root / "r").rglob("*") if p.is_file() and p.name != ".lock")
+    target = data.draw(st.sampled_from(files))
+    raw = target.read_bytes()
+    how = data.draw(st.sampled_from(["flip", "cut", "empty", "remove"]))
+    if how == "flip" and raw:
+        at = data.draw(st.integers(0, len(raw) - 1))
+        target.write_bytes(raw[:at] + bytes([raw[at] ^ data.draw(st.integers(1, 255))]) + raw[at + 1:])
+    elif how == "cut":
+        target.write_bytes(raw[: data.draw(st.integers(0, max(0, len(raw) - 1)))])
+    elif how == "empty":
+        target.write_bytes(b"")
+    else:
+        target.unlink()
+    outside = {p: p.read_bytes() for p in root.iterdir() if p.is_file()}
+    err, sys.stderr = sys.stderr, StringIO()
+    try:
+        code = main([*RUN, f"output_dir={root}", "resume=true"])
+    finally:
+        err, sys.stderr = sys.stderr.getvalue(), err
+    lines = [x for x in err.splitlines() if x.startswith("seqedit:")]
+    assert code in (0, 2), (target.name, how, err[-400:])
+    if code == 2:
+        assert lines and "Traceback" not in err, (target.name, how, err[-400:])
+    else:
+        assert json.loads((root / "r" / "results.json").read_text())["metrics"]["SR"]["folds"] == 2
+    assert {p: p.read_bytes() for p in root.iterdir() if p.is_file()} == outside
+
+
+RUN = ["run", "editor=scripted", "data=handmade", "model=tiny-llama", "run_id=r", "loop.progress=false",
+       "loop.state_overhead=0"]
+
+
+def _finished_folder(factory):
+    """One finished run of the scripted editor, made once per session."""
+    folder = factory.getbasetemp() / "pristine-run"
+    if not (folder / "r" / "results.json").exists():
+        assert main([*RUN, f"output_dir={folder}"]) == 0
+    return folder / "r"
