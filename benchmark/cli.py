@@ -12,6 +12,7 @@ from pathlib import Path
 
 from benchmark.config import ConfigError, compose
 from benchmark.registry import DATASETS, EDITORS, MODELS, UnknownNameError
+from benchmark.signals import handling_signals
 
 USAGE = """seqedit list
 seqedit run [experiment=NAME|FILE.yaml] editor=NAME data=NAME|FILE.yaml model=NAME [key=value ...]
@@ -186,15 +187,8 @@ def _stop_on_signals():
     def handler(signum, _frame):
         raise Stopped(signum)
 
-    try:
-        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread: signals stay with whoever owns them
-        previous = {}
-    try:
+    with handling_signals(handler):
         yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 def _stopping() -> tuple[type[BaseException], ...]:

@@ -29,6 +29,7 @@ from benchmark.config import LoopConfig
 from benchmark.metrics import fold_metrics, mean, ratio
 from benchmark.models.prefix_cache import PrefixCache
 from benchmark.records import RunRecords
+from benchmark.signals import handling_signals
 from benchmark.types import EditSplits, Example
 from editors.base import Editor
 
@@ -74,15 +75,8 @@ def stop_on_signals(callback: SequentialEditingCallback):
         print(f"seqedit: {signal.Signals(signum).name}: stopping after the example in progress",
               file=sys.stderr, flush=True)
 
-    try:
-        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread: signals stay with whoever owns them
-        previous = {}
-    try:
+    with handling_signals(handler):
         yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 def seed_all(seed: int) -> None:
