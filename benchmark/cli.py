@@ -211,6 +211,16 @@ def _stopped_line(command: str, err: BaseException) -> tuple[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `seqedit ... | head`: the reader has gone, which is no error of ours
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="seqedit", usage=USAGE)
     parser.add_argument("command", nargs="+")
@@ -247,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     except _expected() as err:
         print(f"seqedit: {_one_line(err)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        raise  # to `main`: not a disk's error
     except OSError as err:  # a read-only or full disk, a missing folder: name the path
         where = f"{err.filename}: " if getattr(err, "filename", None) else ""
         print(f"seqedit: {where}{err.strerror or _one_line(err)}", file=sys.stderr)
