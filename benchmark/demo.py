@@ -41,6 +41,7 @@ QUICK_EDITOR = {"sera": ["editor.encoder=tiny-bert", "editor.train_examples=200"
                 "memit_seq": ["editor.layers=[0]", "editor.mom2_update_weight=10"],
                 "alphaedit": ["editor.layers=[0]", "editor.l2=0.01"],
                 "rome": ["editor.layers=[0]", "editor.context_templates=2"],
+                "r_rome": ["editor.layers=[0]", "editor.context_templates=2"],
                 "wise": ["editor.layer=0"],
                 "ke_style": ["editor.edit_lr=0.1", "editor.train_examples=50"],
                 "mend_style": ["editor.edit_lr=0.1", "editor.train_examples=50"]}

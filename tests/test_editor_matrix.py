@@ -27,6 +27,7 @@ ROWS = {
     "memit_seq": {"layers": [0], "mom2_update_weight": 10.0},
     "alphaedit": {"layers": [0], "l2": 0.01},
     "rome": {"layers": [0], "context_templates": 2},
+    "r_rome": {"layers": [0], "context_templates": 2},
     "wise": {"layer": 0, "max_steps": 40},
     "grace-last-warm": {"max_steps": 50, "layer": -1, "value_init": "warm", "stop_when_correct": True},
     "sera": {"encoder": "tiny-bert", "train_epochs": 3, "train_examples": 400, "backend": "torch"},
@@ -42,6 +43,7 @@ REFUSED = {"grace": {"seq2seq"},  # scored by generation, where its read-positio
            "memit_seq": {"seq2seq", "classifier", "masked"},
            "alphaedit": {"seq2seq", "classifier", "masked"},
            "rome": {"seq2seq", "classifier", "masked"},
+           "r_rome": {"seq2seq", "classifier", "masked"},
            "wise": {"seq2seq", "classifier", "masked"}}
 
 

@@ -254,3 +254,21 @@ def test_prefixes_are_generates_samples_drawn_on_the_cpu(name, seed):
     else:
         expected = _generated(adapter, [PREFIX_STARTS[i % 5] for i in range(6)], [10] * 6, seed, True)
     assert prefixes == expected and len(set(prefixes)) > 1
+
+
+def test_r_rome_is_rome_with_consistent_keys():
+    """editor=r_rome (EasyEdit's r_rome, enable_random_prefix_keys) makes the same update as
+    `rome editor.consistent_keys=true`, bit for bit, and refuses to drop its fix."""
+    from editors.configs.memit import RRomeConfig
+
+    example = Example("e", PROMPT, " Oslo", subject="France")
+    changes = []
+    for name, extra in (("r_rome", {}), ("rome", {"consistent_keys": True})):
+        _, editor = _editor(name, context_templates=2, **extra)
+        weight = editor.sites[0].out_proj.weight
+        before = weight.detach().clone()
+        editor.edit(example)
+        changes.append(weight.detach() - before)
+    assert torch.equal(*changes) and changes[0].abs().sum() > 0
+    with pytest.raises(ValueError, match="consistent_keys"):
+        RRomeConfig(name="r_rome", consistent_keys=False)

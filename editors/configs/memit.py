@@ -91,6 +91,21 @@ class RomeConfig(LocateConfig):
 
 
 @dataclass
+class RRomeConfig(RomeConfig):
+    """r-ROME (Gupta et al. 2024, "Rebuilding ROME"), as EasyEdit runs it (easyeditor/models/r_rome:
+    `enable_random_prefix_keys`, default true in r_rome_hparams.py): ROME with the key and output
+    averaged over the prefixes in v as in u, which is `editor=rome editor.consistent_keys=true`."""
+
+    consistent_keys: bool = field(default=True, metadata={
+        "help": "r-ROME's fix: k and W k in v averaged over the prefixes, as in u (false: that is editor=rome)"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.consistent_keys:
+            raise ValueError("editor.consistent_keys: r_rome is ROME with consistent keys; without them, editor=rome")
+
+
+@dataclass
 class AlphaEditConfig(MemitConfig):
     nullspace_threshold: float = field(default=2e-2, metadata={
         "help": "eigenvalues of C below this span the preserved keys' null space"})
@@ -113,3 +128,5 @@ EDITORS.register("alphaedit", "editors.memit:AlphaEditEditor", AlphaEditConfig,
                  "AlphaEdit: MEMIT's update projected on the null space of the preserved keys, past edits kept")
 EDITORS.register("rome", "editors.memit:RomeEditor", RomeConfig,
                  "ROME: rank-one rewrite of one FFN output projection (u = C^-1 k*), one edit at a time")
+EDITORS.register("r_rome", "editors.memit:RomeEditor", RRomeConfig,
+                 "r-ROME: ROME with the prefix-averaged key and output in its update too (no collapse from k . u)")
