@@ -119,3 +119,16 @@ def test_init_command_trains_and_reports(capsys):
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["weights"].endswith("model.safetensors")
     assert set(out["accuracy"]) == {"test", "train_subsample", "edit"}
+
+
+def test_the_demo_leaves_named_variants_to_editors_all():
+    """The default demo runs every editor but the named presets of another (VARIANTS), which
+    `editors=all` adds; `editors=a,b` runs those alone."""
+    from benchmark.demo import VARIANTS, demo_editors
+    from benchmark.registry import EDITORS
+
+    compose([])
+    default = demo_editors()
+    assert set(default) | set(VARIANTS) == set(EDITORS.names()) and not set(default) & set(VARIANTS)
+    assert set(VARIANTS.values()) <= set(default)  # each variant's base editor is in the demo
+    assert demo_editors("all") == EDITORS.names() and demo_editors("rome,r_rome") == ["rome", "r_rome"]
