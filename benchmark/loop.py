@@ -182,11 +182,12 @@ class SequentialEditingCallback(L.Callback):
     def _end_fold(self, editor: Editor) -> None:
         if self.fold is None:
             return
+        began = time.perf_counter()
         with self.cache.lent():
             final = self._final(editor)
         metrics = fold_metrics(self.edits, final, self.initial)
         self.records.append({"type": "fold_end", "fold": self.fold, "final": final, "metrics": metrics,
-                             "editor": editor.fold_report()})
+                             "editor": editor.fold_report(), "seconds": time.perf_counter() - began})
         self._log({f"fold_end/{k}": v for k, v in metrics.items()})
         self.fold = None
 
@@ -346,7 +347,7 @@ class SequentialEditingCallback(L.Callback):
             self._save_state(editor, item.fold)
 
     def _evaluate(self, editor: Editor) -> None:
-        fold_examples = self.splits.folds[self.fold]
+        fold_examples, began = self.splits.folds[self.fold], time.perf_counter()
         with self.cache.lent():
             point = {
                 "type": "eval", "fold": self.fold, "edits": len(self.edits),
@@ -354,6 +355,7 @@ class SequentialEditingCallback(L.Callback):
                 "TrainR": ratio(accuracy(editor, self.splits.train_subsample), self.initial["train_subsample"]),
                 "TestR": ratio(accuracy(editor, self.test_set), self.initial["test"]),
             }
+        point["seconds"] = time.perf_counter() - began  # what a mid-stream evaluation costs (benchmark.perf)
         self.records.append(point)
         self._log({f"eval/{k}": point[k] for k in ("ER", "TrainR", "TestR")})
 

@@ -4,6 +4,13 @@
     python -m benchmark.perf suffix [--family classifier|decoder|seq2seq] [--model smollm2-135m] [--edits 3]
                                     [--steps 10] [--device cuda]
     python -m benchmark.perf scale [--edits 1000] [--steps 100] [--out runs/perf/scale.png]
+    python -m benchmark.perf editors [--only a,b] [--edits 20]
+
+`editors` runs every registered editor (or `--only`) on one fixed workload: the tests' tiny LLaMA
+(its cached initial model) on a fold of the embedded facts, the settings the quick demo gives
+tiny models, and prints one JSON line each: seconds per edit (median), per evaluation of ER,
+TrainR and TestR (median) and of a fold's final evaluation, the run's wall time, and the share of
+it spent outside the editor's edits, so a change that slows any editor shows up side by side.
 
 `suffix` times ft_last, ft_kl_last and constrained_ft (last block) with only the trained block
 run each step against the full forward (see `time_suffix`), and KE's and MEND's training edit
@@ -418,9 +425,56 @@ def plot_scale(stream: list[dict], memory: list[dict], out: Path) -> None:
     fig.savefig(out, dpi=110)
 
 
+def _all_editors() -> list[str]:
+    from benchmark.config import compose
+
+    compose([])  # registers every editor
+    from benchmark.registry import EDITORS
+
+    return EDITORS.names()
+
+
+def time_editor(name: str, examples_streamed: int) -> dict:
+    """One editor on the fixed workload (module docstring), in a folder of its own that is removed."""
+    import shutil
+    import tempfile
+
+    from benchmark.config import compose, instantiate
+    from benchmark.demo import QUICK, QUICK_EDITOR
+    from benchmark.editor_training import train_editor
+    from benchmark.registry import EDITORS
+    from benchmark.run import run
+
+    out = Path(tempfile.mkdtemp(prefix="seqedit-perf-"))
+    overrides = ["experiment=demo_qa", f"editor={name}", *QUICK["qa"], *QUICK_EDITOR.get(name, []),
+                 f"loop.max_fold_examples={examples_streamed}", "loop.eval_every=5", "loop.save_state=false",
+                 "loop.progress=false", f"output_dir={out}", "run_id=perf"]
+    try:
+        trained = None
+        if EDITORS.get(name).target.needs_training:
+            began = time.perf_counter()
+            trained = train_editor(instantiate(compose(overrides)), progress=False)
+            trained = round(time.perf_counter() - began, 3) if not trained["cached"] else "cached"
+        results = run(compose(overrides))
+        lines = [json.loads(x) for x in (out / "perf" / "edits.jsonl").read_text().splitlines()]
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    edits = [r["seconds"] for r in lines if r["type"] == "edit" and r["edited"]]
+    evals = [r["seconds"] for r in lines if r["type"] == "eval"]
+    finals = [r["seconds"] for r in lines if r["type"] == "fold_end"]
+    wall = results["wall_seconds"]
+    return {"editor": name, "workload": f"tiny-llama, facts QA fold 0, {examples_streamed} examples streamed",
+            "edits": len(edits), "edit_seconds_median": round(statistics.median(edits), 4) if edits else None,
+            "eval_seconds_median": round(statistics.median(evals), 4) if evals else None,
+            "final_eval_seconds": round(sum(finals), 4), "run_seconds": wall,
+            "outside_editor_share": round(1 - sum(edits) / wall, 3) if wall else None,
+            "training_phase_seconds": trained, "threads": torch.get_num_threads()}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmark.perf")
-    parser.add_argument("editor", choices=["tpatcher", "suffix", "scale"])
+    parser.add_argument("editor", choices=["tpatcher", "suffix", "scale", "editors"])
+    parser.add_argument("--only", default=None, help="editors: a comma-separated list (default: every editor)")
     parser.add_argument("--out", default="runs/perf/scale.png", help="scale: where the plot (and .json) go")
     parser.add_argument("--family", choices=["classifier", "decoder", "seq2seq", "both"], default="both",
                         help="both: classifier and decoder")
@@ -457,6 +511,10 @@ def main(argv=None) -> None:
         plot_scale(stream, memory, out)
         out.with_suffix(".json").write_text(json.dumps({"stream": stream, "memory": memory}, indent=1))
         print(f"wrote {out} and {out.with_suffix('.json')}")
+        return
+    if args.editor == "editors":
+        for name in (args.only.split(",") if args.only else None) or _all_editors():
+            print(json.dumps(time_editor(name, args.edits if args.edits != 5 else 20)), flush=True)
         return
     if args.editor == "suffix":
         adapters = (build("", name, args.device) for name in args.model) if args.model else \

@@ -56,3 +56,14 @@ def test_device_refused_before_anything_runs(argv, capsys):
     with pytest.raises(SystemExit) as stop:
         main(argv)
     assert stop.value.code == 2 and "--device" in capsys.readouterr().err
+
+
+def test_every_editor_has_a_timing_line_on_the_fixed_workload():
+    """`python -m benchmark.perf editors`: one JSON line per editor; here one editor, its fields
+    consistent with the run (edits timed, evaluations timed, the share outside the edits in [0, 1])."""
+    from benchmark.perf import time_editor
+
+    line = time_editor("grace", 8)
+    assert line["editor"] == "grace" and line["edits"] >= 1 and line["edit_seconds_median"] > 0
+    assert line["eval_seconds_median"] > 0 and line["final_eval_seconds"] > 0
+    assert 0 <= line["outside_editor_share"] <= 1 and line["run_seconds"] > 0
