@@ -65,6 +65,7 @@ class EditDataModule(L.LightningDataModule):
         self.dropped: Counter = Counter()  # reason -> records dropped, for `seqedit data stats`
         self.records_read = 0
         self.notices: list[str] = []  # one-line facts a user should see (where equivalents came from)
+        self._fetched: str | None = None  # where the published file was fetched to (`data_path`)
 
     # where a dataset's published file is fetched when data.path is not given (`data.url`); the file
     # itself is the data path, or (`download_is_folder`) the folder it is fetched into
@@ -76,7 +77,7 @@ class EditDataModule(L.LightningDataModule):
         """`data.path`, or the published file fetched from `data.url` on first use, cached."""
         if self.config.path or not self.download_name:
             return self.config.path
-        if not hasattr(self, "_fetched"):
+        if self._fetched is None:
             from data.download import fetch
 
             path = fetch(self.config.url, self.download_name, self.config.sha256)
