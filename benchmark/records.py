@@ -300,6 +300,14 @@ class RunRecords:
         text = "".join(json.dumps(line) + "\n" for line in chained(lines))
         write_atomically(folder / RECORDS, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
+    @staticmethod
+    def append_merged(folder: Path, record: dict[str, Any]) -> None:
+        """One more line at the end of a multi-process run's merged records (its links remade)."""
+        path = Path(folder) / RECORDS
+        lines = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+        text = "".join(json.dumps(line) + "\n" for line in chained([*lines, _finite(record)]))
+        write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
     def close(self) -> None:
         self._handle.close()
 

@@ -265,8 +265,11 @@ def _edit_folds(plan: _Plan, records: RunRecords, start: dict[int, int]) -> dict
     if not any(start.values()):  # a resumed run's time would be its last part's only
         results["wall_seconds"] = round(time.perf_counter() - began, 1)
     _log_final(loggers, results, callback.global_step)
-    if plan.world == 1:  # the results in the records too: a deleted results.json is rebuilt exactly
-        records.append({"type": "run_end", "results": results})
+    end = {"type": "run_end", "results": results}  # in the records too: a deleted results.json is rebuilt
+    if plan.world == 1:
+        records.append(end)
+    elif plan.rank == 0:  # the merged file of every rank's records
+        RunRecords.append_merged(plan.run_dir, end)
     if plan.rank == 0:
         RunRecords.write_json_to(plan.run_dir, "results.json", results)
     return results

@@ -134,8 +134,10 @@ def _records(folder):
     import json
 
     lines = [json.loads(x) for x in (folder / "edits.jsonl").read_text().splitlines()]
+    lines = [x for x in lines if x["type"] != "run_end"]  # the results, with the run's wall time
     for line in lines:
         line.pop("seconds", None)
+        line.pop("chain", None)  # a hash over the lines, timings included
         line.get("info", {}).pop("seconds", None)
         line.get("metrics", {}).pop("edit_seconds_median", None)  # timings differ; every score must not
     return lines
