@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from benchmark.cache import cache_dir, file_sha256
+from benchmark.cache import cache_dir, file_sha256, pin_path
 from data.io import DataError
 
 CHUNK = 1 << 20  # bytes a read asks for
@@ -38,7 +38,8 @@ def fetch(url: str, name: str, sha256: str | None = None, timeout: float = 60.0,
     """The file at `url`, as `cache/downloads/NAME`: from the cache where it is there and verified,
     else downloaded (resumed where a part is there) and verified."""
     folder = cache_dir() / "downloads"
-    path, part, pin = folder / name, folder / f"{name}.part", folder / f"{name}.sha256"
+    path, part = folder / name, folder / f"{name}.part"
+    pin = pin_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         expected = sha256 or (pin.read_text().strip() if pin.exists() else None)
