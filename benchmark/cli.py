@@ -210,6 +210,32 @@ def _stopped_line(command: str, err: BaseException) -> tuple[str, int]:
             f"state); {again} continues from there", 128 + signum)
 
 
+def entry() -> None:
+    """The `seqedit` command: `main`, then the exit. A signal that lands after the command has
+    finished (its files written) ends the process with the command's own status: the exit
+    functions run under a handler that says so, and the interpreter's own teardown, where Python
+    has put the default actions back and torch's C++ state takes a while to free (a SIGINT there
+    was a kill, status -2, after a complete run), is skipped."""
+    import atexit
+    import os
+
+    code = main()
+
+    def finished(_signum, _frame):
+        os._exit(code)
+
+    signal.signal(signal.SIGINT, finished)
+    signal.signal(signal.SIGTERM, finished)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        atexit._run_exitfuncs()  # what the interpreter's exit would run (W&B, logging), here with our handler
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
@@ -291,4 +317,4 @@ def _one_line(err: BaseException) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

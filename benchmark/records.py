@@ -25,6 +25,7 @@ import os
 import pickle
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -187,9 +188,13 @@ class RunRecords:
         self.state_dir = self.dir / "state"
         header = f"# seed: {seed}\n# code_version: {code_version()}\n"
         config_path = self.dir / "config.yaml"
+        if resume and not config_path.exists():
+            if self.path.exists() and self.path.stat().st_size:
+                raise ResumeError(f"{config_path}: missing beside {self.path}; the run cannot be resumed safely")
+            # stopped before it wrote anything (as a stop message's `resume=true` may be given): start it
+            print(f"seqedit: nothing to resume in {self.dir} yet; starting the run", file=sys.stderr)
+            resume = False
         if resume:
-            if not config_path.exists():
-                raise FileNotFoundError(f"{config_path}: nothing to resume (no run there)")
             try:
                 differ = config_differences(config_path.read_text(encoding="utf-8"), config_yaml)
             except (ResumeError, UnicodeDecodeError) as err:

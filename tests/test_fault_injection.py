@@ -76,3 +76,35 @@ def test_sigkill_at_random_moments_then_resume_gives_the_same_metrics(editor, tm
             assert resumed.returncode == 2 and err.strip().count("\n") == 0, err
             continue
         assert _folds(tmp_path, run_id) == expected, (editor, kill, at)
+
+
+
+def test_sigterm_or_sigint_at_random_moments_ends_in_one_line_and_resume_gives_the_same_metrics(tmp_path):
+    """SIGTERM or SIGINT at seeded random moments of a run's life, from 0.2 s after its start
+    (imports, set-up, initial evaluation, stream, final evaluation, results): the run ends with
+    exit 0 (it had finished), or 143 / 130 with one last `seqedit:` line and no traceback; resumed,
+    it ends with the metrics of a run that was never stopped."""
+    args = ["run", "editor=ft_last", "editor.lr=1e-3", "editor.max_steps=20", "model=tiny-llama", "data=facts",
+            "init.epochs=0", "loop.folds=[0,1]", "loop.max_fold_examples=8", "loop.progress=false",
+            f"output_dir={tmp_path}"]
+    began = time.time()
+    clean = _cli([*args, "run_id=clean"])
+    _, err = clean.communicate(timeout=600)
+    assert clean.returncode == 0, err
+    length = time.time() - began
+    expected = _folds(tmp_path, "clean")
+    rng = random.Random(7)
+    for n in range(8):
+        sig = rng.choice([signal.SIGTERM, signal.SIGINT])
+        proc = _cli([*args, f"run_id=r{n}"])
+        time.sleep(rng.uniform(0.2, length))
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode in (0, 128 + sig), (n, sig, err[-800:])
+        assert "Traceback" not in err, (n, sig, err[-800:])
+        if proc.returncode:
+            assert err.strip().splitlines()[-1].startswith("seqedit:"), (n, sig, err[-400:])
+        resumed = _cli([*args, f"run_id=r{n}", "resume=true"])
+        _, err = resumed.communicate(timeout=600)
+        assert resumed.returncode == 0, (n, err[-800:])
+        assert _folds(tmp_path, f"r{n}") == expected, n
