@@ -51,18 +51,24 @@ QUICK_EDITOR = {"sera": ["editor.encoder=tiny-bert", "editor.train_examples=200"
 INITIAL = "initial model"  # the time file's name for a part's initial-model fit
 
 
-# Seconds of each demo run on the 2-core reference machine at the demo's stream sizes, and of each
-# part's initial-model fit (`INITIAL`). All from one `make demo` on a fresh clone of commit 5152165
-# with a fresh cache, alone on the 2 cores (2026-11-26; 48.6 min wall, set-up included). KE's,
-# MEND's and SERA's include their training phase. An estimate prefers this machine's own timings
-# (`TIMINGS` in the cache).
-REFERENCE_SECONDS = {
-    "qa": {INITIAL: 135, "alphaedit": 300, "constrained_ft": 28, "ft_all": 100, "ft_kl_all": 195,
-           "ft_kl_last": 116, "ft_last": 36, "grace": 67, "ke_style": 222, "knn_lm": 23, "memit": 268,
-           "mend_style": 253, "rome": 332, "sera": 56, "tpatcher": 59, "wise": 289},
-    "fc": {INITIAL: 30, "constrained_ft": 6, "ft_all": 15, "ft_kl_all": 27, "ft_kl_last": 35, "ft_last": 12,
-           "grace": 5, "ke_style": 52, "knn_lm": 4, "mend_style": 66, "sera": 53, "tpatcher": 21},
-}
+# The reference run's own time file: one `make demo` on a fresh clone, alone on 2 CPU cores (its
+# leaderboard and log beside it, benchmark/figures/demo_cpu_2core/). Seconds of each demo run at the
+# demo's stream sizes and of each part's initial-model fit (`INITIAL`); KE's, MEND's and SERA's
+# include their training phase. An estimate prefers this machine's own timings (`TIMINGS`).
+REFERENCE_TIMES = Path(__file__).resolve().parent / "figures" / "demo_cpu_2core" / DEMO_TIMES
+
+
+def _reference_seconds() -> dict[str, dict[str, float]]:
+    """{part: {editor or INITIAL: seconds}} from the reference time file; empty where it is not
+    there (an installed copy without the figures: every run is then named as untimed)."""
+    try:
+        parts = json.loads(REFERENCE_TIMES.read_text())["parts"]
+        return {part: {name: float(s) for name, s in entry["editors"].items()} for part, entry in parts.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+REFERENCE_SECONDS = _reference_seconds()
 REFERENCE_MODELS = {"qa": "smollm2-135m", "fc": "minilm-l6"}
 TIMINGS = "demo_timings.json"
 
@@ -144,7 +150,8 @@ def estimate(part: str, cfg, editors: list[str]) -> Estimate:
         if fit:
             total += fit["seconds"]
             here.append(INITIAL)
-        elif on_reference and weights == initial_weights(reference.model, reference.data, reference.init):
+        elif on_reference and INITIAL in REFERENCE_SECONDS.get(part, {}) and \
+                weights == initial_weights(reference.model, reference.data, reference.init):
             total += REFERENCE_SECONDS[part][INITIAL]  # the very initial model the reference fitted
             cited.append(INITIAL)
         else:
@@ -154,7 +161,7 @@ def estimate(part: str, cfg, editors: list[str]) -> Estimate:
         seconds = _scaled(own["seconds"], own["examples"], streamed) if own else None
         if seconds is not None:
             here.append(editor)
-        elif on_reference and editor in REFERENCE_SECONDS[part]:
+        elif on_reference and editor in REFERENCE_SECONDS.get(part, {}):
             seconds = _scaled(REFERENCE_SECONDS[part][editor], _streamed(reference), streamed)
             if seconds is not None:
                 cited.append(editor)

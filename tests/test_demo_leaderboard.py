@@ -132,3 +132,13 @@ def test_the_demo_leaves_named_variants_to_editors_all():
     assert set(default) | set(VARIANTS) == set(EDITORS.names()) and not set(default) & set(VARIANTS)
     assert set(VARIANTS.values()) <= set(default)  # each variant's base editor is in the demo
     assert demo_editors("all") == EDITORS.names() and demo_editors("rome,r_rome") == ["rome", "r_rome"]
+
+
+def test_the_estimates_reference_is_the_measured_runs_own_time_file():
+    """One source: the reference seconds are read from the reference run's time file in
+    benchmark/figures, not copied into the code."""
+    from benchmark.demo import REFERENCE_TIMES
+
+    parts = json.loads(REFERENCE_TIMES.read_text())["parts"]
+    assert REFERENCE_SECONDS == {p: e["editors"] for p, e in parts.items()}
+    assert {"qa", "fc"} <= set(REFERENCE_SECONDS) and REFERENCE_SECONDS["qa"][INITIAL] > 0
