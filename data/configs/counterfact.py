@@ -16,8 +16,8 @@ class CounterFactConfig(DataConfig):
         "help": "the CounterFact JSON file (either layout); unset: fetched from data.url"})
     layout: str = field(default="auto", metadata={"help": "auto (by the fields) | rome | easyedit"})
     url: str = field(default="https://rome.baulab.info/data/dsets/counterfact.json", metadata={
-        "help": "where the published file is fetched when data.path is not set (ROME's dsets/counterfact.py); "
-                "cached and verified"})
+        "help": "where the published file is fetched when data.path is not set (ROME's published data; MEMIT's "
+                "and AlphaEdit's dsets/*.py fetch the same file from memit.baulab.info); cached and verified"})
     sha256: str | None = field(default=None, metadata={
         "help": "the fetched file's SHA-256; unset: pinned on first download and checked at every later use"})
 

@@ -25,8 +25,8 @@ class ZsreConfig(DataConfig):
     split_ratios: list[float] = field(default_factory=lambda: [0.9, 0.075, 0.025])
     back_translation: BackTranslationConfig = field(default_factory=BackTranslationConfig)
     url: str = field(default="https://rome.baulab.info/data/dsets/zsre_mend_eval.json", metadata={
-        "help": "where the published file is fetched when data.path is not set (ROME's dsets/zsre.py); "
-                "cached and verified"})
+        "help": "where the published file is fetched when data.path is not set (ROME's published data; MEMIT's "
+                "and AlphaEdit's dsets/*.py fetch the same file from memit.baulab.info); cached and verified"})
     sha256: str | None = field(default=None, metadata={
         "help": "the fetched file's SHA-256; unset: pinned on first download and checked at every later use"})
 
