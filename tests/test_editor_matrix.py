@@ -28,6 +28,11 @@ ROWS = {
     "alphaedit": {"layers": [0], "l2": 0.01},
     "rome": {"layers": [0], "context_templates": 2},
     "r_rome": {"layers": [0], "context_templates": 2},
+    "emmet": {"layers": [0], "mom2_update_weight": 10.0},
+    "rect": {"layers": [0], "mom2_update_weight": 10.0},
+    "prune": {"layers": [0], "mom2_update_weight": 10.0},
+    # every position: a first edit with a one-token answer has one row, which the normaliser maps to 0
+    "ultraedit": {"in_layers": [0], "up_layers": [], "out_layers": [0], "lr": 1e-3, "token": "mask"},
     "wise": {"layer": 0, "max_steps": 40},
     "grace-last-warm": {"max_steps": 50, "layer": -1, "value_init": "warm", "stop_when_correct": True},
     "sera": {"encoder": "tiny-bert", "train_epochs": 3, "train_examples": 400, "backend": "torch"},
@@ -44,6 +49,9 @@ REFUSED = {"grace": {"seq2seq"},  # scored by generation, where its read-positio
            "alphaedit": {"seq2seq", "classifier", "masked"},
            "rome": {"seq2seq", "classifier", "masked"},
            "r_rome": {"seq2seq", "classifier", "masked"},
+           "emmet": {"seq2seq", "classifier", "masked"},
+           "rect": {"seq2seq", "classifier", "masked"},
+           "prune": {"seq2seq", "classifier", "masked"},
            "wise": {"seq2seq", "classifier", "masked"}}
 
 

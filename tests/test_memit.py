@@ -272,3 +272,75 @@ def test_r_rome_is_rome_with_consistent_keys():
     assert torch.equal(*changes) and changes[0].abs().sum() > 0
     with pytest.raises(ValueError, match="consistent_keys"):
         RRomeConfig(name="r_rome", consistent_keys=False)
+
+
+def test_emmet_maps_the_edited_key_exactly_onto_its_target():
+    """EMMET's equality constraint (emmet_main.py:225-237): with emmet_lambda = 0 the update moves
+    W k by exactly the residual, where MEMIT's least squares moves it by r k'C'^-1 k / (1 + k'C'^-1 k)."""
+    moved = {}
+    for name, extra in (("emmet", {"emmet_lambda": 0.0}), ("memit", {})):
+        adapter, editor = _editor(name, mom2_update_weight=10.0, context_templates=0, **extra)
+        site = editor.sites[0]
+        torch.manual_seed(0)
+        key = torch.randn(site.out_proj.weight.shape[1], dtype=torch.float64)
+        residual = torch.randn(site.out_proj.weight.shape[0], dtype=torch.float64)
+        before = site.out_proj.weight.detach().double().clone()
+        editor._update(0, site, key, residual)
+        moved[name] = (site.out_proj.weight.detach().double() - before) @ key
+        C = 10.0 * editor.second_moments[0].double()
+        gain = float(key @ torch.linalg.solve(C, key))
+        if name == "emmet":
+            torch.testing.assert_close(moved[name], residual, rtol=1e-4, atol=1e-4)
+        else:
+            torch.testing.assert_close(moved[name], residual * gain / (1 + gain), rtol=1e-4, atol=1e-4)
+
+
+def test_rect_keeps_memits_update_where_the_relative_change_is_largest():
+    """RECT (memit_rect_main.py:50-61): the same v* and MEMIT update, of which only the entries with
+    the top `keep` of |dW / (W + 1e-8)| are written; the others keep their weight."""
+    example = Example("e", PROMPT, " Oslo", subject="France")
+    updates = {}
+    for name in ("memit", "rect"):
+        adapter, editor = _editor(name, mom2_update_weight=10.0, context_templates=0)
+        weight = editor.sites[0].out_proj.weight
+        before = weight.detach().clone()
+        editor.edit(example)
+        updates[name] = (weight.detach() - before, before)
+    full, before = updates["memit"]
+    kept = updates["rect"][0] != 0
+    from editors.rect import relative_change_mask
+
+    mask = relative_change_mask(full, before, 0.4)
+    assert torch.equal(kept, mask & (full != 0))
+    assert 0.39 < mask.float().mean() < 0.41
+    torch.testing.assert_close(updates["rect"][0][mask], full[mask])
+    rel = (full / (before + 1e-8)).abs()
+    assert rel[mask].min() >= rel[~mask].max()
+
+
+def test_prune_restrains_the_summed_update_and_edits_on_from_the_unrestrained():
+    """PRUNE (bi_editor_loadw.py:109-170): the model that answers is W0 + F(W_raw - W0) with the
+    singular values s >= s_max shrunk to ln s - ln s_max + s_max; the next edit is computed on W_raw,
+    so W_raw after two edits is MEMIT's after the same two, bit for bit."""
+    from editors.prune import restrained
+
+    first = Example("e", PROMPT, " Oslo", subject="France")
+    second = Example("f", "Peru lies in", " Asia", subject="Peru")
+    raw = {}
+    for name in ("memit", "prune"):
+        adapter, editor = _editor(name, mom2_update_weight=10.0, context_templates=0)
+        weight = editor.sites[0].out_proj.weight
+        w0 = weight.detach().clone()
+        if name == "prune":
+            editor.s_max = {n: 1e-3 for n in editor.s_max}  # below the update's: the restraint acts
+        editor.edit(first)
+        result = editor.edit(second)
+        raw[name] = editor.raw[next(iter(editor.raw))] if name == "prune" else weight.detach().clone()
+    assert torch.equal(raw["memit"], raw["prune"])
+    assert result.info["restrained_singular_values"] >= 1
+    expected, _ = restrained(raw["prune"] - w0, 1e-3, torch.e)
+    torch.testing.assert_close(weight.detach(), w0 + expected)
+    S = torch.linalg.svdvals((weight.detach() - w0).double())
+    S_raw = torch.linalg.svdvals((raw["prune"] - w0).double())
+    big = S_raw >= 1e-3
+    torch.testing.assert_close(S[: int(big.sum())], torch.log(S_raw[big]) - torch.log(torch.tensor(1e-3)) + 1e-3)

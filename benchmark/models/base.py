@@ -100,6 +100,7 @@ class FFNSite:
     width: int  # dimension of q and of FFN(q)
     layer_index: int
     is_last: bool
+    up_proj: nn.Module | None = None  # a gated FFN's second input projection (None: not gated)
 
 
 @dataclass
@@ -228,15 +229,16 @@ class ModelAdapter:
 
     # -- shared -------------------------------------------------------------------------------
     def _site(self, layer: int, projections, activation: str, gated: bool, width: int) -> FFNSite:
-        """FFNSite of block `layer`; `projections(block)` gives its (in_proj, out_proj)."""
+        """FFNSite of block `layer`; `projections(block)` gives its (in_proj, out_proj) or, for a
+        gated FFN, (in_proj, out_proj, up_proj)."""
         layers = self.layer_modules()
         if not -len(layers) <= layer < len(layers):
             raise ValueError(f"layer {layer} out of range: the model has {len(layers)} blocks "
                              f"({-len(layers)}..{len(layers) - 1})")
         index = layer % len(layers)
-        in_proj, out_proj = projections(layers[index])
+        in_proj, out_proj, *up_proj = projections(layers[index])
         return FFNSite(in_proj=in_proj, out_proj=out_proj, activation=activation, gated=gated, width=width,
-                       layer_index=index, is_last=index == len(layers) - 1)
+                       layer_index=index, is_last=index == len(layers) - 1, up_proj=(up_proj or [None])[0])
 
     def scored_logits(self, batch: EncodedBatch) -> Tensor:
         return self._run(batch)

@@ -19,7 +19,7 @@ from benchmark.types import GENERATION
 
 # model_type -> where things are. The only place that names a decoder's modules.
 LAYOUTS: dict[str, dict[str, Any]] = {
-    "llama": dict(layers="model.layers", in_proj="mlp.gate_proj", out_proj="mlp.down_proj",
+    "llama": dict(layers="model.layers", in_proj="mlp.gate_proj", out_proj="mlp.down_proj", up_proj="mlp.up_proj",
                   pre_ffn_norm="post_attention_layernorm", final_norm="model.norm", gated=True),
     "gpt2": dict(layers="transformer.h", in_proj="mlp.c_fc", out_proj="mlp.c_proj",
                  pre_ffn_norm="ln_2", final_norm="transformer.ln_f", gated=False),
@@ -54,7 +54,7 @@ class DecoderLMAdapter(ModelAdapter):
         return self.model.get_submodule(self.layout["layers"])
 
     def ffn_site(self, layer: int = -1) -> FFNSite:
-        names = self.layout["in_proj"], self.layout["out_proj"]
+        names = [self.layout[k] for k in ("in_proj", "out_proj", "up_proj") if k in self.layout]
         return self._site(layer, lambda b: tuple(b.get_submodule(n) for n in names), _act_name(self.model.config),
                           self.layout["gated"], self.model.config.hidden_size)
 

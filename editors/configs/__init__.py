@@ -11,5 +11,6 @@ from editors.configs import (  # noqa: F401
     mend_style,
     sera,
     tpatcher,
+    ultraedit,
     wise,
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,6 +121,53 @@ class AlphaEditConfig(MemitConfig):
                              "them use editor=memit")
 
 
+@dataclass
+class EmmetConfig(LocateConfig):
+    """EMMET (Gupta et al. 2024, "A Unified Framework for Model Editing"), EasyEdit's preset for LLaMA-2-7B
+    (hparams/EMMET/llama-7b.yaml): one block (5), v* as ROME's preset finds it (lr 0.5, weight decay 1e-3,
+    clamp 4) at the block's output as MEMIT's, lambda 100,000, emmet_lambda 0.1, no update-norm term."""
+
+    layers: list[int] = field(default_factory=lambda: [5], metadata={
+        "help": "blocks whose FFN output projection is rewritten (EasyEdit's LLaMA presets: 5)"})
+    v_lr: float = field(default=0.5, metadata={"help": "Adam learning rate of v*"})
+    v_weight_decay: float = field(default=1e-3, metadata={"help": "weight of |delta| / |h|^2 in v*'s loss"})
+    clamp_norm_factor: float = field(default=4.0, metadata={"help": "|delta| <= this times |h|"})
+    mom2_update_weight: float = field(default=100_000.0, metadata={"help": "lambda of lambda C (the preserved keys)"})
+    emmet_lambda: float = field(default=0.1, metadata={
+        "help": "added to K^T C^-1 K before it is inverted (emmet_main.py: 'to counter ill-conditioned D')"})
+    update_norm_lambda: float = field(default=0.0, metadata={"help": "mu of lambda C + mu I (the update's norm)"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.mom2_update_weight <= 0 or self.emmet_lambda < 0 or self.update_norm_lambda < 0:
+            raise ValueError("editor.mom2_update_weight > 0, editor.emmet_lambda >= 0 and "
+                             "editor.update_norm_lambda >= 0 are required")
+
+
+@dataclass
+class RectConfig(MemitConfig):
+    keep: float = field(default=0.4, metadata={
+        "help": "fraction of each update's entries kept, those of the largest relative change |dW / (W + 1e-8)| "
+                "(AlphaEdit's MEMIT_rect: 40%; the RECT authors' ROME code: 20%)"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 < self.keep <= 1:
+            raise ValueError(f"editor.keep must be in (0, 1], got {self.keep}")
+
+
+@dataclass
+class PruneConfig(MemitConfig):
+    log_base: float = field(default=math.e, metadata={
+        "help": "PRUNE's restraint of the summed update's singular values s >= s_max(W0): log_b(s) - log_b(s_max) "
+                "+ s_max (the paper and AlphaEdit's MEMIT_prune: b = e; PRUNE's code also has 2, 1.5, 1.2)"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.log_base > 1:
+            raise ValueError(f"editor.log_base must be > 1, got {self.log_base}")
+
+
 EDITORS.register("memit", "editors.memit:MemitEditor", MemitConfig,
                  "MEMIT: closed-form rewrite of the FFN output projections of a block range, one edit at a time")
 EDITORS.register("memit_seq", "editors.memit:MemitEditor", MemitSeqConfig,
@@ -130,3 +178,10 @@ EDITORS.register("rome", "editors.memit:RomeEditor", RomeConfig,
                  "ROME: rank-one rewrite of one FFN output projection (u = C^-1 k*), one edit at a time")
 EDITORS.register("r_rome", "editors.memit:RomeEditor", RRomeConfig,
                  "r-ROME: ROME with the prefix-averaged key and output in its update too (no collapse from k . u)")
+EDITORS.register("emmet", "editors.emmet:EmmetEditor", EmmetConfig,
+                 "EMMET: MEMIT's update under equality constraints (each edited key maps exactly to its target)")
+EDITORS.register("rect", "editors.rect:RectEditor", RectConfig,
+                 "RECT: MEMIT keeping only the update entries of the largest relative change (the rest zeroed)")
+EDITORS.register("prune", "editors.prune:PruneEditor", PruneConfig,
+                 "PRUNE: MEMIT with the summed update's large singular values restrained (log) to bound the "
+                 "condition number")

@@ -1,0 +1,171 @@
+"""UltraEdit (Gu et al. 2025, "UltraEdit: Training-, Subject-, and Memory-Free Lifelong Editing in
+Large Language Models"): each edit is one closed-form update of a set of linear layers, computed
+from the layers' inputs (keys) and the loss gradient at their outputs, both standardised by
+statistics that run over every edit of the stream (lifelong normalisation).
+
+Read in the published code: the authors' XiaojieGu/UltraEdit at 0beb222 (`ue` editor/ultraedit.py,
+`eb` editor/base.py, `nt` nets.py, `ut` util.py, `dz` data/zsre.py; config/editor/ultraedit.yaml,
+config/model/llama-3-instruct.yaml) and EasyEdit's port at 14cea82 (easyeditor/models/ultraedit/
+ULTRAEDIT.py, hparams/UltraEdit/*.yaml). One turn of edits (ue:60-131, eb:156-169):
+1. For each chunk of requests, one forward on prompt + answer (teacher-forced, dz:24-49) and the
+   mean cross-entropy over the answer's tokens (ut:44-56) backward; at each edited layer the keys K
+   (its input) and the gradients G of the loss at its output, at the answer's positions
+   (`token: ans`, ut TracerDict; EasyEdit's presets `token: mask`: every real position).
+2. The layer's normaliser (one per weight shape, shared by the layers of that shape) takes
+   [K, G] into its running mean and std (nt RunningMeanStd.update), then [K^, G^] = ([K, G] -
+   mean) / (std + eps) (ue:84-87).
+3. V = -lr |K^_i|^2 G^_i per row (ue:89-90); the update solves the ridge regression from the raw
+   keys: dW^T = (K^T K + I)^-1 K^T V (ue:91-94), added to the weight (eb:59-71).
+The authors edit turns of 100 requests in chunks of 10; seqedit's stream edits one request at a
+time (a turn of one), and `loop.mode=batch` edits all at once in chunks of `chunk_size`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from benchmark.models.base import installed
+from benchmark.types import EditorData, Example
+from editors.base import Editor, EditResult
+from editors.configs.ultraedit import UltraEditConfig  # noqa: F401  (its config, torch-free)
+
+ROLES = (("in_layers", "in_proj"), ("up_layers", "up_proj"), ("out_layers", "out_proj"))
+
+
+class LifelongNormaliser:
+    """A running mean and std over every row it was given (nt RunningMeanStd, float32). Where it is
+    given one row at once, that row adds no spread: the published update takes its unbiased
+    variance, which is NaN for one row, and would turn the weights into NaN."""
+
+    def __init__(self, size: int, device):
+        self.n = torch.zeros(1, device=device)
+        self.mean = torch.zeros(size, device=device)
+        self.var = torch.zeros(size, device=device)
+        self.std = torch.zeros(size, device=device)
+
+    def update(self, x: Tensor) -> None:
+        m = x.shape[0]
+        n = self.n + m
+        delta = x.mean(0) - self.mean
+        self.mean = self.mean + m * delta / n
+        spread = m * x.var(0) if m > 1 else torch.zeros_like(self.var)
+        self.var = self.var + spread + self.n * m * delta.pow(2) / n
+        self.std = (self.var / (n - 1 + torch.finfo(x.dtype).eps)).sqrt()
+        self.n = n
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / (self.std + torch.finfo(x.dtype).eps)
+
+    def state(self) -> dict[str, Tensor]:
+        return {k: getattr(self, k).clone() for k in ("n", "mean", "var", "std")}
+
+    def load(self, state: dict[str, Tensor]) -> None:
+        for k, v in state.items():
+            setattr(self, k, v.clone())
+
+
+def key_value_shape(module: nn.Module) -> tuple[int, int]:
+    """(input size, output size) of a linear layer: nn.Linear keeps [out, in], GPT-2's Conv1D [in, out]."""
+    shape = tuple(module.weight.shape)
+    return shape[::-1] if isinstance(module, nn.Linear) else shape
+
+
+class UltraEditEditor(Editor):
+    config_class = UltraEditConfig
+    one_shot = True
+    edits_batches = True
+
+    def __init__(self, config: UltraEditConfig, adapter):
+        super().__init__(config, adapter)
+        self.layers: list[nn.Module] = []
+        for key, role in ROLES:  # the order of the published edit_modules: gates, then ups
+            for layer in getattr(config, key):
+                module = getattr(adapter.ffn_site(layer), role)
+                if module is None:
+                    raise ValueError(f"editor.{key}={getattr(config, key)}: {adapter.config.name}'s FFN is not gated, "
+                                     "it has no up projection (use editor.in_layers or editor.out_layers)")
+                self.layers.append(module)
+        self.normalisers: dict[tuple[int, int], LifelongNormaliser] = {}
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        return {names[id(m.weight)]: m.weight for m in self.layers}
+
+    def prepare(self, data: EditorData) -> None:
+        super().prepare(data)
+        for p in self.trainable_parameters().values():  # written in closed form, never by autograd
+            p.requires_grad_(False)
+        self._new_normalisers()
+
+    def _new_normalisers(self) -> None:
+        self.normalisers = {shape: LifelongNormaliser(sum(shape), self.adapter.device)
+                            for shape in dict.fromkeys(key_value_shape(m) for m in self.layers)}
+
+    # -- editing --------------------------------------------------------------------------------
+    def _keys_and_gradients(self, examples: list[Example]) -> list[tuple[Tensor, Tensor]]:
+        """(K, G) of every edited layer from one forward and backward of the chunk (step 1): a zero
+        added to each layer's output carries the loss's gradient there, whatever layers follow."""
+        adapter = self.adapter
+        batch = adapter.encode([e.prompt for e in examples], [e.target for e in examples])
+        at = batch.score_mask if self.config.token == "ans" else batch.valid_mask
+        keys: dict[int, Tensor] = {}
+        zeros: dict[int, Tensor] = {}
+
+        def keep(i: int):
+            def hook(_m, args, output):
+                if output.shape[:2] != at.shape:
+                    raise ValueError(f"editor=ultraedit: layer {i} runs over another sequence than the scored one")
+                keys[i] = args[0][at].detach().float()
+                zeros[i] = torch.zeros_like(output, requires_grad=True)
+                return output + zeros[i]
+            return hook
+
+        with installed([m.register_forward_hook(keep(i)) for i, m in enumerate(self.layers)]), torch.enable_grad():
+            loss = adapter.loss(batch, adapter.scored_logits(batch))
+            order = list(range(len(self.layers)))
+            grads = torch.autograd.grad(loss, [zeros[i] for i in order], allow_unused=True)
+        return [(keys[i], (torch.zeros_like(zeros[i]) if g is None else g)[at].float()) for i, g in zip(order, grads)]
+
+    @torch.no_grad()
+    def _shift(self, module: nn.Module, keys: Tensor, grads: Tensor) -> Tensor:
+        """dW^T [in, out] of one layer from its keys and gradients of the whole turn (steps 2-3)."""
+        d_in, d_out = key_value_shape(module)
+        z = self.normalisers[(d_in, d_out)](torch.cat([keys, grads], -1))
+        keys_hat, grads_hat = z.split([d_in, d_out], -1)
+        values = -self.config.lr * (keys_hat * keys_hat).sum(-1, keepdim=True) * grads_hat
+        gram = keys.T @ keys + torch.eye(d_in, device=keys.device)
+        return torch.linalg.solve(gram, keys.T @ values)
+
+    def edit_batch(self, examples: list[Example]) -> EditResult:
+        size = self.config.chunk_size
+        turn: list[list[tuple[Tensor, Tensor]]] = [[] for _ in self.layers]
+        for start in range(0, len(examples), size):
+            pairs = self._keys_and_gradients(examples[start : start + size])
+            for i, (module, (keys, grads)) in enumerate(zip(self.layers, pairs)):
+                self.normalisers[key_value_shape(module)].update(torch.cat([keys, grads], -1))
+                turn[i].append((keys, grads))
+        with torch.no_grad():
+            for module, pairs in zip(self.layers, turn):
+                shift = self._shift(module, torch.cat([k for k, _ in pairs]), torch.cat([g for _, g in pairs]))
+                module.weight += (shift.T if isinstance(module, nn.Linear) else shift).to(module.weight.dtype)
+        return EditResult(steps=1, info={"tokens": int(sum(k.shape[0] for k, _ in turn[0]))})
+
+    def edit(self, example: Example) -> EditResult:
+        return self.edit_batch([example])
+
+    # -- folds and resume ------------------------------------------------------------------------
+    def reset(self) -> None:
+        super().reset()
+        self._new_normalisers()
+
+    def edit_state(self) -> dict[str, Any]:
+        return {"weights": super().edit_state(),
+                "normalisers": [[list(shape), norm.state()] for shape, norm in self.normalisers.items()]}
+
+    def load_edit_state(self, state: dict[str, Any]) -> None:
+        super().load_edit_state(state["weights"])
+        for shape, norm_state in state["normalisers"]:
+            self.normalisers[tuple(shape)].load(norm_state)
