@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from benchmark.models.base import installed
+from benchmark.models.base import installed, linear_shape
 from benchmark.types import EditorData, Example
 from editors.base import Editor, EditResult
 from editors.configs.ultraedit import UltraEditConfig  # noqa: F401  (its config, torch-free)
@@ -67,12 +67,6 @@ class LifelongNormaliser:
             setattr(self, k, v.clone())
 
 
-def key_value_shape(module: nn.Module) -> tuple[int, int]:
-    """(input size, output size) of a linear layer: nn.Linear keeps [out, in], GPT-2's Conv1D [in, out]."""
-    shape = tuple(module.weight.shape)
-    return shape[::-1] if isinstance(module, nn.Linear) else shape
-
-
 class UltraEditEditor(Editor):
     config_class = UltraEditConfig
     one_shot = True
@@ -102,7 +96,7 @@ class UltraEditEditor(Editor):
 
     def _new_normalisers(self) -> None:
         self.normalisers = {shape: LifelongNormaliser(sum(shape), self.adapter.device)
-                            for shape in dict.fromkeys(key_value_shape(m) for m in self.layers)}
+                            for shape in dict.fromkeys(linear_shape(m) for m in self.layers)}
 
     # -- editing --------------------------------------------------------------------------------
     def _keys_and_gradients(self, examples: list[Example]) -> list[tuple[Tensor, Tensor]]:
@@ -132,7 +126,7 @@ class UltraEditEditor(Editor):
     @torch.no_grad()
     def _shift(self, module: nn.Module, keys: Tensor, grads: Tensor) -> Tensor:
         """dW^T [in, out] of one layer from its keys and gradients of the whole turn (steps 2-3)."""
-        d_in, d_out = key_value_shape(module)
+        d_in, d_out = linear_shape(module)
         z = self.normalisers[(d_in, d_out)](torch.cat([keys, grads], -1))
         keys_hat, grads_hat = z.split([d_in, d_out], -1)
         values = -self.config.lr * (keys_hat * keys_hat).sum(-1, keepdim=True) * grads_hat
@@ -145,7 +139,7 @@ class UltraEditEditor(Editor):
         for start in range(0, len(examples), size):
             pairs = self._keys_and_gradients(examples[start : start + size])
             for i, (module, (keys, grads)) in enumerate(zip(self.layers, pairs)):
-                self.normalisers[key_value_shape(module)].update(torch.cat([keys, grads], -1))
+                self.normalisers[linear_shape(module)].update(torch.cat([keys, grads], -1))
                 turn[i].append((keys, grads))
         with torch.no_grad():
             for module, pairs in zip(self.layers, turn):

@@ -103,6 +103,12 @@ class FFNSite:
     up_proj: nn.Module | None = None  # a gated FFN's second input projection (None: not gated)
 
 
+def linear_shape(module: nn.Module) -> tuple[int, int]:
+    """(input size, output size) of a linear layer: nn.Linear keeps [out, in], GPT-2's Conv1D [in, out]."""
+    shape = tuple(module.weight.shape)
+    return shape[::-1] if isinstance(module, nn.Linear) else shape
+
+
 @dataclass
 class EncodedBatch:
     inputs: dict[str, Tensor]  # keyword arguments of the model's forward
@@ -201,6 +207,20 @@ class ModelAdapter:
 
     def layer_modules(self) -> nn.ModuleList:
         raise NotImplementedError
+
+    attention: dict[str, str] = {}  # role (q, k, v, o; GPT-2: qkv, o) -> the block's submodule
+
+    def block_linears(self, layer: int) -> dict[str, nn.Module]:
+        """The linear layers of block `layer` by role: its self-attention's (`attention`) and its
+        FFN's `ffn_in`, `ffn_up` (gated FFNs) and `ffn_out`, so editors that adapt any of them
+        (LoRA) name roles, never modules."""
+        site = self.ffn_site(layer)
+        block = self.layer_modules()[site.layer_index]
+        found = {role: block.get_submodule(path) for role, path in self.attention.items()}
+        found.update(ffn_in=site.in_proj, ffn_out=site.out_proj)
+        if site.up_proj is not None:
+            found["ffn_up"] = site.up_proj
+        return found
 
     def _residual_site(self, layer: int) -> tuple[nn.Module, int]:
         """(module, argument index) whose forward input is the residual that FFN(q) is added to."""

@@ -20,9 +20,12 @@ from benchmark.types import GENERATION
 # model_type -> where things are. The only place that names a decoder's modules.
 LAYOUTS: dict[str, dict[str, Any]] = {
     "llama": dict(layers="model.layers", in_proj="mlp.gate_proj", out_proj="mlp.down_proj", up_proj="mlp.up_proj",
-                  pre_ffn_norm="post_attention_layernorm", final_norm="model.norm", gated=True),
+                  pre_ffn_norm="post_attention_layernorm", final_norm="model.norm", gated=True,
+                  attention=dict(q="self_attn.q_proj", k="self_attn.k_proj", v="self_attn.v_proj",
+                                 o="self_attn.o_proj")),
     "gpt2": dict(layers="transformer.h", in_proj="mlp.c_fc", out_proj="mlp.c_proj",
-                 pre_ffn_norm="ln_2", final_norm="transformer.ln_f", gated=False),
+                 pre_ffn_norm="ln_2", final_norm="transformer.ln_f", gated=False,
+                 attention=dict(qkv="attn.c_attn", o="attn.c_proj")),
 }
 for _alias in ("mistral", "qwen2", "qwen3", "smollm3"):
     LAYOUTS[_alias] = LAYOUTS["llama"]
@@ -44,6 +47,7 @@ class DecoderLMAdapter(ModelAdapter):
         if model_type not in LAYOUTS:
             raise ValueError(f"decoder model_type {model_type!r} has no layout; known: {', '.join(sorted(LAYOUTS))}")
         self.layout = LAYOUTS[model_type]
+        self.attention = self.layout["attention"]
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         # prompts longer than the model's window lose their start (the end leads to the answer)

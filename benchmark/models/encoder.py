@@ -19,6 +19,8 @@ class BertLayout:
     masked-LM adapters."""
 
     model: nn.Module
+    attention = dict(q="attention.self.query", k="attention.self.key", v="attention.self.value",
+                     o="attention.output.dense")
 
     def layer_modules(self) -> nn.ModuleList:
         return self.model.base_model.encoder.layer

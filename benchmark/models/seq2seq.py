@@ -16,6 +16,7 @@ from benchmark.types import GENERATION
 class Seq2SeqAdapter(ModelAdapter):
     family = "seq2seq"
     task = TASKS[GENERATION]
+    attention = dict(q="self_attn.q_proj", k="self_attn.k_proj", v="self_attn.v_proj", o="self_attn.out_proj")
 
     def __init__(self, model, tokenizer, config):
         super().__init__(model, tokenizer, config)

@@ -4,9 +4,11 @@ this package imports no torch, so `seqedit list`, `help` and `config` start at o
 from editors.configs import (  # noqa: F401
     constrained_ft,
     ft,
+    ft_ewc,
     grace,
     ke_style,
     knn_lm,
+    lora,
     memit,
     mend_style,
     sera,
