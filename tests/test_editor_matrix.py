@@ -38,6 +38,7 @@ ROWS = {
     # every position: a first edit with a one-token answer has one row, which the normaliser maps to 0
     "ultraedit": {"in_layers": [0], "up_layers": [], "out_layers": [0], "lr": 1e-3, "token": "mask"},
     "wise": {"layer": 0, "max_steps": 40},
+    "defer": {"layer": 0, "max_steps": 100, "lr": 0.01, "stop_when_correct": True},
     "grace-last-warm": {"max_steps": 50, "layer": -1, "value_init": "warm", "stop_when_correct": True},
     "sera": {"encoder": "tiny-bert", "train_epochs": 3, "train_examples": 400, "backend": "torch"},
     "ke_style": {"edit_lr": 0.1, "train_examples": 200, "train_epochs": 3, "train_lr": 1e-3},
@@ -48,6 +49,7 @@ ROWS = {
 # families an editor refuses in one line (exit 2) instead of running wrongly; the rows run on the
 # others and `test_refused_families_are_refused` holds the refusal
 REFUSED = {"grace": {"seq2seq"},  # scored by generation, where its read-position hook does not act
+           "defer": {"seq2seq"},
            "memit": {"seq2seq", "classifier", "masked"},  # decoder LMs, the method's models
            "memit_seq": {"seq2seq", "classifier", "masked"},
            "alphaedit": {"seq2seq", "classifier", "masked"},

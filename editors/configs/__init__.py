@@ -3,6 +3,7 @@ this package imports no torch, so `seqedit list`, `help` and `config` start at o
 
 from editors.configs import (  # noqa: F401
     constrained_ft,
+    defer,
     ft,
     ft_ewc,
     grace,
