@@ -62,6 +62,9 @@ def markdown() -> str:
 
 
 def main(argv: list[str]) -> int:
+    if len(argv) > 1 or (argv and argv[0].startswith("-")):  # an option is not a path to write over
+        print("usage: python -m benchmark.reference [PATH]   (default docs/reference/config.md)", file=sys.stderr)
+        return 0 if argv[0] in ("-h", "--help") else 2
     path = Path(argv[0]) if argv else PAGE
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(markdown(), encoding="utf-8")
