@@ -29,8 +29,8 @@ from omegaconf import OmegaConf
 from benchmark.metrics import INTERVAL_METHOD, METRICS
 
 COLUMNS = ["SR", "GR", "GR_pooled", "ER", "GR_final", "TrainR", "TestR", "Loc", "Loc_final", "Loc_rw", "Loc_rw_final",
-           "old_kept", "A_M", "A_FS", "A_mean", "E", "N", "edit_seconds_median", "run_seconds", "params_added",
-           "params_added_pct"]
+           "old_kept", "ES", "PS", "NS", "S", "EM", "PM", "NM", "A_M", "A_FS", "A_mean", "E", "N",
+           "edit_seconds_median", "run_seconds", "params_added", "params_added_pct"]
 # loop keys that change what a run measures (which examples, which split): part of the data settings
 MEASURING_LOOP_KEYS = ("split", "mode", "folds", "max_fold_examples", "test_limit")
 # keys that never change a number: not shown as a difference between runs

@@ -11,6 +11,7 @@ their training forms, for a fixed number of epochs), then scored as a stream wou
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import signal
@@ -130,6 +131,36 @@ def locality_predictions(editor: Editor, examples: list[Example]) -> list[list[l
     return grouped(editor.predictions, [e.locality for e in examples])
 
 
+def counterfact_items(editor: Editor, past: list[Example]) -> dict[str, list[float]]:
+    """ROME's CounterFact comparison of the new object with the true one on the final model
+    (kmeng01/rome experiments/py/eval_utils_counterfact.py `test_batch_prediction`, summarised by
+    experiments/summarize.py): per edited record, the share of its prompts where the new object is
+    likelier (mean log-probability per token) than the true one, and the mean difference of those
+    probabilities, on the edit prompt (ES, EM), its paraphrases (PS, PM) and its neighbourhood
+    prompts, where the true object should stay likelier (NS, NM). Neighbourhood prompts are the
+    locality pairs answered by the record's true object (CounterFact's); records without a true
+    object, and editors without answer probabilities, give none."""
+    records = [e for e in past if e.original_target is not None]
+    groups = {"rewrite": [[e.prompt] for e in records], "paraphrase": [list(e.equivalents) for e in records],
+              "neighbourhood": [[p for p, a in e.locality if a == e.original_target] for e in records]}
+    prompts = [p for group in groups.values() for ps in group for p in ps]
+    owners = [e for group in groups.values() for e, ps in zip(records, group) for _ in ps]
+    new = editor.answer_nll(prompts, [e.target for e in owners]) if prompts else None
+    if new is None:
+        return {}
+    true = editor.answer_nll(prompts, [e.original_target for e in owners])
+    out, at = {}, 0
+    for (kind, group), (score, magnitude) in zip(groups.items(), (("ES", "EM"), ("PS", "PM"), ("NS", "NM"))):
+        sign = -1.0 if kind == "neighbourhood" else 1.0  # the true object should win there
+        for ps in group:
+            pairs = list(zip(new[at : at + len(ps)], true[at : at + len(ps)]))
+            at += len(ps)
+            if pairs:
+                out.setdefault(score, []).append(mean([float(sign * (t - n) > 0) for n, t in pairs]))
+                out.setdefault(magnitude, []).append(mean([sign * (math.exp(-n) - math.exp(-t)) for n, t in pairs]))
+    return out
+
+
 def kept(now: list[float], before: list[float]) -> list[float]:
     """Per locality pair: 1 where the model is right or wrong on it as the initial model was."""
     return [float(a == b) for a, b in zip(now, before)]
@@ -219,6 +250,7 @@ class SequentialEditingCallback(L.Callback):
         if self.splits.unmodified:  # Zhu et al.: on held-out probes only
             items["modified"] = probe_scores(editor, fold_examples)
             items["unmodified"] = probe_scores(editor, self.splits.unmodified)
+        items.update(counterfact_items(editor, past))
         final.update({name: mean(scores) for name, scores in items.items()})
         # the final model on the past edits' equivalents, per edit (GR_final: the papers' Gen. after T edits)
         items["past_equivalents"] = [g for g in grouped_scores(editor, [[(q, e.target) for q in e.equivalents]

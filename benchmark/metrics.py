@@ -71,6 +71,16 @@ _metric("Loc_rw", True, "share of the edit's locality prompts the model gets rig
         "did (exact match of the file's locality answer), right after it")
 _metric("Loc_rw_final", True, "Loc_rw of the final model over the fold's locality prompts")
 _metric("old_kept", False, "modified facts whose edit prompt the final model still answers with the old (true) object")
+_metric("ES", True, "efficacy score (ROME, CounterFact): final model, edited records whose edit prompt gives the new "
+        "object a higher mean token log-probability than the true one")
+_metric("PS", True, "paraphrase score (ROME): the same on each record's paraphrases (share per record, then mean)")
+_metric("NS", True, "neighbourhood score (ROME): on each record's neighbourhood prompts, the true object still "
+        "likelier than the new one")
+_metric("S", True, "ROME's score: harmonic mean of ES, PS and NS")
+_metric("EM", True, "efficacy magnitude (ROME): mean of P(new) - P(true) on the edit prompt, P the geometric mean "
+        "token probability")
+_metric("PM", True, "paraphrase magnitude (ROME): mean of P(new) - P(true) on the paraphrases")
+_metric("NM", True, "neighbourhood magnitude (ROME): mean of P(true) - P(new) on the neighbourhood prompts")
 _metric("A_M", True, "accuracy on modified facts (Zhu et al.)")
 _metric("A_FS", True, "accuracy on unmodified facts, A_F\\S (Zhu et al.)")
 _metric("A_mean", True, "mean of A_M and A_FS")
@@ -78,6 +88,11 @@ _metric("A_mean", True, "mean of A_M and A_FS")
 
 def mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.nan
+
+
+def hmean(values: list[float]) -> float:
+    """The harmonic mean (scipy.stats.hmean, as ROME's summarize.py takes it): 0 where a value is 0."""
+    return 0.0 if min(values) <= 0 else len(values) / sum(1 / v for v in values)
 
 
 def ratio(final: float | None, initial: float | None) -> float:
@@ -114,6 +129,11 @@ def fold_metrics(edits: list[dict], final: dict, initial: dict) -> dict[str, flo
         out["Loc_rw"], out["Loc_rw_final"] = mean(rw_per_edit), final.get("locality_rw", math.nan)
     if "old_kept" in final:
         out["old_kept"] = final["old_kept"]
+    for name in ("ES", "PS", "NS", "EM", "PM", "NM"):  # ROME's CounterFact comparison, where measured
+        if name in final:
+            out[name] = final[name]
+    if all(_finite(out.get(k)) for k in ("ES", "PS", "NS")):
+        out["S"] = hmean([out["ES"], out["PS"], out["NS"]])
     if "modified" in final:
         out["A_M"], out["A_FS"] = final["modified"], final["unmodified"]
         out["A_mean"] = (out["A_M"] + out["A_FS"]) / 2
@@ -180,6 +200,19 @@ def _boot_average(a: Replicates | None, b: Replicates | None) -> Replicates | No
     return (lambda rng: (a(rng) + b(rng)) / 2) if a and b else None
 
 
+def _boot_hmean(parts: list[Replicates | None]) -> Replicates | None:
+    """The harmonic mean of resampled means, each part resampled on its own items (ROME's S)."""
+    if not all(parts):
+        return None
+
+    def replicates(rng):
+        values = np.stack([part(rng) for part in parts])
+        with np.errstate(divide="ignore"):
+            return np.where((values > 0).all(axis=0), len(parts) / (1 / values).sum(axis=0), 0.0)
+
+    return replicates
+
+
 def fold_replicates(edits: list[dict], final: dict) -> dict[str, Replicates]:
     """The resampling of each metric of one fold that has items to resample; `final["items"]` holds
     the per-example scores of the final model (and f0's for the ratios), absent in older runs."""
@@ -201,6 +234,9 @@ def fold_replicates(edits: list[dict], final: dict) -> dict[str, Replicates]:
         "A_M": _boot_mean(items.get("modified", [])),
         "A_FS": _boot_mean(items.get("unmodified", [])),
     }
+    for name in ("ES", "PS", "NS", "EM", "PM", "NM"):
+        out[name] = _boot_mean(items.get(name, []))
+    out["S"] = _boot_hmean([out["ES"], out["PS"], out["NS"]])
     out["A_mean"] = _boot_average(out["A_M"], out["A_FS"])
     return {k: v for k, v in out.items() if v is not None}
 
@@ -236,6 +272,8 @@ def _finite(value) -> bool:
 # sequential_edit:`), with teacher-forced token accuracy (`test_prediction_acc`): so Rel. is ER,
 # Gen. is GR_final and Loc. is Loc_final, under `model.metric=token_accuracy` to match their scoring.
 PAPER_NAMES = (("Rel.", "ER"), ("Gen.", "GR_final"), ("Loc.", "Loc_final"))
+# ROME's CounterFact columns (and MEMIT's, AlphaEdit's: Eff., Gen., Spe.), on the final model
+COUNTERFACT_NAMES = (("Eff.", "ES"), ("Gen.", "PS"), ("Spe.", "NS"), ("Score", "S"))
 
 
 def _value(stat: dict) -> str:
@@ -250,8 +288,10 @@ def report(metrics: dict[str, dict]) -> list[str]:
     Rel./Gen./Loc. where the run measured them."""
     lines = [f"{'metric':<22}{'mean [95% interval]':<28}folds"]
     lines += [f"{name:<22}{_value(stat):<28}{stat.get('folds', 0)}" for name, stat in metrics.items()]
-    paper = [(label, name) for label, name in PAPER_NAMES if _finite(metrics.get(name, {}).get("mean"))]
-    if paper:
-        lines.append("after all edits, as the sequential-editing papers print it: "
-                     + "; ".join(f"{label} {_value(metrics[name])} (= {name})" for label, name in paper))
+    for intro, names in (("after all edits, as the sequential-editing papers print it: ", PAPER_NAMES),
+                         ("CounterFact's probability comparison, as ROME, MEMIT and AlphaEdit print it: ",
+                          COUNTERFACT_NAMES)):
+        paper = [(label, name) for label, name in names if _finite(metrics.get(name, {}).get("mean"))]
+        if paper:
+            lines.append(intro + "; ".join(f"{label} {_value(metrics[name])} (= {name})" for label, name in paper))
     return lines

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from benchmark.models.base import FFNSite, ModelAdapter
-from benchmark.types import EditorData, Example
+from benchmark.types import GENERATION, EditorData, Example
 from editors.configs.base import EditorConfig, TrainedEditorConfig  # noqa: F401  (its config, torch-free)
 
 
@@ -135,6 +135,13 @@ class Editor(L.LightningModule):
         """The current model's answer at each scored position under teacher forcing on the target
         (`ModelAdapter.predictions`); editors that answer differently override, with `scores`."""
         return self.adapter.predictions(prompts, targets)
+
+    def answer_nll(self, prompts: list[str], targets: list[Any]) -> list[float] | None:
+        """Each answer's mean negative log-probability per token on the current model (ROME's
+        CounterFact scores); None where the editor answers from a memory and has no such number."""
+        if self.answers_from_memory or self.adapter.task != GENERATION:
+            return None
+        return self.adapter.answer_nll(prompts, targets)
 
     def params_added(self) -> int:
         return 0

@@ -486,3 +486,60 @@ def test_files_past_any_real_records_size_are_refused_in_one_line(tmp_path, cont
     path.write_text(content)
     with pytest.raises(DataError, match=message):
         datamodule("data=json", f"data.path={path}")
+
+
+def test_counterfact_scores_are_romes_comparison_of_new_and_true_objects(tmp_path):
+    """A run on CounterFact reports ROME's ES/PS/NS, their magnitudes and S = hmean(ES, PS, NS),
+    each with an interval."""
+    import math
+
+    from benchmark.metrics import hmean
+    from benchmark.run import run
+
+    result = run(compose(["editor=ft_last", "data=counterfact", f"data.path={FIXTURES / 'counterfact_rome.json'}",
+                          "model=tiny-llama", "editor.max_steps=5", "loop.progress=false", "loop.folds=[0]",
+                          f"output_dir={tmp_path}", "run_id=cf"]))
+    metrics = result["metrics"]
+    for name in ("ES", "PS", "NS", "EM", "PM", "NM", "S"):
+        assert name in metrics and math.isfinite(metrics[name]["mean"]) and "ci95" in metrics[name], name
+    assert abs(metrics["S"]["mean"] - hmean([metrics[k]["mean"] for k in ("ES", "PS", "NS")])) < 1e-9
+    assert all(-1 <= metrics[k]["mean"] <= 1 for k in ("EM", "PM", "NM"))
+
+
+def test_counterfact_items_compare_the_objects_mean_token_log_probabilities():
+    """counterfact_items against the model's own logits, computed here token by token: the new object
+    wins on the edit prompt and paraphrases, the true one on neighbourhood prompts (locality pairs
+    answered by the true object; another answer is not a neighbourhood prompt)."""
+    import math
+
+    import torch
+
+    from benchmark.loop import counterfact_items
+    from benchmark.registry import EDITORS
+    from benchmark.types import Example
+    from tests.conftest import trained_tiny
+
+    adapter = trained_tiny("decoder")
+    editor = EDITORS.get("ft_last").target(EDITORS.get("ft_last").config_class(name="ft_last"), adapter)
+
+    def nll(prompt, answer):
+        p = adapter.tokenizer(prompt)["input_ids"]
+        t = adapter.tokenizer(answer, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = adapter.model(input_ids=torch.tensor([p + t])).logits[0].float()
+        logp = torch.log_softmax(logits, -1)
+        return -float(sum(logp[len(p) - 1 + j, tok] for j, tok in enumerate(t))) / len(t)
+
+    records = [Example("a", "The capital of France is", " Oslo", original_target=" Paris",
+                       equivalents=["France's capital is", "Paris is the capital of"],
+                       locality=[("The capital of Italy is", " Paris"), ("Rome lies in", " Italy")]),
+               Example("b", "Peru lies in", " Asia", original_target=" South America", equivalents=[])]
+    items = counterfact_items(editor, records)
+    for record, es, em in zip(records, items["ES"], items["EM"]):
+        n, t = nll(record.prompt, record.target), nll(record.prompt, record.original_target)
+        assert es == float(t > n) and abs(em - (math.exp(-n) - math.exp(-t))) < 1e-5
+    a = records[0]
+    ps = sum(nll(q, a.original_target) > nll(q, a.target) for q in a.equivalents) / 2
+    assert items["PS"] == [ps]  # the record without paraphrases has no PS
+    n, t = nll("The capital of Italy is", a.target), nll("The capital of Italy is", a.original_target)
+    assert items["NS"] == [float(t < n)] and abs(items["NM"][0] - (math.exp(-t) - math.exp(-n))) < 1e-5

@@ -326,6 +326,19 @@ class ModelAdapter:
                 out[rows[owner]].append(int(answer))
         return out
 
+    @torch.no_grad()
+    def answer_nll(self, prompts: list[str], targets: list[Any]) -> list[float]:
+        """Each answer's mean negative log-probability per token under teacher forcing (generation
+        tasks): what ROME's `test_batch_prediction` compares between the new and the true object."""
+        out = [0.0] * len(prompts)
+        for rows, batch, logits in self._scored(prompts, targets):
+            nll = -torch.log_softmax(logits.float(), -1).gather(1, batch.targets.long()[:, None])[:, 0]
+            total = torch.zeros(batch.size, device=nll.device).index_add_(0, batch.owner, nll)
+            count = torch.zeros(batch.size, device=nll.device).index_add_(0, batch.owner, torch.ones_like(nll))
+            for r, value in zip(rows, (total / count.clamp(min=1)).tolist()):
+                out[r] = value
+        return out
+
     def target_ids(self, prompt: str, answer: Any) -> list[int]:
         """The answer as `predictions` gives answers: its token ids (or its label) at the scored
         positions of (prompt, answer)."""
