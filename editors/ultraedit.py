@@ -35,6 +35,25 @@ from editors.configs.ultraedit import UltraEditConfig  # noqa: F401  (its config
 ROLES = (("in_layers", "in_proj"), ("up_layers", "up_proj"), ("out_layers", "out_proj"))
 
 
+# the presets' blocks: LLaMA-3-8B-Instruct (32 blocks, gated) and GPT-J (28 blocks, not gated)
+GATED_PRESET = {"in_layers": (range(11, 16), 32), "up_layers": (range(18, 25), 32)}
+PLAIN_PRESET = {"out_layers": (range(18, 27), 28)}
+
+
+def preset_layers(config: UltraEditConfig, blocks: int, gated: bool) -> dict[str, list[int]]:
+    """The blocks of each role: as given, or unset, the preset's blocks at the same relative depth
+    (`GATED_PRESET` for a gated FFN, `PLAIN_PRESET` otherwise), each block once."""
+    preset = GATED_PRESET if gated else PLAIN_PRESET
+    out = {}
+    for key, _ in ROLES:
+        given = getattr(config, key)
+        if given is None:
+            layers, depth = preset.get(key, ((), 1))
+            given = list(dict.fromkeys(layer * blocks // depth for layer in layers))
+        out[key] = list(given)
+    return out
+
+
 class LifelongNormaliser:
     """A running mean and std over every row it was given (nt RunningMeanStd, float32). Where it is
     given one row at once, that row adds no spread: the published update takes its unbiased
@@ -75,8 +94,9 @@ class UltraEditEditor(Editor):
     def __init__(self, config: UltraEditConfig, adapter):
         super().__init__(config, adapter)
         self.layers: list[nn.Module] = []
+        chosen = preset_layers(config, len(adapter.layer_modules()), adapter.ffn_site(0).gated)
         for key, role in ROLES:  # the order of the published edit_modules: gates, then ups
-            for layer in getattr(config, key):
+            for layer in chosen[key]:
                 module = getattr(adapter.ffn_site(layer), role)
                 if module is None:
                     raise ValueError(f"editor.{key}={getattr(config, key)}: {adapter.config.name}'s FFN is not gated, "

@@ -90,3 +90,20 @@ def test_up_projections_need_a_gated_ffn():
     adapter = trained_tiny("decoder")  # a LLaMA: its up projection is the site's
     editor = entry.target(entry.config_class(name="ultraedit", in_layers=[], up_layers=[0]), adapter)
     assert editor.layers == [adapter.layer_modules()[0].mlp.up_proj]
+
+
+def test_unset_layers_are_the_presets_blocks_at_the_same_relative_depth():
+    """LLaMA-3-8B's gates 11-15 and ups 18-24 of 32 on a gated FFN, GPT-J's fc_out 18-26 of 28 on
+    another; given layers are kept as given."""
+    from editors.configs.ultraedit import UltraEditConfig
+    from editors.ultraedit import preset_layers
+
+    unset = UltraEditConfig(name="ultraedit")
+    assert preset_layers(unset, 32, True) == {"in_layers": [11, 12, 13, 14, 15],
+                                              "up_layers": [18, 19, 20, 21, 22, 23, 24], "out_layers": []}
+    assert preset_layers(unset, 30, True) == {"in_layers": [10, 11, 12, 13, 14],
+                                              "up_layers": [16, 17, 18, 19, 20, 21, 22], "out_layers": []}
+    assert preset_layers(unset, 28, False)["out_layers"] == list(range(18, 27))
+    assert preset_layers(unset, 6, False) == {"in_layers": [], "up_layers": [], "out_layers": [3, 4, 5]}
+    given = UltraEditConfig(name="ultraedit", in_layers=[1], up_layers=[], out_layers=[])
+    assert preset_layers(given, 30, True) == {"in_layers": [1], "up_layers": [], "out_layers": []}

@@ -14,14 +14,19 @@ TOKENS = ("ans", "mask")
 class UltraEditConfig(EditorConfig):
     # the authors' preset for LLaMA-3-8B-Instruct (XiaojieGu/UltraEdit config/model/llama-3-instruct.yaml, the
     # zsRE / WikiBigEdit / UltraEditBench modules; EasyEdit's hparams/UltraEdit/llama3-8b-instruct.yaml the same):
-    # gate projections of blocks 11-15, up projections of blocks 18-24 (SmolLM2 has 30 blocks, LLaMA-3-8B 32)
+    # gate projections of blocks 11-15, up projections of blocks 18-24 of 32; for an FFN that is not gated, their
+    # GPT-J preset (config/model/gpt-j.yaml): fc_out of blocks 18-26 of 28. Unset layers take the preset's blocks
+    # at the same relative depth (SmolLM2, 30 blocks: gates 10-14, ups 16-22)
     max_steps: int = field(default=1, metadata={"help": "UltraEdit makes one closed-form update per edit"})
-    in_layers: list[int] = field(default_factory=lambda: [11, 12, 13, 14, 15], metadata={
-        "help": "blocks whose FFN input projection (a gated FFN's gate) is rewritten"})
-    up_layers: list[int] = field(default_factory=lambda: [18, 19, 20, 21, 22, 23, 24], metadata={
-        "help": "blocks whose gated FFN's up projection is rewritten (gated FFNs only)"})
-    out_layers: list[int] = field(default_factory=list, metadata={
-        "help": "blocks whose FFN output projection is rewritten (the GPT-J, Mistral and Phi-4 presets)"})
+    in_layers: list[int] | None = field(default=None, metadata={
+        "help": "blocks whose FFN input projection (a gated FFN's gate) is rewritten; unset: the LLaMA-3 preset's "
+                "11-15 of 32 at the same relative depth (gated FFNs; none otherwise)"})
+    up_layers: list[int] | None = field(default=None, metadata={
+        "help": "blocks whose gated FFN's up projection is rewritten; unset: the LLaMA-3 preset's 18-24 of 32 at the "
+                "same relative depth (gated FFNs only)"})
+    out_layers: list[int] | None = field(default=None, metadata={
+        "help": "blocks whose FFN output projection is rewritten; unset: none for a gated FFN, else the GPT-J "
+                "preset's 18-26 of 28 at the same relative depth"})
     lr: float = field(default=1e-6, metadata={
         "help": "step size of the normalised value gradient (every preset: 1e-6)"})
     token: str = field(default="ans", metadata={
@@ -34,10 +39,11 @@ class UltraEditConfig(EditorConfig):
         super().__post_init__()
         if self.token not in TOKENS:
             raise ValueError(f"editor.token must be one of {', '.join(TOKENS)}, got {self.token!r}")
-        if not (self.in_layers or self.up_layers or self.out_layers):
+        given = [getattr(self, k) for k in ("in_layers", "up_layers", "out_layers") if getattr(self, k) is not None]
+        if len(given) == 3 and not any(given):
             raise ValueError("editor.in_layers, up_layers, out_layers: at least one module to rewrite is required")
         for key in ("in_layers", "up_layers", "out_layers"):
-            if len(set(getattr(self, key))) != len(getattr(self, key)):
+            if getattr(self, key) is not None and len(set(getattr(self, key))) != len(getattr(self, key)):
                 raise ValueError(f"editor.{key} lists a block twice: {getattr(self, key)}")
         if self.lr <= 0 or self.chunk_size < 1:
             raise ValueError("editor.lr > 0 and editor.chunk_size >= 1 are required")
