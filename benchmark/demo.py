@@ -3,7 +3,8 @@ set (QA with SmolLM2-135M, fact-checking with MiniLM-L6), then the leaderboard a
 
 `quick=true` runs the same pipeline on tiny models with a few examples (seconds; used by tests).
 `parts=qa` (or `parts=fc`, `parts=qa,fc`) runs only those parts, `editors=a,b` only those editors,
-`editors=all` every registered editor (the default leaves out the named variants, `VARIANTS`).
+`editors=all` every registered editor (the default leaves out the named variants, `VARIANTS`, and
+on a CPU the runs estimated over `CPU_RUN_BUDGET`, naming them with their estimate).
 Extra `key=value` overrides apply to every run. Before it starts it prints a time estimate per part
 (`estimate`); each part's initial model is fitted and timed first, and every run's time is kept
 (`demo_times.json` beside the runs, which the leaderboard shows, and this machine's timings in the
@@ -43,6 +44,9 @@ QUICK_EDITOR = {"sera": ["editor.encoder=tiny-bert", "editor.train_examples=200"
                 "alphaedit": ["editor.layers=[0]", "editor.l2=0.01"],
                 "rome": ["editor.layers=[0]", "editor.context_templates=2"],
                 "r_rome": ["editor.layers=[0]", "editor.context_templates=2"],
+                "emmet": ["editor.layers=[0]", "editor.mom2_update_weight=10"],
+                "rect": ["editor.layers=[0]", "editor.mom2_update_weight=10"],
+                "prune": ["editor.layers=[0]", "editor.mom2_update_weight=10"],
                 "wise": ["editor.layer=0"],
                 "ke_style": ["editor.edit_lr=0.1", "editor.train_examples=50"],
                 "mend_style": ["editor.edit_lr=0.1", "editor.train_examples=50"]}
@@ -69,6 +73,22 @@ def _reference_seconds() -> dict[str, dict[str, float]]:
 
 
 REFERENCE_SECONDS = _reference_seconds()
+
+
+def _reference_streamed() -> dict[str, int]:
+    """{part: examples each editor streamed} in the reference run, where its time file says it
+    (a reference made with other stream sizes than today's parts scales by its own)."""
+    try:
+        parts = json.loads(REFERENCE_TIMES.read_text())["parts"]
+        return {part: int(entry["streamed"]) for part, entry in parts.items() if "streamed" in entry}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+REFERENCE_STREAMED = _reference_streamed()
+# a default demo on a CPU leaves a run estimated longer than this to `editors=all` (the slow
+# locate-then-edit editors on SmolLM2), so the demo ends within half an hour of a fresh clone
+CPU_RUN_BUDGET = 150.0
 REFERENCE_MODELS = {"qa": "smollm2-135m", "fc": "minilm-l6"}
 TIMINGS = "demo_timings.json"
 
@@ -137,12 +157,29 @@ class Estimate(NamedTuple):
         return line + (f"; no timing yet for {', '.join(self.unknown)}" if self.unknown else "")
 
 
+def _editor_seconds(part: str, cfg, editor: str, mine: dict) -> tuple[float | None, str]:
+    """A run's estimated seconds and where the timing comes from ("here", "reference"), scaled by
+    the examples streamed; (None, "") where neither machine timed it at a comparable stream."""
+    streamed = _streamed(cfg)
+    own = mine.get(_timing_key(part, editor, cfg))
+    seconds = _scaled(own["seconds"], own["examples"], streamed) if own else None
+    if seconds is not None:
+        return seconds, "here"
+    if cfg.model.name == REFERENCE_MODELS[part] and cfg.model.device == "cpu" and \
+            editor in REFERENCE_SECONDS.get(part, {}):
+        reference = instantiate(compose([f"experiment={PARTS[part]}"]))
+        seconds = _scaled(REFERENCE_SECONDS[part][editor], REFERENCE_STREAMED.get(part, _streamed(reference)), streamed)
+        if seconds is not None:
+            return seconds, "reference"
+    return None, ""
+
+
 def estimate(part: str, cfg, editors: list[str]) -> Estimate:
     """Estimated seconds of a part's runs, from this machine's last timing of each (part, editor,
     model, device), else the CPU reference machine's, scaled by the examples streamed, plus the
     initial model's fit where it is not cached yet."""
     mine, total, here, cited, unknown = _timings(), 0.0, [], [], []
-    streamed, reference = _streamed(cfg), instantiate(compose([f"experiment={PARTS[part]}"]))
+    reference = instantiate(compose([f"experiment={PARTS[part]}"]))
     on_reference = cfg.model.name == REFERENCE_MODELS[part] and cfg.model.device == "cpu"
     weights = initial_weights(cfg.model, cfg.data, cfg.init)
     if weights is not None and not weights.exists():  # the initial model is fitted first
@@ -157,19 +194,24 @@ def estimate(part: str, cfg, editors: list[str]) -> Estimate:
         else:
             unknown.append(INITIAL)
     for editor in editors:
-        own = mine.get(_timing_key(part, editor, cfg))
-        seconds = _scaled(own["seconds"], own["examples"], streamed) if own else None
-        if seconds is not None:
-            here.append(editor)
-        elif on_reference and editor in REFERENCE_SECONDS.get(part, {}):
-            seconds = _scaled(REFERENCE_SECONDS[part][editor], _streamed(reference), streamed)
-            if seconds is not None:
-                cited.append(editor)
+        seconds, source = _editor_seconds(part, cfg, editor, mine)
         if seconds is None:
             unknown.append(editor)
             continue
         total += seconds
+        (here if source == "here" else cited).append(editor)
     return Estimate(total, here, cited, unknown)
+
+
+def cpu_choice(part: str, cfg, editors: list[str]) -> tuple[list[str], dict[str, float]]:
+    """On a CPU, the default demo's editors of a part: those whose run is estimated within
+    `CPU_RUN_BUDGET` seconds (or not timed yet: they run, and are timed); the others, with their
+    estimate, are left to `editors=all` (on a GPU every editor runs)."""
+    if cfg.model.device != "cpu":
+        return editors, {}
+    mine = _timings()
+    over = {e: s for e in editors if (s := _editor_seconds(part, cfg, e, mine)[0]) is not None and s > CPU_RUN_BUDGET}
+    return [e for e in editors if e not in over], over
 
 
 def _record(part: str, editor: str, cfg, seconds: float, root: Path, times: dict) -> None:
@@ -177,7 +219,7 @@ def _record(part: str, editor: str, cfg, seconds: float, root: Path, times: dict
     mine = _timings()
     mine[_timing_key(part, editor, cfg)] = {"seconds": round(seconds, 1), "examples": _streamed(cfg)}
     RunRecords.write_json_to(cache_dir(), TIMINGS, mine)
-    entry = times["parts"].setdefault(part, {"seconds": 0.0, "editors": {}})
+    entry = times["parts"].setdefault(part, {"seconds": 0.0, "streamed": _streamed(cfg), "editors": {}})
     entry["editors"][editor] = round(seconds, 1)
     entry["seconds"] = round(sum(entry["editors"].values()), 1)
     root.mkdir(parents=True, exist_ok=True)
@@ -200,7 +242,8 @@ def demo(args: list[str]) -> Path:
     from benchmark.run import run
 
     compose([])  # registers everything
-    editors = demo_editors(next((a.split("=", 1)[1] for a in args if a.startswith("editors=")), None))
+    choice = next((a.split("=", 1)[1] for a in args if a.startswith("editors=")), None)
+    editors = demo_editors(choice)
     for name in editors:
         EDITORS.get(name)  # an unknown name: one line listing the editors, before anything runs
     plan = []
@@ -214,9 +257,16 @@ def demo(args: list[str]) -> Path:
     left = [f"{v} (of {b})" for v, b in VARIANTS.items() if v not in editors]
     print(f"[demo] editors: {', '.join(editors)}; results under {root}"
           + (f"; not run, editors=all adds them: {', '.join(left)}" if left else ""), flush=True)
+    runs = {}
     for part, _, cfg in plan:
-        chosen = [e for e in editors if FAMILY[part] in EDITORS.get(e).target.families]
-        print(f"[demo] {part}: {estimate(part, cfg, chosen).said(chosen)}", flush=True)
+        runs[part] = [e for e in editors if FAMILY[part] in EDITORS.get(e).target.families]
+        if choice is None:
+            runs[part], over = cpu_choice(part, cfg, runs[part])
+            if over:
+                slow = ", ".join(f"{e} {s / 60:.1f} min" for e, s in over.items())
+                print(f"[demo] {part}: on this CPU, left to editors=all (estimated over {CPU_RUN_BUDGET / 60:.1f} min "
+                      f"a run): {slow}", flush=True)
+        print(f"[demo] {part}: {estimate(part, cfg, runs[part]).said(runs[part])}", flush=True)
     start, times = time.perf_counter(), {"parts": {}}
     for part, experiment, cfg in plan:
         weights = initial_weights(cfg.model, cfg.data, cfg.init)
@@ -230,6 +280,8 @@ def demo(args: list[str]) -> Path:
                 print(f"[demo] {part} / {editor}: skipped, it edits {' or '.join(EDITORS.get(editor).target.families)} "
                       "models", flush=True)
                 continue
+            if editor not in runs[part]:
+                continue  # left to editors=all (said above)
             overrides = [f"experiment={experiment}", f"editor={editor}", *(QUICK[part] if quick else []),
                          *PER_EDITOR.get(editor, []), *(QUICK_EDITOR.get(editor, []) if quick else []), *extra,
                          f"output_dir={root / part}", f"run_id={editor}"]

@@ -110,6 +110,26 @@ def test_demo_estimate_keeps_timings_apart_by_device(tmp_path, monkeypatch):
                                                  [], [INITIAL, "tpatcher"], [])
 
 
+def test_a_cpu_demo_leaves_runs_over_its_budget_to_editors_all(tmp_path, monkeypatch):
+    """On a CPU the default demo runs the editors estimated within CPU_RUN_BUDGET, and the untimed
+    ones (which then get timed); on a GPU every editor."""
+    import torch
+
+    from benchmark.demo import CPU_RUN_BUDGET, cpu_choice
+
+    monkeypatch.setenv("SEQEDIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setitem(REFERENCE_SECONDS["qa"], "tpatcher", CPU_RUN_BUDGET / 2)
+    monkeypatch.setitem(REFERENCE_SECONDS["qa"], "rome", CPU_RUN_BUDGET * 2)
+    monkeypatch.delitem(REFERENCE_SECONDS["qa"], "grace")
+    monkeypatch.setattr("benchmark.demo.REFERENCE_STREAMED", {"qa": 40})
+    cfg = instantiate(compose(["experiment=demo_qa", "loop.folds=[0,1]", "loop.max_fold_examples=20"]))
+    chosen, over = cpu_choice("qa", cfg, ["tpatcher", "rome", "grace"])
+    assert chosen == ["tpatcher", "grace"] and over == {"rome": pytest.approx(CPU_RUN_BUDGET * 2)}
+    gpu = instantiate(compose(["experiment=demo_qa", "model.device=cuda", "trainer.accelerator=gpu"]))
+    assert cpu_choice("qa", gpu, ["tpatcher", "rome"]) == (["tpatcher", "rome"], {})
+
+
 def test_init_command_trains_and_reports(capsys):
     import json
 
