@@ -26,8 +26,12 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from benchmark.metrics import INTERVAL_METHOD, METRICS
+from benchmark.metrics import FOLDS_DIFFER_P, INTERVAL_METHOD, METRICS
 
+FOLDS_DIFFER_MARK = "†"
+FOLDS_DIFFER = (f"{FOLDS_DIFFER_MARK}: the folds differ more than their examples' sampling explains (Cochran's Q, "
+                f"p < {FOLDS_DIFFER_P}); the interval covers other examples of the same folds, not other folds: read "
+                "the per-fold values in results.json")
 COLUMNS = ["SR", "GR", "GR_pooled", "ER", "GR_final", "TrainR", "TestR", "Loc", "Loc_final", "Loc_rw", "Loc_rw_final",
            "old_kept", "ES", "PS", "NS", "S", "EM", "PM", "NM", "A_M", "A_FS", "A_mean", "E", "N",
            "edit_seconds_median", "run_seconds", "params_added", "params_added_pct"]
@@ -133,7 +137,8 @@ def _cell_parts(stat: dict | None, name: str) -> tuple[str, str]:
     digits = _digits(name)
     if stat.get("ci95"):
         low, high = stat["ci95"]
-        return f"{stat['mean']:.{digits}f}", f"[{low:.{digits}f}, {high:.{digits}f}]"
+        mark = " " + FOLDS_DIFFER_MARK if "folds_differ_p" in stat else ""
+        return f"{stat['mean']:.{digits}f}", f"[{low:.{digits}f}, {high:.{digits}f}]{mark}"
     return f"{stat['mean']:.{digits}f}", (f"± {stat['std']:.{digits}f}" if stat.get("folds", 1) > 1 else "")
 
 
@@ -190,7 +195,8 @@ def table(runs: list[dict]) -> str:
     legend = "; ".join(f"**{m}** {METRICS[m].description}" for m in COLUMNS)
     out = ["# seqedit leaderboard", "", f"Mean over folds [95% interval: {INTERVAL_METHOD}] (± std over folds where a "
            "metric has no interval); one table per model, dataset and data settings; in bold per table, the best "
-           f"run of each ranked metric and every run whose interval overlaps it. Metrics: {legend}", ""]
+           f"run of each ranked metric and every run whose interval overlaps it. {FOLDS_DIFFER}. Metrics: {legend}",
+           ""]
     for key, members in all_groups.items():
         columns = _columns(members)
         best = _best(members, columns)
@@ -348,7 +354,7 @@ def page(runs: list[dict], figures: dict[tuple, list[Path]], times: list[tuple[s
              f"<style>{PAGE_STYLE}</style></head><body><h1>seqedit leaderboard</h1>",
              f"<p>Mean over folds [95% interval: {esc(INTERVAL_METHOD)}] (± std over folds where a metric has no "
              "interval); one table per model, dataset and data settings; click a column to sort by it; in bold, the "
-             "best run of each ranked metric and every run whose interval overlaps it.</p><dl>"]
+             f"best run of each ranked metric and every run whose interval overlaps it. {esc(FOLDS_DIFFER)}.</p><dl>"]
     parts += [f"<dt>{esc(m)}</dt><dd>{esc(METRICS[m].description)}</dd>" for m in COLUMNS]
     parts.append("</dl>")
     for key, members in all_groups.items():

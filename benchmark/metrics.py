@@ -140,8 +140,8 @@ def fold_metrics(edits: list[dict], final: dict, initial: dict) -> dict[str, flo
     return out
 
 
-def aggregate(per_fold: dict[int, dict[str, float]],
-              intervals: dict[str, list[float]] | None = None) -> dict[str, dict[str, float]]:
+def aggregate(per_fold: dict[int, dict[str, float]], intervals: dict[str, list[float]] | None = None,
+              differ: dict[str, float] | None = None) -> dict[str, dict[str, float]]:
     """{metric: {mean, std, folds, ci95}} over folds, ignoring NaN/None (e.g. GR where no edit had
     equivalents); `ci95` where `intervals` has the metric (see `fold_intervals`)."""
     names = sorted({k for m in per_fold.values() for k in m}, key=list(METRICS).index)
@@ -155,6 +155,8 @@ def aggregate(per_fold: dict[int, dict[str, float]],
         }
         if intervals and name in intervals:
             out[name]["ci95"] = intervals[name]
+        if differ and name in differ:  # the interval does not cover the folds' differences
+            out[name]["folds_differ_p"] = differ[name]
     return out
 
 
@@ -262,6 +264,55 @@ def fold_intervals(folds: dict[int, tuple[list[dict], dict, dict]]) -> dict[str,
     return out
 
 
+FOLDS_DIFFER_P = 0.01
+
+
+def chi2_sf(x: float, df: int) -> float:
+    """P(chi-square with `df` degrees of freedom > x), exact for integer df (no scipy)."""
+    if x <= 0:
+        return 1.0
+    if df % 2 == 0:
+        term, total = 1.0, 1.0
+        for i in range(1, df // 2):
+            term *= x / 2 / i
+            total += term
+        return min(1.0, math.exp(-x / 2) * total)
+    root, total, term = math.sqrt(x), 0.0, math.sqrt(x) * math.sqrt(2 / math.pi)
+    for r in range(1, (df - 1) // 2 + 1):
+        total += term
+        term *= x / (2 * r + 1)
+    return min(1.0, math.erfc(root / math.sqrt(2)) + math.exp(-x / 2) * total)
+
+
+def folds_differ(folds: dict[int, tuple[list[dict], dict, dict]]) -> dict[str, float]:
+    """{metric: p} for the metrics whose fold values differ more than their items' sampling noise
+    explains: Cochran's Q over the reporting folds, each fold weighted by the inverse variance of its
+    own resamples (those of `fold_intervals`), against chi-square with folds - 1 degrees of freedom;
+    only p < FOLDS_DIFFER_P is returned. The interval resamples items within folds, so it cannot
+    cover such a difference (one fold where every edit failed, two where every edit held)."""
+    per_fold = {f: fold_replicates(edits, final) for f, (edits, final, _) in folds.items()}
+    out = {}
+    for name in METRICS:
+        reporting = [f for f, (_, _, metrics) in folds.items()
+                     if _finite(metrics.get(name)) and name in per_fold[f]]
+        if len(reporting) < 2:
+            continue
+        rng = np.random.default_rng(zlib.crc32(name.encode()))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            variances = np.array([np.nanvar(per_fold[f][name](rng)) for f in reporting])
+        values = np.array([folds[f][2][name] for f in reporting], dtype=float)
+        if np.ptp(values) == 0 or not np.isfinite(variances).all():
+            continue
+        weights = 1 / np.maximum(variances, 1e-12)
+        centre = float((weights * values).sum() / weights.sum())
+        q = float((weights * (values - centre) ** 2).sum())
+        p = chi2_sf(q, len(reporting) - 1)
+        if p < FOLDS_DIFFER_P:
+            out[name] = p
+    return out
+
+
 def _finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
@@ -280,7 +331,8 @@ def _value(stat: dict) -> str:
     if not _finite(stat.get("mean")):
         return "-"
     interval = f" [{stat['ci95'][0]:.3f}, {stat['ci95'][1]:.3f}]" if stat.get("ci95") else ""
-    return f"{stat['mean']:.3f}{interval}"
+    differ = " (folds differ)" if "folds_differ_p" in stat else ""
+    return f"{stat['mean']:.3f}{interval}{differ}"
 
 
 def report(metrics: dict[str, dict]) -> list[str]:

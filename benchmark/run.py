@@ -34,7 +34,7 @@ from benchmark.loop import (
     seed_all,
     stop_on_signals,
 )
-from benchmark.metrics import INTERVAL_METHOD, aggregate, fold_intervals, mean
+from benchmark.metrics import INTERVAL_METHOD, aggregate, fold_intervals, folds_differ, mean
 from benchmark.models import build_model
 from benchmark.models.prefix_cache import PrefixCache
 from benchmark.records import ResumeError, RunLock, RunRecords, check_run_folder, config_identity
@@ -389,6 +389,6 @@ def summarize_lines(lines: list[dict], run_dir: Path) -> dict[str, Any]:
     ends = {r["fold"]: r for r in lines if r["type"] == "fold_end"}
     per_fold = {f: r["metrics"] for f, r in ends.items()}
     edits = {f: [r for r in lines if r["type"] == "edit" and r["fold"] == f and r["edited"]] for f in ends}
-    intervals = fold_intervals({f: (edits[f], r["final"], r["metrics"]) for f, r in ends.items()})
+    folds = {f: (edits[f], r["final"], r["metrics"]) for f, r in ends.items()}
     return {"run_dir": str(run_dir), "folds": {str(k): v for k, v in sorted(per_fold.items())},
-            "metrics": aggregate(per_fold, intervals), "interval": INTERVAL_METHOD}
+            "metrics": aggregate(per_fold, fold_intervals(folds), folds_differ(folds)), "interval": INTERVAL_METHOD}

@@ -4,6 +4,8 @@ results.json carries them for every metric that averages items."""
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
 
@@ -84,3 +86,32 @@ def test_a_run_reports_intervals_that_hold_its_means(tmp_path):
         low, high = metrics[name]["ci95"]
         assert low <= metrics[name]["mean"] <= high, name
     assert "ci95" not in metrics["E"]  # a count: std over folds only
+
+
+def test_chi2_survival_matches_the_tables():
+    from benchmark.metrics import chi2_sf
+
+    # chi-square upper critical values at p = 0.05 and 0.01 for 1-4 degrees of freedom
+    for df, x05, x01 in ((1, 3.841, 6.635), (2, 5.991, 9.210), (3, 7.815, 11.345), (4, 9.488, 13.277)):
+        assert abs(chi2_sf(x05, df) - 0.05) < 2e-4 and abs(chi2_sf(x01, df) - 0.01) < 2e-4
+    assert chi2_sf(0.0, 3) == 1.0
+
+
+def test_folds_that_differ_beyond_their_sampling_are_flagged_and_similar_ones_are_not():
+    """Three folds: every edit failed in one, held in two (SR 0, 1, 1: the within-fold interval is
+    [0.667, 0.667]); flagged. Three folds drawn at one rate: not flagged in 95 of 100 runs or more."""
+    from benchmark.metrics import aggregate, fold_intervals, folds_differ
+
+    def folds_of(successes):
+        edits = {f: [{"success": s, "gr": [], "seconds": 1.0} for s in fold] for f, fold in enumerate(successes)}
+        return {f: (e, {"items": {}}, {"SR": sum(x["success"] for x in e) / len(e)}) for f, e in edits.items()}
+
+    split = folds_of([[0] * 10, [1] * 10, [1] * 10])
+    differ = folds_differ(split)
+    assert differ["SR"] < 0.01
+    metrics = aggregate({f: m for f, (_, _, m) in split.items()}, fold_intervals(split), differ)
+    assert metrics["SR"]["ci95"] == [2 / 3, 2 / 3] and "folds_differ_p" in metrics["SR"]
+    rng = random.Random(1)
+    flagged = sum("SR" in folds_differ(folds_of([[rng.random() < 0.7 for _ in range(40)] for _ in range(3)]))
+                  for _ in range(100))
+    assert flagged <= 5
