@@ -86,6 +86,18 @@ def _reference_streamed() -> dict[str, int]:
 
 
 REFERENCE_STREAMED = _reference_streamed()
+
+
+def _reference_training() -> dict[str, dict[str, float]]:
+    """{part: {editor: seconds of its training phase}} in the reference run, where recorded."""
+    try:
+        parts = json.loads(REFERENCE_TIMES.read_text())["parts"]
+        return {part: {e: float(t) for e, t in entry.get("training", {}).items()} for part, entry in parts.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+REFERENCE_TRAINING = _reference_training()
 # a default demo on a CPU leaves a run estimated longer than this to `editors=all` (the slow
 # locate-then-edit editors on SmolLM2), so the demo ends within half an hour of a fresh clone
 CPU_RUN_BUDGET = 150.0
@@ -121,12 +133,13 @@ def _timing_key(part: str, editor: str, cfg) -> str:
     return f"{part}/{editor}/{cfg.model.name}" + ("" if device == "cpu" else f"@{device}")
 
 
-def _scaled(seconds: float, measured_at: int | None, streamed: int | None) -> float | None:
-    """A timing scaled from the examples it streamed to those of this run; None where either
-    stream's length is unknown and they may differ."""
+def _scaled(seconds: float, measured_at: int | None, streamed: int | None, fixed: float = 0.0) -> float | None:
+    """A timing scaled from the examples it streamed to those of this run, but for its `fixed`
+    part (a training phase, which the stream does not lengthen); None where either stream's length
+    is unknown and they may differ."""
     if measured_at == streamed:
         return seconds
-    return seconds * streamed / measured_at if streamed and measured_at else None
+    return fixed + (seconds - fixed) * streamed / measured_at if streamed and measured_at else None
 
 
 def _timings() -> dict:
@@ -162,13 +175,14 @@ def _editor_seconds(part: str, cfg, editor: str, mine: dict) -> tuple[float | No
     the examples streamed; (None, "") where neither machine timed it at a comparable stream."""
     streamed = _streamed(cfg)
     own = mine.get(_timing_key(part, editor, cfg))
-    seconds = _scaled(own["seconds"], own["examples"], streamed) if own else None
+    seconds = _scaled(own["seconds"], own["examples"], streamed, own.get("training", 0.0)) if own else None
     if seconds is not None:
         return seconds, "here"
     if cfg.model.name == REFERENCE_MODELS[part] and cfg.model.device == "cpu" and \
             editor in REFERENCE_SECONDS.get(part, {}):
         reference = instantiate(compose([f"experiment={PARTS[part]}"]))
-        seconds = _scaled(REFERENCE_SECONDS[part][editor], REFERENCE_STREAMED.get(part, _streamed(reference)), streamed)
+        seconds = _scaled(REFERENCE_SECONDS[part][editor], REFERENCE_STREAMED.get(part, _streamed(reference)), streamed,
+                          REFERENCE_TRAINING.get(part, {}).get(editor, 0.0))
         if seconds is not None:
             return seconds, "reference"
     return None, ""
@@ -214,13 +228,17 @@ def cpu_choice(part: str, cfg, editors: list[str]) -> tuple[list[str], dict[str,
     return [e for e in editors if e not in over], over
 
 
-def _record(part: str, editor: str, cfg, seconds: float, root: Path, times: dict) -> None:
-    """This machine's timing of a run (for later estimates) and the demo's time file."""
+def _record(part: str, editor: str, cfg, seconds: float, root: Path, times: dict, training: float = 0.0) -> None:
+    """This machine's timing of a run (for later estimates) and the demo's time file; `training`:
+    the part of it its training phase took (0 when cached), which a longer stream does not scale."""
     mine = _timings()
-    mine[_timing_key(part, editor, cfg)] = {"seconds": round(seconds, 1), "examples": _streamed(cfg)}
+    mine[_timing_key(part, editor, cfg)] = {"seconds": round(seconds, 1), "examples": _streamed(cfg),
+                                            "training": round(training, 1)}
     RunRecords.write_json_to(cache_dir(), TIMINGS, mine)
     entry = times["parts"].setdefault(part, {"seconds": 0.0, "streamed": _streamed(cfg), "editors": {}})
     entry["editors"][editor] = round(seconds, 1)
+    if training:
+        entry.setdefault("training", {})[editor] = round(training, 1)
     entry["seconds"] = round(sum(entry["editors"].values()), 1)
     root.mkdir(parents=True, exist_ok=True)
     RunRecords.write_json_to(root, DEMO_TIMES, times)
@@ -287,11 +305,12 @@ def demo(args: list[str]) -> Path:
                          f"output_dir={root / part}", f"run_id={editor}"]
             print(f"[demo] {part} / {editor} ({time.perf_counter() - start:.0f} s so far)", flush=True)
             composed, began = compose(overrides), time.perf_counter()
-            run_cfg = instantiate(composed)
+            run_cfg, training = instantiate(composed), 0.0
             if EDITORS.get(editor).target.needs_training:  # its training phase first (cached)
                 print(f"[demo] {part} / {editor}: training phase {train_editor(run_cfg, False)}", flush=True)
+                training = time.perf_counter() - began
             run(composed)
-            _record(part, editor, run_cfg, time.perf_counter() - began, root, times)
+            _record(part, editor, run_cfg, time.perf_counter() - began, root, times, training)
         if part in times["parts"]:
             print(f"[demo] {part} took {times['parts'][part]['seconds'] / 60:.1f} min", flush=True)
     from benchmark.leaderboard import build

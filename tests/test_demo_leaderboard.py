@@ -130,6 +130,19 @@ def test_a_cpu_demo_leaves_runs_over_its_budget_to_editors_all(tmp_path, monkeyp
     assert cpu_choice("qa", gpu, ["tpatcher", "rome"]) == (["tpatcher", "rome"], {})
 
 
+def test_a_training_phase_is_not_scaled_with_the_stream(tmp_path, monkeypatch):
+    """A run's training phase takes as long for any stream: only the rest of it scales."""
+    monkeypatch.setenv("SEQEDIT_CACHE", str(tmp_path))
+    monkeypatch.setitem(REFERENCE_SECONDS["qa"], "mend_style", 100.0)
+    monkeypatch.setattr("benchmark.demo.REFERENCE_TRAINING", {"qa": {"mend_style": 60.0}})
+    monkeypatch.setattr("benchmark.demo.REFERENCE_STREAMED", {"qa": 40})
+    cfg = instantiate(compose(["experiment=demo_qa", "loop.folds=[0,1]", "loop.max_fold_examples=40"]))  # 80
+    weights = initial_weights(cfg.model, cfg.data, cfg.init)
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"")  # cached: no fit in the estimate
+    assert estimate("qa", cfg, ["mend_style"]).seconds == pytest.approx(60.0 + 2 * 40.0)
+
+
 def test_init_command_trains_and_reports(capsys):
     import json
 
