@@ -279,3 +279,52 @@ def test_scoring_after_an_edit_from_the_cached_prefix_and_in_any_batch(name, fam
         adapter.config.eval_batch_size = size
         assert _answers(editor, examples) == alone
         assert _answers(editor, examples[::-1]) == alone[::-1]
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+# editors whose state between edits is more than their trainable weights: the normaliser beside
+# them (UltraEdit), the unrestrained weights (PRUNE), the gate's trained flag (DEFER), adapters
+# (LoRA), the recent edits for the Fisher (FT-EWC)
+STATEFUL = ["ultraedit", "prune", "defer", "lora", "ft_ewc"]
+
+
+@pytest.mark.parametrize("name", STATEFUL)
+def test_a_run_crashed_mid_fold_resumes_to_the_uninterrupted_runs_metrics(name, tmp_path, monkeypatch):
+    import editors  # noqa: F401
+    from benchmark.config import compose
+    from benchmark.run import run
+    from tests.conftest import TRAINING
+
+    row = {k: v for k, v in ROWS[name].items()}
+    args = [f"editor={name}", *[f"editor.{k}={v}".replace(" ", "") for k, v in row.items()], "model=tiny-llama",
+            "data=facts", *[f"{k}={v}" for k, v in TRAINING["decoder"].items()], "loop.folds=[0,1]",
+            "loop.max_fold_examples=5", "loop.progress=false", "loop.state_overhead=0", f"output_dir={tmp_path}"]
+    clean = run(compose([*args, "run_id=clean"]))
+    cls, calls = EDITORS.get(name).target, {"n": 0}
+    edit = cls.edit
+
+    def crashing(self, example):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the third edit of the run: its fold's state so far is on disk
+            raise _Crash
+        return edit(self, example)
+
+    monkeypatch.setattr(cls, "edit", crashing)
+    with pytest.raises(_Crash):
+        run(compose([*args, "run_id=crashed"]))
+    redone = {"n": 0}
+
+    def counted(self, example):
+        redone["n"] += 1
+        return edit(self, example)
+
+    monkeypatch.setattr(cls, "edit", counted)
+    resumed = run(compose([*args, "run_id=crashed", "resume=true"]))
+    total = sum(int(m["E"]) for m in clean["folds"].values())
+    assert redone["n"] == total - 2  # the two edits before the crash came back from the saved state
+    drop = ("edit_seconds_median",)
+    assert {f: {k: v for k, v in m.items() if k not in drop} for f, m in resumed["folds"].items()} == \
+        {f: {k: v for k, v in m.items() if k not in drop} for f, m in clean["folds"].items()}
