@@ -100,7 +100,7 @@ def _reference_training() -> dict[str, dict[str, float]]:
 REFERENCE_TRAINING = _reference_training()
 # a default demo on a CPU leaves a run estimated longer than this to `editors=all` (the slow
 # locate-then-edit editors on SmolLM2), so the demo ends within half an hour of a fresh clone
-CPU_RUN_BUDGET = 150.0
+CPU_RUN_BUDGET = 120.0
 REFERENCE_MODELS = {"qa": "smollm2-135m", "fc": "minilm-l6"}
 TIMINGS = "demo_timings.json"
 
