@@ -42,7 +42,7 @@ def test_overrides_reach_typed_configs():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["editor=nope"], "unknown editor 'nope'; choose one of: alphaedit, constrained_ft, ft_all"),
+        (["editor=nope"], "unknown editor 'nope'; choose one of: alphaedit, constrained_ft, defer"),
         (["data=nope"], "unknown dataset 'nope'; choose one of: counterfact, facts"),
         (["editor.bogus=1"], "unknown config key 'editor.bogus'; valid keys of editor: activation"),
         (["loop.eval_every=0"], "loop.eval_every must be at least 1"),
