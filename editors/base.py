@@ -13,7 +13,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from benchmark.models.base import FFNSite, ModelAdapter
+from benchmark.models.base import FFNSite, ModelAdapter, installed
 from benchmark.types import GENERATION, EditorData, Example
 from editors.configs.base import EditorConfig, TrainedEditorConfig  # noqa: F401  (its config, torch-free)
 
@@ -218,6 +218,32 @@ class ReferenceOutputs:
             if self.bytes + size <= self.max_bytes:
                 self.rows[key], self.bytes = rows, self.bytes + size
         return torch.cat([self.rows[k] if k in self.rows else found[k] for k in keys])
+
+
+def read_position_block(adapter: ModelAdapter, name: str, layer: int | None, default: Callable[[int], int]) -> int:
+    """The block of an editor whose hooks act at the read position of the adapter's teacher-forced
+    forwards (GRACE's codebook, DEFER's adaptor): `layer`, else `default(blocks)`; refused where the
+    model is scored by generation, whose forwards pass no read position."""
+    if adapter.scores_by_generation:
+        raise ValueError(f"editor={name} acts at the read position of a teacher-forced forward; this model is "
+                         "scored by generation: use model.metric=token_accuracy")
+    return default(len(adapter.layer_modules())) if layer is None else layer
+
+
+def capture_at_read(adapter: ModelAdapter, site: FFNSite, batch, layer: int) -> tuple[Any, Tensor, int]:
+    """One example's forward captured at block `layer` (`ModelAdapter.capture`, with whatever hooks
+    are installed), the FFN's inner activation at its read position (GRACE's key, DEFER's query),
+    and the row of the FFN output that position is: the scored rows alone at the last block (the
+    read position is the first of them), every position before it."""
+    seen: dict[str, Tensor] = {}
+
+    def keep_inner(_m, args):
+        seen.setdefault("inner", args[0])
+
+    with installed([site.out_proj.register_forward_pre_hook(keep_inner)]):
+        cache = adapter.capture(batch, layer)
+    at = int(adapter.read_positions(batch)[0])
+    return cache, seen["inner"][0, at].detach().float(), 0 if site.is_last else at
 
 
 class HookedEditor(Editor):

@@ -21,9 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from benchmark.models.base import installed
 from benchmark.types import Example
-from editors.base import EditResult, HookedEditor
+from editors.base import EditResult, HookedEditor, capture_at_read, read_position_block
 from editors.configs.defer import DeferConfig  # noqa: F401  (its config, torch-free)
 from editors.grace import default_layer
 
@@ -33,10 +32,7 @@ class DeferEditor(HookedEditor):
 
     def __init__(self, config: DeferConfig, adapter):
         super().__init__(config, adapter)
-        if adapter.scores_by_generation:
-            raise ValueError("editor=defer acts at the read position of a teacher-forced forward; this model is "
-                             "scored by generation: use model.metric=token_accuracy")
-        self.layer = default_layer(len(adapter.layer_modules())) if config.layer is None else config.layer
+        self.layer = read_position_block(adapter, "defer", config.layer, default_layer)  # GRACE's block by default
         self.site = adapter.ffn_site(self.layer)
         d_ff = self.site.out_proj.weight.shape[1] if isinstance(self.site.out_proj, nn.Linear) \
             else self.site.out_proj.weight.shape[0]
@@ -67,16 +63,8 @@ class DeferEditor(HookedEditor):
     def edit(self, example: Example) -> EditResult:
         adapter, cfg = self.adapter, self.config
         batch = adapter.encode([example.prompt], [example.target])
-        seen: dict[str, Tensor] = {}
-
-        def keep_inner(_m, args):
-            seen.setdefault("inner", args[0])
-
-        with self.disabled(), installed([self.site.out_proj.register_forward_pre_hook(keep_inner)]):
-            cache = adapter.capture(batch, self.layer)  # the layer's own output: training mixes into it
-        at = int(adapter.read_positions(batch)[0])
-        query = seen["inner"][0, at].detach().float()
-        row = 0 if self.site.is_last else at  # the read position's row of the FFN output (as GRACE's edit)
+        with self.disabled():  # the layer's own output: training mixes into it
+            cache, query, row = capture_at_read(adapter, self.site, batch, self.layer)
         original = cache.ffn_out[row].detach().float()
         optimizer = torch.optim.Adam(list(self.trainable_parameters().values()), lr=cfg.lr)
         self.trained, steps = True, 0

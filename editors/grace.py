@@ -33,9 +33,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from benchmark.models.base import installed
 from benchmark.types import Example
-from editors.base import EditResult, HookedEditor
+from editors.base import EditResult, HookedEditor, capture_at_read, read_position_block
 from editors.configs.grace import GraceConfig  # noqa: F401  (its config, torch-free)
 
 
@@ -49,11 +48,7 @@ class GraceEditor(HookedEditor):
 
     def __init__(self, config: GraceConfig, adapter):
         super().__init__(config, adapter)
-        if adapter.scores_by_generation:
-            raise ValueError("editor=grace acts at the read position of a teacher-forced forward; this model is "
-                             "scored by generation: use model.metric=token_accuracy")
-        blocks = len(adapter.layer_modules())
-        self.layer = default_layer(blocks) if config.layer is None else config.layer
+        self.layer = read_position_block(adapter, "grace", config.layer, default_layer)
         self.site = adapter.ffn_site(self.layer)  # refuses a layer out of range
         self.keys = torch.zeros(0, 0)
         self.values = torch.zeros(0, 0)
@@ -80,18 +75,7 @@ class GraceEditor(HookedEditor):
     def edit(self, example: Example) -> EditResult:
         adapter, cfg = self.adapter, self.config
         batch = adapter.encode([example.prompt], [example.target])
-        seen: dict[str, Tensor] = {}
-
-        def keep_inner(_m, args):
-            seen.setdefault("inner", args[0])
-
-        with installed([self.site.out_proj.register_forward_pre_hook(keep_inner)]):
-            cache = adapter.capture(batch, self.layer)  # the codebook so far in place
-        at = int(adapter.read_positions(batch)[0])
-        query = seen["inner"][0, at].detach().float()
-        # the row of the FFN output that the read position is: the scored rows alone at the last
-        # block (the read position is the first of them), every position before it
-        row = 0 if self.site.is_last else at
+        cache, query, row = capture_at_read(adapter, self.site, batch, self.layer)  # the codebook so far in place
         chosen, action = self._place(query, example.target, cache.ffn_out[row].detach().float())
         self._counts[action] += 1
         value = nn.Parameter(self.values[chosen].clone())

@@ -21,20 +21,18 @@ EasyEdit pins.)
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 
 from benchmark.models.base import linear_shape
 from benchmark.types import Example
-from editors.base import Editor, EditResult
+from editors.base import EditResult, HookedEditor
 from editors.configs.lora import LoraConfig  # noqa: F401  (its config, torch-free)
 
 
-class LoraEditor(Editor):
+class LoraEditor(HookedEditor):
     config_class = LoraConfig
-    adds_parameters = True
 
     def __init__(self, config: LoraConfig, adapter):
         super().__init__(config, adapter)
@@ -75,17 +73,8 @@ class LoraEditor(Editor):
             return output + (x @ (self.A[i] * self.E[i]).T @ self.B[i].T * self.scale).to(output.dtype)
         return add
 
-    def _enable(self) -> None:
-        self._handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(self.targets)]
-
-    @contextmanager
-    def disabled(self):
-        for h in self._handles:
-            h.remove()
-        try:
-            yield
-        finally:
-            self._enable()
+    def _install(self) -> list:
+        return [m.register_forward_hook(self._hook(i)) for i, m in enumerate(self.targets)]
 
     def edited_from(self) -> int | None:
         return self.first
