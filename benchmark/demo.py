@@ -62,42 +62,21 @@ INITIAL = "initial model"  # the time file's name for a part's initial-model fit
 REFERENCE_TIMES = Path(__file__).resolve().parent / "figures" / "demo_cpu_2core" / DEMO_TIMES
 
 
-def _reference_seconds() -> dict[str, dict[str, float]]:
-    """{part: {editor or INITIAL: seconds}} from the reference time file; empty where it is not
-    there (an installed copy without the figures: every run is then named as untimed)."""
+def _reference() -> tuple[dict[str, dict[str, float]], dict[str, int], dict[str, dict[str, float]]]:
+    """From the reference time file: {part: {editor or INITIAL: seconds}}, {part: examples each
+    editor streamed} and {part: {editor: seconds of its training phase}} (what a longer stream
+    does not lengthen); empty where the file is not there (an installed copy without the figures:
+    every run is then named as untimed) or says nothing of them."""
     try:
         parts = json.loads(REFERENCE_TIMES.read_text())["parts"]
-        return {part: {name: float(s) for name, s in entry["editors"].items()} for part, entry in parts.items()}
+        return ({part: {name: float(s) for name, s in entry["editors"].items()} for part, entry in parts.items()},
+                {part: int(entry["streamed"]) for part, entry in parts.items() if "streamed" in entry},
+                {part: {e: float(t) for e, t in entry.get("training", {}).items()} for part, entry in parts.items()})
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return {}
+        return {}, {}, {}
 
 
-REFERENCE_SECONDS = _reference_seconds()
-
-
-def _reference_streamed() -> dict[str, int]:
-    """{part: examples each editor streamed} in the reference run, where its time file says it
-    (a reference made with other stream sizes than today's parts scales by its own)."""
-    try:
-        parts = json.loads(REFERENCE_TIMES.read_text())["parts"]
-        return {part: int(entry["streamed"]) for part, entry in parts.items() if "streamed" in entry}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return {}
-
-
-REFERENCE_STREAMED = _reference_streamed()
-
-
-def _reference_training() -> dict[str, dict[str, float]]:
-    """{part: {editor: seconds of its training phase}} in the reference run, where recorded."""
-    try:
-        parts = json.loads(REFERENCE_TIMES.read_text())["parts"]
-        return {part: {e: float(t) for e, t in entry.get("training", {}).items()} for part, entry in parts.items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return {}
-
-
-REFERENCE_TRAINING = _reference_training()
+REFERENCE_SECONDS, REFERENCE_STREAMED, REFERENCE_TRAINING = _reference()
 # a default demo on a CPU leaves a run estimated longer than this to `editors=all` (the slow
 # locate-then-edit editors on SmolLM2), so the demo ends within half an hour of a fresh clone
 CPU_RUN_BUDGET = 120.0
@@ -180,8 +159,8 @@ def _editor_seconds(part: str, cfg, editor: str, mine: dict) -> tuple[float | No
         return seconds, "here"
     if cfg.model.name == REFERENCE_MODELS[part] and cfg.model.device == "cpu" and \
             editor in REFERENCE_SECONDS.get(part, {}):
-        reference = instantiate(compose([f"experiment={PARTS[part]}"]))
-        seconds = _scaled(REFERENCE_SECONDS[part][editor], REFERENCE_STREAMED.get(part, _streamed(reference)), streamed,
+        measured_at = REFERENCE_STREAMED.get(part) or _streamed(instantiate(compose([f"experiment={PARTS[part]}"])))
+        seconds = _scaled(REFERENCE_SECONDS[part][editor], measured_at, streamed,
                           REFERENCE_TRAINING.get(part, {}).get(editor, 0.0))
         if seconds is not None:
             return seconds, "reference"
