@@ -55,10 +55,11 @@ QUICK_EDITOR = {"sera": ["editor.encoder=tiny-bert", "editor.train_examples=200"
 INITIAL = "initial model"  # the time file's name for a part's initial-model fit
 
 
-# The reference run's own time file: one `make demo` on a fresh clone, alone on 2 CPU cores (its
-# leaderboard and log beside it, benchmark/figures/demo_cpu_2core/). Seconds of each demo run at the
-# demo's stream sizes and of each part's initial-model fit (`INITIAL`); KE's, MEND's and SERA's
-# include their training phase. An estimate prefers this machine's own timings (`TIMINGS`).
+# The reference time file: a fresh clone's `make demo`, alone on 2 CPU cores (its leaderboard and
+# log beside it, benchmark/figures/demo_cpu_2core/), and the timings of the runs that one leaves out
+# on a CPU, from the runs its `made_by` names. Seconds of each demo run at the part's stream (and
+# of each part's initial-model fit, `INITIAL`), training phases included and also given apart. An
+# estimate prefers this machine's own timings (`TIMINGS`).
 REFERENCE_TIMES = Path(__file__).resolve().parent / "figures" / "demo_cpu_2core" / DEMO_TIMES
 
 
