@@ -104,6 +104,7 @@ class MemitEditor(Editor):
         self.sites = [adapter.ffn_site(layer) for layer in self.layers]
         self.templates: list[str] = ["{}"]
         self.second_moments: list[Tensor] = []
+        self.stats: dict[str, Any] = {}
         self._fallbacks = 0
 
     def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
@@ -144,17 +145,19 @@ class MemitEditor(Editor):
                 digest.update(p.detach().float().cpu().numpy().tobytes())
             if index in self.layers:
                 paths.append(cache_dir() / "second_moments" / f"{digest.hexdigest()}-{index}.safetensors")
+        self.stats = {"source": self.config.stats_source, "texts": len(texts), "tokens": None}
         cached = self._cached_moments(paths)
         if cached is not None:
             return cached
-        moments = self._count_second_moments(texts)
+        moments, tokens = self._count_second_moments(texts)
+        self.stats["tokens"] = tokens
         from safetensors.torch import save_file
 
         try:
             paths[0].parent.mkdir(parents=True, exist_ok=True)
             for path, mom2 in zip(paths, moments):
-                tensors = {"mom2": mom2.cpu().contiguous()}
-                write_atomically(path, lambda tmp, tensors=tensors: save_file(tensors, str(tmp)))
+                tensors, about = {"mom2": mom2.cpu().contiguous()}, {"tokens": str(tokens)}
+                write_atomically(path, lambda tmp, t=tensors, m=about: save_file(t, str(tmp), metadata=m))
                 pin(path)
         except OSError as err:  # a full or read-only cache: this run keeps what it computed
             print(f"seqedit: could not cache the second moments at {err.filename} ({err.strerror}); this run goes "
@@ -166,12 +169,18 @@ class MemitEditor(Editor):
         holds one square matrix over the block's keys; else None (and a damaged file is named)."""
         if not all(path.exists() for path in paths):
             return None
-        from safetensors.torch import load_file
+        from safetensors import safe_open
 
         out = []
         for path, site in zip(paths, self.sites):
             try:
-                mom2 = None if pin_mismatch(path) else load_file(path)["mom2"]
+                if pin_mismatch(path):
+                    mom2 = None
+                else:
+                    with safe_open(str(path), "pt") as f:
+                        mom2, about = f.get_tensor("mom2"), f.metadata() or {}
+                    if "tokens" in about:  # files cached before the count was kept have none
+                        self.stats["tokens"] = int(about["tokens"])
             except Exception:  # cut or foreign: safetensors' own error, or no "mom2"
                 mom2 = None
             keys = getattr(site.out_proj, "in_features", None) or site.out_proj.weight.shape[0]  # Conv1D: [in, out]
@@ -183,9 +192,9 @@ class MemitEditor(Editor):
             out.append(mom2.to(self.adapter.device))
         return out
 
-    def _count_second_moments(self, texts: list[str]) -> list[Tensor]:
+    def _count_second_moments(self, texts: list[str]) -> tuple[list[Tensor], int]:
         """One pass over the texts for every edited block, stopped after the deepest one (the
-        published nethook's Trace(stop=True)): nothing after it runs."""
+        published nethook's Trace(stop=True)): nothing after it runs; with the tokens counted."""
         totals: list[Tensor | None] = [None] * len(self.sites)
         count, tok, step = 0, self.adapter.tokenizer, self.adapter.config.eval_batch_size
         mask = torch.zeros(0, dtype=torch.bool)
@@ -209,7 +218,7 @@ class MemitEditor(Editor):
                         self.model(**enc, use_cache=False)
                     except _Enough:
                         pass
-        return [(total / count).float() for total in totals]
+        return [(total / count).float() for total in totals], count
 
     def _prefixes(self) -> list[str]:
         """`context_templates` prefixes sampled from the model (top-k 5, 10 tokens, one per start
@@ -361,7 +370,12 @@ class MemitEditor(Editor):
         return (seen["init"] + delta.detach()).double(), steps
 
     def fold_report(self) -> dict[str, Any]:
-        return {"edits_without_subject": self._fallbacks}
+        """Edits whose prompt lacked the subject, and where C came from: its source, texts and
+        tokens (the published code: 100,000 Wikipedia texts)."""
+        report = {"edits_without_subject": self._fallbacks}
+        if self.uses_second_moments:
+            report["second_moment"] = dict(self.stats)
+        return report
 
     def reset(self) -> None:
         super().reset()

@@ -17,7 +17,7 @@ def _editor(name: str, **overrides):
     adapter = trained_tiny("decoder")
     entry = EDITORS.get(name)
     editor = entry.target(entry.config_class(name=name, **{"layers": [0], **overrides}), adapter)
-    memory = [Example(f"m{i}", f"{w} is known for", f" {w}") for i, w in enumerate(WORDS)]
+    memory = _pool()
     editor.prepare(EditSplits(task=adapter.task, train=memory, val=[], folds=[], train_subsample=[], test=[],
                               pool=memory).for_editor())
     return adapter, editor
@@ -142,7 +142,27 @@ def test_second_moment_is_cached_per_model_block_and_texts(tmp_path, monkeypatch
             first.model(**first.adapter.tokenizer([text], return_tensors="pt"))
     handle.remove()
     keys = torch.cat([k[0] for k in seen]).double()
-    torch.testing.assert_close(first._count_second_moments(texts)[0], (keys.T @ keys / len(keys)).float())
+    moments, tokens = first._count_second_moments(texts)
+    torch.testing.assert_close(moments[0], (keys.T @ keys / len(keys)).float())
+    assert tokens == len(keys)
+
+
+def test_the_fold_report_says_where_c_came_from(tmp_path, monkeypatch):
+    """Its source, texts and tokens, counted when C is computed and kept in the cached file, so a
+    run that reads the cache reports the same count."""
+    monkeypatch.setenv("SEQEDIT_CACHE", str(tmp_path))
+    adapter, first = _editor("memit", context_templates=0)
+    report = first.fold_report()["second_moment"]
+    tok = adapter.tokenizer
+    tokens = sum(len(tok(e.prompt + str(e.target))["input_ids"]) for e in _pool())
+    assert report == {"source": "memory", "texts": len(WORDS), "tokens": tokens}
+    _, again = _editor("memit", context_templates=0)  # from the cache
+    assert again.fold_report()["second_moment"] == report
+    assert "second_moment" not in _editor("rome", mom2_adjustment=False, context_templates=0)[1].fold_report()
+
+
+def _pool():
+    return [Example(f"m{i}", f"{w} is known for", f" {w}") for i, w in enumerate(WORDS)]
 
 
 @pytest.mark.parametrize("adjust,consistent", [(True, False), (False, False), (True, True), (False, True)])
