@@ -144,6 +144,18 @@ def test_intervals_in_one_line_and_every_run_overlapping_the_best_is_bold(tmp_pa
     assert "<span class='std'> [0.850, 0.950]</span>" in html and "white-space:nowrap" in html
 
 
+def test_a_cell_whose_folds_differ_is_marked_and_the_mark_explained(tmp_path):
+    write_runs(tmp_path / "runs")
+    path = tmp_path / "runs" / "b/tpatcher" / "results.json"
+    results = json.loads(path.read_text())
+    results["metrics"]["SR"].update(ci95=[0.6, 0.8], folds_differ_p=0.001)
+    path.write_text(json.dumps(results))
+    md, _ = build(tmp_path / "runs", tmp_path / "out")
+    text = md.read_text()
+    assert "0.700 [0.600, 0.800] †" in text and "†: the folds differ" in text
+    assert "[0.600, 0.800] †" in (tmp_path / "out" / "leaderboard.html").read_text()
+
+
 def test_markdown_shows_run_ids_and_settings_literally(tmp_path):
     """A run id or config value holding HTML or a `|` is shown as text (code hosts render raw HTML
     in Markdown), and the table's rows keep their cells."""
