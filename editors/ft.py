@@ -107,7 +107,7 @@ class FTEditor(Editor):
 
     def __init__(self, config: FTConfig, adapter):
         super().__init__(config, adapter)
-        self.memory: list[Example] = []
+        self.pool: list[Example] = []
         self.original: dict[str, Tensor] = {}  # official recipe: the fold's original weights
         self.past: list[Example] = []  # official recipe: this fold's edited examples
         self.references = ReferenceOutputs(adapter)  # official recipe: the original model's outputs
@@ -124,8 +124,8 @@ class FTEditor(Editor):
 
     def prepare(self, data: EditorData) -> None:
         super().prepare(data)
-        self.memory = list(data.pool)
-        if self.needs_pool(self.config) and not self.memory:
+        self.pool = list(data.pool)
+        if self.needs_pool(self.config) and not self.pool:
             raise ValueError(f"editor {self.config.name}: the KL term needs a memory set, and data gives none "
                              "(raise data.pool_size or lower data.train_subsample)")
 
@@ -150,7 +150,7 @@ class FTEditor(Editor):
         _, forward = scored_forward(adapter, batch, params, cfg.mode)
         kl_forward = reference = None
         if cfg.kl_weight > 0:  # the pre-edit model's outputs, from the same recording forward
-            sample = random.sample(self.memory, min(cfg.kl_batch, len(self.memory)))
+            sample = random.sample(self.pool, min(cfg.kl_batch, len(self.pool)))
             kl_batch = adapter.encode([e.prompt for e in sample], [e.target for e in sample])
             reference, kl_forward = scored_forward(adapter, kl_batch, params, cfg.mode, reference=True)
 
@@ -193,7 +193,7 @@ class FTEditor(Editor):
         original model's outputs on them (one swap of the tuned tensors for all). Computed before
         the step's edit loss, whose graph must not see the swap."""
         adapter, past = self.adapter, self.past
-        memory = random.sample(self.memory, len(self.memory))  # a reshuffled loader each step
+        memory = random.sample(self.pool, len(self.pool))  # a reshuffled loader each step
         chunks = [memory[i : i + OFFICIAL_KL_BATCH] for i in range(0, len(memory), OFFICIAL_KL_BATCH)]
         chunks = chunks[: kl_batches_used(len(chunks), OFFICIAL_KL_BATCH, self.config.kl_batch, len(past))]
         chosen = past if len(past) < OFFICIAL_PAST else random.sample(past, OFFICIAL_PAST)
