@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from benchmark.models.base import linear_shape
 from benchmark.types import Example
 from editors.base import EditResult, HookedEditor, capture_at_read, read_position_block
 from editors.configs.defer import DeferConfig  # noqa: F401  (its config, torch-free)
@@ -34,8 +35,7 @@ class DeferEditor(HookedEditor):
         super().__init__(config, adapter)
         self.layer = read_position_block(adapter, "defer", config.layer, default_layer)  # GRACE's block by default
         self.site = adapter.ffn_site(self.layer)
-        d_ff = self.site.out_proj.weight.shape[1] if isinstance(self.site.out_proj, nn.Linear) \
-            else self.site.out_proj.weight.shape[0]
+        d_ff = linear_shape(self.site.out_proj)[0]  # the FFN's inner width: the output projection's input
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             self.gate = nn.Linear(d_ff, 1).to(adapter.device)

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from benchmark.cache import cache_dir, pin, pin_mismatch, pin_path
-from benchmark.models.base import installed
+from benchmark.models.base import installed, linear_shape
 from benchmark.records import write_atomically
 from benchmark.types import EditorData, Example
 from editors.base import Editor, EditResult
@@ -183,7 +183,7 @@ class MemitEditor(Editor):
                         self.stats["tokens"] = int(about["tokens"])
             except Exception:  # cut or foreign: safetensors' own error, or no "mom2"
                 mom2 = None
-            keys = getattr(site.out_proj, "in_features", None) or site.out_proj.weight.shape[0]  # Conv1D: [in, out]
+            keys = linear_shape(site.out_proj)[0]
             if mom2 is None or tuple(mom2.shape) != (keys, keys):
                 print(f"seqedit: the cached second moment {path} is damaged; computing it again", file=sys.stderr)
                 return None

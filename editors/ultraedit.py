@@ -139,9 +139,8 @@ class UltraEditEditor(Editor):
 
         with installed([m.register_forward_hook(keep(i)) for i, m in enumerate(self.layers)]), torch.enable_grad():
             loss = adapter.loss(batch, adapter.scored_logits(batch))
-            order = list(range(len(self.layers)))
-            grads = torch.autograd.grad(loss, [zeros[i] for i in order], allow_unused=True)
-        return [(keys[i], (torch.zeros_like(zeros[i]) if g is None else g)[at].float()) for i, g in zip(order, grads)]
+            grads = torch.autograd.grad(loss, [zeros[i] for i in range(len(self.layers))], allow_unused=True)
+        return [(keys[i], (torch.zeros_like(zeros[i]) if g is None else g)[at].float()) for i, g in enumerate(grads)]
 
     @torch.no_grad()
     def _shift(self, module: nn.Module, keys: Tensor, grads: Tensor) -> Tensor:
