@@ -1,8 +1,9 @@
 """`make demo` / `seqedit demo`: initial models, every registered editor on the embedded facts
-set (QA with SmolLM2-135M, fact-checking with MiniLM-L6), then the leaderboard and plots.
+set (QA with SmolLM2-135M, fact-checking with MiniLM-L6) and on real zsRE records (SmolLM2-135M
+edited directly, as the lifelong-editing papers do), then the leaderboard and plots.
 
 `quick=true` runs the same pipeline on tiny models with a few examples (seconds; used by tests).
-`parts=qa` (or `parts=fc`, `parts=qa,fc`) runs only those parts, `editors=a,b` only those editors,
+`parts=qa` (or `fc`, `zsre`, `qa,fc`) runs only those parts, `editors=a,b` only those editors,
 `editors=all` every registered editor (the default leaves out the named variants, `VARIANTS`, and
 on a CPU the runs estimated over `CPU_RUN_BUDGET`, naming them with their estimate).
 Extra `key=value` overrides apply to every run. Before it starts it prints a time estimate per part
@@ -27,27 +28,32 @@ from benchmark.leaderboard import DEMO_TIMES
 from benchmark.records import RunRecords
 from benchmark.registry import EDITORS
 
-PARTS = {"qa": "demo_qa", "fc": "demo_fc"}
-FAMILY = {"qa": "decoder", "fc": "classifier"}  # of the part's model (SmolLM2 / MiniLM; tiny-llama / tiny-bert)
+PARTS = {"qa": "demo_qa", "fc": "demo_fc", "zsre": "demo_zsre"}
+# of the part's model (SmolLM2 / MiniLM / SmolLM2; tiny-llama / tiny-bert / tiny-llama)
+FAMILY = {"qa": "decoder", "fc": "classifier", "zsre": "decoder"}
 # the tiny initial models' training is the tests' own (tests/conftest.py TRAINING), so one cached
 # model serves both: a cold test session trains each once
 _TINY_INIT = ["init.epochs=20", "init.lr=1e-3", "init.batch_size=32", "init.keep=last", "init.threads=1"]
 QUICK = {"qa": ["model=tiny-llama", *_TINY_INIT, "loop.max_fold_examples=5", "loop.folds=[0]"],
-         "fc": ["model=tiny-bert", *_TINY_INIT, "loop.max_fold_examples=5", "loop.folds=[0]"]}
+         "fc": ["model=tiny-bert", *_TINY_INIT, "loop.max_fold_examples=5", "loop.folds=[0]"],
+         # the zsRE part edits the pretrained model as the papers do: the tiny one untrained
+         "zsre": ["model=tiny-llama", "init.epochs=0", "loop.max_fold_examples=3", "loop.folds=[0]"]}
 PER_EDITOR = {"ft_kl_all": ["editor.kl_batch=32"], "ft_kl_last": ["editor.kl_batch=32"],
               "sera": ["editor.train_epochs=1", "editor.train_examples=300"],
               "ke_style": ["editor.train_epochs=1", "editor.train_examples=300"],
               "mend_style": ["editor.train_epochs=1", "editor.train_examples=300"]}
+_LOCATE = ["editor.stats_tokens=20000"]  # C from the Wikipedia sample's first 20,000 tokens, on the tiny model
 QUICK_EDITOR = {"sera": ["editor.encoder=tiny-bert", "editor.train_examples=200"],
-                "memit": ["editor.layers=[0]", "editor.mom2_update_weight=10"],
-                "memit_seq": ["editor.layers=[0]", "editor.mom2_update_weight=10"],
-                "alphaedit": ["editor.layers=[0]", "editor.l2=0.01"],
-                "rome": ["editor.layers=[0]", "editor.context_templates=2"],
-                "r_rome": ["editor.layers=[0]", "editor.context_templates=2"],
-                "emmet": ["editor.layers=[0]", "editor.mom2_update_weight=10"],
-                "rect": ["editor.layers=[0]", "editor.mom2_update_weight=10"],
-                "prune": ["editor.layers=[0]", "editor.mom2_update_weight=10"],
+                "memit": [*_LOCATE, "editor.layers=[0]", "editor.mom2_update_weight=10"],
+                "memit_seq": [*_LOCATE, "editor.layers=[0]", "editor.mom2_update_weight=10"],
+                "alphaedit": [*_LOCATE, "editor.layers=[0]", "editor.l2=0.01"],
+                "rome": [*_LOCATE, "editor.layers=[0]", "editor.context_templates=2"],
+                "r_rome": [*_LOCATE, "editor.layers=[0]", "editor.context_templates=2"],
+                "emmet": [*_LOCATE, "editor.layers=[0]", "editor.mom2_update_weight=10"],
+                "rect": [*_LOCATE, "editor.layers=[0]", "editor.mom2_update_weight=10"],
+                "prune": [*_LOCATE, "editor.layers=[0]", "editor.mom2_update_weight=10"],
                 "wise": ["editor.layer=0"],
+                "melo": ["editor.router_layer=0", "editor.lora_layers=[1]"],
                 "ke_style": ["editor.edit_lr=0.1", "editor.train_examples=50"],
                 "mend_style": ["editor.edit_lr=0.1", "editor.train_examples=50"]}
 
@@ -81,7 +87,7 @@ REFERENCE_SECONDS, REFERENCE_STREAMED, REFERENCE_TRAINING = _reference()
 # a default demo on a CPU leaves a run estimated longer than this to `editors=all` (the slow
 # locate-then-edit editors on SmolLM2), so the demo ends within half an hour of a fresh clone
 CPU_RUN_BUDGET = 120.0
-REFERENCE_MODELS = {"qa": "smollm2-135m", "fc": "minilm-l6"}
+REFERENCE_MODELS = {"qa": "smollm2-135m", "fc": "minilm-l6", "zsre": "smollm2-135m"}
 TIMINGS = "demo_timings.json"
 
 
@@ -248,10 +254,12 @@ def demo(args: list[str]) -> Path:
     for part, experiment in ((p, PARTS[p]) for p in parts):
         cfg = instantiate(compose([f"experiment={experiment}", *(QUICK[part] if quick else []), *extra]))
         plan.append((part, experiment, cfg))
-        print(f"[demo] {part}: model {cfg.model.name}, data {cfg.data.name}/{cfg.data.task}, folds {cfg.loop.folds} "
+        data = cfg.data.name + (f"/{cfg.data.task}" if hasattr(cfg.data, "task") else "")
+        print(f"[demo] {part}: model {cfg.model.name}, data {data}, folds {cfg.loop.folds} "
               f"of {cfg.data.num_folds}, stream <= {cfg.loop.max_fold_examples} examples a fold, memory <= "
-              f"{cfg.data.pool_size}, D_tr {cfg.data.train_subsample}, D_test <= {cfg.loop.test_limit}, "
-              f"initial model: {cfg.init.epochs} epoch(s) on D'train", flush=True)
+              f"{cfg.data.pool_size}, D_tr {cfg.data.train_subsample}, D_test <= {cfg.loop.test_limit or 'all'}, "
+              + (f"initial model: {cfg.init.epochs} epoch(s) on D'train" if cfg.init.epochs else
+                 "the pretrained model edited directly"), flush=True)
     left = [f"{v} (of {b})" for v, b in VARIANTS.items() if v not in editors]
     print(f"[demo] editors: {', '.join(editors)}; results under {root}"
           + (f"; not run, editors=all adds them: {', '.join(left)}" if left else ""), flush=True)

@@ -338,8 +338,10 @@ def _value(stat: dict) -> str:
 def report(metrics: dict[str, dict]) -> list[str]:
     """The run's metrics as lines: each with its mean, 95% interval and folds, then the papers'
     Rel./Gen./Loc. where the run measured them."""
-    lines = [f"{'metric':<22}{'mean [95% interval]':<28}folds"]
-    lines += [f"{name:<22}{_value(stat):<28}{stat.get('folds', 0)}" for name, stat in metrics.items()]
+    # the value column as wide as its widest cell: "(folds differ)" runs past 28 characters
+    width = max([28, *(len(_value(stat)) + 2 for stat in metrics.values())])
+    lines = [f"{'metric':<22}{'mean [95% interval]':<{width}}folds"]
+    lines += [f"{name:<22}{_value(stat):<{width}}{stat.get('folds', 0)}" for name, stat in metrics.items()]
     for intro, names in (("after all edits, as the sequential-editing papers print it: ", PAPER_NAMES),
                          ("CounterFact's probability comparison, as ROME, MEMIT and AlphaEdit print it: ",
                           COUNTERFACT_NAMES)):

@@ -24,9 +24,10 @@ One edit:
    on the edited model, ms:226-228). There `apply_memit_seq_to_model` drops its `cache_c` argument
    on the way to `execute_memit` (ms:45), whose default None then fails at ms:199; seqedit follows
    ms:199 and ms:228 as the evaluation script means them (ev:193-201, 245, 260-261).
-C = E[k k^T] is the keys' second moment on a text corpus (Wikipedia in the papers): here
-`stats_source` = the run's memory pool and D'train (prompt + answer), or a text file, cached per
-model, block and source.
+C = E[k k^T] is the keys' second moment on a text corpus, Wikipedia in the papers and by default
+here (`stats_source`, benchmark/corpus.py: the English Wikipedia sample shipped with gensim offline,
+the current Wikipedia or any corpus through `datasets`, a dump or text file, or the run's memory pool
+as a named deviation), cached per weights up to the block, block, tokenizer and corpus settings.
 
 ROME (kmeng01/memit's `rome/` at the same commit: `rm` rome_main.py, `cu` compute_u.py, `cv`
 compute_v.py; presets hparams/ROME/*.json and EasyEdit's hparams/ROME/llama-7b.yaml): v* is added
@@ -42,7 +43,9 @@ WanliYoung/Collapse-in-Model-Editing, easyeditor/models/rome/compute_v.py:182-19
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
+import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -50,8 +53,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from benchmark.cache import cache_dir, pin, pin_mismatch, pin_path
+from benchmark.corpus import PUBLISHED, check_source, corpus_key, token_pieces
+from benchmark.corpus import resolve as resolve_corpus
 from benchmark.models.base import installed, linear_shape
 from benchmark.records import write_atomically
 from benchmark.types import EditorData, Example
@@ -85,6 +91,18 @@ def sample_continuation(model, ids: Tensor, max_length: int, top_k: int, generat
     return tokens
 
 
+def _length_batches(pieces: list[list[int]], batch_tokens: int) -> list[list[list[int]]]:
+    """Pieces longest first, in batches of at most `batch_tokens` tokens padded (one piece at least;
+    the published length_collation, tok_dataset.py:49-70)."""
+    batches: list[list[list[int]]] = []
+    for piece in sorted(pieces, key=len, reverse=True):
+        if batches and len(batches[-1][0]) * (len(batches[-1]) + 1) <= batch_tokens:
+            batches[-1].append(piece)
+        else:
+            batches.append([piece])
+    return batches
+
+
 class _Enough(Exception):
     """Raised by a hook to end a forward once everything wanted from it is read."""
 
@@ -106,6 +124,8 @@ class MemitEditor(Editor):
         self.second_moments: list[Tensor] = []
         self.stats: dict[str, Any] = {}
         self._fallbacks = 0
+        if self.uses_second_moments:  # a missing package or corpus is named before the model is used
+            check_source(config.stats_source)
 
     def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
         names = {id(p): n for n, p in self.model.named_parameters()}
@@ -116,7 +136,7 @@ class MemitEditor(Editor):
         for p in self.trainable_parameters().values():  # written in closed form, never by autograd
             p.requires_grad_(False)
         self.templates = ["{}", *self._prefixes()]
-        self.second_moments = self._second_moments(self._stats_texts(data)) if self.uses_second_moments else []
+        self.second_moments = self._second_moments(data) if self.uses_second_moments else []
         self.past = self._no_past() if self.keeps_past_keys else []
 
     @property
@@ -124,45 +144,53 @@ class MemitEditor(Editor):
         return True
 
     # -- the corpus statistics -----------------------------------------------------------------------
-    def _stats_texts(self, data: EditorData) -> list[str]:
+    def _second_moments(self, data: EditorData) -> list[Tensor]:
+        """E[k k^T] over every token of the corpus's pieces at each edited block (rome/layer_stats.py's
+        mom2), cached on disk under the weights up to the block, the block, the tokenizer and what
+        decides the corpus's tokens, so ROME, MEMIT and AlphaEdit share it and a later run reads it."""
         cfg = self.config
-        if cfg.stats_source == "memory":
-            texts = [e.prompt + str(e.target) for e in [*data.pool, *data.train]]
-        else:
-            texts = [line.strip() for line in Path(cfg.stats_source).read_text(encoding="utf-8").splitlines()]
-        texts = list(dict.fromkeys(t for t in texts if t))[: cfg.stats_examples]
-        if not texts:
-            raise ValueError(f"editor.stats_source={cfg.stats_source}: no text to estimate C = E[k k^T] from")
-        return texts
-
-    def _second_moments(self, texts: list[str]) -> list[Tensor]:
-        """E[k k^T] over every token of `texts` at each edited block (rome/layer_stats.py's mom2),
-        cached on disk under the weights up to the block, the block and the texts."""
-        paths, digest, blocks = [], hashlib.sha1("\n".join(texts).encode()), self.adapter.layer_modules()
+        corpus = resolve_corpus(cfg.stats_source, (e.prompt + str(e.target) for e in [*data.pool, *data.train]))
+        settings = {"max_len": cfg.stats_max_len, "texts": cfg.stats_examples, "tokens": cfg.stats_tokens,
+                    "tokenizer": self._tokenizer_digest()}
+        paths, digest, blocks = [], hashlib.sha1(corpus_key(corpus, **settings).encode()), self.adapter.layer_modules()
         digest.update(self.model.get_input_embeddings().weight.detach().float().cpu().numpy().tobytes())
         for index in range(self.layers[-1] + 1):  # one running digest: each block's weights hashed once
             for p in blocks[index].parameters():
                 digest.update(p.detach().float().cpu().numpy().tobytes())
             if index in self.layers:
                 paths.append(cache_dir() / "second_moments" / f"{digest.hexdigest()}-{index}.safetensors")
-        self.stats = {"source": self.config.stats_source, "texts": len(texts), "tokens": None}
+        self.stats = {"source": corpus.name, "texts": None, "tokens": None, "published": PUBLISHED}
+        if corpus.deviation:
+            self.stats["deviation"] = corpus.deviation
         cached = self._cached_moments(paths)
         if cached is not None:
             return cached
-        moments, tokens = self._count_second_moments(texts)
-        self.stats["tokens"] = tokens
+        tok = self.adapter.tokenizer
+        pieces, read = token_pieces(corpus.texts(), lambda text: tok(text)["input_ids"], max_len=cfg.stats_max_len,
+                                    max_texts=cfg.stats_examples, max_tokens=cfg.stats_tokens,
+                                    start=tok("")["input_ids"])
+        if not pieces:
+            raise ValueError(f"editor.stats_source={cfg.stats_source}: no text to estimate C = E[k k^T] from")
+        moments, tokens = self._count_second_moments(pieces, corpus.name, read)
+        self.stats.update(texts=read, tokens=tokens)
         from safetensors.torch import save_file
 
         try:
             paths[0].parent.mkdir(parents=True, exist_ok=True)
             for path, mom2 in zip(paths, moments):
-                tensors, about = {"mom2": mom2.cpu().contiguous()}, {"tokens": str(tokens)}
+                tensors, about = {"mom2": mom2.cpu().contiguous()}, {"tokens": str(tokens), "texts": str(read)}
                 write_atomically(path, lambda tmp, t=tensors, m=about: save_file(t, str(tmp), metadata=m))
                 pin(path)
         except OSError as err:  # a full or read-only cache: this run keeps what it computed
             print(f"seqedit: could not cache the second moments at {err.filename} ({err.strerror}); this run goes "
                   "on with them, the next one computes them again", file=sys.stderr)
         return moments
+
+    def _tokenizer_digest(self) -> str:
+        """What decides the token ids: the vocabulary and the tokens a text is opened with."""
+        tok = self.adapter.tokenizer
+        vocab = json.dumps(sorted(tok.get_vocab().items()), ensure_ascii=False)
+        return hashlib.sha1((vocab + repr(tok("A b.")["input_ids"])).encode()).hexdigest()
 
     def _cached_moments(self, paths: list[Path]) -> list[Tensor] | None:
         """The cached E[k k^T] of every block, where each file is whole, matches its checksum and
@@ -179,8 +207,9 @@ class MemitEditor(Editor):
                 else:
                     with safe_open(str(path), "pt") as f:
                         mom2, about = f.get_tensor("mom2"), f.metadata() or {}
-                    if "tokens" in about:  # files cached before the count was kept have none
-                        self.stats["tokens"] = int(about["tokens"])
+                    for count in ("tokens", "texts"):  # files cached before the counts were kept have none
+                        if count in about:
+                            self.stats[count] = int(about[count])
             except Exception:  # cut or foreign: safetensors' own error, or no "mom2"
                 mom2 = None
             keys = linear_shape(site.out_proj)[0]
@@ -192,33 +221,46 @@ class MemitEditor(Editor):
             out.append(mom2.to(self.adapter.device))
         return out
 
-    def _count_second_moments(self, texts: list[str]) -> tuple[list[Tensor], int]:
-        """One pass over the texts for every edited block, stopped after the deepest one (the
-        published nethook's Trace(stop=True)): nothing after it runs; with the tokens counted."""
+    def _count_second_moments(self, pieces: list[list[int]], name: str, texts: int) -> tuple[list[Tensor], int]:
+        """One pass over the pieces for every edited block, stopped after the deepest one (the
+        published nethook's Trace(stop=True)): nothing after it runs. Batches of pieces of like
+        length, padded on the right, at most 3 pieces' worth of tokens (layer_stats.py:150); each
+        batch's k^T k in float32 (the published precision), summed over batches in float64."""
         totals: list[Tensor | None] = [None] * len(self.sites)
-        count, tok, step = 0, self.adapter.tokenizer, self.adapter.config.eval_batch_size
         mask = torch.zeros(0, dtype=torch.bool)
+        tokens = sum(map(len, pieces))
 
         def keep(i):
             def hook(_m, args):
-                keys = args[0][mask].double()
-                totals[i] = keys.T @ keys if totals[i] is None else totals[i] + keys.T @ keys
+                keys = args[0][mask].float()
+                moment = (keys.T @ keys).double()
+                totals[i] = moment if totals[i] is None else totals[i] + moment
                 if i == len(self.sites) - 1:
                     raise _Enough
             return hook
 
+        print(f"seqedit: C = E[k k^T] at blocks {self.layers} from {name}: {tokens:,} tokens of {texts:,} texts "
+              f"(published: {PUBLISHED}); cached for later runs", file=sys.stderr)
+        began, done = time.perf_counter(), 0
+        bar = tqdm(total=tokens, desc="C", unit="tok", unit_scale=True, disable=None)  # on a terminal only
+        pad = self.adapter.tokenizer.pad_token_id or 0
         with installed([site.out_proj.register_forward_pre_hook(keep(i)) for i, site in enumerate(self.sites)]):
-            with torch.no_grad():
-                for i in range(0, len(texts), step):
-                    enc = tok(texts[i : i + step], return_tensors="pt", padding=True, truncation=True,
-                              max_length=128).to(self.adapter.device)
-                    mask = enc["attention_mask"].bool()
-                    count += int(mask.sum())
+            with torch.no_grad(), bar:
+                for batch in _length_batches(pieces, 3 * self.config.stats_max_len):
+                    width = len(batch[0])
+                    ids = torch.tensor([p + [pad] * (width - len(p)) for p in batch], device=self.adapter.device)
+                    mask = torch.tensor([[True] * len(p) + [False] * (width - len(p)) for p in batch],
+                                        device=self.adapter.device)
                     try:
-                        self.model(**enc, use_cache=False)
+                        self.model(input_ids=ids, attention_mask=mask.long(), use_cache=False)
                     except _Enough:
                         pass
-        return [(total / count).float() for total in totals], count
+                    if done == 0 and tokens > 100_000:  # the first batch times the rest
+                        seconds = (time.perf_counter() - began) * tokens / int(mask.sum())
+                        print(f"seqedit: about {seconds / 60:.1f} min for C on this machine", file=sys.stderr)
+                    done += int(mask.sum())
+                    bar.update(int(mask.sum()))
+        return [(total / tokens).float() for total in totals], tokens
 
     def _prefixes(self) -> list[str]:
         """`context_templates` prefixes sampled from the model (top-k 5, 10 tokens, one per start

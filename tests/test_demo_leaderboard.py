@@ -29,7 +29,7 @@ def test_every_experiment_runs_a_step_on_a_tiny_model(experiment, tmp_path):
 
 
 def test_quick_demo_writes_leaderboard_and_plots(tmp_path):
-    md = demo(["quick=true", f"output_dir={tmp_path}", "loop.progress=false"])
+    md = demo(["quick=true", "parts=qa,fc", f"output_dir={tmp_path}", "loop.progress=false"])
     text = md.read_text()
     for editor in ("tpatcher", "ft_all", "ft_kl_last"):
         assert f"| {editor} |" in text
@@ -52,7 +52,22 @@ def test_quick_demo_writes_leaderboard_and_plots(tmp_path):
     assert seconds == pytest.approx(sum(runs.values()), abs=1.0)
 
 
-@pytest.mark.parametrize("part", sorted(QUICK))
+def test_the_zsre_part_edits_real_records_and_prints_the_papers_columns(tmp_path, capsys):
+    """The part on the shipped zsRE sample: the pretrained model edited directly (no initial fit),
+    Rel./Gen./Loc. on the final model in each run's table, its own section of the leaderboard."""
+    md = demo(["quick=true", "parts=zsre", "editors=grace,tpatcher", f"output_dir={tmp_path}", "loop.progress=false"])
+    out = capsys.readouterr().out
+    assert "zsre: model tiny-llama, data zsre, folds [0]" in out and "the pretrained model edited directly" in out
+    assert "fitting the initial model" not in out
+    text = md.read_text()
+    assert "zsre" in text and "| grace |" in text and "| tpatcher |" in text
+    times = json.loads((Path(tmp_path) / "demo_times.json").read_text())["parts"]
+    assert set(times) == {"zsre"} and set(times["zsre"]["editors"]) == {"grace", "tpatcher"}
+    results = json.loads((Path(tmp_path) / "zsre" / "grace" / "results.json").read_text())
+    assert {"ER", "GR_final", "Loc_final"} <= set(results["metrics"])
+
+
+@pytest.mark.parametrize("part", sorted(p for p in QUICK if p != "zsre"))  # the zsRE part fits no initial model
 def test_the_quick_demo_and_the_tests_share_one_tiny_initial_model(part):
     """A cold test session trains each tiny model once (the quick demo's settings are the tests')."""
     from benchmark.demo import FAMILY, PARTS

@@ -11,6 +11,9 @@ from benchmark.registry import EDITORS
 from benchmark.types import EditSplits, Example
 from tests.conftest import FAMILIES, tiny, trained_editor_state, trained_tiny, wrong_target
 
+# MEMIT-family rows: C from the default corpus (the Wikipedia sample), its first 20,000 tokens
+C_SAMPLE = {"stats_tokens": 20_000}
+
 ROWS = {
     "ft_all": {"lr": 1e-3, "max_steps": 300},
     "ft_last": {"lr": 1e-3, "max_steps": 300},
@@ -27,17 +30,19 @@ ROWS = {
     "constrained_ft-fta-l2": {"lr": 1e-3, "max_steps": 300, "delta": 10.0, "norm": "l2", "mix": "fta", "block": "0"},
     "knn_lm": {"epsilon": 0.01, "backend": "torch"},
     "grace": {"max_steps": 50, "layer": 0},
-    "memit": {"layers": [0], "mom2_update_weight": 10.0},
-    "memit_seq": {"layers": [0], "mom2_update_weight": 10.0},
-    "alphaedit": {"layers": [0], "l2": 0.01},
-    "rome": {"layers": [0], "context_templates": 2},
-    "r_rome": {"layers": [0], "context_templates": 2},
-    "emmet": {"layers": [0], "mom2_update_weight": 10.0},
-    "rect": {"layers": [0], "mom2_update_weight": 10.0},
-    "prune": {"layers": [0], "mom2_update_weight": 10.0},
+    # C from the default corpus (the Wikipedia sample), its first 20,000 tokens
+    "memit": {"layers": [0], **C_SAMPLE, "mom2_update_weight": 10.0},
+    "memit_seq": {"layers": [0], **C_SAMPLE, "mom2_update_weight": 10.0},
+    "alphaedit": {"layers": [0], **C_SAMPLE, "l2": 0.01},
+    "rome": {"layers": [0], **C_SAMPLE, "context_templates": 2},
+    "r_rome": {"layers": [0], **C_SAMPLE, "context_templates": 2},
+    "emmet": {"layers": [0], **C_SAMPLE, "mom2_update_weight": 10.0},
+    "rect": {"layers": [0], **C_SAMPLE, "mom2_update_weight": 10.0},
+    "prune": {"layers": [0], **C_SAMPLE, "mom2_update_weight": 10.0},
     # every position: a first edit with a one-token answer has one row, which the normaliser maps to 0
     "ultraedit": {"in_layers": [0], "up_layers": [], "out_layers": [0], "lr": 1e-3, "token": "mask"},
     "wise": {"layer": 0, "max_steps": 40},
+    "melo": {"router_layer": 0, "lora_layers": [1], "max_steps": 50, "lr": 1e-2, "stop_when_correct": True},
     "defer": {"layer": 0, "max_steps": 100, "lr": 0.01, "stop_when_correct": True},
     "grace-last-warm": {"max_steps": 50, "layer": -1, "value_init": "warm", "stop_when_correct": True},
     "sera": {"encoder": "tiny-bert", "train_epochs": 3, "train_examples": 400, "backend": "torch"},
@@ -50,6 +55,7 @@ ROWS = {
 # others and `test_refused_families_are_refused` holds the refusal
 REFUSED = {"grace": {"seq2seq"},  # scored by generation, where its read-position hook does not act
            "defer": {"seq2seq"},
+           "melo": {"seq2seq"},
            "memit": {"seq2seq", "classifier", "masked"},  # decoder LMs, the method's models
            "memit_seq": {"seq2seq", "classifier", "masked"},
            "alphaedit": {"seq2seq", "classifier", "masked"},

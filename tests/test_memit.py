@@ -16,7 +16,9 @@ def _editor(name: str, **overrides):
 
     adapter = trained_tiny("decoder")
     entry = EDITORS.get(name)
-    editor = entry.target(entry.config_class(name=name, **{"layers": [0], **overrides}), adapter)
+    # C from the default corpus (the Wikipedia sample), its first 20,000 tokens: seconds on the tiny model
+    settings = {"layers": [0], "stats_tokens": 20_000, **overrides}
+    editor = entry.target(entry.config_class(name=name, **settings), adapter)
     memory = _pool()
     editor.prepare(EditSplits(task=adapter.task, train=memory, val=[], folds=[], train_subsample=[], test=[],
                               pool=memory).for_editor())
@@ -134,7 +136,7 @@ def test_second_moment_is_cached_per_model_block_and_texts(tmp_path, monkeypatch
         _, again = _editor("memit", context_templates=0)
         assert "is damaged; computing it again" in capsys.readouterr().err, damage
         torch.testing.assert_close(again.second_moments[0], first.second_moments[0])
-    texts = [f"{w} is known for {w}" for w in WORDS]
+    texts = [f"{w} is known for {w}" * (i + 1) for i, w in enumerate(WORDS)]  # lengths differ: padded batches
     seen = []
     handle = first.sites[0].out_proj.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
     with torch.no_grad():
@@ -142,23 +144,60 @@ def test_second_moment_is_cached_per_model_block_and_texts(tmp_path, monkeypatch
             first.model(**first.adapter.tokenizer([text], return_tensors="pt"))
     handle.remove()
     keys = torch.cat([k[0] for k in seen]).double()
-    moments, tokens = first._count_second_moments(texts)
+    pieces = [first.adapter.tokenizer(text)["input_ids"] for text in texts]
+    moments, tokens = first._count_second_moments(pieces, "these texts", len(texts))
     torch.testing.assert_close(moments[0], (keys.T @ keys / len(keys)).float())
     assert tokens == len(keys)
 
 
 def test_the_fold_report_says_where_c_came_from(tmp_path, monkeypatch):
     """Its source, texts and tokens, counted when C is computed and kept in the cached file, so a
-    run that reads the cache reports the same count."""
+    run that reads the cache reports the same count; the pool as a source is named a deviation."""
     monkeypatch.setenv("SEQEDIT_CACHE", str(tmp_path))
     adapter, first = _editor("memit", context_templates=0)
     report = first.fold_report()["second_moment"]
-    tok = adapter.tokenizer
-    tokens = sum(len(tok(e.prompt + str(e.target))["input_ids"]) for e in _pool())
-    assert report == {"source": "memory", "texts": len(WORDS), "tokens": tokens}
+    assert report["source"] == "wikipedia_sample" and report["tokens"] == 20_000 and report["texts"] >= 1
+    assert "100,000 Wikipedia texts" in report["published"] and "deviation" not in report
     _, again = _editor("memit", context_templates=0)  # from the cache
     assert again.fold_report()["second_moment"] == report
+    _, pool = _editor("memit", context_templates=0, stats_source="memory")
+    tok = adapter.tokenizer
+    tokens = sum(len(tok(e.prompt + str(e.target))["input_ids"]) for e in _pool())
+    report = pool.fold_report()["second_moment"]
+    assert (report["source"], report["texts"], report["tokens"]) == ("memory", len(WORDS), tokens)
+    assert "memory pool" in report["deviation"]
+    assert not torch.allclose(pool.second_moments[0], first.second_moments[0])
     assert "second_moment" not in _editor("rome", mom2_adjustment=False, context_templates=0)[1].fold_report()
+
+
+def test_rome_memit_and_alphaedit_share_one_c_per_block(tmp_path, monkeypatch, capsys):
+    """C is keyed by the weights up to the block, the block, the tokenizer and the corpus's
+    settings, not by the editor: MEMIT's block-0 C serves ROME and AlphaEdit without a recount,
+    and another token budget is another C."""
+    monkeypatch.setenv("SEQEDIT_CACHE", str(tmp_path))
+    _, memit = _editor("memit", context_templates=0)
+    assert "C = E[k k^T] at blocks [0]" in capsys.readouterr().err
+    for name in ("rome", "alphaedit"):
+        _, other = _editor(name, context_templates=0)
+        assert "C = E[k k^T]" not in capsys.readouterr().err
+        assert torch.equal(other.second_moments[0], memit.second_moments[0])
+    _, longer = _editor("memit", context_templates=0, stats_tokens=30_000)
+    assert "C = E[k k^T]" in capsys.readouterr().err
+    assert longer.fold_report()["second_moment"]["tokens"] == 30_000
+
+
+def test_a_corpus_that_cannot_serve_is_named_before_the_model_is_used(monkeypatch):
+    import importlib.util
+
+    from benchmark.corpus import CorpusError
+    from editors.configs.memit import MemitConfig
+
+    with pytest.raises(ValueError, match="no such file"):
+        MemitConfig(name="memit", stats_source="no/such/file.txt")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gensim" else real(name, *a))
+    with pytest.raises(CorpusError, match=r"needs the gensim package.*pip install -e '\.\[corpus\]'"):
+        _editor("memit", context_templates=0)
 
 
 def _pool():

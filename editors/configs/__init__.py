@@ -10,6 +10,7 @@ from editors.configs import (  # noqa: F401
     ke_style,
     knn_lm,
     lora,
+    melo,
     memit,
     mend_style,
     sera,
