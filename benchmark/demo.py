@@ -265,7 +265,7 @@ def demo(args: list[str]) -> Path:
           + (f"; not run, editors=all adds them: {', '.join(left)}" if left else ""), flush=True)
     runs = {}
     for part, _, cfg in plan:
-        runs[part] = [e for e in editors if FAMILY[part] in EDITORS.get(e).target.families]
+        runs[part] = [e for e in editors if FAMILY[part] in EDITORS.get(e).target.traits.families]
         if choice is None:
             runs[part], over = cpu_choice(part, cfg, runs[part])
             if over:
@@ -282,8 +282,9 @@ def demo(args: list[str]) -> Path:
             prepare_initial_model(build_model(cfg.model), build_data(cfg), cfg.model, cfg.init, False)
             _record(part, INITIAL, cfg, time.perf_counter() - began, root, times)
         for editor in editors:
-            if FAMILY[part] not in EDITORS.get(editor).target.families:
-                print(f"[demo] {part} / {editor}: skipped, it edits {' or '.join(EDITORS.get(editor).target.families)} "
+            families = EDITORS.get(editor).target.traits.families
+            if FAMILY[part] not in families:
+                print(f"[demo] {part} / {editor}: skipped, it edits {' or '.join(families)} "
                       "models", flush=True)
                 continue
             if editor not in runs[part]:
@@ -294,7 +295,7 @@ def demo(args: list[str]) -> Path:
             print(f"[demo] {part} / {editor} ({time.perf_counter() - start:.0f} s so far)", flush=True)
             composed, began = compose(overrides), time.perf_counter()
             run_cfg, training = instantiate(composed), 0.0
-            if EDITORS.get(editor).target.needs_training:  # its training phase first (cached)
+            if EDITORS.get(editor).target.traits.training:  # its training phase first (cached)
                 print(f"[demo] {part} / {editor}: training phase {train_editor(run_cfg, False)}", flush=True)
                 training = time.perf_counter() - began
             run(composed)

@@ -1,4 +1,4 @@
-"""The training phase of editors that learn before they edit (`needs_training`: SERA's scope
+"""The training phase of editors that learn before they edit (`traits.training`: SERA's scope
 classifier, KE's and MEND's hypernetworks).
 
 `seqedit train-editor editor=NAME model=... data=...` is one Lightning fit of the module the editor
@@ -78,7 +78,7 @@ def train_editor(run_cfg, progress: bool = True) -> dict[str, Any]:
     adapter = build_model(run_cfg.model)
     prepare_initial_model(adapter, datamodule, run_cfg.model, run_cfg.init, progress)
     editor = build_editor(run_cfg, adapter)
-    if not editor.needs_training:
+    if not editor.traits.training:
         raise ValueError(f"editor {run_cfg.editor.name} has no training phase")
     module = editor.training_module(datamodule.splits.for_editor())
     best = KeepBest(module.monitor)

@@ -451,7 +451,7 @@ def time_editor(name: str, examples_streamed: int) -> dict:
                  "loop.progress=false", f"output_dir={out}", "run_id=perf"]
     try:
         trained = None
-        if EDITORS.get(name).target.needs_training:
+        if EDITORS.get(name).target.traits.training:
             began = time.perf_counter()
             trained = train_editor(instantiate(compose(overrides)), progress=False)
             trained = round(time.perf_counter() - began, 3) if not trained["cached"] else "cached"

@@ -64,11 +64,11 @@ def _check_editor_data(editor_class, run_cfg: RunConfig, splits: EditSplits) -> 
     """An editor that reads the memory pool or D_val is refused an empty one, naming what fixes it."""
     given = splits.for_editor()
     name = run_cfg.editor.name
-    if editor_class.needs_pool(run_cfg.editor) and not given.pool:
+    if editor_class.traits.reads_pool(run_cfg.editor) and not given.pool:
         raise ConfigError(f"editor {name} reads the memory pool (D'train outside D_tr) and this data leaves it "
                           f"empty ({len(splits.train)} D'train examples, {len(splits.train_subsample)} in D_tr): "
                           "lower data.train_subsample, or use more data")
-    if editor_class.val_needed(run_cfg.editor) and not given.val:
+    if editor_class.traits.reads_val(run_cfg.editor) and not given.val:
         why = "loop.split=val streams it" if run_cfg.loop.split == "val" else "this data has none"
         raise ConfigError(f"editor {name} with these settings reads D_val while editing, and {why}")
 
@@ -189,7 +189,7 @@ def _plan(cfg: DictConfig) -> _Plan:
     _check_mode(editor_class, run_cfg)
     _check_editor_data(editor_class, run_cfg, splits)
     # a missing training phase stops the run before anything is written
-    trained = load_trained_state(run_cfg) if editor_class.needs_training else None
+    trained = load_trained_state(run_cfg) if editor_class.traits.training else None
     run_dir = run_folder(run_cfg, cfg)
     rank, world = process_rank(run_cfg.trainer)
     if world > 1:  # this process's share of the folds, recorded in its own folder
@@ -200,8 +200,8 @@ def _plan(cfg: DictConfig) -> _Plan:
 
 
 def _check_mode(editor_class, run_cfg: RunConfig) -> None:
-    if run_cfg.loop.mode == "batch" and not editor_class.edits_batches:
-        batch_editors = ", ".join(n for n in EDITORS.names() if EDITORS.get(n).target.edits_batches)
+    if run_cfg.loop.mode == "batch" and not editor_class.traits.batches:
+        batch_editors = ", ".join(n for n in EDITORS.names() if EDITORS.get(n).target.traits.batches)
         raise ConfigError(f"loop.mode=batch: editor {run_cfg.editor.name} edits one example at a time; "
                           f"batch editors: {batch_editors}")
 

@@ -10,6 +10,8 @@ from typing import Any
 
 CLASSIFICATION = "classification"
 GENERATION = "generation"
+# the model families an adapter serves and an editor declares it edits (`Traits.families`)
+MODEL_FAMILIES = ("classifier", "seq2seq", "decoder", "masked")
 
 
 class DataError(ValueError):

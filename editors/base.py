@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import lightning as L
@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from benchmark.models.base import FFNSite, ModelAdapter, installed
-from benchmark.types import GENERATION, EditorData, Example
+from benchmark.types import GENERATION, MODEL_FAMILIES, EditorData, Example
 from editors.configs.base import EditorConfig, TrainedEditorConfig  # noqa: F401  (its config, torch-free)
 
 
@@ -50,24 +50,45 @@ class Check:
     carry: Any = None
 
 
+@dataclass(frozen=True)
+class Traits:
+    """What an editor needs from a run and what it serves, declared once per class (`Editor.traits`)
+    and read by the harness, which never asks which editor it runs. `pool` and `val` may depend on
+    the editor's settings: a function of its config instead of a bool."""
+
+    families: tuple[str, ...] = MODEL_FAMILIES  # the model families it edits; a run refuses the others
+    pool: bool | Callable[[Any], bool] = False  # reads the memory pool (a run with none is refused)
+    val: bool | Callable[[Any], bool] = False  # reads D_val while editing (T-Patcher's published stop rule)
+    training: bool = False  # a training phase runs before editing (cached; `Editor.training_version`)
+    batches: bool = False  # implements `edit_batch` (loop.mode=batch, Zhu et al.)
+    one_shot: bool = False  # one predicted update per edit (KE, MEND, UltraEdit), not optimised until right
+    adds_parameters: bool = False  # grows the model instead of changing its weights
+    answers_from_memory: bool = False  # edits live beside the model, which never changes
+
+    def reads_pool(self, config: EditorConfig) -> bool:
+        return self.pool(config) if callable(self.pool) else self.pool
+
+    def reads_val(self, config: EditorConfig) -> bool:
+        return self.val(config) if callable(self.val) else self.val
+
+    def but(self, **changes) -> Traits:
+        """These traits with some changed: a subclass declares only what differs from its base."""
+        return replace(self, **changes)
+
+
 class Editor(L.LightningModule):
     """Base class. Subclasses implement `edit` and, if they change more than `trainable_parameters`
-    or add modules, `edit_state` / `load_edit_state` / `reset`."""
+    or add modules, `edit_state` / `load_edit_state` / `reset`; they declare in `traits` what they
+    need and serve."""
 
     config_class: ClassVar[type] = EditorConfig
-    needs_training: ClassVar[bool] = False  # a training phase must run before editing (KE, MEND)
-    needs_memory: ClassVar[bool] = False  # reads the memory pool of D'train
-    adds_parameters: ClassVar[bool] = False  # grows the model instead of changing its weights
-    answers_from_memory: ClassVar[bool] = False  # edits live beside the model, which never changes
+    traits: ClassVar[Traits] = Traits()
     training_version: ClassVar[int] = 1  # part of the trained state's cache key: bump when training changes
-    one_shot: ClassVar[bool] = False  # one predicted update per edit (KE, MEND), not optimised until right
-    edits_batches: ClassVar[bool] = False  # implements `edit_batch` (loop.mode=batch, Zhu et al.)
-    families: ClassVar[tuple[str, ...]] = ("classifier", "seq2seq", "decoder", "masked")  # model families served
 
     def __init__(self, config: EditorConfig, adapter: ModelAdapter):
         super().__init__()
-        if adapter.family not in self.families:
-            raise ValueError(f"editor={config.name} edits {' or '.join(self.families)} models; "
+        if adapter.family not in self.traits.families:
+            raise ValueError(f"editor={config.name} edits {' or '.join(self.traits.families)} models; "
                              f"{adapter.config.name} is a {adapter.family} model")
         self.config = config
         self.adapter = adapter
@@ -101,22 +122,11 @@ class Editor(L.LightningModule):
         for name, value in self._initial.items():
             params[name].copy_(value)
 
-    @classmethod
-    def needs_pool(cls, config: EditorConfig) -> bool:
-        """Whether an editor with these settings reads the memory pool; a run refuses to start
-        with an empty one (checked before anything is written)."""
-        return cls.needs_memory
-
-    @classmethod
-    def val_needed(cls, config: EditorConfig) -> bool:
-        """Whether it reads D_val while editing (T-Patcher's published stop rule)."""
-        return False
-
     def edit(self, example: Example) -> EditResult:
         raise NotImplementedError
 
     def edit_batch(self, examples: list[Example]) -> EditResult:
-        """Edit every example at once, from all their training forms (`edits_batches` editors)."""
+        """Edit every example at once, from all their training forms (editors with `traits.batches`)."""
         raise NotImplementedError(f"{type(self).__name__} edits one example at a time")
 
     def check(self, example: Example) -> Check:
@@ -139,7 +149,7 @@ class Editor(L.LightningModule):
     def answer_nll(self, prompts: list[str], targets: list[Any]) -> list[float] | None:
         """Each answer's mean negative log-probability per token on the current model (ROME's
         CounterFact scores); None where the editor answers from a memory and has no such number."""
-        if self.answers_from_memory or self.adapter.task != GENERATION:
+        if self.traits.answers_from_memory or self.adapter.task != GENERATION:
             return None
         return self.adapter.answer_nll(prompts, targets)
 
@@ -156,7 +166,7 @@ class Editor(L.LightningModule):
         """Editor-specific results of a finished fold, stored with its record (JSON-serialisable)."""
         return {}
 
-    # -- training phase (needs_training) ------------------------------------------------------
+    # -- training phase (traits.training) ------------------------------------------------------
     def training_module(self, data: EditorData) -> L.LightningModule:
         """A LightningModule with its own data loaders whose fit trains what the editor learns;
         it logs `monitor` (higher is better) on D_val."""
@@ -250,7 +260,7 @@ class HookedEditor(Editor):
     """An editor whose edits live in forward hooks it installs on the model (T-Patcher's patches,
     GRACE's codebook); `disabled` removes them, which gives the base model exactly."""
 
-    adds_parameters = True
+    traits = Traits(adds_parameters=True)
     site: FFNSite  # the FFN whose output the hooks change
 
     def edited_from(self) -> int | None:

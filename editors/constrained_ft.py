@@ -55,15 +55,11 @@ def project(params: list[Tensor], initial: list[Tensor], delta: float, norm: str
 
 class ConstrainedFTEditor(Editor):
     config_class = ConstrainedFTConfig
-    edits_batches = True
+    traits = Editor.traits.but(batches=True, pool=lambda c: c.mix == "fta")  # FTA mixes in unmodified facts
 
     def __init__(self, config: ConstrainedFTConfig, adapter):
         super().__init__(config, adapter)
         self.unmodified: list[Example] = []
-
-    @classmethod
-    def needs_pool(cls, config: ConstrainedFTConfig) -> bool:
-        return config.mix == "fta"
 
     def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
         return self.adapter.select_parameters(self.config.block)
@@ -71,7 +67,7 @@ class ConstrainedFTEditor(Editor):
     def prepare(self, data: EditorData) -> None:
         super().prepare(data)
         self.unmodified = with_training_forms(data.pool)
-        if self.needs_pool(self.config) and not self.unmodified:
+        if self.traits.reads_pool(self.config) and not self.unmodified:
             raise ValueError("editor.mix=fta needs unmodified facts from the memory pool, and the data gives none "
                              "(raise data.pool_size or lower data.train_subsample)")
 

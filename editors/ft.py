@@ -104,6 +104,7 @@ def descend(optimizer: torch.optim.Optimizer, loss: Tensor, after_step: Callable
 
 class FTEditor(Editor):
     config_class = FTConfig
+    traits = Editor.traits.but(pool=lambda c: c.kl_weight > 0)  # only the KL variants read memory
 
     def __init__(self, config: FTConfig, adapter):
         super().__init__(config, adapter)
@@ -111,10 +112,6 @@ class FTEditor(Editor):
         self.original: dict[str, Tensor] = {}  # official recipe: the fold's original weights
         self.past: list[Example] = []  # official recipe: this fold's edited examples
         self.references = ReferenceOutputs(adapter)  # official recipe: the original model's outputs
-
-    @classmethod
-    def needs_pool(cls, config: FTConfig) -> bool:  # only the KL variants read memory
-        return config.kl_weight > 0
 
     def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
         chosen = self.adapter.select_parameters(self.config.layers)
@@ -125,7 +122,7 @@ class FTEditor(Editor):
     def prepare(self, data: EditorData) -> None:
         super().prepare(data)
         self.pool = list(data.pool)
-        if self.needs_pool(self.config) and not self.pool:
+        if self.traits.reads_pool(self.config) and not self.pool:
             raise ValueError(f"editor {self.config.name}: the KL term needs a memory set, and data gives none "
                              "(raise data.pool_size or lower data.train_subsample)")
 

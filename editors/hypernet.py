@@ -39,8 +39,7 @@ class HypernetEditor(Editor):
     """Subclasses build `self.hypernet` and implement `updates(example, target, grads)`: the weight
     update of each site, differentiable in the hypernetwork's parameters."""
 
-    needs_training = True
-    one_shot = True
+    traits = Editor.traits.but(training=True, one_shot=True)
 
     def __init__(self, config: HypernetConfig, adapter):
         super().__init__(config, adapter)

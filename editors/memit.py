@@ -114,7 +114,7 @@ def mean_key(keys: Tensor) -> Tensor:
 
 class MemitEditor(Editor):
     config_class = MemitConfig
-    families = ("decoder",)  # the method's models: subject lookup, generated prefixes, a next-token KL
+    traits = Editor.traits.but(families=("decoder",))  # the method's models: subject lookup, prefixes, a KL
 
     def __init__(self, config: MemitConfig, adapter):
         super().__init__(config, adapter)

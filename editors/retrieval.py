@@ -49,8 +49,7 @@ class FrozenOutputs:
 
 
 class RetrievalEditor(Editor):
-    answers_from_memory = True
-    edits_batches = True
+    traits = Editor.traits.but(answers_from_memory=True, batches=True)
     reuse_outputs = True  # keep keys and base scores (`FrozenOutputs`); False computes them every time
 
     def __init__(self, config, adapter, width: int):

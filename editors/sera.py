@@ -105,7 +105,7 @@ class ScopeTraining(L.LightningModule):
 
 class SERAEditor(RetrievalEditor):
     config_class = SERAConfig
-    needs_training = True
+    traits = RetrievalEditor.traits.but(training=True)
 
     def __init__(self, config: SERAConfig, adapter):
         classifier = ScopeClassifier(config.encoder).to(adapter.device)  # where the model runs

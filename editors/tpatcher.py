@@ -158,15 +158,9 @@ class _Screening:
 
 class TPatcherEditor(HookedEditor):
     config_class = TPatcherConfig
-    needs_memory = True
-
-    @classmethod
-    def needs_pool(cls, config: TPatcherConfig) -> bool:
-        return config.memory_loss != "none"
-
-    @classmethod
-    def val_needed(cls, config: TPatcherConfig) -> bool:
-        return config.recipe == "official" and config.memory_loss != "none"
+    # the memory losses read the pool; the published stop rule reads D_val
+    traits = HookedEditor.traits.but(pool=lambda c: c.memory_loss != "none",
+                                     val=lambda c: c.recipe == "official" and c.memory_loss != "none")
 
     def __init__(self, config: TPatcherConfig, adapter):
         super().__init__(config, adapter)

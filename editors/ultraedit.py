@@ -88,8 +88,7 @@ class LifelongNormaliser:
 
 class UltraEditEditor(Editor):
     config_class = UltraEditConfig
-    one_shot = True
-    edits_batches = True
+    traits = Editor.traits.but(one_shot=True, batches=True)
 
     def __init__(self, config: UltraEditConfig, adapter):
         super().__init__(config, adapter)

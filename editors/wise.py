@@ -98,8 +98,9 @@ def ties_merge(base: Tensor, shards: list[Tensor], weights: list[float], density
 
 class WiseEditor(HookedEditor):
     config_class = WiseConfig
-    families = ("decoder",)  # the method's models (EasyEdit's WISE edits causal LMs)
-    needs_memory = True  # an unrelated prompt per edit, from the memory pool
+    # decoder LMs, the method's models (EasyEdit's WISE edits causal LMs); an unrelated prompt per
+    # edit from the memory pool
+    traits = HookedEditor.traits.but(families=("decoder",), pool=True)
 
     def __init__(self, config: WiseConfig, adapter):
         super().__init__(config, adapter)

@@ -62,6 +62,7 @@ class Crash(RuntimeError):
 
 
 class ScriptedEditor(Editor):
+    traits = Editor.traits.but(batches=True)
     config_class = ScriptedConfig
     calls = 0
 
@@ -104,8 +105,6 @@ class ScriptedEditor(Editor):
             self.knowledge[f"{example.prompt}~{i}"] = example.target
         self.last = example.prompt
         return EditResult(steps=1)
-
-    edits_batches = True
 
     def edit_batch(self, examples):
         for example in examples:

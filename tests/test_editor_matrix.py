@@ -86,7 +86,7 @@ def _setup(row: str, family: str):
     adapter = trained_tiny(family)
     entry = EDITORS.get(name)
     editor = entry.target(entry.config_class(name=name, **ROWS[row]), adapter)
-    if editor.needs_training:
+    if editor.traits.training:
         editor.load_trained(trained_editor_state(name, family, **ROWS[row]))
     cls = adapter.task == "classification"
     words = ["Zanzibar", "Quito", "Oslo", "Lima", "Hanoi", "Doha"]
@@ -133,7 +133,7 @@ def test_edit_flips_target_and_touches_only_its_parameters(name, family):
     base = _outputs(adapter, [example, *memory])
     base_answers = _answers(editor, memory)
     result = editor.edit(example)
-    if not editor.one_shot:  # one predicted update need not flip it; their success rate is tested apart
+    if not editor.traits.one_shot:  # one predicted update need not flip it; their success rate is tested apart
         # what the code guarantees on any machine: an editor that optimises until the edit holds
         # stops early only when it holds; at max_steps it may not (a tiny model's trajectory)
         flipped = editor.scores([example.prompt], [example.target]) == [1.0]
@@ -141,7 +141,7 @@ def test_edit_flips_target_and_touches_only_its_parameters(name, family):
     changed = {n for n, p in adapter.model.named_parameters() if not torch.equal(p, before[n])}
     allowed = set(editor.trainable_parameters())
     assert changed <= allowed
-    if editor.answers_from_memory:
+    if editor.traits.answers_from_memory:
         # the model is untouched; the memory answers the edit and leaves unrelated inputs alone
         assert not changed and torch.equal(_outputs(adapter, [example, *memory]), base)
         with editor.disabled():
@@ -153,7 +153,7 @@ def test_edit_flips_target_and_touches_only_its_parameters(name, family):
         editor.load_edit_state(state)
         assert editor.scores([example.prompt], [example.target]) == [1.0]
         return
-    if editor.adds_parameters:
+    if editor.traits.adds_parameters:
         assert not changed and editor.params_added() > 0
         with editor.disabled():
             assert torch.equal(_outputs(adapter, [example, *memory]), base)
@@ -218,7 +218,7 @@ def test_editor_never_holds_an_evaluation_example(name):
     handed = (*data.train, *data.val, *data.pool)
     assert not {e.uid for e in held_out} & {e.uid for e in handed} and not any(e.probes for e in handed)
     editor.prepare(data)
-    phase = editor.training_module(data) if editor.needs_training else None
+    phase = editor.training_module(data) if editor.traits.training else None
     texts = set()
     reached = _reachable_examples([editor, phase], texts)
     assert not {e.uid for e in reached} & {e.uid for e in held_out}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from benchmark.registry import MODELS
+from benchmark.types import MODEL_FAMILIES
 
 
 @dataclass
@@ -32,8 +33,8 @@ class ModelConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.family not in (None, "classifier", "seq2seq", "decoder", "masked"):
-            raise ValueError(f"model.family must be classifier, seq2seq, decoder or masked, got {self.family!r}")
+        if self.family is not None and self.family not in MODEL_FAMILIES:
+            raise ValueError(f"model.family must be one of {', '.join(MODEL_FAMILIES)}, got {self.family!r}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.metric not in ("exact_match", "token_accuracy"):
