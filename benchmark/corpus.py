@@ -9,9 +9,9 @@ token of each text up to the model's context). Sources, by `editor.stats_source`
   20200501.en does (huggingface/datasets, datasets/wikipedia/wikipedia.py, `_extract_content` and
   `_parse_and_clean_wikicode`: main namespace, no redirects, mwparserfromhell with file links,
   reference lists, `<ref>` and `<table>` removed, sections' `strip_code()` joined by blank lines).
-* `hf:NAME[:CONFIG]`: any corpus with a `text` column through `datasets`, streamed
-  (`wikipedia` is short for `hf:wikimedia/wikipedia:20231101.en`, the builder's current parquet;
-  `hf:wikipedia:20200501.en` asks for the published one where a `datasets` version still builds it).
+* `hf:NAME[:CONFIG]`: any corpus with a `text` column through `datasets`, streamed, with no dataset
+  script run (`wikipedia` is short for `hf:wikimedia/wikipedia:20231101.en`, the same builder's
+  current parquet; the published 20200501.en is made by a script, which seqedit does not run).
 * a MediaWiki dump (`*.xml`, `*.xml.bz2`), read as the sample; or a text file, one text a line.
 * `memory`: the run's own memory pool and D'train (a deviation: the benchmark's facts, not text).
 
@@ -188,7 +188,8 @@ def hub_texts(name: str) -> Iterator[str]:
     _, _, rest = name.partition(":")
     path, _, config = rest.partition(":")
     try:
-        stream = load_dataset(path, config or None, split="train", streaming=True)
+        # no dataset script runs: a corpus is data (parquet, JSON lines, text), never code
+        stream = load_dataset(path, config or None, split="train", streaming=True, trust_remote_code=False)
         stream = stream.shuffle(seed=1, buffer_size=10_000)
         for row in stream:
             yield row["text"]

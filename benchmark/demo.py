@@ -260,7 +260,7 @@ def demo(args: list[str]) -> Path:
               f"{cfg.data.pool_size}, D_tr {cfg.data.train_subsample}, D_test <= {cfg.loop.test_limit or 'all'}, "
               + (f"initial model: {cfg.init.epochs} epoch(s) on D'train" if cfg.init.epochs else
                  "the pretrained model edited directly"), flush=True)
-    left = [f"{v} (of {b})" for v, b in VARIANTS.items() if v not in editors]
+    left = [f"{v} (of {b})" for v, b in VARIANTS.items() if v not in editors] if choice is None else []
     print(f"[demo] editors: {', '.join(editors)}; results under {root}"
           + (f"; not run, editors=all adds them: {', '.join(left)}" if left else ""), flush=True)
     runs = {}

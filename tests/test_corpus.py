@@ -107,3 +107,17 @@ def test_a_datasets_corpus_is_streamed_and_offline_is_named(tmp_path, monkeypatc
     with pytest.raises(CorpusError, match="wikipedia_sample reads the shipped Wikipedia sample") as err:
         list(resolve("hf:no-such-owner/no-such-corpus").texts())
     assert "\n" not in str(err.value)
+
+
+def test_the_comparison_script_measures_two_sources_side_by_side(tmp_path, monkeypatch):
+    """`python -m benchmark.second_moments`: one line per source and block, the first source's C
+    at distance 0 from itself, the pool's away from it, AlphaEdit's null space counted."""
+    from benchmark.second_moments import measure
+
+    monkeypatch.setenv("SEQEDIT_CACHE", str(tmp_path))
+    rows = measure(["model=tiny-llama", "data=facts", "data.task=qa", "editor=alphaedit", "editor.layers=[0]",
+                    "editor.stats_tokens=5000", "init.epochs=0"], ["wikipedia_sample", "memory"])
+    assert [(r["source"], r["block"]) for r in rows] == [("wikipedia_sample", 0), ("memory", 0)]
+    assert rows[0]["relative_frobenius_to_first"] == 0 and rows[1]["relative_frobenius_to_first"] > 0
+    assert rows[0]["tokens"] == 5000 and 0 <= rows[1]["null_space_dim"] <= rows[1]["dim"]
+    assert rows[0]["smallest_eigenvalue"] <= rows[0]["largest_eigenvalue"]
