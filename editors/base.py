@@ -256,6 +256,29 @@ def capture_at_read(adapter: ModelAdapter, site: FFNSite, batch, layer: int) -> 
     return cache, seen["inner"][0, at].detach().float(), 0 if site.is_last else at
 
 
+def optimise(adapter: ModelAdapter, batch, forward: Callable[[], Tensor], optimizer, max_steps: int,
+             stop_when_correct: bool, extra_loss: Callable[[], Tensor] | None = None, scheduler=None) -> int:
+    """`max_steps` optimiser steps of the task loss on `forward()`'s logits (plus `extra_loss()`),
+    stopped before a step once the edit holds where `stop_when_correct`; returns the steps taken.
+    The fixed-step loop of the editors that train a few tensors on each edit (LoRA, MELO)."""
+    steps = 0
+    with torch.enable_grad():
+        for steps in range(max_steps + 1):
+            logits = forward()
+            holds = stop_when_correct and bool(adapter.token_correct(batch, logits).all())
+            if holds or steps == max_steps:
+                break
+            loss = adapter.loss(batch, logits)
+            if extra_loss is not None:
+                loss = loss + extra_loss()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+    return steps
+
+
 class HookedEditor(Editor):
     """An editor whose edits live in forward hooks it installs on the model (T-Patcher's patches,
     GRACE's codebook); `disabled` removes them, which gives the base model exactly."""

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from benchmark.models.base import linear_shape
 from benchmark.types import Example
-from editors.base import EditResult, HookedEditor
+from editors.base import EditResult, HookedEditor, optimise
 from editors.configs.lora import LoraConfig  # noqa: F401  (its config, torch-free)
 
 
@@ -108,17 +108,7 @@ class LoraEditor(HookedEditor):
         optimizer = torch.optim.Adam(params, lr=cfg.lr)
         batch = adapter.encode([example.prompt], [example.target])
         _, forward = adapter.suffix(batch, self.first)  # nothing before the first adapted block changes
-        steps = 0
-        with torch.enable_grad():
-            for steps in range(cfg.max_steps + 1):
-                logits = forward()
-                holds = cfg.stop_when_correct and bool(adapter.token_correct(batch, logits).all())
-                if holds or steps == cfg.max_steps:
-                    break
-                loss = adapter.loss(batch, logits)
-                if cfg.form == "adalora" and cfg.orth_reg_weight:
-                    loss = loss + cfg.orth_reg_weight * self._orthogonality()
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-        return EditResult(steps=steps)
+        penalty = (lambda: cfg.orth_reg_weight * self._orthogonality()) \
+            if cfg.form == "adalora" and cfg.orth_reg_weight else None
+        return EditResult(steps=optimise(adapter, batch, forward, optimizer, cfg.max_steps, cfg.stop_when_correct,
+                                         extra_loss=penalty))

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from benchmark.models.base import linear_shape
 from benchmark.types import Example
-from editors.base import EditResult, HookedEditor, read_position_block
+from editors.base import EditResult, HookedEditor, optimise, read_position_block
 from editors.configs.melo import MeloConfig  # noqa: F401  (its config, torch-free)
 
 NO_BLOCK = -1
@@ -157,20 +157,10 @@ class MeloEditor(HookedEditor):
         optimizer = torch.optim.Adam(params, lr=cfg.lr)
         schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=0.5)
         self._training = [(params[2 * i], params[2 * i + 1]) for i in range(len(self.targets))]
-        steps = 0
         try:
             _, forward = adapter.suffix(batch, self.first)  # the blocks before the first adapter never change
-            with torch.enable_grad():
-                for steps in range(cfg.max_steps + 1):
-                    logits = forward()
-                    holds = cfg.stop_when_correct and bool(adapter.token_correct(batch, logits).all())
-                    if holds or steps == cfg.max_steps:
-                        break
-                    loss = adapter.loss(batch, logits)
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-                    schedule.step()
+            steps = optimise(adapter, batch, forward, optimizer, cfg.max_steps, cfg.stop_when_correct,
+                             scheduler=schedule)
         finally:
             self._training = None
         for i in range(len(self.targets)):
