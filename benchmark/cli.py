@@ -28,7 +28,7 @@ seqedit help [GROUP ...] [editor=NAME data=NAME model=NAME]   every key: type, d
                                       (GROUP: editor data model loop init logger trainer run)
 seqedit leaderboard RUNS_DIR [out=DIR]  leaderboard.md, leaderboard.html and plots of every run below RUNS_DIR
                                       (a sweep folder: the best trial per editor)
-seqedit demo [quick=true] [parts=qa,fc] [editors=a,b] the default job: initial models, every editor, leaderboard"""
+seqedit demo [quick=true] [parts=qa,fc,zsre] [editors=a,b] the default job: initial models, every editor, leaderboard"""
 
 
 

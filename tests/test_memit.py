@@ -117,7 +117,7 @@ def test_second_moment_is_cached_per_model_block_and_texts(tmp_path, monkeypatch
 
     from benchmark.cache import pin
 
-    monkeypatch.setenv("SEQEDIT_CACHE", str(tmp_path))
+    monkeypatch.setattr("editors.memit.cache_dir", lambda: tmp_path)  # C's cache alone: the tiny model stays cached
     _, first = _editor("memit", context_templates=0)
     (path,) = list((tmp_path / "second_moments").glob("*.safetensors"))
     save_file({"mom2": 2 * first.second_moments[0]}, str(path))
@@ -153,7 +153,7 @@ def test_second_moment_is_cached_per_model_block_and_texts(tmp_path, monkeypatch
 def test_the_fold_report_says_where_c_came_from(tmp_path, monkeypatch):
     """Its source, texts and tokens, counted when C is computed and kept in the cached file, so a
     run that reads the cache reports the same count; the pool as a source is named a deviation."""
-    monkeypatch.setenv("SEQEDIT_CACHE", str(tmp_path))
+    monkeypatch.setattr("editors.memit.cache_dir", lambda: tmp_path)  # C's cache alone: the tiny model stays cached
     adapter, first = _editor("memit", context_templates=0)
     report = first.fold_report()["second_moment"]
     assert report["source"] == "wikipedia_sample" and report["tokens"] == 20_000 and report["texts"] >= 1
@@ -174,7 +174,7 @@ def test_rome_memit_and_alphaedit_share_one_c_per_block(tmp_path, monkeypatch, c
     """C is keyed by the weights up to the block, the block, the tokenizer and the corpus's
     settings, not by the editor: MEMIT's block-0 C serves ROME and AlphaEdit without a recount,
     and another token budget is another C."""
-    monkeypatch.setenv("SEQEDIT_CACHE", str(tmp_path))
+    monkeypatch.setattr("editors.memit.cache_dir", lambda: tmp_path)  # C's cache alone: the tiny model stays cached
     _, memit = _editor("memit", context_templates=0)
     assert "C = E[k k^T] at blocks [0]" in capsys.readouterr().err
     for name in ("rome", "alphaedit"):
