@@ -107,6 +107,8 @@ class MeloEditor(HookedEditor):
                 a, b = self._training[i]
                 return output + (x.float() @ a @ b * self.scale).to(output.dtype)
             route = self._route
+            if i == len(self.targets) - 1:  # this forward's route is spent: a later one that skips the router
+                self._route = None  # (a forward stopped early, a replay of later blocks) runs no block
             if route is None or x.shape[0] != len(route) or not bool((route >= 0).any()):
                 return None
             a, b = self._stacked()[i]
