@@ -249,6 +249,25 @@ def compose(overrides: list[str] | None = None, experiment_file: str | Path | No
     file), then group files (`data=my.yaml`), then `key=value` overrides."""
     _register_all()
     choices, experiment, rest = _split_overrides(list(overrides or []))
+    layers = _layers(choices, experiment, experiment_file)
+    schema = OmegaConf.structured(RunConfig)
+    for group, registry in GROUPS.items():
+        _type_group(schema, layers, group, registry, choices.get(group))
+    try:
+        for layer in layers:
+            schema = OmegaConf.merge(schema, layer)
+        for item in rest:
+            schema = _merge_override(schema, item)
+    except (ConfigKeyError, ConfigAttributeError) as err:
+        raise ConfigError(_unknown_key_message(err, schema)) from None
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{str(err).splitlines()[0]} (key {err.full_key})") from None
+    return schema
+
+
+def _layers(choices: dict[str, str], experiment: str | None, experiment_file: str | Path | None) -> list[DictConfig]:
+    """The YAML layers in the order they apply: defaults, the experiment, --config, group files
+    (whose group choice becomes the file's name)."""
     layers = [_load_yaml(CONFIG_DIR / "defaults.yaml")]
     if experiment and (_is_yaml(experiment) or "/" in experiment):
         layers.append(_experiment_file(experiment, "experiment"))
@@ -269,47 +288,44 @@ def compose(overrides: list[str] | None = None, experiment_file: str | Path | No
             file_layer = _group_file(group, value)
             layers.append(file_layer)
             choices[group] = str(file_layer[group].name)
-    layers = [_normalise(layer) for layer in layers]
-    schema = OmegaConf.structured(RunConfig)
-    for group, registry in GROUPS.items():
-        named = [n for n in (_group_name(layer, group) for layer in reversed(layers)) if n]
-        name = choices.get(group) or (named[0] if named else None)
-        if not name:
-            raise ConfigError(f"no {group} chosen; add {group}=NAME (one of: {', '.join(registry.names())})")
-        if group == "model" and name not in registry:
-            from benchmark.models.config import ModelConfig  # a Hugging Face name or local path
+    return [_normalise(layer) for layer in layers]
 
-            config_class = ModelConfig
-        elif name not in registry:
-            raise ConfigError(str(UnknownNameError(f"unknown {registry.kind} {name!r}; choose one of: "
-                                                   f"{', '.join(registry.names())}")))
-        else:
-            config_class = registry.get(name).config_class
-        # the class's field defaults, not an instance's: `__post_init__` resolves unset fields (a
-        # recipe's defaults) only once every override is in
-        config_class(name=name)  # its own checks, before anything is merged
-        schema[group] = OmegaConf.structured(config_class)
-        schema[group].name = name
-        for layer in layers:  # a layer's settings for another editor/dataset/model do not apply
-            if _group_name(layer, group) not in (None, name):
-                del layer[group]
+
+def _type_group(schema: DictConfig, layers: list[DictConfig], group: str, registry, chosen: str | None) -> None:
+    """Give `group` the config class of the name chosen (on the command line, else by the last
+    layer naming one), checked before anything is merged; drop the layers' settings for another."""
+    named = [n for n in (_group_name(layer, group) for layer in reversed(layers)) if n]
+    name = chosen or (named[0] if named else None)
+    if not name:
+        raise ConfigError(f"no {group} chosen; add {group}=NAME (one of: {', '.join(registry.names())})")
+    if group == "model" and name not in registry:
+        from benchmark.models.config import ModelConfig  # a Hugging Face name or local path
+
+        config_class = ModelConfig
+    elif name not in registry:
+        raise ConfigError(str(UnknownNameError(f"unknown {registry.kind} {name!r}; choose one of: "
+                                               f"{', '.join(registry.names())}")))
+    else:
+        config_class = registry.get(name).config_class
+    # the class's field defaults, not an instance's: `__post_init__` resolves unset fields (a
+    # recipe's defaults) only once every override is in
+    config_class(name=name)  # its own checks, before anything is merged
+    schema[group] = OmegaConf.structured(config_class)
+    schema[group].name = name
+    for layer in layers:  # a layer's settings for another editor/dataset/model do not apply
+        if _group_name(layer, group) not in (None, name):
+            del layer[group]
+
+
+def _merge_override(schema: DictConfig, item: str) -> DictConfig:
     try:
-        for layer in layers:
-            schema = OmegaConf.merge(schema, layer)
-        for item in rest:
-            try:
-                schema = OmegaConf.merge(schema, _parse_override(item))
-            except TypeError:  # a mapping given for a list, or the reverse
-                key = item.split("=", 1)[0]
-                parent = key.rsplit(".", 1)[0]
-                if isinstance(OmegaConf.select(schema, parent), DictConfig):  # a mapping given for a list
-                    raise ConfigError(f"override {item!r} does not fit: {key} takes a list or value") from None
-                raise ConfigError(f"override {item!r} does not fit: {parent} takes no sub-keys") from None
-    except (ConfigKeyError, ConfigAttributeError) as err:
-        raise ConfigError(_unknown_key_message(err, schema)) from None
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"{str(err).splitlines()[0]} (key {err.full_key})") from None
-    return schema
+        return OmegaConf.merge(schema, _parse_override(item))
+    except TypeError:  # a mapping given for a list, or the reverse
+        key = item.split("=", 1)[0]
+        parent = key.rsplit(".", 1)[0]
+        if isinstance(OmegaConf.select(schema, parent), DictConfig):  # a mapping given for a list
+            raise ConfigError(f"override {item!r} does not fit: {key} takes a list or value") from None
+        raise ConfigError(f"override {item!r} does not fit: {parent} takes no sub-keys") from None
 
 
 def _parse_override(item: str) -> DictConfig:
@@ -330,6 +346,8 @@ def _no_nan(node: Any, path: str = "") -> None:
 
 
 RENAMED = {"data.folds": "data.num_folds", "data.memory_size": "data.pool_size"}  # one meaning per name
+# max_steps counts optimizer steps of the edited weights; the locate-then-edit editors take none (v* is a latent)
+EDITOR_RENAMED = {"max_steps": "v_steps"}
 
 
 def _unknown_key_message(err: OmegaConfBaseException, schema: DictConfig) -> str:
@@ -338,6 +356,10 @@ def _unknown_key_message(err: OmegaConfBaseException, schema: DictConfig) -> str
         return f"config key {full_key!r} is now {RENAMED[full_key]!r}"
     parent = full_key.rsplit(".", 1)[0] if "." in full_key else ""
     node = OmegaConf.select(schema, parent) if parent else schema
+    key = full_key.rsplit(".", 1)[-1]
+    if parent == "editor" and isinstance(node, DictConfig) and EDITOR_RENAMED.get(key) in node:
+        return (f"config key {full_key!r}: editor {node.get('name')} takes no optimizer step on the weights it edits; "
+                f"its v* steps are editor.{EDITOR_RENAMED[key]}")
     valid = ", ".join(sorted(node.keys())) if isinstance(node, DictConfig) else ""
     return f"unknown config key {full_key!r}; valid keys{' of ' + parent if parent else ''}: {valid}"
 

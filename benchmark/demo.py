@@ -239,21 +239,42 @@ def demo(args: list[str]) -> Path:
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         raise ValueError(f"demo parts={','.join(parts)}: unknown part(s) {unknown}; the parts are {list(PARTS)}")
-    from benchmark.build import build_data
-    from benchmark.editor_training import train_editor
-    from benchmark.init import prepare_initial_model
-    from benchmark.models import build_model
-    from benchmark.run import run
-
     compose([])  # registers everything
     choice = next((a.split("=", 1)[1] for a in args if a.startswith("editors=")), None)
     editors = demo_editors(choice)
     for name in editors:
         EDITORS.get(name)  # an unknown name: one line listing the editors, before anything runs
-    plan = []
-    for part, experiment in ((p, PARTS[p]) for p in parts):
-        cfg = instantiate(compose([f"experiment={experiment}", *(QUICK[part] if quick else []), *extra]))
-        plan.append((part, experiment, cfg))
+    plan = [(part, PARTS[part], instantiate(compose([f"experiment={PARTS[part]}", *(QUICK[part] if quick else []),
+                                                     *extra]))) for part in parts]
+    runs = _announce(plan, editors, choice, root)
+    start, times = time.perf_counter(), {"parts": {}}
+    for part, experiment, cfg in plan:
+        _fit_initial(part, cfg, root, times)
+        for editor in editors:
+            families = EDITORS.get(editor).target.traits.families
+            if FAMILY[part] not in families:
+                print(f"[demo] {part} / {editor}: skipped, it edits {' or '.join(families)} models", flush=True)
+            elif editor in runs[part]:  # else left to editors=all (said above)
+                overrides = [f"experiment={experiment}", f"editor={editor}", *(QUICK[part] if quick else []),
+                             *PER_EDITOR.get(editor, []), *(QUICK_EDITOR.get(editor, []) if quick else []), *extra,
+                             f"output_dir={root / part}", f"run_id={editor}"]
+                print(f"[demo] {part} / {editor} ({time.perf_counter() - start:.0f} s so far)", flush=True)
+                _run_one(part, editor, overrides, root, times)
+        if part in times["parts"]:
+            print(f"[demo] {part} took {times['parts'][part]['seconds'] / 60:.1f} min", flush=True)
+    from benchmark.leaderboard import build
+
+    md, pngs = build(root)
+    print(md.read_text())
+    print(f"[demo] done in {time.perf_counter() - start:.0f} s; leaderboard {md}; plots: "
+          + ", ".join(str(p) for p in pngs), flush=True)
+    return md
+
+
+def _announce(plan: list, editors: list[str], choice: str | None, root: Path) -> dict[str, list[str]]:
+    """Print each part's settings, the editors, what the CPU leaves out and the estimate, before
+    anything runs; return the editors each part runs."""
+    for part, _, cfg in plan:
         data = cfg.data.name + (f"/{cfg.data.task}" if hasattr(cfg.data, "task") else "")
         print(f"[demo] {part}: model {cfg.model.name}, data {data}, folds {cfg.loop.folds} "
               f"of {cfg.data.num_folds}, stream <= {cfg.loop.max_fold_examples} examples a fold, memory <= "
@@ -273,39 +294,32 @@ def demo(args: list[str]) -> Path:
                 print(f"[demo] {part}: on this CPU, left to editors=all (estimated over {CPU_RUN_BUDGET / 60:.1f} min "
                       f"a run): {slow}", flush=True)
         print(f"[demo] {part}: {estimate(part, cfg, runs[part]).said(runs[part])}", flush=True)
-    start, times = time.perf_counter(), {"parts": {}}
-    for part, experiment, cfg in plan:
-        weights = initial_weights(cfg.model, cfg.data, cfg.init)
-        if weights is not None and not weights.exists():  # timed apart from the first editor's run
-            print(f"[demo] {part}: fitting the initial model", flush=True)
-            began = time.perf_counter()
-            prepare_initial_model(build_model(cfg.model), build_data(cfg), cfg.model, cfg.init, False)
-            _record(part, INITIAL, cfg, time.perf_counter() - began, root, times)
-        for editor in editors:
-            families = EDITORS.get(editor).target.traits.families
-            if FAMILY[part] not in families:
-                print(f"[demo] {part} / {editor}: skipped, it edits {' or '.join(families)} "
-                      "models", flush=True)
-                continue
-            if editor not in runs[part]:
-                continue  # left to editors=all (said above)
-            overrides = [f"experiment={experiment}", f"editor={editor}", *(QUICK[part] if quick else []),
-                         *PER_EDITOR.get(editor, []), *(QUICK_EDITOR.get(editor, []) if quick else []), *extra,
-                         f"output_dir={root / part}", f"run_id={editor}"]
-            print(f"[demo] {part} / {editor} ({time.perf_counter() - start:.0f} s so far)", flush=True)
-            composed, began = compose(overrides), time.perf_counter()
-            run_cfg, training = instantiate(composed), 0.0
-            if EDITORS.get(editor).target.traits.training:  # its training phase first (cached)
-                print(f"[demo] {part} / {editor}: training phase {train_editor(run_cfg, False)}", flush=True)
-                training = time.perf_counter() - began
-            run(composed)
-            _record(part, editor, run_cfg, time.perf_counter() - began, root, times, training)
-        if part in times["parts"]:
-            print(f"[demo] {part} took {times['parts'][part]['seconds'] / 60:.1f} min", flush=True)
-    from benchmark.leaderboard import build
+    return runs
 
-    md, pngs = build(root)
-    print(md.read_text())
-    print(f"[demo] done in {time.perf_counter() - start:.0f} s; leaderboard {md}; plots: "
-          + ", ".join(str(p) for p in pngs), flush=True)
-    return md
+
+def _fit_initial(part: str, cfg, root: Path, times: dict) -> None:
+    """The part's initial model, fitted before its first editor so that its time is its own."""
+    from benchmark.build import build_data
+    from benchmark.init import prepare_initial_model
+    from benchmark.models import build_model
+
+    weights = initial_weights(cfg.model, cfg.data, cfg.init)
+    if weights is not None and not weights.exists():
+        print(f"[demo] {part}: fitting the initial model", flush=True)
+        began = time.perf_counter()
+        prepare_initial_model(build_model(cfg.model), build_data(cfg), cfg.model, cfg.init, False)
+        _record(part, INITIAL, cfg, time.perf_counter() - began, root, times)
+
+
+def _run_one(part: str, editor: str, overrides: list[str], root: Path, times: dict) -> None:
+    """One editor's run of a part (its training phase first, cached), timed into the time file."""
+    from benchmark.editor_training import train_editor
+    from benchmark.run import run
+
+    composed, began = compose(overrides), time.perf_counter()
+    run_cfg, training = instantiate(composed), 0.0
+    if EDITORS.get(editor).target.traits.training:
+        print(f"[demo] {part} / {editor}: training phase {train_editor(run_cfg, False)}", flush=True)
+        training = time.perf_counter() - began
+    run(composed)
+    _record(part, editor, run_cfg, time.perf_counter() - began, root, times, training)

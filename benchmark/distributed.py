@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from benchmark.record_types import parse
+
 
 def process_rank(trainer_cfg) -> tuple[int, int]:
     """(rank, world size) of this process for the configured strategy."""
@@ -50,6 +52,7 @@ def merge_initial(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def merge_lines(parts: list[list[dict]]) -> list[dict]:
-    """All ranks' records, fold by fold, each fold's lines in their stream order."""
+    """All ranks' record lines, fold by fold, each fold's lines in their stream order (a line
+    without a fold, a run's end, first)."""
     lines = [line for part in parts for line in part]
-    return sorted(lines, key=lambda r: r.get("fold", -1))  # stable: keeps each fold's order
+    return sorted(lines, key=lambda x: getattr(parse(x), "fold", -1))  # stable: keeps each fold's order

@@ -27,6 +27,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from benchmark.metrics import FOLDS_DIFFER_P, INTERVAL_METHOD, METRICS
+from benchmark.record_types import EvalRecord, FoldEndRecord, Record, edits_in, parse_all
 
 FOLDS_DIFFER_MARK = "†"
 FOLDS_DIFFER = (f"{FOLDS_DIFFER_MARK}: the folds differ more than their examples' sampling explains (Cochran's Q, "
@@ -61,7 +62,7 @@ def _load_run(folder: Path, root: Path) -> dict:
         run["data_settings"] = _flat(measured)
         run["data_id"] = hashlib.sha1(json.dumps(measured, sort_keys=True, default=str).encode()).hexdigest()[:6]
         name = "edits.jsonl"
-        run["lines"] = [json.loads(x) for x in (folder / name).read_text().splitlines() if x.strip()]
+        run["records"] = parse_all([json.loads(x) for x in (folder / name).read_text().splitlines() if x.strip()])
         name = "results.json"
         results = json.loads((folder / name).read_text())
         metrics = results["metrics"]
@@ -217,12 +218,11 @@ def table(runs: list[dict]) -> str:
     return "\n".join(out)
 
 
-def _sr_curve(lines: list[dict]) -> list[float]:
+def _sr_curve(records: list[Record]) -> list[float]:
     """Mean over folds of SR over the first t edits, t = 1..(shortest fold)."""
     per_fold = defaultdict(list)
-    for x in lines:
-        if x["type"] == "edit" and x["edited"]:
-            per_fold[x["fold"]].append(float(x["success"]))
+    for x in edits_in(records):
+        per_fold[x.fold].append(float(x.success))
     curves = [[sum(s[: t + 1]) / (t + 1) for t in range(len(s))] for s in per_fold.values() if s]
     if not curves:
         return []
@@ -230,13 +230,13 @@ def _sr_curve(lines: list[dict]) -> list[float]:
     return [sum(c[t] for c in curves) / len(curves) for t in range(n)]
 
 
-def _retain_curve(lines: list[dict]) -> tuple[list[int], list[tuple[float, float]]]:
+def _retain_curve(records: list[Record]) -> tuple[list[int], list[tuple[float, float]]]:
     """(TrainR, TestR) against edits: 1 at 0 edits, then the `eval` points, averaged over the
     folds that reached each point (a fold's last point is its fold_end)."""
     points = defaultdict(list)
-    for x in lines:
-        if x["type"] == "eval" and x["TrainR"] is not None and x["TestR"] is not None:
-            points[x["edits"]].append((x["TrainR"], x["TestR"]))
+    for x in records:
+        if isinstance(x, EvalRecord) and x.TrainR is not None and x.TestR is not None:
+            points[x.edits].append((x.TrainR, x.TestR))
     points[0] = [(1.0, 1.0)]
     xs = sorted(points)
     return xs, [tuple(sum(p[i] for p in points[e]) / len(points[e]) for i in range(2)) for e in xs]
@@ -257,60 +257,74 @@ def plots(runs: list[dict], out: Path) -> dict[tuple, list[Path]]:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     made: dict[tuple, list[Path]] = {}
     for key, members in groups(runs).items():
         model, data, data_id = key
         slug = _slug(f"{data}-{Path(model).name}-{data_id}")
-        files = made.setdefault(key, [])
-        fig, ax = plt.subplots(figsize=(6, 4))
+        title = f"{data}, {model}"
+        made[key] = [_plot_sr(members, title, out / f"sr_vs_edits-{slug}.png"),
+                     _plot_retain(members, title, out / f"retain_vs_edits-{slug}.png")]
         for run in members:
-            curve = _sr_curve(run["lines"])
-            if curve:
-                ax.plot(range(1, len(curve) + 1), curve, label=_label(run, members), **_style(len(ax.lines)))
-        ax.set(title=f"Success rate vs number of edits\n{data}, {model}", xlabel="number of edits",
-               ylabel="SR over the edits so far", ylim=(-0.05, 1.05))
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        files.append(out / f"sr_vs_edits-{slug}.png")
-        fig.savefig(files[-1], dpi=120)
-        plt.close(fig)
-
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-        for k, run in enumerate(members):
-            xs, ys = _retain_curve(run["lines"])
-            for i in range(2):  # TrainR, TestR
-                axes[i].plot(xs, [y[i] for y in ys], label=_label(run, members), **_style(k))
-        for i, name in enumerate(("TrainR", "TestR")):
-            axes[i].set(title=f"{name} vs number of edits", xlabel="number of edits", ylabel=name)
-            axes[i].axhline(1.0, color="grey", lw=0.5)
-        axes[1].legend(fontsize=8)
-        fig.suptitle(f"{data}, {model}")
-        fig.tight_layout()
-        files.append(out / f"retain_vs_edits-{slug}.png")
-        fig.savefig(files[-1], dpi=120)
-        plt.close(fig)
-
-        for run in members:
-            reports = [x["editor"] for x in run["lines"] if x["type"] == "fold_end" and x.get("editor", {}).get(
-                "activation_matrix")]
-            if not reports:
-                continue
-            matrix, labels = reports[0]["activation_matrix"], reports[0]["labels"]
-            fig, ax = plt.subplots(figsize=(6, 5))
-            image = ax.imshow(matrix, cmap="viridis", aspect="auto")
-            ticks = range(0, len(labels), max(1, len(labels) // 12))
-            ax.set_xticks(list(ticks), [labels[i] for i in ticks], rotation=60, fontsize=7)
-            ax.set_yticks(list(ticks), [labels[i] for i in ticks], fontsize=7)
-            ax.set(title=f"{run['id']}: patch activation on each mistake (fold 0)\n{data}, {model}",
-                   xlabel="mistake (edit.token)", ylabel="patch")
-            fig.colorbar(image, ax=ax, label="activation")
-            fig.tight_layout()
-            files.append(out / f"patch_activations-{_slug(run['id'])}-{slug}.png")
-            fig.savefig(files[-1], dpi=120)
-            plt.close(fig)
+            reports = [x.editor for x in run["records"] if isinstance(x, FoldEndRecord)
+                       and x.editor.get("activation_matrix")]
+            if reports:
+                made[key].append(_plot_activations(run, reports[0], title,
+                                                   out / f"patch_activations-{_slug(run['id'])}-{slug}.png"))
     return made
+
+
+def _plot_sr(members: list[dict], title: str, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for run in members:
+        curve = _sr_curve(run["records"])
+        if curve:
+            ax.plot(range(1, len(curve) + 1), curve, label=_label(run, members), **_style(len(ax.lines)))
+    ax.set(title=f"Success rate vs number of edits\n{title}", xlabel="number of edits",
+           ylabel="SR over the edits so far", ylim=(-0.05, 1.05))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _plot_retain(members: list[dict], title: str, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for k, run in enumerate(members):
+        xs, ys = _retain_curve(run["records"])
+        for i in range(2):  # TrainR, TestR
+            axes[i].plot(xs, [y[i] for y in ys], label=_label(run, members), **_style(k))
+    for i, name in enumerate(("TrainR", "TestR")):
+        axes[i].set(title=f"{name} vs number of edits", xlabel="number of edits", ylabel=name)
+        axes[i].axhline(1.0, color="grey", lw=0.5)
+    axes[1].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _plot_activations(run: dict, report: dict, title: str, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    matrix, labels = report["activation_matrix"], report["labels"]
+    fig, ax = plt.subplots(figsize=(6, 5))
+    image = ax.imshow(matrix, cmap="viridis", aspect="auto")
+    ticks = range(0, len(labels), max(1, len(labels) // 12))
+    ax.set_xticks(list(ticks), [labels[i] for i in ticks], rotation=60, fontsize=7)
+    ax.set_yticks(list(ticks), [labels[i] for i in ticks], fontsize=7)
+    ax.set(title=f"{run['id']}: patch activation on each mistake (fold 0)\n{title}",
+           xlabel="mistake (edit.token)", ylabel="patch")
+    fig.colorbar(image, ax=ax, label="activation")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def _label(run: dict, members: list[dict]) -> str:

@@ -1,9 +1,10 @@
 """The sequential-editing loop (T-Patcher, Sec. 3), written once for every editor.
 
-`SequentialEditingCallback` owns the stream: for each example it asks the current model; only on
-a mistake it calls `editor.edit`, then records SR at once and GR on the equivalents. Every
-`eval_every` edits and at the end of a fold it records ER, TrainR and TestR. Each fold starts from
-the initial model. The editor only edits and answers.
+`EditingLoop` owns the stream: for each example it asks the current model; only on a mistake it
+calls `editor.edit`, then records SR at once and GR on the equivalents. Every `eval_every` edits
+and at the end of a fold it records ER, TrainR and TestR. Each fold starts from the initial model.
+The editor only edits and answers. It is a plain class, readable and testable without Lightning;
+`SequentialEditingCallback` forwards Lightning's test hooks to it (one stream example per batch).
 
 `loop.mode=batch` is Zhu et al.'s setting instead: the fold's facts are edited at once (with all
 their training forms, for a fixed number of epochs), then scored as a stream would be.
@@ -17,6 +18,7 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -29,6 +31,7 @@ from tqdm.auto import tqdm
 from benchmark.config import LoopConfig
 from benchmark.metrics import fold_metrics, mean, ratio
 from benchmark.models.prefix_cache import PrefixCache
+from benchmark.record_types import EditRecord, EvalRecord, FoldEndRecord, edits_in
 from benchmark.records import RunRecords
 from benchmark.signals import handling_signals
 from benchmark.types import EditSplits, Example
@@ -62,17 +65,17 @@ class RunInterrupted(Exception):
 
 
 @contextmanager
-def stop_on_signals(callback: SequentialEditingCallback):
+def stop_on_signals(loop: EditingLoop):
     """SIGINT/SIGTERM ask the loop to stop after the example in progress (its edit is finished and
     recorded, so nothing half-done is written); a second signal stops at once, which is as safe
     (records are fsync'ed, the state is renamed into place) but redoes that edit on resume."""
 
     def handler(signum, _frame):
-        if callback.stop_requested:
+        if loop.stop_requested:
             print(f"seqedit: {signal.Signals(signum).name} again: stopping now; resume=true redoes the edit "
                   "in progress", file=sys.stderr, flush=True)
             os._exit(128 + signum)
-        callback.stop_requested = signum
+        loop.stop_requested = signum
         print(f"seqedit: {signal.Signals(signum).name}: stopping after the example in progress",
               file=sys.stderr, flush=True)
 
@@ -178,18 +181,24 @@ def shown_to_editor(example: Example) -> Example:
     return replace(example, equivalents=[], locality=[], probes=[])
 
 
-class SequentialEditingCallback(L.Callback):
+class EditingLoop:
+    """The stream of one run, example by example: `step` takes the next stream item (starting and
+    ending folds as the item's fold changes), `finish` ends the last fold, `interrupt` stops between
+    two examples with the state saved. `log` receives the logged values and the global step."""
+
     def __init__(self, splits: EditSplits, records: RunRecords, loop: LoopConfig, seed: int,
-                 initial: dict[str, Any], total: int, cache: PrefixCache):
+                 initial: dict[str, Any], total: int, cache: PrefixCache,
+                 log: Callable[[dict[str, float], int], None] | None = None):
         self.splits = splits
         self.cache = cache  # lent to the model for the loop's own scoring, never during an edit
         self.records = records
         self.loop = loop
         self.seed = seed
         self.initial = initial  # accuracies of f0 and its mistakes per fold
+        self.log = log
         self.test_set = splits.test[: loop.test_limit] if loop.test_limit else splits.test
         self.fold: int | None = None
-        self.edits: list[dict] = []  # this fold's edit records
+        self.edits: list[EditRecord] = []  # this fold's records of edited examples
         self.bar = tqdm(total=total, desc="editing", disable=not loop.progress, dynamic_ncols=True)
         self.global_step = 0
         self.stop_requested = 0  # the signal that asked the stream to stop
@@ -198,15 +207,39 @@ class SequentialEditingCallback(L.Callback):
         self.last_state = 0.0  # when the last state of this fold was saved (or the fold started)
         self.batch_done = False
 
+    # -- the stream ------------------------------------------------------------------------------
+    def step(self, editor: Editor, item: StreamItem) -> None:
+        if self.stop_requested:
+            self.interrupt(editor, self.stop_requested)
+        if item.fold != self.fold:
+            self._end_fold(editor)
+            self._start_fold(editor, item.fold)
+        if item.example is not None:
+            if self.loop.mode == "batch":
+                self._process_batch(editor, item)
+            else:
+                self._process(editor, item)
+            self.bar.update(1)
+
+    def finish(self, editor: Editor) -> None:
+        self._end_fold(editor)
+        self.bar.close()
+
+    def interrupt(self, editor: Editor, signum: int) -> None:
+        """Stop between two examples: the state is saved to cover every record, then the run ends."""
+        if self.fold is not None and self.edits and self.loop.save_state:
+            self._save_state(editor, self.fold)
+        raise RunInterrupted(signum, self.global_step)
+
     # -- fold boundaries -------------------------------------------------------------------------
     def _start_fold(self, editor: Editor, fold: int) -> None:
         self.fold = fold
         editor.reset()
         state = self.records.load_state(fold)
-        done = [r for r in self.records.lines if r.get("fold") == fold and r["type"] == "edit"]
+        done = edits_in(self.records.records(), fold, edited_only=False)
         if state is not None and done:  # resuming this fold: the records were cut to the state
             editor.load_edit_state(state["editor"])
-        self.edits = [r for r in done if r["edited"]]
+        self.edits = [r for r in done if r.edited]
         self.batch_done = bool(done)  # batch mode: a fold's batch is recorded whole or not at all
         self.last_state = time.perf_counter()
 
@@ -217,8 +250,8 @@ class SequentialEditingCallback(L.Callback):
         with self.cache.lent():
             final = self._final(editor)
         metrics = fold_metrics(self.edits, final, self.initial)
-        self.records.append({"type": "fold_end", "fold": self.fold, "final": final, "metrics": metrics,
-                             "editor": editor.fold_report(), "seconds": time.perf_counter() - began})
+        self.records.append(FoldEndRecord(fold=self.fold, final=final, metrics=metrics, editor=editor.fold_report(),
+                                          seconds=time.perf_counter() - began))
         self._log({f"fold_end/{k}": v for k, v in metrics.items()})
         self.fold = None
 
@@ -227,7 +260,7 @@ class SequentialEditingCallback(L.Callback):
         `items` the per-example scores behind them (f0's too for the ratios), which the metrics'
         intervals resample."""
         fold_examples = self.loop.stream(self.splits.folds[self.fold])
-        past = [fold_examples[r["index"]] for r in self.edits]
+        past = [fold_examples[r.index] for r in self.edits]
         items = {"past_edits": example_scores(editor, past),
                  "train_subsample": example_scores(editor, self.splits.train_subsample),
                  "test": example_scores(editor, self.test_set)}
@@ -262,61 +295,35 @@ class SequentialEditingCallback(L.Callback):
         final["items"] = items
         return final
 
-    # -- Lightning hooks -----------------------------------------------------------------------
-    def on_test_batch_start(self, trainer, pl_module, batch: StreamItem, batch_idx: int, dataloader_idx: int = 0):
-        if self.stop_requested:
-            self.interrupt(pl_module, self.stop_requested)
-        if batch.fold != self.fold:
-            self._end_fold(pl_module)
-            self._start_fold(pl_module, batch.fold)
-        if batch.example is not None:
-            if self.loop.mode == "batch":
-                self._process_batch(pl_module, batch)
-            else:
-                self._process(pl_module, batch)
-            self.bar.update(1)
-
-    def on_test_end(self, trainer, pl_module):
-        self._end_fold(pl_module)
-        self.bar.close()
-
-    def interrupt(self, editor: Editor, signum: int) -> None:
-        """Stop between two examples: the state is saved to cover every record, then the run ends."""
-        if self.fold is not None and self.edits and self.loop.save_state:
-            self._save_state(editor, self.fold)
-        raise RunInterrupted(signum, self.global_step)
-
     # -- one stream example ----------------------------------------------------------------------
     def _process(self, editor: Editor, item: StreamItem) -> None:
         ex = item.example
         shown = shown_to_editor(ex)
-        record = {"type": "edit", "fold": item.fold, "index": item.index, "uid": ex.uid}
         with self.cache.lent():
             check = editor.check(shown)  # before any edit; handed back in after_example
         mistake = check.score < 1
-        record.update(mistake=mistake, edited=mistake, success=None, gr=[], seconds=None, steps=0)
+        record = EditRecord(fold=item.fold, index=item.index, uid=ex.uid, mistake=mistake, edited=mistake)
         if mistake:
             seed_all(edit_seed(self.seed, item.fold, item.index))
             start = time.perf_counter()
             result = editor.edit(shown)
-            record["seconds"] = time.perf_counter() - start
-            record["steps"] = result.steps
-            record["info"] = result.info
+            record.seconds = time.perf_counter() - start
+            record.steps, record.info = result.steps, result.info
             with self.cache.lent():
-                record["success"] = editor.scores([ex.prompt], [ex.target])[0] == 1
+                record.success = editor.scores([ex.prompt], [ex.target])[0] == 1
                 if ex.equivalents:
-                    record["gr"] = editor.scores(ex.equivalents, [ex.target] * len(ex.equivalents))
+                    record.gr = editor.scores(ex.equivalents, [ex.target] * len(ex.equivalents))
                 if ex.locality:
-                    record.update(self._locality_kept(editor, item.fold, [(item.index, ex)])[0])
-            record["params_added"] = editor.params_added()
+                    record.loc_tokens, record.loc = self._locality_kept(editor, item.fold, [(item.index, ex)])[0]
+            record.params_added = editor.params_added()
         editor.after_example(shown, check)
         self.records.append(record)
         if mistake:
             self.edits.append(record)
             self.global_step += 1
-            sr = mean([float(r["success"]) for r in self.edits])
+            sr = mean([float(r.success) for r in self.edits])
             self.bar.set_postfix(fold=item.fold, E=len(self.edits), SR=f"{sr:.3f}")
-            self._log({"edit/success": float(record["success"]), "edit/seconds": record["seconds"], "SR": sr})
+            self._log({"edit/success": float(record.success), "edit/seconds": record.seconds, "SR": sr})
             if len(self.edits) % self.loop.eval_every == 0:
                 self._evaluate(editor)
             if self.loop.save_state and len(self.edits) % self.loop.state_every == 0 and self._state_due():
@@ -333,7 +340,8 @@ class SequentialEditingCallback(L.Callback):
         self.last_state = time.perf_counter()
         self.state_seconds = self.last_state - began
 
-    def _locality_kept(self, editor: Editor, fold: int, examples: list[tuple[int, Example]]) -> list[dict]:
+    def _locality_kept(self, editor: Editor, fold: int,
+                       examples: list[tuple[int, Example]]) -> list[tuple[list[float], list[float]]]:
         """Right after an edit, per (index, example): its locality pairs' `loc_tokens` (EasyEdit's
         Loc: the initial model's teacher-forced answers kept) and `loc` (right or wrong as f0 was)."""
         if not examples:
@@ -341,7 +349,7 @@ class SequentialEditingCallback(L.Callback):
         shown = [ex for _, ex in examples]
         tokens, scores = locality_predictions(editor, shown), locality_scores(editor, shown)
         before_tokens, before = self.initial["locality_tokens"][str(fold)], self.initial["locality"][str(fold)]
-        return [{"loc_tokens": tokens_kept(t, before_tokens[i]), "loc": kept(s, before[i])}
+        return [(tokens_kept(t, before_tokens[i]), kept(s, before[i]))
                 for (i, _), t, s in zip(examples, tokens, scores)]
 
     def _process_batch(self, editor: Editor, item: StreamItem) -> None:
@@ -364,40 +372,52 @@ class SequentialEditingCallback(L.Callback):
             with_pairs = [(i, e) for i, e in enumerate(facts) if e.locality]
             loc = dict(zip([i for i, _ in with_pairs], self._locality_kept(editor, item.fold, with_pairs)))
         for index, (ex, was, now) in enumerate(zip(facts, before, after)):
-            record = {"type": "edit", "fold": item.fold, "index": index, "uid": ex.uid, "mistake": was < 1,
-                      "edited": True, "success": now == 1, "seconds": seconds / len(facts), "steps": result.steps,
-                      "gr": gr[index],
-                      "params_added": editor.params_added(),
-                      **loc.get(index, {}),
-                      "info": {"batch_size": len(facts), "batch_seconds": seconds,
-                               **(result.info if index == 0 else {})}}
+            loc_tokens, loc_rw = loc.get(index, (None, None))
+            record = EditRecord(fold=item.fold, index=index, uid=ex.uid, mistake=was < 1, edited=True, success=now == 1,
+                                gr=gr[index], seconds=seconds / len(facts), steps=result.steps,
+                                params_added=editor.params_added(), loc_tokens=loc_tokens, loc=loc_rw,
+                                info={"batch_size": len(facts), "batch_seconds": seconds,
+                                      **(result.info if index == 0 else {})})
             self.records.append(record)
             self.edits.append(record)
         self.global_step += len(facts)
-        self._log({"SR": mean([float(r["success"]) for r in self.edits]), "edit/seconds": seconds})
+        self._log({"SR": mean([float(r.success) for r in self.edits]), "edit/seconds": seconds})
         if self.loop.save_state:
             self._save_state(editor, item.fold)
 
     def _evaluate(self, editor: Editor) -> None:
         fold_examples, began = self.splits.folds[self.fold], time.perf_counter()
         with self.cache.lent():
-            point = {
-                "type": "eval", "fold": self.fold, "edits": len(self.edits),
-                "ER": accuracy(editor, [fold_examples[r["index"]] for r in self.edits]),
-                "TrainR": ratio(accuracy(editor, self.splits.train_subsample), self.initial["train_subsample"]),
-                "TestR": ratio(accuracy(editor, self.test_set), self.initial["test"]),
-            }
-        point["seconds"] = time.perf_counter() - began  # what a mid-stream evaluation costs (benchmark.perf)
+            point = EvalRecord(
+                fold=self.fold, edits=len(self.edits),
+                ER=accuracy(editor, [fold_examples[r.index] for r in self.edits]),
+                TrainR=ratio(accuracy(editor, self.splits.train_subsample), self.initial["train_subsample"]),
+                TestR=ratio(accuracy(editor, self.test_set), self.initial["test"]))
+        point.seconds = time.perf_counter() - began  # what a mid-stream evaluation costs (benchmark.perf)
         self.records.append(point)
-        self._log({f"eval/{k}": point[k] for k in ("ER", "TrainR", "TestR")})
+        self._log({"eval/ER": point.ER, "eval/TrainR": point.TrainR, "eval/TestR": point.TestR})
 
     def _log(self, metrics: dict[str, float]) -> None:
-        if self._trainer is None:
-            return
-        for logger in self._trainer.loggers:
-            logger.log_metrics(metrics, step=self.global_step)
+        if self.log is not None:
+            self.log(metrics, self.global_step)
 
-    _trainer = None
+
+class SequentialEditingCallback(L.Callback):
+    """Lightning's test loop drives the stream: one batch is one stream item, and the hooks are
+    forwarded to the `EditingLoop`, which also logs to the trainer's loggers."""
+
+    def __init__(self, loop: EditingLoop):
+        self.loop = loop
 
     def setup(self, trainer, pl_module, stage):
-        self._trainer = trainer
+        def log(metrics: dict[str, float], step: int) -> None:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=step)
+
+        self.loop.log = log
+
+    def on_test_batch_start(self, trainer, pl_module, batch: StreamItem, batch_idx: int, dataloader_idx: int = 0):
+        self.loop.step(pl_module, batch)
+
+    def on_test_end(self, trainer, pl_module):
+        self.loop.finish(pl_module)

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from benchmark.record_types import EditRecord
+
 
 @dataclass(frozen=True)
 class Metric:
@@ -102,13 +104,13 @@ def ratio(final: float | None, initial: float | None) -> float:
     return final / initial
 
 
-def fold_metrics(edits: list[dict], final: dict, initial: dict) -> dict[str, float]:
+def fold_metrics(edits: list[EditRecord], final: dict, initial: dict) -> dict[str, float]:
     """edits: the fold's records of edited examples; final: accuracies of the final model
     (`past_edits`, `train_subsample`, `test`, optional `modified`, `unmodified`); initial: of f0."""
-    gr_per_edit = [mean(e["gr"]) for e in edits if e["gr"]]
-    gr_all = [g for e in edits for g in e["gr"]]
+    gr_per_edit = [mean(e.gr) for e in edits if e.gr]
+    gr_all = [g for e in edits for g in e.gr]
     out = {
-        "SR": mean([float(e["success"]) for e in edits]),
+        "SR": mean([float(e.success) for e in edits]),
         "GR": mean(gr_per_edit),
         "GR_pooled": mean(gr_all),
         "ER": final["past_edits"],
@@ -117,13 +119,13 @@ def fold_metrics(edits: list[dict], final: dict, initial: dict) -> dict[str, flo
         "TestR": ratio(final["test"], initial["test"]),
         "E": float(len(edits)),
         "N": float(final["initial_mistakes"]),
-        "edit_seconds_median": statistics.median([e["seconds"] for e in edits]) if edits else math.nan,
+        "edit_seconds_median": statistics.median([e.seconds for e in edits]) if edits else math.nan,
         "params_added": float(final["params_added"]),
         "params_added_pct": 100.0 * final["params_added"] / final["base_params"],
-        "failed_edits": float(sum(not e["success"] for e in edits)),
+        "failed_edits": float(sum(not e.success for e in edits)),
     }
-    loc_per_edit = [mean(e["loc_tokens"]) for e in edits if e.get("loc_tokens")]
-    rw_per_edit = [mean(e["loc"]) for e in edits if e.get("loc")]
+    loc_per_edit = [mean(e.loc_tokens) for e in edits if e.loc_tokens]
+    rw_per_edit = [mean(e.loc) for e in edits if e.loc]
     if loc_per_edit or "locality" in final:
         out["Loc"], out["Loc_final"] = mean(loc_per_edit), final.get("locality", math.nan)
         out["Loc_rw"], out["Loc_rw_final"] = mean(rw_per_edit), final.get("locality_rw", math.nan)
@@ -215,17 +217,17 @@ def _boot_hmean(parts: list[Replicates | None]) -> Replicates | None:
     return replicates
 
 
-def fold_replicates(edits: list[dict], final: dict) -> dict[str, Replicates]:
+def fold_replicates(edits: list[EditRecord], final: dict) -> dict[str, Replicates]:
     """The resampling of each metric of one fold that has items to resample; `final["items"]` holds
     the per-example scores of the final model (and f0's for the ratios), absent in older runs."""
     items = final.get("items", {})
     out = {
-        "SR": _boot_mean([float(e["success"]) for e in edits]),
-        "GR": _boot_mean([mean(e["gr"]) for e in edits if e["gr"]]),
-        "GR_pooled": _boot_quotient([sum(e["gr"]) for e in edits], [len(e["gr"]) for e in edits]),
-        "Loc": _boot_mean([mean(e["loc_tokens"]) for e in edits if e.get("loc_tokens")]),
-        "Loc_rw": _boot_mean([mean(e["loc"]) for e in edits if e.get("loc")]),
-        "edit_seconds_median": _boot_median([e["seconds"] for e in edits]),
+        "SR": _boot_mean([float(e.success) for e in edits]),
+        "GR": _boot_mean([mean(e.gr) for e in edits if e.gr]),
+        "GR_pooled": _boot_quotient([sum(e.gr) for e in edits], [len(e.gr) for e in edits]),
+        "Loc": _boot_mean([mean(e.loc_tokens) for e in edits if e.loc_tokens]),
+        "Loc_rw": _boot_mean([mean(e.loc) for e in edits if e.loc]),
+        "edit_seconds_median": _boot_median([e.seconds for e in edits]),
         "ER": _boot_mean(items.get("past_edits", [])),
         "GR_final": _boot_mean([mean(g) for g in items.get("past_equivalents", [])]),
         "TrainR": _boot_quotient(items.get("train_subsample", []), items.get("train_subsample_initial", [])),
@@ -243,7 +245,7 @@ def fold_replicates(edits: list[dict], final: dict) -> dict[str, Replicates]:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def fold_intervals(folds: dict[int, tuple[list[dict], dict, dict]]) -> dict[str, list[float]]:
+def fold_intervals(folds: dict[int, tuple[list[EditRecord], dict, dict]]) -> dict[str, list[float]]:
     """{metric: [low, high]}, the 95% interval of the mean over folds (`INTERVAL_METHOD`), from each
     fold's (edit records, final accuracies, metrics). Deterministic: each metric's resamples are
     seeded by its name, so a rebuilt results file has the same intervals. A metric gets an interval
@@ -284,7 +286,7 @@ def chi2_sf(x: float, df: int) -> float:
     return min(1.0, math.erfc(root / math.sqrt(2)) + math.exp(-x / 2) * total)
 
 
-def folds_differ(folds: dict[int, tuple[list[dict], dict, dict]]) -> dict[str, float]:
+def folds_differ(folds: dict[int, tuple[list[EditRecord], dict, dict]]) -> dict[str, float]:
     """{metric: p} for the metrics whose fold values differ more than their items' sampling noise
     explains: Cochran's Q over the reporting folds, each fold weighted by the inverse variance of its
     own resamples (those of `fold_intervals`), against chi-square with folds - 1 degrees of freedom;

@@ -64,6 +64,7 @@ from benchmark.cache import cache_dir
 from benchmark.fact_source import TEMPLATES, raw_facts
 from benchmark.models.base import ModelConfig
 from benchmark.models.zoo import ADAPTERS, tiny_tokenizer
+from benchmark.record_types import EvalRecord, edits_in, fold_ends, parse_all
 from benchmark.types import EditorData, Example
 from editors.tpatcher import TPatcherConfig, TPatcherEditor
 
@@ -456,12 +457,12 @@ def time_editor(name: str, examples_streamed: int) -> dict:
             trained = train_editor(instantiate(compose(overrides)), progress=False)
             trained = round(time.perf_counter() - began, 3) if not trained["cached"] else "cached"
         results = run(compose(overrides))
-        lines = [json.loads(x) for x in (out / "perf" / "edits.jsonl").read_text().splitlines()]
+        records = parse_all([json.loads(x) for x in (out / "perf" / "edits.jsonl").read_text().splitlines()])
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    edits = [r["seconds"] for r in lines if r["type"] == "edit" and r["edited"]]
-    evals = [r["seconds"] for r in lines if r["type"] == "eval"]
-    finals = [r["seconds"] for r in lines if r["type"] == "fold_end"]
+    edits = [r.seconds for r in edits_in(records)]
+    evals = [r.seconds for r in records if isinstance(r, EvalRecord)]
+    finals = [r.seconds for r in fold_ends(records).values()]
     wall = results["wall_seconds"]
     return {"editor": name, "workload": f"tiny-llama, facts QA fold 0, {examples_streamed} examples streamed",
             "edits": len(edits), "edit_seconds_median": round(statistics.median(edits), 4) if edits else None,
@@ -471,7 +472,7 @@ def time_editor(name: str, examples_streamed: int) -> dict:
             "training_phase_seconds": trained, "threads": torch.get_num_threads()}
 
 
-def main(argv=None) -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmark.perf")
     parser.add_argument("editor", choices=["tpatcher", "suffix", "scale", "editors"])
     parser.add_argument("--only", default=None, help="editors: a comma-separated list (default: every editor)")
@@ -488,11 +489,11 @@ def main(argv=None) -> None:
     parser.add_argument("--model", action="append", default=None,
                         help="suffix: a real model instead of the sized random one (smollm2-135m, minilm-l6; "
                              "repeat for several)")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.edits is None:
-        args.edits = 1000 if args.editor == "scale" else 5
+    return parser
+
+
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Every argument that cannot work is one line (argparse's exit 2) before anything is timed."""
     if args.model and args.editor != "suffix":
         parser.error("--model applies to `suffix` only (tpatcher's memory rows are cached per sized model)")
     if args.device != "cpu" and args.editor == "scale":
@@ -503,75 +504,88 @@ def main(argv=None) -> None:
         parser.error(f"--device {args.device}: not a torch device (cpu, cuda, cuda:1)")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         parser.error(f"--device {args.device}: this machine has {torch.cuda.device_count()} CUDA devices")
+
+
+def main(argv=None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.edits is None:
+        args.edits = 1000 if args.editor == "scale" else 5
+    _check_args(parser, args)
     families = ["classifier", "decoder"] if args.family == "both" else [args.family]
     if args.editor == "scale":
-        stream = [r for name in SCALE_EDITORS for r in stream_curve(name, max(args.edits, 1), args.steps)]
-        memory = [r for family in families for r in memory_curve(family, min(args.edits, 5), args.steps)]
-        out = Path(args.out)
-        plot_scale(stream, memory, out)
-        out.with_suffix(".json").write_text(json.dumps({"stream": stream, "memory": memory}, indent=1))
-        print(f"wrote {out} and {out.with_suffix('.json')}")
-        return
-    if args.editor == "editors":
+        _scale(args, families)
+    elif args.editor == "editors":
         for name in (args.only.split(",") if args.only else None) or _all_editors():
             print(json.dumps(time_editor(name, args.edits if args.edits != 5 else 20)), flush=True)
-        return
-    if args.editor == "suffix":
+    elif args.editor == "suffix":
         adapters = (build("", name, args.device) for name in args.model) if args.model else \
             (build(family, device=args.device) for family in families)
         for adapter in adapters:
             time_suffix(adapter, args.edits, args.steps)
             time_hypernet_training(adapter, args.edits)
-        return
-    for family in families:
-        adapter = build(family, device=args.device)
-        edits = examples(family, args.edits)
-        # naive: the straightforward editor, a full forward and a full fp32 memory scan each step
-        run = partial(time_edits, adapter, family, edits=edits, memory=args.memory, steps=args.steps, layer=args.layer)
-        naive, naive_steps, naive_keys, *_ = run(mode="naive", memory_scan="fp32", memory_reuse=False)
-        fast, fast_steps, fast_keys, build_s, _, scan = run(mode="fast")
-        every, _, every_keys, *_ = run(mode="fast", memory_reuse=False)
-        fp32, _, fp32_keys, *_ = run(mode="fast", memory_scan="fp32")
-        screened, _, screened_keys, _, missed, _ = run(mode="fast", memory_refresh=args.refresh)
-        floor = {} if args.layer != -1 else \
-            step_floor_ms(adapter, family, args.memory, edits[0], throughput(adapter.device))
-        per_step = {"fast_ms_per_step": round(1000 * statistics.median(fast) / args.steps, 3), **floor}
-        if floor:
-            per_step["fast_over_floor"] = round(per_step["fast_ms_per_step"] / floor["floor_ms"], 2)
-        print(json.dumps({
-            "family": family,
-            "model": SIZED[family],
-            "layer": args.layer,
-            "device": str(adapter.device),
-            "memory_size": args.memory,
-            "steps_per_edit": args.steps,
-            "edits": args.edits,
-            "naive_median_s": round(statistics.median(naive), 4),
-            "cached_median_s": round(statistics.median(fast), 4),
-            "speedup": round(statistics.median(naive) / statistics.median(fast), 2),
-            "same_steps": naive_steps == fast_steps,
-            # the default (memory_scan=auto: the scan measured faster in the first scans of the edits) per step,
-            # beside the floor computed from the shapes and this machine's measured throughput
-            **scan, **per_step,
-            "max_key_diff": float((naive_keys - fast_keys).abs().max()),
-            # the fast path scanning the whole memory every step (memory_reuse=false)
-            "scan_every_step_median_s": round(statistics.median(every), 4),
-            "reuse_speedup": round(statistics.median(every) / statistics.median(fast), 2),
-            "scan_every_step_max_key_diff": float((naive_keys - every_keys).abs().max()),
-            # the fast path with the plain fp32 memory scan instead of the bounded int8 one
-            "cached_fp32_scan_median_s": round(statistics.median(fp32), 4),
-            "fp32_scan_speedup": round(statistics.median(naive) / statistics.median(fp32), 2),
-            "fp32_scan_max_key_diff": float((naive_keys - fp32_keys).abs().max()),
-            # fast path plus the screened memory: a full scan every `refresh` steps
-            "screened_refresh": args.refresh,
-            "screened_median_s": round(statistics.median(screened), 4),
-            "screened_speedup": round(statistics.median(naive) / statistics.median(screened), 2),
-            "screened_max_key_diff": float((screened_keys - fast_keys).abs().max()),
-            "screened_missed_topk_rows": missed,
-            "memory_build_s_per_1000": round(build_s, 2),
-            "threads": torch.get_num_threads(),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        }), flush=True)
+    else:
+        for family in families:
+            print(json.dumps(_tpatcher_line(args, family)), flush=True)
+
+
+def _scale(args: argparse.Namespace, families: list[str]) -> None:
+    stream = [r for name in SCALE_EDITORS for r in stream_curve(name, max(args.edits, 1), args.steps)]
+    memory = [r for family in families for r in memory_curve(family, min(args.edits, 5), args.steps)]
+    out = Path(args.out)
+    plot_scale(stream, memory, out)
+    out.with_suffix(".json").write_text(json.dumps({"stream": stream, "memory": memory}, indent=1))
+    print(f"wrote {out} and {out.with_suffix('.json')}")
+
+
+def _tpatcher_line(args: argparse.Namespace, family: str) -> dict:
+    """T-Patcher's edits of one family in every mode, side by side in this one run."""
+    adapter = build(family, device=args.device)
+    edits = examples(family, args.edits)
+    # naive: the straightforward editor, a full forward and a full fp32 memory scan each step
+    run = partial(time_edits, adapter, family, edits=edits, memory=args.memory, steps=args.steps, layer=args.layer)
+    naive, naive_steps, naive_keys, *_ = run(mode="naive", memory_scan="fp32", memory_reuse=False)
+    fast, fast_steps, fast_keys, build_s, _, scan = run(mode="fast")
+    every, _, every_keys, *_ = run(mode="fast", memory_reuse=False)
+    fp32, _, fp32_keys, *_ = run(mode="fast", memory_scan="fp32")
+    screened, _, screened_keys, _, missed, _ = run(mode="fast", memory_refresh=args.refresh)
+    floor = {} if args.layer != -1 else \
+        step_floor_ms(adapter, family, args.memory, edits[0], throughput(adapter.device))
+    per_step = {"fast_ms_per_step": round(1000 * statistics.median(fast) / args.steps, 3), **floor}
+    if floor:
+        per_step["fast_over_floor"] = round(per_step["fast_ms_per_step"] / floor["floor_ms"], 2)
+    median = statistics.median
+    return {
+        "family": family, "model": SIZED[family], "layer": args.layer, "device": str(adapter.device),
+        "memory_size": args.memory, "steps_per_edit": args.steps, "edits": args.edits,
+        "naive_median_s": round(median(naive), 4),
+        "cached_median_s": round(median(fast), 4),
+        "speedup": round(median(naive) / median(fast), 2),
+        "same_steps": naive_steps == fast_steps,
+        # the default (memory_scan=auto: the scan measured faster in the first scans of the edits) per step,
+        # beside the floor computed from the shapes and this machine's measured throughput
+        **scan, **per_step,
+        "max_key_diff": float((naive_keys - fast_keys).abs().max()),
+        # the fast path scanning the whole memory every step (memory_reuse=false)
+        "scan_every_step_median_s": round(median(every), 4),
+        "reuse_speedup": round(median(every) / median(fast), 2),
+        "scan_every_step_max_key_diff": float((naive_keys - every_keys).abs().max()),
+        # the fast path with the plain fp32 memory scan instead of the bounded int8 one
+        "cached_fp32_scan_median_s": round(median(fp32), 4),
+        "fp32_scan_speedup": round(median(naive) / median(fp32), 2),
+        "fp32_scan_max_key_diff": float((naive_keys - fp32_keys).abs().max()),
+        # fast path plus the screened memory: a full scan every `refresh` steps
+        "screened_refresh": args.refresh,
+        "screened_median_s": round(median(screened), 4),
+        "screened_speedup": round(median(naive) / median(screened), 2),
+        "screened_max_key_diff": float((screened_keys - fast_keys).abs().max()),
+        "screened_missed_topk_rows": missed,
+        "memory_build_s_per_1000": round(build_s, 2),
+        "threads": torch.get_num_threads(),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ from typing import Any
 import torch
 import yaml
 
+from benchmark.record_types import Record, parse_all
+
 RECORDS = "edits.jsonl"
 
 
@@ -213,7 +215,7 @@ class RunRecords:
         self.state_dir.mkdir(exist_ok=True)
         if not resume:
             config_path.write_text(header + without_resume(config_yaml))
-        self.lines: list[dict] = self._read() if resume else []
+        self.lines: list[dict] = self._read() if resume else []  # as written (the hash chain covers them)
         self._handle = open_no_follow(self.path, "a", encoding="utf-8")
 
     def _read(self) -> list[dict]:
@@ -254,8 +256,12 @@ class RunRecords:
         write_atomically(self.path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
         self._handle = open_no_follow(self.path, "a", encoding="utf-8")
 
-    def append(self, record: dict[str, Any]) -> None:
-        record = _finite(record)
+    def records(self) -> list[Record]:
+        """The record lines so far, typed."""
+        return parse_all(self.lines)
+
+    def append(self, typed: Record) -> None:
+        record = _finite(typed.line())
         record[CHAIN] = chain_link(self.lines[-1].get(CHAIN, "") if self.lines else "", record)
         try:
             self._handle.write(json.dumps(record) + "\n")
@@ -306,11 +312,11 @@ class RunRecords:
         write_atomically(folder / RECORDS, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
     @staticmethod
-    def append_merged(folder: Path, record: dict[str, Any]) -> None:
+    def append_merged(folder: Path, record: Record) -> None:
         """One more line at the end of a multi-process run's merged records (its links remade)."""
         path = Path(folder) / RECORDS
         lines = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
-        text = "".join(json.dumps(line) + "\n" for line in chained([*lines, _finite(record)]))
+        text = "".join(json.dumps(line) + "\n" for line in chained([*lines, _finite(record.line())]))
         write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
     def close(self) -> None:

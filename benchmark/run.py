@@ -1,4 +1,4 @@
-"""Build data, model, editor, callback and Trainer from a config; run the folds; write results.
+"""Build data, model, editor, editing loop and Trainer from a config; run the folds; write results.
 Reads top to bottom, like a Lightning recipe."""
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from benchmark.distributed import gather, merge_initial, merge_lines, process_ra
 from benchmark.editor_training import load_trained_state
 from benchmark.init import prepare_initial_model
 from benchmark.loop import (
+    EditingLoop,
     SequentialEditingCallback,
     StreamItem,
     example_scores,
@@ -37,6 +38,7 @@ from benchmark.loop import (
 from benchmark.metrics import INTERVAL_METHOD, aggregate, fold_intervals, folds_differ, mean
 from benchmark.models import build_model
 from benchmark.models.prefix_cache import PrefixCache
+from benchmark.record_types import RunEndRecord, edits_in, fold_ends, parse_all
 from benchmark.records import ResumeError, RunLock, RunRecords, check_run_folder, config_identity
 from benchmark.registry import EDITORS
 from benchmark.types import EditSplits
@@ -76,17 +78,18 @@ def _check_editor_data(editor_class, run_cfg: RunConfig, splits: EditSplits) -> 
 def _plan_resume(records: RunRecords, folds: list[int]) -> dict[int, int]:
     """Verify the records against the saved states and cut them back to what the states cover;
     return {fold: first index to run}."""
-    ended = {r["fold"] for r in records.lines if r["type"] == "fold_end"}
-    open_folds = [f for f in folds if f not in ended and any(r.get("fold") == f for r in records.lines)]
+    typed = records.records()
+    ended = set(fold_ends(typed))
+    open_folds = [f for f in folds if f not in ended and any(getattr(r, "fold", None) == f for r in typed)]
     if len(open_folds) > 1:
         raise ResumeError(f"{records.path}: folds {open_folds} are all half done; cannot tell which state is current")
     start = {f: 0 for f in folds if f not in ended}
     if open_folds:
         fold = open_folds[0]
         state = records.load_state(fold)
-        first = next(i for i, r in enumerate(records.lines) if r.get("fold") == fold)
+        first = next(i for i, r in enumerate(typed) if getattr(r, "fold", None) == fold)
         records.truncate(state["lines"] if state and state["lines"] > first else first)
-        done = [r["index"] for r in records.lines if r.get("fold") == fold and r["type"] == "edit"]
+        done = [r.index for r in edits_in(records.records(), fold, edited_only=False)]
         start[fold] = max(done) + 1 if done else 0
     return start
 
@@ -119,9 +122,9 @@ def _fold_indices(run_cfg: RunConfig, splits: EditSplits) -> list[int]:
 
 
 def _finished(records: RunRecords, folds: list[int]) -> bool:
-    ended = {r["fold"] for r in records.lines if r["type"] == "fold_end"}
-    return set(folds) <= ended and ((records.dir / "results.json").exists()
-                                    or any(r["type"] == "run_end" for r in records.lines))
+    typed = records.records()
+    return set(folds) <= set(fold_ends(typed)) and ((records.dir / "results.json").exists()
+                                                    or any(isinstance(r, RunEndRecord) for r in typed))
 
 
 def _finished_results(records: RunRecords) -> dict[str, Any]:
@@ -129,8 +132,8 @@ def _finished_results(records: RunRecords) -> dict[str, Any]:
     record line holds (written with it, so the rebuilt file is the same, wall time included)."""
     path = records.dir / "results.json"
     if not path.exists():
-        end = next(r for r in reversed(records.lines) if r["type"] == "run_end")
-        RunRecords.write_json_to(records.dir, "results.json", end["results"])
+        end = next(r for r in reversed(records.records()) if isinstance(r, RunEndRecord))
+        RunRecords.write_json_to(records.dir, "results.json", end.results)
         print(f"seqedit: {path} rebuilt from the records' run_end line", file=sys.stderr)
     return json.loads(path.read_text())
 
@@ -253,19 +256,18 @@ def _edit_folds(plan: _Plan, records: RunRecords, start: dict[int, int]) -> dict
     cache = PrefixCache(editor.adapter, editor.edited_from(), run_cfg.model.eval_cache_mb * 2**20)
     initial = _initial(plan, records, editor, cache)
     stream = _stream(plan, start)
-    done_edits = sum(1 for r in records.lines if r["type"] == "edit" and r["edited"])
-    callback = SequentialEditingCallback(plan.splits, records, run_cfg.loop, run_cfg.seed, initial, len(stream),
-                                         cache)
-    callback.global_step = done_edits
+    done_edits = len(edits_in(records.records()))
+    loop = EditingLoop(plan.splits, records, run_cfg.loop, run_cfg.seed, initial, len(stream), cache)
+    loop.global_step = done_edits
     loggers = _loggers(run_cfg, plan.run_dir, done_edits if run_cfg.resume else None)
     if stream or plan.world > 1:  # under DDP every process must enter test(): it starts the others
-        _test(run_cfg, editor, callback, loggers, stream)
-    results = _results(plan, records, initial, editor, callback.state_bytes, callback.global_step - done_edits)
+        _test(run_cfg, editor, loop, loggers, stream)
+    results = _results(plan, records, initial, editor, loop.state_bytes, loop.global_step - done_edits)
     results["eval_cache"] = {"edited_from": cache.first, "mib": round(cache.bytes / 2**20, 1), **cache.stats}
     if not any(start.values()):  # a resumed run's time would be its last part's only
         results["wall_seconds"] = round(time.perf_counter() - began, 1)
-    _log_final(loggers, results, callback.global_step)
-    end = {"type": "run_end", "results": results}  # in the records too: a deleted results.json is rebuilt
+    _log_final(loggers, results, loop.global_step)
+    end = RunEndRecord(results=results)  # in the records too: a deleted results.json is rebuilt
     if plan.world == 1:
         records.append(end)
     elif plan.rank == 0:  # the merged file of every rank's records
@@ -296,19 +298,18 @@ def _stream(plan: _Plan, start: dict[int, int]) -> list[StreamItem]:
     return stream
 
 
-def _test(run_cfg: RunConfig, editor: Editor, callback: SequentialEditingCallback, loggers: list,
-          stream: list[StreamItem]) -> None:
-    """The stream through Lightning's test loop; the callback owns every example."""
+def _test(run_cfg: RunConfig, editor: Editor, loop: EditingLoop, loggers: list, stream: list[StreamItem]) -> None:
+    """The stream through Lightning's test loop; the loop, behind its callback, owns every example."""
     trainer = L.Trainer(accelerator=run_cfg.trainer.accelerator, devices=run_cfg.trainer.devices,
                         num_nodes=run_cfg.trainer.num_nodes, strategy=run_cfg.trainer.strategy, logger=loggers,
-                        callbacks=[callback], inference_mode=False, enable_checkpointing=False,
+                        callbacks=[SequentialEditingCallback(loop)], inference_mode=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False)
-    with stop_on_signals(callback):
+    with stop_on_signals(loop):
         try:
             trainer.test(editor, dataloaders=DataLoader(stream, batch_size=None, collate_fn=lambda x: x),
                          verbose=False)
         except SIGTERMException:  # Lightning's own SIGTERM stop (a SystemExit with status 0)
-            callback.interrupt(editor, signal.SIGTERM)
+            loop.interrupt(editor, signal.SIGTERM)
 
 
 def _results(plan: _Plan, records: RunRecords, initial: dict, editor: Editor, state_bytes: list[int],
@@ -386,9 +387,9 @@ def summarize(records: RunRecords) -> dict[str, Any]:
 
 
 def summarize_lines(lines: list[dict], run_dir: Path) -> dict[str, Any]:
-    ends = {r["fold"]: r for r in lines if r["type"] == "fold_end"}
-    per_fold = {f: r["metrics"] for f, r in ends.items()}
-    edits = {f: [r for r in lines if r["type"] == "edit" and r["fold"] == f and r["edited"]] for f in ends}
-    folds = {f: (edits[f], r["final"], r["metrics"]) for f, r in ends.items()}
+    typed = parse_all(lines)
+    ends = fold_ends(typed)
+    per_fold = {f: r.metrics for f, r in ends.items()}
+    folds = {f: (edits_in(typed, f), r.final, r.metrics) for f, r in ends.items()}
     return {"run_dir": str(run_dir), "folds": {str(k): v for k, v in sorted(per_fold.items())},
             "metrics": aggregate(per_fold, fold_intervals(folds), folds_differ(folds)), "interval": INTERVAL_METHOD}

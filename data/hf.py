@@ -47,7 +47,8 @@ class HFDataModule(JsonMapDataModule):
                 if builder is None:
                     raise DataError(f"{source}: data=hf reads {', '.join(BUILDERS)} files, a folder or a hub name")
                 return datasets.load_dataset(builder, data_files={split: str(source)}, split=split, cache_dir=cache)
-            return datasets.load_dataset(str(self.config.path), split=split, cache_dir=cache)
+            # a hub dataset's own loading script is code from elsewhere: never run (datasets refuses it)
+            return datasets.load_dataset(str(self.config.path), split=split, cache_dir=cache, trust_remote_code=False)
         except DataError:
             raise
         except (FileNotFoundError, ValueError, ConnectionError, OSError) as err:

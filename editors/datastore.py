@@ -1,7 +1,7 @@
 """Exact nearest-neighbour search over a growing set of key vectors, with a value per key: the
 datastore of kNN-LM and the edit cache of SERA.
 
-Keys live in one growing tensor (`QueryMemory`), the source of truth; search is an exact L2 scan
+Keys live in one growing tensor (`QueryStore`), the source of truth; search is an exact L2 scan
 in chunks (torch), or faiss's flat index where faiss is installed (`backend=faiss`), kept in step
 with the tensor by adding only the rows it has not seen yet.
 """
@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from editors.configs.base import BACKENDS  # noqa: F401  (its config, torch-free)
-from editors.patch_memory import QueryMemory
+from editors.patch_memory import QueryStore
 
 
 def faiss_available() -> bool:
@@ -32,7 +32,7 @@ class Datastore:
         if backend == "faiss" and not faiss_available():
             raise ValueError("backend=faiss needs the faiss package: pip install faiss-cpu")
         self.backend = "faiss" if backend == "faiss" or (backend == "auto" and faiss_available()) else "torch"
-        self.keys = QueryMemory(width)
+        self.keys = QueryStore(width)
         self.values: list[Any] = []
         self.chunk = chunk
         self._index = None

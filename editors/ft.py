@@ -1,7 +1,7 @@
 """Fine-tuning baselines (T-Patcher App. B): FT(all), FT(last), FT(all)+KL, FT(last)+KL.
 
 Adam at lr 1e-5 on the edit example until the model gets it right, within `max_steps`. The KL
-variants add KL(f_pre || f) on `kl_batch` examples sampled from the memory set, f_pre being the
+variants add KL(f_pre || f) on `kl_batch` examples sampled from the memory pool, f_pre being the
 model before this edit; its outputs are computed once per edit, since they do not change.
 
 `recipe=official` follows the published code instead (ZeroYuHuang/Transformer-Patcher,
@@ -9,7 +9,7 @@ scripts/ft.py and src/utils.py at commit fec629a; the README's recipe table cite
 tuned weights exclude biases, norms, embeddings and heads (ft.py:114); every step runs in train
 mode, dropout on (ft.py:184); the QA loss is label-smoothed NLL, eps 0.1, summed over tokens
 (ft.py:198, seq2seq_modules.py:536); the KL reference is the fold's *original* model (ft.py:204),
-on memory batches of 64 reshuffled every step (sme_dataset.py:146-149) as many as fit in 512 minus
+on pool batches of 64 reshuffled every step (sme_dataset.py:146-149) as many as fit in 512 minus
 the past edits, accumulated exactly as `get_kl_diver_loss` does (utils.py:202-228, its division
 inside the loop included), plus up to 100 past edits divided by their count; at most
 `max_steps` + 1 steps (2,000 by default, utils.py:33; ft.py:180 stops at `edit_step > max`).
@@ -54,7 +54,7 @@ def adam(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
 
 
 def kl_batches_used(available: int, batch_size: int, total: int, past: int) -> int:
-    """How many memory batches the published loop reads before it stops (utils.py:208-216)."""
+    """How many pool batches the published loop reads before it stops (utils.py:208-216)."""
     used, seen = 0, 0
     while used < available:
         used, seen = used + 1, seen + batch_size
@@ -64,7 +64,7 @@ def kl_batches_used(available: int, batch_size: int, total: int, past: int) -> i
 
 
 def published_kl(batch_kls, batch_size: int, total: int, past: int) -> Tensor | float:
-    """The memory KL as the published `get_kl_diver_loss` accumulates it (utils.py:208-217): each
+    """The pool's KL as the published `get_kl_diver_loss` accumulates it (utils.py:208-217): each
     batch adds its mean KL times its size; the running sum is divided by the examples seen so far
     *inside* the loop, except after the last batch, which stops once the next would reach
     total - past. So the last batch weighs batch_size times its mean KL, the others far less."""
@@ -104,7 +104,7 @@ def descend(optimizer: torch.optim.Optimizer, loss: Tensor, after_step: Callable
 
 class FTEditor(Editor):
     config_class = FTConfig
-    traits = Editor.traits.but(pool=lambda c: c.kl_weight > 0)  # only the KL variants read memory
+    traits = Editor.traits.but(pool=lambda c: c.kl_weight > 0)  # only the KL variants read the pool
 
     def __init__(self, config: FTConfig, adapter):
         super().__init__(config, adapter)
@@ -123,7 +123,7 @@ class FTEditor(Editor):
         super().prepare(data)
         self.pool = list(data.pool)
         if self.traits.reads_pool(self.config) and not self.pool:
-            raise ValueError(f"editor {self.config.name}: the KL term needs a memory set, and data gives none "
+            raise ValueError(f"editor {self.config.name}: the KL term needs the memory pool, and data gives none "
                              "(raise data.pool_size or lower data.train_subsample)")
 
     def reset(self) -> None:
@@ -186,12 +186,12 @@ class FTEditor(Editor):
                     p.copy_(current[n])
 
     def _kl_references(self) -> tuple[list, list[Tensor], int]:
-        """This step's KL inputs, freshly shuffled memory batches and past edits, with the fold's
+        """This step's KL inputs, freshly shuffled pool batches and past edits, with the fold's
         original model's outputs on them (one swap of the tuned tensors for all). Computed before
         the step's edit loss, whose graph must not see the swap."""
         adapter, past = self.adapter, self.past
-        memory = random.sample(self.pool, len(self.pool))  # a reshuffled loader each step
-        chunks = [memory[i : i + OFFICIAL_KL_BATCH] for i in range(0, len(memory), OFFICIAL_KL_BATCH)]
+        shuffled = random.sample(self.pool, len(self.pool))  # a reshuffled loader each step
+        chunks = [shuffled[i : i + OFFICIAL_KL_BATCH] for i in range(0, len(shuffled), OFFICIAL_KL_BATCH)]
         chunks = chunks[: kl_batches_used(len(chunks), OFFICIAL_KL_BATCH, self.config.kl_batch, len(past))]
         chosen = past if len(past) < OFFICIAL_PAST else random.sample(past, OFFICIAL_PAST)
         groups = [*chunks, *[[e] for e in chosen]]
@@ -200,13 +200,13 @@ class FTEditor(Editor):
         return batches, references, len(chunks)
 
     def official_kl(self, inputs: tuple | None = None) -> Tensor | float:
-        """KL to the fold's original model: memory batches as `published_kl` sums them, plus the
+        """KL to the fold's original model: pool batches as `published_kl` sums them, plus the
         past edits' KL divided by their count (utils.py:218-227)."""
-        batches, references, n_memory = inputs or self._kl_references()
+        batches, references, n_pool = inputs or self._kl_references()
         kls = [self.adapter.task.kl(ref, self.adapter.scored_logits(b)) for ref, b in zip(references, batches)]
-        kl = published_kl(kls[:n_memory], OFFICIAL_KL_BATCH, self.config.kl_batch, len(self.past))
+        kl = published_kl(kls[:n_pool], OFFICIAL_KL_BATCH, self.config.kl_batch, len(self.past))
         if self.past:
-            kl = kl + sum(kls[n_memory:]) / len(self.past)
+            kl = kl + sum(kls[n_pool:]) / len(self.past)
         return kl
 
     def _edit_official(self, example: Example) -> EditResult:

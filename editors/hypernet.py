@@ -100,7 +100,7 @@ class HypernetEditor(Editor):
             updates = self.updates(example, example.target, grads)
             for (_, module), dw in zip(self.sites, updates):
                 module.weight.add_(dw.to(module.weight.dtype))
-        return EditResult(steps=1, info={"update_norm": float(sum(dw.norm() ** 2 for dw in updates) ** 0.5)})
+        return EditResult(steps=0, info={"update_norm": float(sum(dw.norm() ** 2 for dw in updates) ** 0.5)})
 
     # -- the training phase ----------------------------------------------------------------------
     def training_module(self, data: EditorData) -> HypernetTraining:

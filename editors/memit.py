@@ -391,7 +391,7 @@ class MemitEditor(Editor):
                 # bit for bit the full forward: Adam's steps turn any rounding difference into a different v*
                 _, forward = adapter.suffix(batch, adapter.trained_suffix(block.parameters()), as_forward=True)
             with torch.enable_grad():
-                for steps in range(1, cfg.max_steps + 1):
+                for steps in range(1, cfg.v_steps + 1):
                     logits = forward()
                     nll = F.cross_entropy(logits[rewrite].float(), batch.targets[rewrite])
                     loss = nll + cfg.v_weight_decay * delta.norm() / seen["init"].norm() ** 2
@@ -400,7 +400,7 @@ class MemitEditor(Editor):
                         kl_init = log_probs.detach() if kl_init is None else kl_init
                         loss = loss + cfg.kl_factor * F.kl_div(kl_init, log_probs, log_target=True,
                                                                reduction="batchmean")
-                    if loss.item() < 5e-2 or steps == cfg.max_steps:
+                    if loss.item() < 5e-2 or steps == cfg.v_steps:
                         break
                     optimizer.zero_grad()
                     loss.backward()

@@ -234,9 +234,7 @@ class TPatcherEditor(HookedEditor):
     def _int8_scan(config: TPatcherConfig, on_cpu: bool, reuse: bool) -> bool:
         """Whether the memory keeps an int8 copy: memory_scan=int8, or auto on CPU without reuse.
         With reuse, auto scans in fp32: the steps after an int8 scan start from its looser bounds
-        and rescore more rows (measured, BERT-sized encoder at 40,000 rows, one perf run: 0.88 s a
-        100-step edit with the int8 scan the trial kept against 0.69 s with fp32; a SmolLM2-sized
-        decoder's several keys scan faster in fp32 anyway, 8.9 against 11.7 ms)."""
+        and rescore more rows (timed: docs/performance.md, "T-Patcher's memory scans")."""
         return on_cpu and (config.memory_scan == "int8" or (config.memory_scan == "auto" and not reuse))
 
     def choose_scan(self) -> None:

@@ -163,7 +163,7 @@ class UltraEditEditor(Editor):
             for module, pairs in zip(self.layers, turn):
                 shift = self._shift(module, torch.cat([k for k, _ in pairs]), torch.cat([g for _, g in pairs]))
                 module.weight += (shift.T if isinstance(module, nn.Linear) else shift).to(module.weight.dtype)
-        return EditResult(steps=1, info={"tokens": int(sum(k.shape[0] for k, _ in turn[0]))})
+        return EditResult(steps=0, info={"tokens": int(sum(k.shape[0] for k, _ in turn[0]))})
 
     def edit(self, example: Example) -> EditResult:
         return self.edit_batch([example])

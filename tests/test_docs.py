@@ -74,3 +74,58 @@ def test_the_quick_tours_cheap_commands_run_as_written():
     assert "seqedit demo quick=true" in commands and "seqedit list" in commands
     out = subprocess.run([sys.executable, "-m", "benchmark.cli", "list"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0 and "tpatcher" in out.stdout and "memit_seq" in out.stdout
+
+
+def _pages(folder: str) -> dict[str, str]:
+    return {p.name: p.read_text(encoding="utf-8") for p in (ROOT / "docs" / folder).glob("*.md")}
+
+
+def test_every_registered_editor_and_dataset_has_a_page_linked_from_its_index():
+    import data.configs  # noqa: F401
+    import editors.configs  # noqa: F401
+    from benchmark.registry import DATASETS, EDITORS
+
+    for folder, registry, key in (("editors", EDITORS, "editor"), ("datasets", DATASETS, "data")):
+        pages = _pages(folder)
+        index = pages.pop("index.md")
+        for name in registry.names():
+            holding = [page for page, text in pages.items() if f"`{key}={name}`" in text]
+            assert holding, f"{key}={name} is registered but no page in docs/{folder} names `{key}={name}`"
+            assert all(f"]({page})" in index for page in holding), f"docs/{folder}/index.md misses {holding}"
+
+
+def test_editor_pages_quote_only_numbers_the_benchmark_pages_hold():
+    """An editor page's Measured section repeats numbers from the benchmark pages; each must be
+    found there, so the two cannot drift apart."""
+    sources = (ROOT / "docs" / "benchmarks.md").read_text() + (ROOT / "docs" / "results.md").read_text()
+    found = 0
+    for page, text in _pages("editors").items():
+        measured = text.split("## Measured", 1)[1] if "## Measured" in text else ""
+        for number in re.findall(r"\d+\.\d+|\d{1,3}(?:,\d{3})+", re.sub(r"\]\([^)]*\)", "]", measured)):
+            held = re.search(rf"(?<![\d.,]){re.escape(number)}(?![\d]|,\d)", sources)
+            assert held, f"docs/editors/{page} quotes {number}, which the benchmark pages do not hold"
+            found += 1
+    assert found > 50
+
+
+def test_dataset_pages_show_records_of_the_files_they_name():
+    """Each `<!-- sample: FILE -->` block is a record of FILE as published (a JSON Lines line or an
+    element of a JSON array); the facts page's is an example the embedded dataset makes."""
+    import json
+
+    samples = [(page, source.strip(), json.loads(block)) for page, text in _pages("datasets").items()
+               for source, block in re.findall(r"<!-- sample: (.+?) -->\n```json\n(.*?)\n```", text, re.S)]
+    assert len(samples) >= 7
+    for page, source, record in samples:
+        if source == "facts":
+            from benchmark.build import build_data
+            from benchmark.config import compose, instantiate
+
+            examples = build_data(instantiate(compose(["data=facts", "model=tiny-llama"]))).splits.folds[0]
+            assert any(record == {"prompt": e.prompt, "target": e.target, "equivalents": e.equivalents,
+                                  "relation": e.relation, "subject": e.subject} for e in examples), page
+            continue
+        text = (ROOT / source).read_text(encoding="utf-8")
+        records = json.loads(text) if text.lstrip().startswith("[") else [json.loads(x) for x in text.splitlines()
+                                                                          if x.strip()]
+        assert record in records, f"docs/datasets/{page}: the record shown is not one of {source}'s"

@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 
 from benchmark.metrics import aggregate, fold_intervals, fold_metrics
+from benchmark.record_types import EditRecord
 
 
-def _fold(successes: list[bool], final_items: dict | None = None) -> tuple[list[dict], dict, dict]:
-    edits = [{"success": s, "gr": [float(s), 1.0], "seconds": 0.1 * (i + 1)} for i, s in enumerate(successes)]
+def _fold(successes: list[bool], final_items: dict | None = None) -> tuple[list[EditRecord], dict, dict]:
+    edits = [EditRecord(edited=True, success=s, gr=[float(s), 1.0], seconds=0.1 * (i + 1))
+             for i, s in enumerate(successes)]
     items = final_items or {}
     final = {"items": items, "past_edits": float(np.mean(items.get("past_edits", [1.0]))),
              "train_subsample": 1.0, "test": 1.0, "initial_mistakes": len(edits), "params_added": 0,
@@ -67,7 +69,7 @@ def test_no_interval_without_items_in_every_reporting_fold():
 
 def test_pooled_and_per_edit_gr_differ_as_defined():
     """Per edit: mean of each edit's share, then over edits; pooled: all equivalents counted together."""
-    edits = [{"success": True, "gr": [1.0], "seconds": 1.0}, {"success": True, "gr": [0.0, 0.0, 0.0], "seconds": 1.0}]
+    edits = [EditRecord(success=True, gr=[1.0], seconds=1.0), EditRecord(success=True, gr=[0.0, 0.0, 0.0], seconds=1.0)]
     final = {"past_edits": 1.0, "train_subsample": 1.0, "test": 1.0, "initial_mistakes": 2, "params_added": 0,
              "base_params": 1}
     metrics = fold_metrics(edits, final, {"train_subsample": 1.0, "test": 1.0})
@@ -103,8 +105,8 @@ def test_folds_that_differ_beyond_their_sampling_are_flagged_and_similar_ones_ar
     from benchmark.metrics import aggregate, fold_intervals, folds_differ
 
     def folds_of(successes):
-        edits = {f: [{"success": s, "gr": [], "seconds": 1.0} for s in fold] for f, fold in enumerate(successes)}
-        return {f: (e, {"items": {}}, {"SR": sum(x["success"] for x in e) / len(e)}) for f, e in edits.items()}
+        edits = {f: [EditRecord(success=s, seconds=1.0) for s in fold] for f, fold in enumerate(successes)}
+        return {f: (e, {"items": {}}, {"SR": sum(x.success for x in e) / len(e)}) for f, e in edits.items()}
 
     split = folds_of([[0] * 10, [1] * 10, [1] * 10])
     differ = folds_differ(split)

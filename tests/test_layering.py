@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("benchmark", "data", "editors")
 FOUNDATION = {"benchmark.types", "benchmark.registry", "benchmark.cache", "benchmark.records",
               "benchmark.fact_source", "benchmark.keep_best", "benchmark.metrics", "benchmark.csvlog",
-              "benchmark.distributed", "benchmark.corpus"}
+              "benchmark.distributed", "benchmark.corpus", "benchmark.record_types"}
 # floor -> the floors it may import (its own included)
 MAY_IMPORT = {"foundation": {"foundation"}, "models": {"foundation", "models"}, "data": {"foundation", "data"},
               "editors": {"foundation", "models", "editors"},

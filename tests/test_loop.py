@@ -106,6 +106,66 @@ def test_results_file_holds_config_code_version_and_seed(tmp_path):
                                        "params_added"}
 
 
+def test_the_editing_loop_runs_without_lightning(tmp_path):
+    """`EditingLoop` is a plain class: stepped by hand over the stream, it writes the records a run
+    through Lightning's test loop writes (times and hash links aside), typed as they are read."""
+    from benchmark.loop import EditingLoop
+    from benchmark.models.prefix_cache import PrefixCache
+    from benchmark.record_types import EditRecord, EvalRecord, FoldEndRecord
+    from benchmark.records import RunRecords
+    from benchmark.run import _build_editor, _initial_accuracies, _plan, _stream
+
+    through_lightning = _run(tmp_path, "editor.forget=true", "loop.eval_every=2")
+    plan = _plan(compose(["editor=scripted", "data=handmade", "model=tiny-llama", f"output_dir={tmp_path}",
+                          "run_id=plain", "loop.progress=false", "editor.forget=true", "loop.eval_every=2"]))
+    scripted.ScriptedEditor.calls = 0
+    editor = _build_editor(plan.run_cfg, plan.datamodule, plan.splits, plan.trained)
+    cache = PrefixCache(editor.adapter, editor.edited_from(), 0)
+    initial = _initial_accuracies(editor, plan.splits, plan.folds, plan.run_cfg.loop)
+    records = RunRecords(tmp_path / "plain", "{}", 0, resume=False)
+    stream = _stream(plan, {f: 0 for f in plan.folds})
+    logged = []
+    loop = EditingLoop(plan.splits, records, plan.run_cfg.loop, plan.run_cfg.seed, initial, len(stream), cache,
+                       log=lambda metrics, step: logged.append((step, metrics)))
+    for item in stream:
+        loop.step(editor, item)
+    loop.finish(editor)
+    records.close()
+
+    def comparable(lines: list[dict]) -> list[dict]:  # times and the hash chain's links aside
+        out = [{k: v for k, v in x.items() if k not in {"seconds", "chain", "info"}} for x in lines
+               if x["type"] != "run_end"]
+        for x in out:
+            x.get("metrics", {}).pop("edit_seconds_median", None)
+        return out
+
+    by_hand, lightning = ([json.loads(x) for x in (tmp_path / run / "edits.jsonl").read_text().splitlines()]
+                          for run in ("plain", "r"))
+    assert len(by_hand) == 6 + 2 + 2 and comparable(by_hand) == comparable(lightning)
+    typed = records.records()
+    assert [type(r) for r in typed[:3]] == [EditRecord, EditRecord, EditRecord]
+    assert sum(isinstance(r, EvalRecord) for r in typed) == 2 and sum(isinstance(r, FoldEndRecord) for r in typed) == 2
+    assert {f: r.metrics["SR"] for f, r in enumerate(x for x in typed if isinstance(x, FoldEndRecord))} == {
+        int(f): m["SR"] for f, m in through_lightning["folds"].items()}
+    assert logged and logged[-1][0] == 5  # five edits over the two folds, logged with the global step
+
+
+def test_record_lines_round_trip_and_older_lines_parse():
+    from benchmark.record_types import EditRecord, EvalRecord, parse
+
+    edit = EditRecord(fold=1, index=3, uid="u", mistake=True, edited=True, success=True, gr=[1.0], seconds=0.5,
+                      steps=7, params_added=12, info={"solved": True}, loc_tokens=[1.0], loc=[0.0])
+    assert parse(json.loads(json.dumps(edit.line()))) == edit
+    unedited = EditRecord(fold=0, index=0, uid="a").line()
+    assert "info" not in unedited and unedited["success"] is None  # written as the loop always wrote them
+    # a line of an older run (no loc, no params_added) and one with the hash chain's link
+    assert parse({"type": "edit", "fold": 0, "edited": True, "success": True, "link": "x"}).loc is None
+    assert parse({"type": "eval", "fold": 0, "edits": 2, "TrainR": 0.9, "TestR": None}) == EvalRecord(
+        fold=0, edits=2, TrainR=0.9)
+    with pytest.raises(ValueError, match="unknown type 'edits'"):
+        parse({"type": "edits"})
+
+
 def test_existing_run_is_not_overwritten(tmp_path):
     _run(tmp_path)
     with pytest.raises(FileExistsError):

@@ -240,7 +240,7 @@ def test_memory_keeps_the_scan_that_is_faster_in_the_edits(slower, monkeypatch):
     here (a sleep in its own code path)."""
     import time
 
-    from editors.patch_memory import QUANTIZED_SCAN, QueryMemory
+    from editors.patch_memory import QUANTIZED_SCAN, QueryMemory, QueryStore
 
     if not QUANTIZED_SCAN:
         pytest.skip("this torch has no int8 kernel")
@@ -253,8 +253,8 @@ def test_memory_keeps_the_scan_that_is_faster_in_the_edits(slower, monkeypatch):
         bounded = QueryMemory._bounded_top
         monkeypatch.setattr(QueryMemory, "_bounded_top", lambda *a: (time.sleep(0.01), bounded(*a))[1])
     else:
-        matrix = QueryMemory.matrix.fget  # read by the fp32 scan only
-        monkeypatch.setattr(QueryMemory, "matrix", property(lambda self: (time.sleep(0.01), matrix(self))[1]))
+        products = QueryStore.products  # the fp32 scan's read of every row
+        monkeypatch.setattr(QueryStore, "products", lambda *a: (time.sleep(0.01), products(*a))[1])
     memory.start_trial(scans=3)
     memory.scans = {key: 0 for key in memory.scans}
     found = []
@@ -311,7 +311,7 @@ def test_transposed_memory_scan_gives_the_row_major_products(patches):
     memory.append(rows)
     plain.append(rows)
     keys = torch.randn(40, patches, generator=generator)
-    assert memory.columns.shape[1] >= len(memory) == 2400
+    assert memory.store.columns.shape[1] >= len(memory) == 2400
     torch.testing.assert_close(memory.products(keys), plain.matrix @ keys, rtol=1e-5, atol=1e-5)
     for shift in (0.0, torch.randn(patches, generator=generator)):
         top = memory.top_entries(keys, torch.zeros(patches), [shift], 100)[0]

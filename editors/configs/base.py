@@ -9,9 +9,20 @@ from dataclasses import dataclass, field
 @dataclass
 class EditorConfig:
     name: str = field(default="", metadata={"help": "registered editor name (set by `editor=NAME`)"})
-    max_steps: int = field(default=100, metadata={"help": "optimisation steps allowed per edit"})
 
     def __post_init__(self) -> None:
+        pass
+
+
+@dataclass
+class SteppedEditorConfig(EditorConfig):
+    """An editor that trains what it edits with an optimizer: `max_steps` always counts optimizer steps
+    of the edited parameters, and an edit's record says how many it took (`steps`)."""
+
+    max_steps: int = field(default=100, metadata={"help": "optimizer steps allowed per edit"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.max_steps < 1:
             raise ValueError(f"editor.max_steps must be at least 1, got {self.max_steps}")
 

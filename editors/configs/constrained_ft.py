@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from benchmark.registry import EDITORS
-from editors.configs.base import EditorConfig
+from editors.configs.base import SteppedEditorConfig
 
 
 @dataclass
-class ConstrainedFTConfig(EditorConfig):
+class ConstrainedFTConfig(SteppedEditorConfig):
     block: str = field(default="last", metadata={"help": "block index 0..L-1 | embeddings | last | all"})
     delta: float = field(default=1e-3, metadata={"help": "bound on ||theta - theta_0||; inf is plain fine-tuning",
                                                   "infinite": "no bound: plain fine-tuning"})

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from benchmark.registry import EDITORS
-from editors.configs.base import EditorConfig
+from editors.configs.base import SteppedEditorConfig
 
 
 @dataclass
-class DeferConfig(EditorConfig):
+class DeferConfig(SteppedEditorConfig):
     # the GRACE authors' preset (Thartvigsen/GRACE grace/config/editor/defer.yaml)
     max_steps: int = field(default=100, metadata={"help": "Adam steps per edit (n_iter; always all of them)"})
     layer: int | None = field(default=None, metadata={

@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from benchmark.registry import EDITORS
-from editors.configs.base import EditorConfig
+from editors.configs.base import SteppedEditorConfig
 
 RECIPES = ("seqedit", "official")
 OFFICIAL_STEPS, OFFICIAL_KL_BATCH, OFFICIAL_PAST = 2000, 64, 100
 
 
 @dataclass
-class FTConfig(EditorConfig):
+class FTConfig(SteppedEditorConfig):
     max_steps: int | None = field(default=None, metadata={
         "help": "optimisation steps allowed per edit; unset: 100 (seqedit recipe) or 2,000 (official)"})
     layers: str = field(default="all", metadata={"help": "all | last: which parameters are fine-tuned"})

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from benchmark.registry import EDITORS
-from editors.configs.base import EditorConfig
+from editors.configs.base import SteppedEditorConfig
 
 
 @dataclass
-class FTEWCConfig(EditorConfig):
+class FTEWCConfig(SteppedEditorConfig):
     # the GRACE authors' preset (Thartvigsen/GRACE grace/config/editor/ft_ewc.yaml, config.yaml n_iter) on
     # GPT2-XL's transformer.h[35].mlp.c_fc (config/model/gpt2xl.yaml): block 35 of 48
     max_steps: int = field(default=100, metadata={"help": "Adam steps per edit at most (n_iter); stops once it holds"})

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from benchmark.registry import EDITORS
-from editors.configs.base import EditorConfig
+from editors.configs.base import SteppedEditorConfig
 
 
 @dataclass
-class GraceConfig(EditorConfig):
+class GraceConfig(SteppedEditorConfig):
     max_steps: int = field(default=50, metadata={
         "help": "value training steps per edit (n_iter: 50 in EasyEdit's LLaMA presets, 200 for GPT-2 XL/GPT-J)"})
     layer: int | None = field(default=None, metadata={

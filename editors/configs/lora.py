@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from benchmark.registry import EDITORS
-from editors.configs.base import EditorConfig
+from editors.configs.base import SteppedEditorConfig
 
 ROLES = ("q", "k", "v", "o", "qkv", "ffn_in", "ffn_up", "ffn_out")
 FORMS = ("adalora", "lora")
 
 
 @dataclass
-class LoraConfig(EditorConfig):
+class LoraConfig(SteppedEditorConfig):
     # EasyEdit's preset for LLaMA-3-8B (hparams/LoRA/llama3-8b.yaml): AdaLoRA on q and v of every block,
     # rank 8, alpha 32, Adam lr 5e-3 for 70 steps per request
     max_steps: int = field(default=70, metadata={"help": "Adam steps per edit (num_steps)"})

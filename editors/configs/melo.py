@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from benchmark.registry import EDITORS
-from editors.configs.base import EditorConfig
+from editors.configs.base import SteppedEditorConfig
 
 
 @dataclass
-class MeloConfig(EditorConfig):
+class MeloConfig(SteppedEditorConfig):
     # EasyEdit's only preset (hparams/MELO/gpt2-xl.yaml): the router at block 35 of 48 (c_fc), LoRA
     # on c_fc of blocks 36 and 37, blocks of rank 2 (350 of them), radius 0.5, 50 steps at lr 1e-3
     max_steps: int = field(default=50, metadata={"help": "Adam steps per edit (num_iter)"})

@@ -15,7 +15,8 @@ from editors.configs.base import EditorConfig
 class LocateConfig(EditorConfig):
     """What MEMIT, AlphaEdit and ROME share: v*'s optimisation, the blocks, C's texts."""
 
-    max_steps: int = field(default=25, metadata={"help": "Adam steps of v* per edit (v_num_grad_steps)"})
+    v_steps: int = field(default=25, metadata={
+        "help": "Adam steps of v* per edit at most (v_num_grad_steps); the weights themselves take no optimizer step"})
     layers: list[int] = field(default_factory=lambda: [4, 5, 6, 7, 8], metadata={
         "help": "blocks whose FFN output projection is rewritten (the LLaMA presets: 4..8)"})
     v_lr: float = field(default=0.1, metadata={"help": "Adam learning rate of v*"})
@@ -48,6 +49,8 @@ class LocateConfig(EditorConfig):
         super().__post_init__()
         if self.mode not in ("fast", "naive"):
             raise ValueError(f"editor.mode must be fast or naive, got {self.mode!r}")
+        if self.v_steps < 1:
+            raise ValueError(f"editor.v_steps must be at least 1, got {self.v_steps}")
         if not self.layers or len(set(self.layers)) != len(self.layers):
             raise ValueError(f"editor.layers must be a non-empty list of distinct blocks, got {self.layers}")
         if self.v_lr <= 0 or self.clamp_norm_factor <= 0:

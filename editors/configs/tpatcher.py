@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from benchmark.registry import EDITORS
-from editors.configs.base import EditorConfig
+from editors.configs.base import SteppedEditorConfig
 
 ACTIVATION_NAMES = ("relu", "gelu", "silu")
 RECIPES = ("seqedit", "official")
@@ -15,7 +15,7 @@ RECIPE_DEFAULTS = {"seqedit": (300, 10.0, 5.0, "fast"), "official": (2000, 5.0, 
 
 
 @dataclass
-class TPatcherConfig(EditorConfig):
+class TPatcherConfig(SteppedEditorConfig):
     recipe: str = field(default="seqedit", metadata={
         "help": "seqedit | official: the published code's edit (8 dropout copies in train mode, weight decay, "
                 "clipping, plateau schedule, label smoothing, its stop rule on a D_val memory, memory of edited "

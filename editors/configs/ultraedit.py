@@ -17,7 +17,6 @@ class UltraEditConfig(EditorConfig):
     # gate projections of blocks 11-15, up projections of blocks 18-24 of 32; for an FFN that is not gated, their
     # GPT-J preset (config/model/gpt-j.yaml): fc_out of blocks 18-26 of 28. Unset layers take the preset's blocks
     # at the same relative depth (SmolLM2, 30 blocks: gates 10-14, ups 16-22)
-    max_steps: int = field(default=1, metadata={"help": "UltraEdit makes one closed-form update per edit"})
     in_layers: list[int] | None = field(default=None, metadata={
         "help": "blocks whose FFN input projection (a gated FFN's gate) is rewritten; unset: the LLaMA-3 preset's "
                 "11-15 of 32 at the same relative depth (gated FFNs; none otherwise)"})

@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from benchmark.registry import EDITORS
-from editors.configs.base import EditorConfig
+from editors.configs.base import SteppedEditorConfig
 
 
 @dataclass
-class WiseConfig(EditorConfig):
+class WiseConfig(SteppedEditorConfig):
     max_steps: int = field(default=70, metadata={"help": "SGD steps of the side memory per edit (n_iter)"})
     layer: int | None = field(default=None, metadata={
         "help": "block whose FFN output projection gets the side memory; unset: the block at 27/32 of the depth "
