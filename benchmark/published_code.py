@@ -8,15 +8,18 @@ weights after each edit) and the seconds an edit.
 `--repo` is a checkout of jianghoucheng/AlphaEdit (its `memit/`, `AlphaEdit/`, `rome/`, `util/`);
 nothing of it is copied into seqedit. `--python` is an interpreter with torch and a transformers
 4.x (the published hooks read a decoder layer's output as a tuple, which transformers 5 no longer
-returns), for example `python -m venv pub && pub/bin/pip install torch transformers==4.44.2
+returns), for example `python -m venv pub && pub/bin/pip install torch transformers==4.51.3
 'numpy<2'`. The published modules are run as they are, with two substitutions made in memory: the
 device string "cuda" (hard-coded throughout, e.g. AlphaEdit_main.py:78, compute_z.py:39) becomes
 "cpu" where no GPU is present, and `datasets`, imported by rome/layer_stats.py but never reached
 here, is an empty module. What the published code would compute at random or from the network is
 handed to it from seqedit's run, so that the two compute the same thing: the prefixes (its
-module-level CONTEXT_TEMPLATES_CACHE) and C = E[k k^T] per layer (its COV_CACHE). The preset is the
-repository's hparams/{MEMIT,AlphaEdit}/Llama3-8B.json with `v_loss_layer` moved to the model's
-last block, as seqedit's presets read the loss on the model's own logits.
+module-level CONTEXT_TEMPLATES_CACHE) and C = E[k k^T] per layer (its COV_CACHE; ROME's C^-1 in
+compute_u's cache). The settings are the repository's hparams/{MEMIT,AlphaEdit,ROME}/Llama3-8B.json
+with `v_loss_layer` moved to the model's last block (seqedit's presets read the loss on the model's
+own logits) and every setting the two share taken from seqedit's config, so that both compute the
+same update; where that preset differs from seqedit's (ROME's `mom2_adjustment`: seqedit follows
+the paper), the summary line says so.
 
 Each side times its edits alone (`--threads`, the same for both). One JSON line per edit and a
 summary line are printed; benchmark/figures/published_code_cpu.jsonl keeps a run's lines.
@@ -35,11 +38,13 @@ import time
 from pathlib import Path
 
 PACKAGES = ("memit", "AlphaEdit", "rome", "util")
-PRESETS = {"memit": "hparams/MEMIT/Llama3-8B.json", "alphaedit": "hparams/AlphaEdit/Llama3-8B.json"}
+PRESETS = {"memit": "hparams/MEMIT/Llama3-8B.json", "alphaedit": "hparams/AlphaEdit/Llama3-8B.json",
+           "rome": "hparams/ROME/Llama3-8B.json"}
 # seqedit's config field for each preset key the two share (the rest are the published code's own)
 SHARED = {"layers": "layers", "v_num_grad_steps": "v_steps", "v_lr": "v_lr", "v_weight_decay": "v_weight_decay",
           "clamp_norm_factor": "clamp_norm_factor", "kl_factor": "kl_factor",
-          "mom2_update_weight": "mom2_update_weight", "nullspace_threshold": "nullspace_threshold", "L2": "l2"}
+          "mom2_update_weight": "mom2_update_weight", "nullspace_threshold": "nullspace_threshold", "L2": "l2",
+          "mom2_adjustment": "mom2_adjustment"}
 
 
 # -- seqedit's side (this environment) -----------------------------------------------------------------
@@ -135,25 +140,25 @@ def published_side(repo: Path, editor_name: str, out: Path, threads: int) -> dic
     _published_source(repo, work, device)
     os.chdir(work)  # util/globals.py reads globals.yml from the working directory
     sys.path.insert(0, str(work))
-    sys.modules.setdefault("datasets", types.ModuleType("datasets"))  # rome/layer_stats.py: never reached
+    stub = types.ModuleType("datasets")  # rome/layer_stats.py imports it; C is handed in, so it is never called
+
+    def load_dataset(*_args, **_kwargs):
+        raise RuntimeError("the published layer_stats was reached: C should have come from seqedit's run")
+
+    stub.load_dataset = load_dataset
+    sys.modules.setdefault("datasets", stub)
     inputs = json.loads((out / "inputs.json").read_text())
     preset = json.loads((repo / PRESETS[editor_name]).read_text())
     preset["v_loss_layer"] = inputs["last_block"]
+    # the published code runs with seqedit's settings, so that the two compute the same update; where the
+    # repository's preset differs (ROME's mom2_adjustment, the paper's, against its Llama3 preset's), it is said
     differ = {k: (preset[k], v) for k, v in inputs["settings"].items() if k in preset and preset[k] != v}
+    preset.update({k: v for k, v in inputs["settings"].items() if k in preset})
     model = AutoModelForCausalLM.from_pretrained(out / "model", torch_dtype=torch.float32).to(device).eval()
     tok = AutoTokenizer.from_pretrained(out / "model")
     tok.pad_token = tok.eos_token  # experiments/evaluate.py:118
-    if editor_name == "memit":
-        import memit.memit_main as main
-        from memit import MEMITHyperParams as Params
-    else:
-        import AlphaEdit.AlphaEdit_main as main
-        from AlphaEdit import AlphaEditHyperParams as Params
-    hparams = Params(**preset)
-    main.CONTEXT_TEMPLATES_CACHE = [["{}"], inputs["templates"]]
-    name = model.config._name_or_path.replace("/", "_")
-    for layer_name, C in load_file(str(out / "second_moments.safetensors")).items():
-        main.COV_CACHE[(name, layer_name)] = C
+    main, hparams = _published_editor(editor_name, preset, inputs["templates"], model,
+                                      load_file(str(out / "second_moments.safetensors")))
     weights = {f"{hparams.rewrite_module_tmp.format(layer)}.weight": model.get_parameter(
         f"{hparams.rewrite_module_tmp.format(layer)}.weight") for layer in hparams.layers}
     initial = {k: w.detach().clone() for k, w in weights.items()}
@@ -163,12 +168,41 @@ def published_side(repo: Path, editor_name: str, out: Path, threads: int) -> dic
         began = time.perf_counter()
         if editor_name == "memit":
             main.apply_memit_to_model(model, tok, [request], hparams)
+        elif editor_name == "rome":
+            main.apply_rome_to_model(model, tok, [request], hparams)
         else:
             _, extra["cache_c"] = main.apply_AlphaEdit_to_model(model, tok, [request], hparams, **extra)
         seconds.append(time.perf_counter() - began)
         deltas.update({f"{j}/{k}": (w.detach().cpu() - initial[k].cpu()).contiguous() for k, w in weights.items()})
     save_file(deltas, str(out / "published_deltas.safetensors"))
     return {"seconds": seconds, "peak_rss_mb": _rss_mb(), "preset_differs": differ, "device": device}
+
+
+def _published_editor(editor_name: str, preset: dict, templates: list[str], model, moments: dict):
+    """The published module and hyperparameters, with seqedit's prefixes and C in its caches (ROME
+    keeps C^-1, inverted in float32 as compute_u.py:44-55 does)."""
+    import torch
+
+    name = model.config._name_or_path.replace("/", "_")
+    if editor_name == "rome":
+        import rome.compute_u as compute_u
+        import rome.rome_main as main
+        from rome import ROMEHyperParams as Params
+
+        main.CONTEXT_TEMPLATES_CACHE = ["{}", *templates]
+        for layer_name, C in moments.items():
+            compute_u.inv_mom2_cache[(name, layer_name)] = torch.inverse(C).float()
+        return main, Params(**preset)
+    if editor_name == "memit":
+        import memit.memit_main as main
+        from memit import MEMITHyperParams as Params
+    else:
+        import AlphaEdit.AlphaEdit_main as main
+        from AlphaEdit import AlphaEditHyperParams as Params
+    main.CONTEXT_TEMPLATES_CACHE = [["{}"], templates]
+    for layer_name, C in moments.items():
+        main.COV_CACHE[(name, layer_name)] = C
+    return main, Params(**preset)
 
 
 def _alphaedit_state(repo: Path, main, model, tok, hparams) -> dict:

@@ -95,9 +95,9 @@ def test_every_registered_editor_and_dataset_has_a_page_linked_from_its_index():
 
 
 def test_editor_pages_quote_only_numbers_the_benchmark_pages_hold():
-    """An editor page's Measured section repeats numbers from the benchmark pages; each must be
-    found there, so the two cannot drift apart."""
-    sources = (ROOT / "docs" / "benchmarks.md").read_text() + (ROOT / "docs" / "results.md").read_text()
+    """An editor page's Measured section repeats numbers from the benchmark and performance pages;
+    each must be found there, so the two cannot drift apart."""
+    sources = "".join((ROOT / "docs" / page).read_text() for page in ("benchmarks.md", "results.md", "performance.md"))
     found = 0
     for page, text in _pages("editors").items():
         measured = text.split("## Measured", 1)[1] if "## Measured" in text else ""
