@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import yaml
 
-from benchmark.record_types import Record, parse_all
+from benchmark.record_types import KINDS, Record, parse_all
 
 RECORDS = "edits.jsonl"
 
@@ -236,7 +236,7 @@ class RunRecords:
                 record = json.loads(raw)
             except json.JSONDecodeError:
                 record = None
-            if not isinstance(record, dict) or "type" not in record:
+            if not isinstance(record, dict) or record.get("type") not in KINDS:
                 raise ResumeError(f"{self.path}:{number}: damaged record line; the run cannot be resumed safely")
             if CHAIN in record or previous:  # records written before links were kept have none
                 previous = chain_link(previous, record)

@@ -97,6 +97,16 @@ def test_a_damaged_middle_line_is_named_and_nothing_is_rewritten(tmp_path):
     assert records.read_bytes() == before
 
 
+def test_a_line_of_no_known_kind_is_named(tmp_path):
+    _crashed_run(tmp_path)
+    records = tmp_path / "r" / "edits.jsonl"
+    lines = records.read_text().splitlines(keepends=True)
+    lines[1] = lines[1].replace('"type": "edit"', '"type": "edits"')
+    records.write_text("".join(lines))
+    with pytest.raises(ResumeError, match=r"edits.jsonl:2: damaged record line"):
+        _resume(tmp_path)
+
+
 def test_a_changed_covered_record_is_refused(tmp_path):
     _crashed_run(tmp_path)
     records = tmp_path / "r" / "edits.jsonl"
