@@ -10,8 +10,8 @@ Extra `key=value` overrides apply to every run. Before it starts it prints a tim
 (`estimate`); each part's initial model is fitted and timed first, and every run's time is kept
 (`demo_times.json` beside the runs, which the leaderboard shows, and this machine's timings in the
 cache for later estimates). Demo-only change from the paper's settings, for 2 CPU cores: the KL
-baselines sample 32 memory examples per step instead of 512, and the training phases (SERA, KE,
-MEND) run one epoch on 300 D'train edits.
+baselines sample 32 memory examples per step instead of 512, the training phases of SERA, KE and
+MEND run one epoch on 300 D'train edits, and RLEdit's one trajectory of 50 edits (not 200).
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ QUICK = {"qa": ["model=tiny-llama", *_TINY_INIT, "loop.max_fold_examples=5", "lo
 PER_EDITOR = {"ft_kl_all": ["editor.kl_batch=32"], "ft_kl_last": ["editor.kl_batch=32"],
               "sera": ["editor.train_epochs=1", "editor.train_examples=300"],
               "ke_style": ["editor.train_epochs=1", "editor.train_examples=300"],
-              "mend_style": ["editor.train_epochs=1", "editor.train_examples=300"]}
+              "mend_style": ["editor.train_epochs=1", "editor.train_examples=300"],
+              "rledit": ["editor.trajectory=50"]}
 _LOCATE = ["editor.stats_tokens=20000"]  # C from the Wikipedia sample's first 20,000 tokens, on the tiny model
 QUICK_EDITOR = {"sera": ["editor.encoder=tiny-bert", "editor.train_examples=200"],
                 "memit": [*_LOCATE, "editor.layers=[0]", "editor.mom2_update_weight=10"],
@@ -55,7 +56,9 @@ QUICK_EDITOR = {"sera": ["editor.encoder=tiny-bert", "editor.train_examples=200"
                 "wise": ["editor.layer=0"],
                 "melo": ["editor.router_layer=0", "editor.lora_layers=[1]"],
                 "ke_style": ["editor.edit_lr=0.1", "editor.train_examples=50"],
-                "mend_style": ["editor.edit_lr=0.1", "editor.train_examples=50"]}
+                "mend_style": ["editor.edit_lr=0.1", "editor.train_examples=50"],
+                "rledit": ["editor.lr=1e-3", "editor.rank=8", "editor.hidden_blocks=1", "editor.trajectory=4",
+                           "editor.back_depth=2"]}
 
 
 INITIAL = "initial model"  # the time file's name for a part's initial-model fit

@@ -40,10 +40,11 @@ GATED_PRESET = {"in_layers": (range(11, 16), 32), "up_layers": (range(18, 25), 3
 PLAIN_PRESET = {"out_layers": (range(18, 27), 28)}
 
 
-def preset_layers(config: UltraEditConfig, blocks: int, gated: bool) -> dict[str, list[int]]:
+def preset_layers(config: UltraEditConfig, blocks: int, gated: bool,
+                  presets: tuple[dict, dict] = (GATED_PRESET, PLAIN_PRESET)) -> dict[str, list[int]]:
     """The blocks of each role: as given, or unset, the preset's blocks at the same relative depth
-    (`GATED_PRESET` for a gated FFN, `PLAIN_PRESET` otherwise), each block once."""
-    preset = GATED_PRESET if gated else PLAIN_PRESET
+    (the first of `presets` for a gated FFN, the second otherwise), each block once."""
+    preset = presets[0] if gated else presets[1]
     out = {}
     for key, _ in ROLES:
         given = getattr(config, key)
@@ -89,11 +90,12 @@ class LifelongNormaliser:
 class UltraEditEditor(Editor):
     config_class = UltraEditConfig
     traits = Editor.traits.but(one_shot=True, batches=True)
+    presets = (GATED_PRESET, PLAIN_PRESET)  # the blocks edited where the config leaves them unset
 
     def __init__(self, config: UltraEditConfig, adapter):
         super().__init__(config, adapter)
         self.layers: list[nn.Module] = []
-        chosen = preset_layers(config, len(adapter.layer_modules()), adapter.ffn_site(0).gated)
+        chosen = preset_layers(config, len(adapter.layer_modules()), adapter.ffn_site(0).gated, self.presets)
         for key, role in ROLES:  # the order of the published edit_modules: gates, then ups
             for layer in chosen[key]:
                 module = getattr(adapter.ffn_site(layer), role)
@@ -130,7 +132,8 @@ class UltraEditEditor(Editor):
         def keep(i: int):
             def hook(_m, args, output):
                 if output.shape[:2] != at.shape:
-                    raise ValueError(f"editor=ultraedit: layer {i} runs over another sequence than the scored one")
+                    raise ValueError(f"editor={self.config.name}: layer {i} runs over another sequence than the "
+                                     "scored one")
                 keys[i] = args[0][at].detach().float()
                 zeros[i] = torch.zeros_like(output, requires_grad=True)
                 return output + zeros[i]
@@ -141,9 +144,8 @@ class UltraEditEditor(Editor):
             grads = torch.autograd.grad(loss, [zeros[i] for i in range(len(self.layers))], allow_unused=True)
         return [(keys[i], (torch.zeros_like(zeros[i]) if g is None else g)[at].float()) for i, g in enumerate(grads)]
 
-    @torch.no_grad()
-    def _shift(self, module: nn.Module, keys: Tensor, grads: Tensor) -> Tensor:
-        """dW^T [in, out] of one layer from its keys and gradients of the whole turn (steps 2-3)."""
+    def _shift(self, index: int, module: nn.Module, keys: Tensor, grads: Tensor) -> Tensor:
+        """dW^T [in, out] of layer `index` from its keys and gradients of the whole turn (steps 2-3)."""
         d_in, d_out = linear_shape(module)
         z = self.normalisers[(d_in, d_out)](torch.cat([keys, grads], -1))
         keys_hat, grads_hat = z.split([d_in, d_out], -1)
@@ -160,8 +162,8 @@ class UltraEditEditor(Editor):
                 self.normalisers[linear_shape(module)].update(torch.cat([keys, grads], -1))
                 turn[i].append((keys, grads))
         with torch.no_grad():
-            for module, pairs in zip(self.layers, turn):
-                shift = self._shift(module, torch.cat([k for k, _ in pairs]), torch.cat([g for _, g in pairs]))
+            for i, (module, pairs) in enumerate(zip(self.layers, turn)):
+                shift = self._shift(i, module, torch.cat([k for k, _ in pairs]), torch.cat([g for _, g in pairs]))
                 module.weight += (shift.T if isinstance(module, nn.Linear) else shift).to(module.weight.dtype)
         return EditResult(steps=0, info={"tokens": int(sum(k.shape[0] for k, _ in turn[0]))})
 

@@ -41,6 +41,8 @@ ROWS = {
     "prune": {"layers": [0], **C_SAMPLE, "mom2_update_weight": 10.0},
     # every position: a first edit with a one-token answer has one row, which the normaliser maps to 0
     "ultraedit": {"in_layers": [0], "up_layers": [], "out_layers": [0], "lr": 1e-3, "token": "mask"},
+    "rledit": {"in_layers": [0], "up_layers": [], "out_layers": [0], "lr": 1e-3, "token": "mask", "rank": 8,
+               "hidden_blocks": 1, "trajectory": 4, "back_depth": 2, "train_examples": 40},
     "wise": {"layer": 0, "max_steps": 40},
     "melo": {"router_layer": 0, "lora_layers": [1], "max_steps": 50, "lr": 1e-2, "stop_when_correct": True},
     "defer": {"layer": 0, "max_steps": 100, "lr": 0.01, "stop_when_correct": True},
@@ -296,7 +298,7 @@ class _Crash(RuntimeError):
 # editors whose state between edits is more than their trainable weights: the normaliser beside
 # them (UltraEdit), the unrestrained weights (PRUNE), the gate's trained flag (DEFER), adapters
 # (LoRA), the recent edits for the Fisher (FT-EWC)
-STATEFUL = ["ultraedit", "prune", "defer", "lora", "ft_ewc"]
+STATEFUL = ["ultraedit", "rledit", "prune", "defer", "lora", "ft_ewc"]
 
 
 @pytest.mark.parametrize("name", STATEFUL)

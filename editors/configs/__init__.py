@@ -13,6 +13,7 @@ from editors.configs import (  # noqa: F401
     melo,
     memit,
     mend_style,
+    rledit,
     sera,
     tpatcher,
     ultraedit,
