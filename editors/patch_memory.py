@@ -19,10 +19,13 @@ values and gradients as the full expression, without a backward pass through all
   timed in the run's own edits (`QueryMemory.start_trial`).
 - `ReusedScan`: most steps read no row of M at all. Between steps the keys move little, and each
   score moves at most as far as Cauchy-Schwarz allows: with K_0 the keys of the previous step,
-  D = K - K_0, M_i.K = M_i.K_0 + c.D + (M_i - c).D, where the last term is within |M_i - c| |D_j|
-  (the rows' spread around their centre, much smaller than their norm). Every entry keeps an
+  D = K - K_0, M_i.K = M_i.K_0 + c.D + S_i (U^T D) + R_i.D, with U the leading principal
+  directions of the rows around c (`REUSE_RANK` of them, from the first rows appended), S_i the
+  row's coordinates in them and R_i what they leave: the first terms are computed (n x rank
+  products), the last is within |R_i| |D_j| (much smaller than the row's norm). Every entry keeps an
   interval that holds its exact value: after a full scan its fp32 product within rounding (the
-  int8 scan's bound where that scan ran); each step moves it by c.D and widens it by that bound.
+  int8 scan's bound where that scan ran); each step moves it by c.D + S_i (U^T D) and widens it
+  by that bound.
   With tau a lower bound of the k-th largest true entry (the least lower end among the previous
   step's top-k entries: k distinct entries at least that large), only rows whose upper end
   reaches tau can hold a top-k entry; only they are rescored in fp32, and their intervals shrink
@@ -44,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 QUANTIZED_SCAN = hasattr(torch.ops.aten, "_weight_int8pack_mm")  # int8 weights x bf16 inputs, CPU kernel
+REUSE_RANK = 32  # principal directions ReusedScan computes instead of bounding (see its docstring)
 PAD = 64  # the kernel wants the reduced dimension in whole vector lanes: rows are zero-padded to it
 
 
@@ -215,22 +219,56 @@ class Int8Scan(RowBuffers):
 
 class ReusedScan(RowBuffers):
     """Bounds this step's scores from the last step's intervals and the keys' move since, and names
-    the rows that may hold a top-k entry; keeps each step's intervals for the next."""
+    the rows that may hold a top-k entry; keeps each step's intervals for the next.
 
-    names = ("spread", "norms")
+    With a basis U (`rank` principal directions of the first rows appended, around c), each row is
+    M_i = c + S_i U^T + R_i with S_i = (M_i - c) U kept, so M_i.D = c.D + S_i (U^T D) + R_i.D: the
+    first two terms are computed (n x rank products instead of n x width) and only |R_i| |D| is
+    bounded, where R_i is what the basis leaves of the row (its exact remainder, whatever the
+    rounding of S and U: the identity holds for any U)."""
 
-    def __init__(self, width: int):
+    names = ("spread", "norms", "coords", "coord_norms")
+
+    def __init__(self, width: int, rank: int = 0):
         self.rounding = 2 * width * 2.0**-24  # fp32 rounding of a width-long dot product, relative to |x| |y|
-        self.spread = torch.zeros(0)  # |M_i - c|
+        self.rank = rank
+        self.basis: Tensor | None = None  # U [width, r], r <= rank, from the first rows appended
+        self.spread = torch.zeros(0)  # |R_i|: |M_i - c| where the basis is empty
         self.norms = torch.zeros(0)  # |M_i| (the rounding margins)
+        self.coords = torch.zeros(0, rank)  # S_i
+        self.coord_norms = torch.zeros(0)  # |S_i| (the rounding margins)
         self.last: _Interval | None = None
         # attempts to skip, and the next such pause: where even one step's move from a fresh scan
         # leaves too many rows, the keys move too fast for reuse, and each attempt only costs
         self.skip = self.pause = 0
 
+    def _start_basis(self, rows: Tensor) -> None:
+        """The `rank` leading principal directions of these rows around c (fewer for fewer rows)."""
+        r = min(self.rank, len(rows) - 1)
+        if r <= 0:
+            self.basis = rows.new_zeros(rows.shape[1], 0)
+            return
+        centred = rows.double()
+        _, vectors = torch.linalg.eigh(centred.T @ centred)
+        self.basis = vectors[:, -r:].flip(1).to(rows.dtype).contiguous()
+
     def add(self, store: QueryStore, new: Tensor, where: slice) -> None:
-        self.spread[where] = (new - store.centre).norm(dim=1)
+        centred = new - store.centre
+        if self.basis is None:
+            self._start_basis(centred)
+        r = self.basis.shape[1]
+        coords = centred @ self.basis
+        self.coords[where] = F.pad(coords, (0, self.rank - r))
+        self.coord_norms[where] = coords.norm(dim=1)
+        # the remainder in float64 from the stored fp32 values, rounded up past fp32's rounding of the norm
+        remainder = (new.double() - store.centre.double()) - coords.double() @ self.basis.double().T
+        self.spread[where] = (remainder.norm(dim=1) * (1 + 1e-6)).to(self.spread.dtype)
         self.norms[where] = new.norm(dim=1)
+
+    def to(self, device) -> None:
+        super().to(device)
+        if self.basis is not None:
+            self.basis = self.basis.to(device)
 
     def rounding_error(self, rows, keys: Tensor) -> Tensor:
         """|fl(M_i.K_j) - M_i.K_j| <= gamma_width |M_i| |K_j| for the given rows."""
@@ -261,10 +299,16 @@ class ReusedScan(RowBuffers):
         drift = keys - last.keys
         size = drift.norm(dim=0)  # [n]
         moved = last.values + store.centre @ drift
-        estimate = moved + bias
-        # (M_i - c).D_j by Cauchy-Schwarz; the rounding of c.D, of D itself and of |M_i - c|
+        # R_i.D_j by Cauchy-Schwarz; the rounding of c.D, of D itself and of |R_i|
         error = (last.error + (1 + 1e-3) * self.spread[:n, None] * size
                  + self.rounding * (store.centre.norm() + self.norms[:n, None]) * size)
+        r = self.basis.shape[1]
+        if r:  # S_i (U^T D_j), within the rounding of both products (|U|_F bounds U^T's)
+            projected = self.basis.T @ drift  # [r, n]
+            moved = moved + times(self.coords[:n, :r], projected)
+            basis_norm = self.basis.norm()
+            error = error + self.rounding * self.coord_norms[:n, None] * (projected.norm(dim=0) + basis_norm * size)
+        estimate = moved + bias
         needed = torch.zeros(n, dtype=torch.bool, device=keys.device)
         for shift, before in zip(shifts, last.found):
             low, high = estimate - error + shift, estimate + error + shift
@@ -284,10 +328,11 @@ class QueryMemory:
     """T-Patcher's memory: a `QueryStore` and the scans chosen for it (fp32 always; `quantized`:
     the int8-bounded scan, CPU only; `reuse`: bounds from the previous step)."""
 
-    def __init__(self, width: int, quantized: bool = False, transposed: bool = False, reuse: bool = False):
+    def __init__(self, width: int, quantized: bool = False, transposed: bool = False, reuse: bool = False,
+                 reuse_rank: int = REUSE_RANK):
         self.store = QueryStore(width, transposed)
         self.int8 = Int8Scan(width) if quantized and QUANTIZED_SCAN else None
-        self.reused = ReusedScan(width) if reuse else None
+        self.reused = ReusedScan(width, reuse_rank) if reuse else None
         self.store.followers = [scan for scan in (self.int8, self.reused) if scan is not None]
         self._int8_on = True  # off while the trial times an fp32 scan
         # the rows this step's bounded scan rescored (sorted indices) and their copy: `entries`

@@ -36,6 +36,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from benchmark.models.base import installed, linear_shape
 from benchmark.types import EditorData, Example
@@ -190,8 +191,9 @@ class RLEditTraining(L.LightningModule):
         initial = [m.weight.detach().clone() for m in editor.layers]
         history: list[list[dict[str, Any]]] = []
         losses = []
+        shown = self._trainer is not None and self.trainer.progress_bar_callback is not None
         try:
-            for start in range(0, size, cfg.train_batch_size):
+            for start in tqdm(range(0, size, cfg.train_batch_size), desc="trajectory", leave=False, disable=not shown):
                 history.append([self._step(e) for e in drawn[start : start + cfg.train_batch_size]])
                 losses.append(self._trajectory_step(history[-cfg.back_depth :][::-1]))
         finally:

@@ -38,7 +38,7 @@ def test_an_untrained_network_gives_the_ridge_update_of_the_normalised_gradients
     adapter, editor = _editor()
     shifts = editor.shifts(EDITS)
     pairs = editor._keys_and_gradients(EDITS)
-    for module, (keys, grads), shift in zip(editor.layers, pairs, shifts):
+    for (keys, grads), shift in zip(pairs, shifts):
         d_in = keys.shape[1]
         z = editor.normalisers[(d_in, grads.shape[1])](torch.cat([keys, grads], -1))
         values = -1e-3 * (keys * z[:, :d_in]).sum(-1, keepdim=True) * z[:, d_in:]
@@ -56,7 +56,7 @@ def test_autograd_gives_the_gradient_the_published_code_carries_by_hand():
     pairs = editor._keys_and_gradients(EDITS)
     index, module = 1, editor.layers[1]
     keys, grads = pairs[index]
-    net, slot = editor.hypernet[next(iter(k for k in editor.hypernet if k.startswith(f"{keys.shape[1]}x")))], 0
+    net, slot = editor.hypernet[f"{keys.shape[1]}x{grads.shape[1]}"], editor.slot[index]
     torch.manual_seed(1)
     weight_grad = torch.randn(keys.shape[1], grads.shape[1])  # dL/d(dW^T)
     params = list(net.parameters())

@@ -390,6 +390,55 @@ def test_reused_memory_scan_finds_exactly_the_full_scans_top_entries(patches, qu
     assert served >= reused.scans["reused"]
 
 
+def _low_rank_rows(generator, n=6000, width=40, rank=6):
+    """Queries that spread mostly along a few directions, with a little noise in every other."""
+    common = 3 * torch.randn(width, generator=generator)
+    spread = torch.randn(n, rank, generator=generator) @ torch.randn(rank, width, generator=generator)
+    return common + spread + 0.5 * torch.randn(n, width, generator=generator)
+
+
+def _reuse_trace(rows, rank, generator, steps=30, spoil=False):
+    """Each step's top-k sets from a memory reusing with a basis of `rank` directions, and its scans;
+    `spoil`: the remainders |R_i| set to 0 (a bound that leaves out what the basis misses)."""
+    from editors.patch_memory import QueryMemory
+
+    memory = QueryMemory(rows.shape[1], reuse=True, reuse_rank=rank)
+    memory.append(rows)
+    if spoil:
+        memory.reused.spread.zero_()
+    keys = rows[:2].T / rows[:2].pow(2).sum(-1) + 0.01 * torch.randn(rows.shape[1], 2, generator=generator)
+    trace = []
+    for _ in range(steps):
+        trace.append([set(t.tolist()) for t in memory.top_entries(keys, torch.zeros(2), [torch.zeros(2)] * 2, 100)])
+        keys = keys + 3e-4 * torch.randn(keys.shape, generator=generator)
+    return trace, memory.scans
+
+
+def test_a_basis_of_the_memorys_spread_rescores_fewer_rows_and_finds_the_same_entries():
+    """ReusedScan with U: M_i.D = c.D + S_i (U^T D) + R_i.D, only R_i.D bounded. On queries that
+    spread along a few directions it rescores fewer rows than bounding |M_i - c| |D|, with every
+    step's top-k the full scan's; with the remainders left out of the bound it finds other entries
+    (the term is needed)."""
+    from editors.patch_memory import QueryMemory
+
+    rows = _low_rank_rows(torch.Generator().manual_seed(11))
+    plain = QueryMemory(40)
+    plain.append(rows)
+    traces = {}
+    for rank, spoil in ((0, False), (8, False), (8, True)):
+        traces[rank, spoil] = _reuse_trace(rows, rank, torch.Generator().manual_seed(12), spoil=spoil)
+    generator = torch.Generator().manual_seed(12)  # the keys' path of `_reuse_trace`
+    keys = rows[:2].T / rows[:2].pow(2).sum(-1) + 0.01 * torch.randn(40, 2, generator=generator)
+    expected = []
+    for _ in range(30):
+        expected.append([set(t.tolist()) for t in plain.top_entries(keys, torch.zeros(2), [torch.zeros(2)] * 2, 100)])
+        keys = keys + 3e-4 * torch.randn(keys.shape, generator=generator)
+    assert traces[0, False][0] == expected and traces[8, False][0] == expected
+    assert traces[8, True][0] != expected
+    rescored = {rank: s["reused_rows"] + len(rows) * s["full"] for (rank, spoil), (_, s) in traces.items() if not spoil}
+    assert traces[8, False][1]["reused"] >= 20 and rescored[8] < rescored[0] / 2
+
+
 def test_reuse_pauses_where_the_keys_move_too_fast_and_resumes_where_they_slow():
     """A reuse attempt that fails one step after a full scan means the keys move too fast for it:
     the next attempts pause (1, 2, 4, 8 steps), each pause scanning in full, as exact as ever;
@@ -399,7 +448,8 @@ def test_reuse_pauses_where_the_keys_move_too_fast_and_resumes_where_they_slow()
 
     generator = torch.Generator().manual_seed(5)
     rows = 3 * torch.randn(40, generator=generator) + torch.randn(6000, 40, generator=generator)
-    reused, plain = QueryMemory(40, reuse=True), QueryMemory(40)
+    # bounding every direction (no basis), so that the jumps below are too fast for any reuse
+    reused, plain = QueryMemory(40, reuse=True, reuse_rank=0), QueryMemory(40)
     for memory in (reused, plain):
         memory.append(rows)
     keys, bias = torch.randn(40, 1, generator=generator) / 30, torch.zeros(1)
