@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from benchmark.models.base import installed, linear_shape
 from benchmark.types import EditorData, Example
+from editors.base import scored_forward
 from editors.configs.rledit import RLEditConfig  # noqa: F401  (its config, torch-free)
 from editors.ultraedit import UltraEditEditor
 
@@ -160,8 +161,9 @@ class RLEditTraining(L.LightningModule):
 
     monitor = "val_edit_success"
 
-    def __init__(self, editor: RLEditEditor, data: EditorData):
+    def __init__(self, editor: RLEditEditor, data: EditorData, mode: str = "fast"):
         super().__init__()
+        self.mode = mode  # fast: the edited forward runs only the blocks from the first rewritten one; naive: all
         self.automatic_optimization = False  # gradients add up over the trajectory: one step at its end
         self.editor, self.cfg = editor, editor.config
         self.train_examples = data.train[: self.cfg.train_examples]
@@ -208,29 +210,28 @@ class RLEditTraining(L.LightningModule):
     def _trajectory_step(self, recent: list[list[dict[str, Any]]]) -> float:
         """One step: this step's update predicted (with gradient), its losses over `recent` (this
         step first) backward into the network, then the update kept in the model (rl:111-167).
-        The recent steps' inputs run as one batch; each step's loss is its own rows' mean, as when
-        the published code runs them one by one."""
+        The recent steps' generalisation and locality inputs run as one batch, whose unedited
+        forward gives the locality reference and records the input of the first rewritten block;
+        the edited forward reruns only the blocks from there (`scored_forward`, exact). Each
+        step's loss is the mean over its own rows, as when the published code runs them one by one."""
         editor, cfg, adapter = self.editor, self.cfg, self.editor.adapter
-        decay = [cfg.time_decay**j for j in range(len(recent))]
-        gen_prompts = [[(p, s["edit"].target) for s in steps for p in s["equivalents"]] for steps in recent]
-        gen_batch, gen_owner = _encoded(adapter, gen_prompts)
-        loc_batch, loc_owner = _encoded(adapter, [[s["unrelated"] for s in steps] for steps in recent])
-        with torch.no_grad():
-            reference = adapter.scored_logits(loc_batch)  # the model before this step's update
+        steps = len(recent)
+        gen = [[(p, s["edit"].target) for s in step for p in s["equivalents"]] for step in recent]
+        batch, group = _encoded(adapter, gen + [[s["unrelated"] for s in step] for step in recent])
+        weights = [m.weight for m in editor.layers]
+        reference, edited = scored_forward(adapter, batch, weights, self.mode, reference=True)
         with torch.enable_grad():
             predicted = editor.shifts([s["edit"] for s in recent[0]])
             # the losses' gradient for each update, then carried into the network in one backward
             shifts = [s.detach().requires_grad_(True) for s in predicted]
-            reg = cfg.reg_weight * sum(s.pow(2).sum() for s in shifts)
+            loss = cfg.reg_weight * sum(s.pow(2).sum() for s in shifts)
             with editor.applied(shifts):
-                gen_logits = adapter.scored_logits(gen_batch)
-                loc_logits = adapter.scored_logits(loc_batch)
-            loss = reg
-            for j, weight in enumerate(decay):
-                rows, loc_rows = gen_owner == j, loc_owner == j
-                gen = adapter.task.loss(gen_logits[rows], gen_batch.targets[rows])
-                kl = adapter.task.kl(reference[loc_rows], loc_logits[loc_rows])
-                loss = loss + weight * (gen + cfg.locality_weight * kl)
+                logits = edited()
+            for j in range(steps):
+                rows, loc_rows = group == j, group == steps + j
+                gen_loss = adapter.task.loss(logits[rows], batch.targets[rows])
+                kl = adapter.task.kl(reference[loc_rows], logits[loc_rows])
+                loss = loss + cfg.time_decay**j * (gen_loss + cfg.locality_weight * kl)
             self.manual_backward(loss)
             torch.autograd.backward(predicted, [s.grad for s in shifts])
         nn.utils.clip_grad_norm_(list(editor.hypernet.parameters()), cfg.max_grad_norm)

@@ -146,12 +146,15 @@ def test_bad_settings_are_refused(bad):
         RLEditConfig(name="rledit", **bad)
 
 
-def test_a_steps_batched_losses_are_each_steps_own_as_the_published_loop_runs_them():
-    """The recent steps' inputs run as one batch; the loss must equal the published sum of
-    gamma^j (L_gen_j + c_loc KL_j), each from its own forward, + reg |dW|^2 (rl:118-161)."""
-    adapter, editor = _editor(time_decay=0.5, locality_weight=0.7, reg_weight=0.1, back_depth=3)
+@pytest.mark.parametrize("family, layers", [("decoder", "first+last"), ("decoder", "last"), ("classifier", "last")])
+def test_a_steps_batched_losses_are_each_steps_own_as_the_published_loop_runs_them(family, layers):
+    """The recent steps' inputs run as one batch, the edited forward only from the first rewritten
+    block; the loss must equal the published sum of gamma^j (L_gen_j + c_loc KL_j), each from its
+    own full forward, + reg |dW|^2 (rl:118-161), whichever blocks are rewritten."""
+    chosen = {"in_layers": [0]} if layers == "first+last" else {"in_layers": []}
+    adapter, editor = _editor(family, time_decay=0.5, locality_weight=0.7, reg_weight=0.1, back_depth=3, **chosen)
     _randomise(editor)
-    splits = build_data(instantiate(compose(data_for("decoder", **TRAINING["decoder"])))).splits
+    splits = build_data(instantiate(compose(data_for(family, **TRAINING[family])))).splits
     module = editor.training_module(splits.for_editor())
     module.manual_backward = lambda loss: loss.backward()
     recent = [[module._step(e)] for e in module.train_examples[:3]]
