@@ -549,6 +549,7 @@ def _tpatcher_line(args: argparse.Namespace, family: str) -> dict:
     naive, naive_steps, naive_keys, *_ = run(mode="naive", memory_scan="fp32", memory_reuse=False)
     fast, fast_steps, fast_keys, build_s, _, scan = run(mode="fast")
     every, _, every_keys, *_ = run(mode="fast", memory_reuse=False)
+    unbased, _, unbased_keys, *_ = run(mode="fast", memory_basis=0)
     fp32, _, fp32_keys, *_ = run(mode="fast", memory_scan="fp32")
     screened, _, screened_keys, _, missed, _ = run(mode="fast", memory_refresh=args.refresh)
     floor = {} if args.layer != -1 else \
@@ -572,6 +573,10 @@ def _tpatcher_line(args: argparse.Namespace, family: str) -> dict:
         "scan_every_step_median_s": round(median(every), 4),
         "reuse_speedup": round(median(every) / median(fast), 2),
         "scan_every_step_max_key_diff": float((naive_keys - every_keys).abs().max()),
+        # reuse bounding every direction of the keys' move (memory_basis=0) against the default basis
+        "unbased_reuse_median_s": round(median(unbased), 4),
+        "basis_speedup": round(median(unbased) / median(fast), 2),
+        "unbased_reuse_max_key_diff": float((fast_keys - unbased_keys).abs().max()),
         # the fast path with the plain fp32 memory scan instead of the bounded int8 one
         "cached_fp32_scan_median_s": round(median(fp32), 4),
         "fp32_scan_speedup": round(median(naive) / median(fp32), 2),

@@ -20,7 +20,7 @@ values and gradients as the full expression, without a backward pass through all
 - `ReusedScan`: most steps read no row of M at all. Between steps the keys move little, and each
   score moves at most as far as Cauchy-Schwarz allows: with K_0 the keys of the previous step,
   D = K - K_0, M_i.K = M_i.K_0 + c.D + S_i (U^T D) + R_i.D, with U the leading principal
-  directions of the rows around c (`REUSE_RANK` of them, from the first rows appended), S_i the
+  directions of the rows around c (`reuse_rank` of them, from the first rows appended), S_i the
   row's coordinates in them and R_i what they leave: the first terms are computed (n x rank
   products), the last is within |R_i| |D_j| (much smaller than the row's norm). Every entry keeps an
   interval that holds its exact value: after a full scan its fp32 product within rounding (the
@@ -47,7 +47,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 QUANTIZED_SCAN = hasattr(torch.ops.aten, "_weight_int8pack_mm")  # int8 weights x bf16 inputs, CPU kernel
-REUSE_RANK = 32  # principal directions ReusedScan computes instead of bounding (see its docstring)
 PAD = 64  # the kernel wants the reduced dimension in whole vector lanes: rows are zero-padded to it
 
 
@@ -329,7 +328,7 @@ class QueryMemory:
     the int8-bounded scan, CPU only; `reuse`: bounds from the previous step)."""
 
     def __init__(self, width: int, quantized: bool = False, transposed: bool = False, reuse: bool = False,
-                 reuse_rank: int = REUSE_RANK):
+                 reuse_rank: int = 32):
         self.store = QueryStore(width, transposed)
         self.int8 = Int8Scan(width) if quantized and QUANTIZED_SCAN else None
         self.reused = ReusedScan(width, reuse_rank) if reuse else None

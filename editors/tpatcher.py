@@ -190,7 +190,7 @@ class TPatcherEditor(HookedEditor):
         # reuse on CPU, where a scan reads M at memory speed; a GPU's scan is fast anyway (unmeasured there)
         reuse = config.memory_reuse and on_cpu
         self.memory = QueryMemory(site.width, quantized=self._int8_scan(config, on_cpu, reuse), transposed=True,
-                                  reuse=reuse)
+                                  reuse=reuse, reuse_rank=config.memory_basis)
         self.patch_queries = torch.zeros(0, site.width)  # each patch's own mistake query (Fig. 5)
         self.patch_labels: list[str] = []  # "edit.mistake", as the paper labels Fig. 5
         self.initial_memory_len = 0

@@ -469,24 +469,27 @@ def test_reuse_pauses_where_the_keys_move_too_fast_and_resumes_where_they_slow()
 @pytest.mark.parametrize("family", ["decoder", "classifier"])
 def test_int8_reused_and_fp32_memory_scans_give_the_same_patches(family):
     """Every exact way of reading the memory (fp32 each step, int8-bounded, either reused from the
-    last full scan) gives the same edit: the same steps, patches within rounding."""
+    last full scan, with or without a basis of the memory's spread) gives the same edit: the same
+    steps, patches within rounding."""
     memory = build_data(instantiate(compose(data_for(family)))).splits.pool[:300]
     results = {}
-    for scan, reuse in (("fp32", False), ("int8", False), ("fp32", True), ("int8", True)):
+    for scan, reuse, basis in (("fp32", False, 32), ("int8", False, 32), ("fp32", True, 32), ("int8", True, 32),
+                               ("fp32", True, 0)):
         adapter = trained_tiny(family)
         # lr 1e-4: keys that move little a step, as in real edits past their first steps (a tiny
         # model's queries spread about as far as their norm, so larger moves leave no step to reuse;
         # at 1e-3 the classifier trained on one machine reused no scan, at 1e-4 13 of 60, the decoder 60)
-        editor = _editor(adapter, max_steps=60, min_steps=60, topk=8, lr=1e-4, memory_scan=scan, memory_reuse=reuse)
+        editor = _editor(adapter, max_steps=60, min_steps=60, topk=8, lr=1e-4, memory_scan=scan, memory_reuse=reuse,
+                         memory_basis=basis)
         editor.prepare(EditorData(adapter.task, [], [], pool=memory))
         torch.manual_seed(0)
         prompt = "The capital of France is"
         result = editor.edit(Example("e", prompt, wrong_target(adapter, prompt)))
-        results[scan, reuse] = (result, editor.bank.keys.clone(), editor.bank.values.clone())
-    (fp32, fp32_keys, fp32_values) = results["fp32", False]
+        results[scan, reuse, basis] = (result, editor.bank.keys.clone(), editor.bank.values.clone())
+    (fp32, fp32_keys, fp32_values) = results["fp32", False, 32]
     assert "rescored_rows_per_scan" not in fp32.info and "reused_scans" not in fp32.info
-    assert results["int8", False][0].info["rescored_rows_per_scan"] > 0
-    for reuse in ("fp32", True), ("int8", True):
+    assert results["int8", False, 32][0].info["rescored_rows_per_scan"] > 0
+    for reuse in ("fp32", True, 32), ("int8", True, 32), ("fp32", True, 0):
         assert results[reuse][0].info.get("reused_scans", 0) >= 5, reuse  # of 60 steps
     for (result, keys, values) in results.values():
         assert result.steps == fp32.steps

@@ -64,6 +64,10 @@ class TPatcherConfig(SteppedEditorConfig):
         "help": "on CPU, bound each step's memory scores from the previous step's (the keys moved by D: a score "
                 "moved by c.D and at most |M_i - c| |D|) and rescore in fp32 only the rows that can hold a top-k "
                 "entry; a full scan where over a quarter of the rows remain (the same top-k; false: scan every step)"})
+    memory_basis: int = field(default=32, metadata={
+        "help": "with memory_reuse, the memory's leading principal directions (from the first rows it holds) in "
+                "which each step's move of the scores is computed rather than bounded, so only the rows' remainder "
+                "outside them is bounded (the same top-k; 0: bound every direction)"})
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
@@ -86,6 +90,8 @@ class TPatcherConfig(SteppedEditorConfig):
             raise ValueError("editor.lr > 0 and editor.topk, topk_activation, max_patches >= 1 are required")
         if self.memory_scan not in ("auto", "fp32", "int8"):
             raise ValueError(f"editor.memory_scan must be auto, fp32 or int8, got {self.memory_scan!r}")
+        if self.memory_basis < 0:
+            raise ValueError(f"editor.memory_basis must be >= 0, got {self.memory_basis}")
         if self.memory_loss not in MEMORY_LOSSES:
             raise ValueError(f"editor.memory_loss must be one of {', '.join(MEMORY_LOSSES)}, got {self.memory_loss!r}")
         if self.recipe == "official" and self.memory_loss not in ("l_m1+l_m2", "none"):
