@@ -42,7 +42,7 @@ from benchmark.models.base import installed, linear_shape
 from benchmark.types import EditorData, Example
 from editors.base import scored_forward
 from editors.configs.rledit import RLEditConfig  # noqa: F401  (its config, torch-free)
-from editors.ultraedit import UltraEditEditor
+from editors.ultraedit import UltraEditEditor, add_shift
 
 # the presets' blocks (config/model/llama-3-instruct.yaml, gpt-j.yaml): LLaMA-3-8B's gates and ups of
 # 22-30 of 32 blocks; GPT-J's fc_out of 22-27 of 28
@@ -134,10 +134,9 @@ class RLEditEditor(UltraEditEditor):
         with installed([m.register_forward_hook(hook(s)) for m, s in zip(self.layers, shifts)]):
             yield
 
-    @torch.no_grad()
     def add(self, shifts: list[Tensor]) -> None:
         for module, shift in zip(self.layers, shifts):
-            module.weight += (shift.T if isinstance(module, nn.Linear) else shift).to(module.weight.dtype)
+            add_shift(module, shift)
 
     # -- the training phase ----------------------------------------------------------------------
     def training_module(self, data: EditorData) -> RLEditTraining:

@@ -55,6 +55,12 @@ def preset_layers(config: UltraEditConfig, blocks: int, gated: bool,
     return out
 
 
+@torch.no_grad()
+def add_shift(module: nn.Module, shift: Tensor) -> None:
+    """W += dW for a shift dW^T [in, out] (nn.Linear keeps W as [out, in], GPT-2's Conv1D as [in, out])."""
+    module.weight += (shift.T if isinstance(module, nn.Linear) else shift).to(module.weight.dtype)
+
+
 class LifelongNormaliser:
     """A running mean and std over every row it was given (nt RunningMeanStd, float32). Where it is
     given one row at once, that row adds no spread: the published update takes its unbiased
@@ -163,8 +169,8 @@ class UltraEditEditor(Editor):
                 turn[i].append((keys, grads))
         with torch.no_grad():
             for i, (module, pairs) in enumerate(zip(self.layers, turn)):
-                shift = self._shift(i, module, torch.cat([k for k, _ in pairs]), torch.cat([g for _, g in pairs]))
-                module.weight += (shift.T if isinstance(module, nn.Linear) else shift).to(module.weight.dtype)
+                keys, grads = torch.cat([k for k, _ in pairs]), torch.cat([g for _, g in pairs])
+                add_shift(module, self._shift(i, module, keys, grads))
         return EditResult(steps=0, info={"tokens": int(sum(k.shape[0] for k, _ in turn[0]))})
 
     def edit(self, example: Example) -> EditResult:
