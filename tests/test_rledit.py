@@ -176,3 +176,13 @@ def test_a_steps_batched_losses_are_each_steps_own_as_the_published_loop_runs_th
                 kl = adapter.task.kl(reference, adapter.scored_logits(loc_batch))
             expected += 0.5**j * float(gen + 0.7 * kl)
     assert loss == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_published_code_comparison_needs_a_checkout_and_says_so_in_one_line(tmp_path, capsys):
+    from benchmark.published_rledit import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--repo", str(tmp_path)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "nets.py" in err and str(tmp_path) in err
