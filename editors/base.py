@@ -18,6 +18,15 @@ from benchmark.types import GENERATION, MODEL_FAMILIES, EditorData, Example
 from editors.configs.base import EditorConfig, TrainedEditorConfig  # noqa: F401  (its config, torch-free)
 
 
+def answer_pool(examples: list[Example]) -> dict[str | None, list[Any]]:
+    """The answers of `examples` by relation: where a training edit's new answer is drawn from
+    (`Task.new_answer`), as KE's, MEND's and RLEdit's training phases teach."""
+    pool: dict[str | None, list[Any]] = {}
+    for e in examples:
+        pool.setdefault(e.relation, []).append(e.target)
+    return pool
+
+
 def scored_forward(adapter, batch, params: list[Tensor], mode: str,
                    reference: bool = False) -> tuple[Tensor | None, Callable[[], Tensor]]:
     """A function giving the scored logits of `batch` with gradient each step, and (fast mode, or

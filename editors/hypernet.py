@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 
 from benchmark.models.base import installed
 from benchmark.types import EditorData, Example
-from editors.base import Editor, EditResult, scored_forward
+from editors.base import Editor, EditResult, answer_pool, scored_forward
 from editors.configs.hypernet import HypernetConfig  # noqa: F401  (its config, torch-free)
 
 
@@ -133,10 +133,7 @@ class HypernetTraining(L.LightningModule):
         self.editor, self.cfg = editor, editor.config
         self.train_examples = data.train[: self.cfg.train_examples]
         self.val_examples = (data.val or data.train[-32:])[:64]
-        pool: dict[str | None, list[Any]] = {}
-        for e in data.train:
-            pool.setdefault(e.relation, []).append(e.target)
-        self.pool = pool
+        self.pool = answer_pool(data.train)
         self.site_weights = [module.weight for _, module in editor.sites]
 
     def on_fit_start(self) -> None:

@@ -232,6 +232,7 @@ class ReusedScan(RowBuffers):
         self.rounding = 2 * width * 2.0**-24  # fp32 rounding of a width-long dot product, relative to |x| |y|
         self.rank = rank
         self.basis: Tensor | None = None  # U [width, r], r <= rank, from the first rows appended
+        self.basis_norm = 0.0  # |U|_F (the rounding margin of U^T D)
         self.spread = torch.zeros(0)  # |R_i|: |M_i - c| where the basis is empty
         self.norms = torch.zeros(0)  # |M_i| (the rounding margins)
         self.coords = torch.zeros(0, rank)  # S_i
@@ -250,6 +251,7 @@ class ReusedScan(RowBuffers):
         centred = rows.double()
         _, vectors = torch.linalg.eigh(centred.T @ centred)
         self.basis = vectors[:, -r:].flip(1).to(rows.dtype).contiguous()
+        self.basis_norm = float(self.basis.norm())
 
     def add(self, store: QueryStore, new: Tensor, where: slice) -> None:
         centred = new - store.centre
@@ -305,8 +307,8 @@ class ReusedScan(RowBuffers):
         if r:  # S_i (U^T D_j), within the rounding of both products (|U|_F bounds U^T's)
             projected = self.basis.T @ drift  # [r, n]
             moved = moved + times(self.coords[:n, :r], projected)
-            basis_norm = self.basis.norm()
-            error = error + self.rounding * self.coord_norms[:n, None] * (projected.norm(dim=0) + basis_norm * size)
+            margin = projected.norm(dim=0) + self.basis_norm * size
+            error = error + self.rounding * self.coord_norms[:n, None] * margin
         estimate = moved + bias
         needed = torch.zeros(n, dtype=torch.bool, device=keys.device)
         for shift, before in zip(shifts, last.found):

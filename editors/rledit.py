@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from benchmark.models.base import installed, linear_shape
 from benchmark.types import EditorData, Example
-from editors.base import scored_forward
+from editors.base import answer_pool, scored_forward
 from editors.configs.rledit import RLEditConfig  # noqa: F401  (its config, torch-free)
 from editors.ultraedit import UltraEditEditor, add_shift
 
@@ -167,9 +167,7 @@ class RLEditTraining(L.LightningModule):
         self.editor, self.cfg = editor, editor.config
         self.train_examples = data.train[: self.cfg.train_examples]
         self.val_examples = (data.val or data.train[-32:])[:64]
-        self.pool: dict[str | None, list[Any]] = {}
-        for e in data.train:
-            self.pool.setdefault(e.relation, []).append(e.target)
+        self.pool = answer_pool(data.train)
 
     def _step(self, example: Example) -> dict[str, Any]:
         """A training edit: a new answer (as KE and MEND train), the prompts its generalisation loss
