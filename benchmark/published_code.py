@@ -110,6 +110,13 @@ def _model_folder(adapter, folder: Path) -> None:
 
 
 def _rss_mb() -> float:
+    """This process image's peak resident memory. VmHWM, where Linux has it: `ru_maxrss` of the
+    published side, a child forked from seqedit's side and exec'ed, starts from the parent's peak."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
@@ -223,17 +230,24 @@ def _alphaedit_state(repo: Path, main, model, tok, hparams) -> dict:
 
 
 # -- both, and the comparison --------------------------------------------------------------------------
-def compare(out: Path) -> list[dict]:
+def compare(out: Path, published: str = "published") -> list[dict]:
+    """seqedit's weight changes against those in `{published}_deltas.safetensors`, per edit."""
+    return compare_sides(out / "seqedit_deltas.safetensors", out / f"{published}_deltas.safetensors")
+
+
+def compare_sides(ours_file: Path, theirs_file: Path) -> list[dict]:
     from safetensors.torch import load_file
 
-    ours, theirs = (load_file(str(out / f"{side}_deltas.safetensors")) for side in ("seqedit", "published"))
+    ours, theirs = load_file(str(ours_file)), load_file(str(theirs_file))
     lines = []
     for key in sorted(ours, key=lambda k: (int(k.split("/")[0]), k)):
         edit, name = key.split("/", 1)
         difference = (ours[key] - theirs[key]).abs().max().item()
         size = theirs[key].abs().max().item()
+        norm = theirs[key].norm().item()
         lines.append({"edit": int(edit), "weight": name, "max_abs_difference": difference,
-                      "published_update_max": size, "relative": difference / size if size else None})
+                      "published_update_max": size, "relative": difference / size if size else None,
+                      "relative_frobenius": (ours[key] - theirs[key]).norm().item() / norm if norm else None})
     return lines
 
 

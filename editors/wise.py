@@ -191,7 +191,7 @@ class WiseEditor(HookedEditor):
         alpha, beta, gamma = cfg.act_margin
         edit_rows = torch.isin(batch.owner, torch.arange(n, device=batch.owner.device))
         valid = batch.valid_mask
-        previous, last, taken, edit_gap = 1e9, 1e9, 0, None
+        previous, last, taken, edit_gap, first = 1e9, 1e9, 0, None, None
         with torch.enable_grad():
             for step in range(cfg.max_steps):
                 new = F.linear(x, side.to(x.dtype), self.bias)
@@ -216,6 +216,7 @@ class WiseEditor(HookedEditor):
                 optimizer.step()
                 taken += 1
                 previous, last = last, float(loss.detach())
+                first = last if first is None else first
                 with torch.no_grad():
                     side.copy_(torch.maximum(torch.minimum(side, self.original + cfg.norm_constraint),
                                              self.original - cfg.norm_constraint))
@@ -223,6 +224,7 @@ class WiseEditor(HookedEditor):
         self.side_min_gap = min(self.side_min_gap, edit_gap)
         self._after_edit()
         return EditResult(steps=taken, info={"gap": edit_gap, "unrelated_gap": float(g_unrelated.detach()[0]),
+                                             "loss_first": first, "loss_last": last,
                                              "shards": len(self.shards),
                                              "unrelated_from": "locality" if self.locality else "pool"})
 

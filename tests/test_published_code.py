@@ -39,6 +39,7 @@ def test_the_comparison_reports_each_edits_largest_difference(tmp_path):
     lines = compare(tmp_path)
     assert [(x["edit"], x["max_abs_difference"], x["published_update_max"]) for x in lines] == [(0, 0.5, 2.0),
                                                                                                (1, 0.0, 4.0)]
+    assert lines[0]["relative_frobenius"] == pytest.approx(0.5 / 5 ** 0.5) and lines[1]["relative_frobenius"] == 0
 
 
 def test_a_missing_checkout_is_one_line(tmp_path, capsys):
@@ -47,3 +48,65 @@ def test_a_missing_checkout_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["--repo", str(tmp_path), "--python", "python"])
     assert stop.value.code == 2 and "not a checkout of jianghoucheng/AlphaEdit" in capsys.readouterr().err
+
+
+# A stand-in for EasyEdit's easyeditor/models/wise/WISE.py with the two lines the comparison changes
+# (W:30-45 `euc`, `_cal_ft_loss`'s label mask), to check the change without the checkout.
+FAKE_WISE = """
+import torch
+from torch.nn import CrossEntropyLoss
+
+
+def euc(query, key, config, act_mask=None, infer=False):
+    l2_norm = torch.norm(key - query, dim=-1)
+    if act_mask is not None:
+        return torch.sum(l2_norm * act_mask, dim=1) / torch.sum(act_mask, dim=1)
+    return torch.mean(l2_norm, dim=-1)
+
+
+class WISE:
+    def _cal_ft_loss(self, tokens, last_prompt_token_loc):
+        loss = tokens["loss"]
+        label_mask = torch.zeros_like(loss, dtype=torch.bool)
+        for i, col_index in enumerate(last_prompt_token_loc):
+            label_mask[i, col_index - 1:] = True
+        return ((loss * label_mask).sum(1) / label_mask.sum(1)).mean()
+"""
+
+
+def test_the_wise_comparison_changes_only_the_two_reductions(tmp_path, monkeypatch):
+    import importlib.util
+
+    from benchmark.published_wise import _published_package, _seqedit_reductions
+
+    repo = tmp_path / "EasyEdit"
+    (repo / "easyeditor" / "models" / "wise" / "merge").mkdir(parents=True)
+    (repo / "easyeditor" / "models" / "wise" / "WISE.py").write_text(FAKE_WISE)
+    (repo / "easyeditor" / "models" / "wise" / "__init__.py").write_text("from .wise_main import *\n")
+    _published_package(repo, tmp_path / "work")
+    assert (tmp_path / "work" / "easyeditor" / "models" / "wise" / "__init__.py").read_text() == ""
+    assert "build_target_labels" in (tmp_path / "work" / "easyeditor" / "util" / "vl_utils.py").read_text()
+    spec = importlib.util.spec_from_file_location("fake_wise", tmp_path / "work" / "easyeditor" / "models" /
+                                                  "wise" / "WISE.py")
+    published = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(published)
+    # 3 rows (2 edit rows and the unrelated one), the first left-padded by 2
+    query, key = torch.zeros(3, 4, 1), torch.tensor([[9.0, 9.0, 1.0, 3.0], [2.0, 2.0, 2.0, 2.0], [1.0] * 4])[..., None]
+    mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1]])
+    assert published.euc(query[:2], key[:2], None).tolist() == [5.5, 2.0]  # the padding counted
+    loss = torch.tensor([[0.0, 0.0, 0.0, 6.0]])
+    assert published.WISE()._cal_ft_loss({"loss": loss}, torch.tensor([3])).item() == 3.0  # one prompt position too
+    valid = {"mask": mask}
+    _seqedit_reductions(published, valid)
+    assert published.euc(query[:2], key[:2], None).tolist() == [2.0, 2.0]  # real positions only
+    assert published.euc(query[2:], key[2:], None).tolist() == [1.0]
+    assert published.euc(query[:2], key[:2], None, infer=True).tolist() == [5.5, 2.0]  # routing untouched
+    assert published.WISE()._cal_ft_loss({"loss": loss}, torch.tensor([3])).item() == 6.0  # the answer only
+
+
+def test_the_wise_comparison_needs_an_easyedit_checkout(tmp_path, capsys):
+    from benchmark.published_wise import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--repo", str(tmp_path), "--python", "python"])
+    assert stop.value.code == 2 and "not a checkout of zjunlp/EasyEdit" in capsys.readouterr().err
