@@ -110,3 +110,25 @@ def test_the_wise_comparison_needs_an_easyedit_checkout(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["--repo", str(tmp_path), "--python", "python"])
     assert stop.value.code == 2 and "not a checkout of zjunlp/EasyEdit" in capsys.readouterr().err
+
+
+def test_the_ultraedit_comparison_reads_the_named_functions_from_the_source(tmp_path, capsys):
+    from benchmark.published_ultraedit import FUNCTIONS, main, published_functions
+
+    repo = tmp_path / "UltraEdit"
+    (repo / "editor").mkdir(parents=True)
+    with pytest.raises(SystemExit) as stop:  # no checkout: one line, exit 2
+        main(["--repo", str(repo)])
+    assert stop.value.code == 2 and "no editor/ultraedit.py" in capsys.readouterr().err
+    # the files import what this environment lacks (wandb, nltk): only the named definitions run
+    (repo / "editor" / "ultraedit.py").write_text(
+        "import wandb\n\ndef pad_tensor(t, n):\n    return t[:n]\n\nclass ULTRAEDIT:\n"
+        "    def cache(self, tuples):\n        return len(tuples)\n\n"
+        "    def predict_param_shifts(self):\n        return math.pi\n")
+    (repo / "util.py").write_text("import nltk\n" + "".join(
+        f"def {name}(*a):\n    return '{name}'\n\n" for name in FUNCTIONS["util.py"]))
+    (repo / "nets.py").write_text("class RunningMeanStd:\n    pass\n")
+    scope = published_functions(repo)
+    assert scope["ULTRAEDIT.cache"](None, [1, 2]) == 2 and scope["ULTRAEDIT.predict_param_shifts"](None) > 3.14
+    assert scope["pad_tensor"]([1, 2, 3], 2) == [1, 2] and scope["TracerDict"]() == "TracerDict"
+    assert scope["RunningMeanStd"].__name__ == "RunningMeanStd" and "wandb" not in scope
