@@ -16,6 +16,7 @@ here, is an empty module. What the published code would compute at random or fro
 handed to it from seqedit's run, so that the two compute the same thing: the prefixes (its
 module-level CONTEXT_TEMPLATES_CACHE) and C = E[k k^T] per layer (its COV_CACHE; ROME's C^-1 in
 compute_u's cache). The settings are the repository's hparams/{MEMIT,AlphaEdit,ROME}/Llama3-8B.json
+(RECT: MEMIT's, which experiments/evaluate.py:42 gives MEMIT_rect; memit_rect_main.py keeps 40%)
 with `v_loss_layer` moved to the model's last block (seqedit's presets read the loss on the model's
 own logits) and every setting the two share taken from seqedit's config, so that both compute the
 same update; where that preset differs from seqedit's (ROME's `mom2_adjustment`: seqedit follows
@@ -38,7 +39,8 @@ import time
 from pathlib import Path
 
 PACKAGES = ("memit", "AlphaEdit", "rome", "util")
-PRESETS = {"memit": "hparams/MEMIT/Llama3-8B.json", "alphaedit": "hparams/AlphaEdit/Llama3-8B.json",
+PRESETS = {"memit": "hparams/MEMIT/Llama3-8B.json", "rect": "hparams/MEMIT/Llama3-8B.json",
+           "alphaedit": "hparams/AlphaEdit/Llama3-8B.json",
            "rome": "hparams/ROME/Llama3-8B.json"}
 # seqedit's config field for each preset key the two share (the rest are the published code's own)
 SHARED = {"layers": "layers", "v_num_grad_steps": "v_steps", "v_lr": "v_lr", "v_weight_decay": "v_weight_decay",
@@ -175,6 +177,8 @@ def published_side(repo: Path, editor_name: str, out: Path, threads: int) -> dic
         began = time.perf_counter()
         if editor_name == "memit":
             main.apply_memit_to_model(model, tok, [request], hparams)
+        elif editor_name == "rect":  # MEMIT's update, 40% of its entries kept (mr:46-61)
+            main.apply_memit_rect_to_model(model, tok, [request], hparams)
         elif editor_name == "rome":
             main.apply_rome_to_model(model, tok, [request], hparams)
         else:
@@ -200,9 +204,12 @@ def _published_editor(editor_name: str, preset: dict, templates: list[str], mode
         for layer_name, C in moments.items():
             compute_u.inv_mom2_cache[(name, layer_name)] = torch.inverse(C).float()
         return main, Params(**preset)
-    if editor_name == "memit":
-        import memit.memit_main as main
+    if editor_name in ("memit", "rect"):
+        import memit.memit_main as memit_main
+        import memit.memit_rect_main as rect_main
         from memit import MEMITHyperParams as Params
+
+        main = memit_main if editor_name == "memit" else rect_main
     else:
         import AlphaEdit.AlphaEdit_main as main
         from AlphaEdit import AlphaEditHyperParams as Params

@@ -132,3 +132,32 @@ def test_the_ultraedit_comparison_reads_the_named_functions_from_the_source(tmp_
     assert scope["ULTRAEDIT.cache"](None, [1, 2]) == 2 and scope["ULTRAEDIT.predict_param_shifts"](None) > 3.14
     assert scope["pad_tensor"]([1, 2, 3], 2) == [1, 2] and scope["TracerDict"]() == "TracerDict"
     assert scope["RunningMeanStd"].__name__ == "RunningMeanStd" and "wandb" not in scope
+
+
+def test_the_prune_comparison_restrains_with_the_published_functions(tmp_path, capsys):
+    import numpy as np
+
+    from benchmark.published_prune import main, published_functions, published_restrained
+
+    repo = tmp_path / "PRUNE"
+    with pytest.raises(SystemExit) as stop:  # no checkout: one line, exit 2
+        main(["--repo", str(repo)])
+    assert stop.value.code == 2 and "a checkout of mjy1111/PRUNE" in capsys.readouterr().err
+    # bl:56-68 as published (a loop over the singular values), under an import this environment lacks
+    (repo / "easyeditor" / "editors").mkdir(parents=True)
+    (repo / "easyeditor" / "editors" / "bi_editor_loadw.py").write_text(
+        "import tqdm_that_is_not_here\n\ndef func_log(original_s, delta_s):\n    max_ori=original_s[0]\n"
+        "    for i in range(len(delta_s)):\n        if delta_s[i]>=max_ori:\n"
+        "            delta_s[i]=np.log(delta_s[i])+max_ori-np.log(max_ori)\n    return delta_s\n\n"
+        "def func_logn(original_s, delta_s, n):\n    max_ori=original_s[0]\n"
+        "    for i in range(len(delta_s)):\n        if delta_s[i]>=max_ori:\n"
+        "            delta_s[i]=math.log(delta_s[i],n)+max_ori-math.log(max_ori,n)\n    return delta_s\n")
+    functions = published_functions(repo)
+    w0 = np.diag([2.0, 1.0, 0.5])
+    delta = np.diag([8.0, 1.0, 0.0])  # rank 2; one singular value past W0's largest
+    rebuilt, changed = published_restrained(functions, w0, delta.copy(), None)
+    assert changed == 1 and np.allclose(rebuilt, np.diag([np.log(8.0) + 2.0 - np.log(2.0), 1.0, 0.0]))
+    from editors.prune import restrained
+
+    ours, shrunk = restrained(torch.from_numpy(delta), 2.0, np.e)
+    assert shrunk == 1 and np.allclose(ours.numpy(), rebuilt)
