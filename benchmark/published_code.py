@@ -50,7 +50,7 @@ SHARED = {"layers": "layers", "v_num_grad_steps": "v_steps", "v_lr": "v_lr", "v_
 
 
 # -- seqedit's side (this environment) -----------------------------------------------------------------
-def seqedit_side(editor_name: str, edits: int, out: Path, threads: int) -> dict:
+def seqedit_side(editor_name: str, edits: int, out: Path, threads: int, shared: dict | None = None) -> dict:
     """Edit `edits` zsRE requests in turn with seqedit's editor; write what the published side needs
     (requests, prefixes, C, the model's files) and seqedit's weight changes after each edit."""
     import torch
@@ -82,7 +82,7 @@ def seqedit_side(editor_name: str, edits: int, out: Path, threads: int) -> dict:
                for layer, C in zip(editor.layers, editor.second_moments)}, str(out / "second_moments.safetensors"))
     requests = [{"case_id": j, "prompt": e.prompt.replace(e.subject, "{}", 1), "subject": e.subject,
                  "target_new": {"str": e.target}} for j, e in enumerate(chosen)]
-    settings = {published: getattr(editor.config, ours) for published, ours in SHARED.items()
+    settings = {published: getattr(editor.config, ours) for published, ours in {**SHARED, **(shared or {})}.items()
                 if hasattr(editor.config, ours)}
     (out / "inputs.json").write_text(json.dumps({
         "requests": requests, "templates": editor.templates[1:], "settings": settings,
@@ -254,7 +254,9 @@ def compare_sides(ours_file: Path, theirs_file: Path) -> list[dict]:
         norm = theirs[key].norm().item()
         lines.append({"edit": int(edit), "weight": name, "max_abs_difference": difference,
                       "published_update_max": size, "relative": difference / size if size else None,
-                      "relative_frobenius": (ours[key] - theirs[key]).norm().item() / norm if norm else None})
+                      "relative_frobenius": (ours[key] - theirs[key]).norm().item() / norm if norm else None,
+                      # entries one side changed and the other left (RECT's masks near their threshold)
+                      "changed_on_one_side_only": int(((ours[key] != 0) != (theirs[key] != 0)).sum())})
     return lines
 
 

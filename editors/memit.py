@@ -346,12 +346,16 @@ class MemitEditor(Editor):
         return self.config.past_keys
 
     @torch.no_grad()
-    def _update(self, i: int, site, key: Tensor, residual: Tensor) -> None:
+    def _delta(self, i: int, key: Tensor, residual: Tensor) -> Tensor:
+        """Block i's update [out, in], in float64 as the published code solves it."""
         C = self.config.mom2_update_weight * self.second_moments[i].double()
         if self.keeps_past_keys:  # memit_seq_main.py:198-200: lambda C + cache_c + k k^T
             C = C + self.past[i].double()
         adj = torch.linalg.solve(C + torch.outer(key, key), key)
-        site.out_proj.weight += torch.outer(residual, adj).to(site.out_proj.weight.dtype)
+        return torch.outer(residual, adj)
+
+    def _update(self, i: int, site, key: Tensor, residual: Tensor) -> None:
+        site.out_proj.weight += self._delta(i, key, residual).to(site.out_proj.weight.dtype)
 
     def _after_edit(self, texts: list[str], positions: list[int]) -> None:
         """The keys of this edit, read on the edited model, join the preserved ones where the editor

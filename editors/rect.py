@@ -37,13 +37,21 @@ class RectEditor(MemitEditor):
 
     def edit(self, example: Example) -> EditResult:
         self._before = [site.out_proj.weight.detach().clone() for site in self.sites]
+        self._deltas: dict[int, torch.Tensor] = {}
         return super().edit(example)
+
+    def _update(self, i: int, site, key: torch.Tensor, residual: torch.Tensor) -> None:
+        # written whole, so the next block's keys see it (mr:68 on), and kept in float64: mr masks
+        # and adds its float64 update (mr:46-61), where the difference of float32 weights would
+        # have lost the digits that decide the entries near the threshold
+        self._deltas[i] = self._delta(i, key, residual)
+        site.out_proj.weight += self._deltas[i].to(site.out_proj.weight.dtype)
 
     @torch.no_grad()
     def _after_edit(self, texts: list[str], positions: list[int]) -> None:
-        for site, before in zip(self.sites, self._before):
-            weight = site.out_proj.weight
-            update = weight - before
-            weight.copy_(before + update * relative_change_mask(update, before, self.config.keep))
-        self._before = []
+        for i, (site, before) in enumerate(zip(self.sites, self._before)):
+            update = self._deltas[i]
+            mask = relative_change_mask(update, before, self.config.keep)
+            site.out_proj.weight.copy_(before + (update * mask).to(before.dtype))
+        self._before, self._deltas = [], {}
         super()._after_edit(texts, positions)

@@ -358,23 +358,26 @@ def test_rect_keeps_memits_update_where_the_relative_change_is_largest():
     """RECT (memit_rect_main.py:50-61): the same v* and MEMIT update, of which only the entries with
     the top `keep` of |dW / (W + 1e-8)| are written; the others keep their weight."""
     example = Example("e", PROMPT, " Oslo", subject="France")
-    updates = {}
+    updates, exact = {}, {}
     for name in ("memit", "rect"):
         adapter, editor = _editor(name, mom2_update_weight=10.0, context_templates=0)
+        solve = editor._delta
+        editor._delta = lambda i, key, residual, solve=solve, name=name: exact.setdefault(name, solve(i, key, residual))
         weight = editor.sites[0].out_proj.weight
         before = weight.detach().clone()
         editor.edit(example)
-        updates[name] = (weight.detach() - before, before)
-    full, before = updates["memit"]
-    kept = updates["rect"][0] != 0
+        updates[name] = (weight.detach().clone(), before)
+    torch.testing.assert_close(exact["rect"], exact["memit"], rtol=0, atol=0)  # the same v* and solve
+    full, before = exact["memit"], updates["memit"][1]  # the float64 update, as mr masks it
     from editors.rect import relative_change_mask
 
     mask = relative_change_mask(full, before, 0.4)
-    assert torch.equal(kept, mask & (full != 0))
     assert 0.39 < mask.float().mean() < 0.41
-    torch.testing.assert_close(updates["rect"][0][mask], full[mask])
     rel = (full / (before + 1e-8)).abs()
     assert rel[mask].min() >= rel[~mask].max()
+    edited = updates["rect"][0]
+    assert torch.equal(edited, before + (full * mask).float())  # W[mask] += dW (mr:58-60)
+    assert torch.equal(edited[~mask], before[~mask])
 
 
 def test_prune_restrains_the_summed_update_and_edits_on_from_the_unrestrained():

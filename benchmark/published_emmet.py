@@ -1,0 +1,130 @@
+"""seqedit's EMMET beside EasyEdit's: the same model, requests, C and prefixes, one after the
+other on one machine; the same update (max difference of the edited weight after each edit) and
+the seconds an edit.
+
+    python -m benchmark.published_emmet --repo PATH/EasyEdit --python PATH/python --edits 3 \\
+        --out runs/published
+
+`--repo` is a checkout of zjunlp/EasyEdit; `easyeditor/models/emmet/`, `easyeditor/models/rome/`
+(the EMMET modules import its `repr_tools` and `layer_stats`) and `easyeditor/util/` are copied into
+a scratch folder as they are, under empty `easyeditor/__init__.py` and `easyeditor/models/__init__.py`
+(the real ones import every editor), and `datasets` (imported by `layer_stats`, never reached: C
+is handed in) is an empty module. `--python` is an interpreter with torch and transformers 4.x,
+as for `benchmark.published_code`, whose seqedit side this reuses.
+
+The published side runs `apply_emmet_to_model` (em:25-66) one request at a time, so that each edit
+stands against C alone, with hparams/EMMET/llama-7b.yaml: `device` "cpu" where no GPU is present,
+`v_loss_layer` the model's last block, and every setting the two share from seqedit's config.
+seqedit's prefixes and C go into its `CONTEXT_TEMPLATES_CACHE` and `COV_CACHE`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+from benchmark.published_code import _rss_mb, compare, seqedit_side
+
+PRESET = "hparams/EMMET/llama-7b.yaml"
+PACKAGES = ("easyeditor/models/emmet", "easyeditor/models/rome", "easyeditor/util")
+# seqedit's config field for each preset key the two share (published_code.SHARED's, and EMMET's own)
+SHARED = {"emmet_lambda": "emmet_lambda", "update_norm_lambda": "update_norm_lambda"}
+
+
+def _published_package(repo: Path, work: Path) -> None:
+    for package in PACKAGES:
+        if (work / package).exists():
+            shutil.rmtree(work / package)
+        shutil.copytree(repo / package, work / package, ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("easyeditor", "easyeditor/models"):
+        (work / package / "__init__.py").write_text("")
+
+
+def published_side(repo: Path, out: Path, threads: int) -> dict:
+    import torch
+    import yaml
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    work = out / "published_src"
+    _published_package(repo, work)
+    sys.path.insert(0, str(work))
+    sys.modules.setdefault("datasets", types.ModuleType("datasets"))  # layer_stats' import; C is handed in
+    sys.modules["datasets"].load_dataset = None
+    import easyeditor.models.emmet.emmet_main as main
+    from easyeditor.models.emmet.emmet_hparams import EMMETHyperParams
+
+    inputs = json.loads((out / "inputs.json").read_text())
+    preset = yaml.safe_load((repo / PRESET).read_text())
+    preset.update(v_loss_layer=inputs["last_block"], device=device)
+    differ = {k: (preset[k], v) for k, v in inputs["settings"].items() if k in preset and preset[k] != v}
+    preset.update({k: v for k, v in inputs["settings"].items() if k in preset})
+    hparams = EMMETHyperParams(**preset)
+    model = AutoModelForCausalLM.from_pretrained(out / "model", torch_dtype=torch.float32).to(device).eval()
+    tok = AutoTokenizer.from_pretrained(out / "model")
+    tok.pad_token_id = tok.eos_token_id  # EasyEdit's editor.py:150-152 for LLaMA
+    tok.padding_side = "right"  # editor.py:184-186: EMMET among the right-padded editors
+    main.CONTEXT_TEMPLATES_CACHE = [["{}"], inputs["templates"]]
+    name = model.config._name_or_path.replace("/", "_")
+    for layer_name, C in load_file(str(out / "second_moments.safetensors")).items():
+        main.COV_CACHE[(name, layer_name)] = C
+    weights = {f"{hparams.rewrite_module_tmp.format(layer)}.weight": model.get_parameter(
+        f"{hparams.rewrite_module_tmp.format(layer)}.weight") for layer in hparams.layers}
+    initial = {k: w.detach().clone() for k, w in weights.items()}
+    deltas, seconds = {}, []
+    for j, request in enumerate(inputs["requests"]):
+        request = {**request, "target_new": request["target_new"]["str"]}  # EasyEdit's requests carry the string
+        began = time.perf_counter()
+        main.apply_emmet_to_model(model, tok, [request], hparams)
+        seconds.append(time.perf_counter() - began)
+        deltas.update({f"{j}/{k}": (w.detach().cpu() - initial[k].cpu()).contiguous() for k, w in weights.items()})
+    save_file(deltas, str(out / "published_deltas.safetensors"))
+    return {"seconds": seconds, "peak_rss_mb": _rss_mb(), "preset_differs": differ, "device": device}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmark.published_emmet")
+    parser.add_argument("--repo", type=Path, help="a checkout of zjunlp/EasyEdit")
+    parser.add_argument("--python", help="an interpreter with torch and transformers 4.x for the published code")
+    parser.add_argument("--edits", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("runs/published"))
+    parser.add_argument("--side", choices=["both", "published"], default="both", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.repo is None or not (args.repo / PRESET).is_file() or not all((args.repo / p).is_dir() for p in PACKAGES):
+        parser.error(f"--repo {args.repo}: not a checkout of zjunlp/EasyEdit (no {PRESET} or {', '.join(PACKAGES)})")
+    out = args.out.resolve() / "emmet"
+    if args.side == "published":
+        (out / "published.json").write_text(json.dumps(published_side(args.repo.resolve(), out, args.threads)))
+        return
+    if not args.python:
+        parser.error("--python: the interpreter that runs the published code (torch and transformers 4.x)")
+    ours = seqedit_side("emmet", args.edits, out, args.threads, SHARED)
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([args.python, "-m", "benchmark.published_emmet", "--side", "published", "--repo",
+                           str(args.repo.resolve()), "--threads", str(args.threads), "--out", str(args.out.resolve())],
+                          cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"the published side failed:\n{done.stderr[-3000:]}")
+    theirs = json.loads((out / "published.json").read_text())
+    for line in compare(out):
+        print(json.dumps({"editor": "emmet", **line}))
+    print(json.dumps({
+        "editor": "emmet", "model": "smollm2-135m", "edits": ours["edits"], "threads": args.threads,
+        "seqedit_seconds": [round(s, 2) for s in ours["seconds"]],
+        "published_seconds": [round(s, 2) for s in theirs["seconds"]],
+        "seqedit_peak_rss_mb": ours["peak_rss_mb"], "published_peak_rss_mb": theirs["peak_rss_mb"],
+        "published_device": theirs["device"], "preset_differs_from_seqedit": theirs["preset_differs"]}))
+
+
+if __name__ == "__main__":
+    main()
