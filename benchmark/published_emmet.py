@@ -14,7 +14,9 @@ as for `benchmark.published_code`, whose seqedit side this reuses.
 
 The published side runs `apply_emmet_to_model` (em:25-66) one request at a time, so that each edit
 stands against C alone, with hparams/EMMET/llama-7b.yaml: `device` "cpu" where no GPU is present,
-`v_loss_layer` the model's last block, and every setting the two share from seqedit's config.
+`v_loss_layer` the model's last block, `lm_head_module` the embeddings where the model ties its head
+to them (SmolLM2 does; compute_z.py:28-30 looks the head's weight up by a parameter name a tied
+head does not have), and every setting the two share from seqedit's config.
 seqedit's prefixes and C go into its `CONTEXT_TEMPLATES_CACHE` and `COV_CACHE`.
 """
 
@@ -47,6 +49,10 @@ def _published_package(repo: Path, work: Path) -> None:
         (work / package / "__init__.py").write_text("")
 
 
+def model_ties_head(folder: Path) -> bool:
+    return bool(json.loads((folder / "config.json").read_text()).get("tie_word_embeddings", False))
+
+
 def published_side(repo: Path, out: Path, threads: int) -> dict:
     import torch
     import yaml
@@ -62,10 +68,14 @@ def published_side(repo: Path, out: Path, threads: int) -> dict:
     sys.modules["datasets"].load_dataset = None
     import easyeditor.models.emmet.emmet_main as main
     from easyeditor.models.emmet.emmet_hparams import EMMETHyperParams
+    from easyeditor.util.hparams import HyperParams
 
     inputs = json.loads((out / "inputs.json").read_text())
-    preset = yaml.safe_load((repo / PRESET).read_text())
+    # as EMMETHyperParams.from_hparams reads it: YAML's "5e-1" is a string until this makes it a float
+    preset = HyperParams.construct_float_from_scientific_notation(yaml.safe_load((repo / PRESET).read_text()))
     preset.update(v_loss_layer=inputs["last_block"], device=device)
+    if model_ties_head(out / "model"):  # compute_z.py:28-30 reads the head by parameter name, which a tied
+        preset["lm_head_module"] = "model.embed_tokens"  # head does not have: the same tensor by its own name
     differ = {k: (preset[k], v) for k, v in inputs["settings"].items() if k in preset and preset[k] != v}
     preset.update({k: v for k, v in inputs["settings"].items() if k in preset})
     hparams = EMMETHyperParams(**preset)

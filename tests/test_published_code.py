@@ -161,3 +161,26 @@ def test_the_prune_comparison_restrains_with_the_published_functions(tmp_path, c
 
     ours, shrunk = restrained(torch.from_numpy(delta), 2.0, np.e)
     assert shrunk == 1 and np.allclose(ours.numpy(), rebuilt)
+
+
+def test_the_emmet_comparison_copies_easyedits_packages_under_empty_parents(tmp_path, capsys):
+    import json
+
+    from benchmark.published_emmet import PACKAGES, _published_package, main, model_ties_head
+
+    repo = tmp_path / "EasyEdit"
+    with pytest.raises(SystemExit) as stop:  # no checkout: one line, exit 2
+        main(["--repo", str(repo), "--python", "python"])
+    assert stop.value.code == 2 and "not a checkout of zjunlp/EasyEdit" in capsys.readouterr().err
+    for package in PACKAGES:
+        (repo / package).mkdir(parents=True)
+        (repo / package / "__init__.py").write_text(f"# {package}\n")
+    (repo / "easyeditor" / "__init__.py").write_text("from .editors import *  # every editor\n")
+    _published_package(repo, tmp_path / "work")
+    for package in PACKAGES:  # as published
+        assert (tmp_path / "work" / package / "__init__.py").read_text() == f"# {package}\n"
+    for parent in ("easyeditor", "easyeditor/models"):  # emptied: the published ones import every editor
+        assert (tmp_path / "work" / parent / "__init__.py").read_text() == ""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(json.dumps({"tie_word_embeddings": True}))
+    assert model_ties_head(tmp_path / "model")
