@@ -260,15 +260,59 @@ def compare_sides(ours_file: Path, theirs_file: Path) -> list[dict]:
     return lines
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmark.published_code")
-    parser.add_argument("--editor", choices=sorted(PRESETS), default="memit")
-    parser.add_argument("--repo", type=Path, help="a checkout of jianghoucheng/AlphaEdit")
+def checkout_parser(prog: str, repo_help: str) -> argparse.ArgumentParser:
+    """The options of a comparison whose published side runs in another interpreter."""
+    parser = argparse.ArgumentParser(prog=f"python -m {prog}")
+    parser.add_argument("--repo", type=Path, help=repo_help)
     parser.add_argument("--python", help="an interpreter with torch and transformers 4.x for the published code")
     parser.add_argument("--edits", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/published"))
     parser.add_argument("--side", choices=["both", "published"], default="both", help=argparse.SUPPRESS)
+    return parser
+
+
+def run_published_side(module: str, args, *extra: str) -> None:
+    """`module --side published` in the published code's interpreter, with this checkout importable."""
+    if not args.python:
+        sys.exit("error: --python: the interpreter that runs the published code (torch and transformers 4.x)")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([args.python, "-m", module, "--side", "published", "--repo", str(args.repo.resolve()),
+                           "--threads", str(args.threads), "--out", str(args.out.resolve()), *extra],
+                          cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"the published side failed:\n{done.stderr[-3000:]}")
+
+
+def summary(editor: str, args, ours: dict, theirs: dict, **more) -> str:
+    """The JSON line after a comparison's per-edit lines: seconds, memory, what the preset changed."""
+    return json.dumps({
+        "editor": editor, "model": "smollm2-135m", **more, "edits": ours["edits"], "threads": args.threads,
+        "seqedit_seconds": [round(s, 2) for s in ours["seconds"]],
+        "published_seconds": [round(s, 2) for s in theirs["seconds"]],
+        "seqedit_peak_rss_mb": ours["peak_rss_mb"], "published_peak_rss_mb": theirs["peak_rss_mb"],
+        "published_device": theirs["device"], "preset_differs_from_seqedit": theirs["preset_differs"]})
+
+
+def tiny_check_main(argv, prog: str, description: str, repo_help: str, compare_with, options=()) -> None:
+    """A comparison run in this interpreter on a tiny model: `--repo` (and `options`, (flag, kwargs)
+    pairs whose values go to `compare_with` by name), one JSON line, a missing file one line (exit 2)."""
+    parser = argparse.ArgumentParser(prog=f"python -m {prog}", description=description)
+    parser.add_argument("--repo", type=Path, required=True, help=repo_help)
+    for flag, kwargs in options:
+        parser.add_argument(flag, **kwargs)
+    args = vars(parser.parse_args(argv))
+    try:
+        result = compare_with(args.pop("repo"), **args)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(json.dumps(result))
+
+
+def main(argv=None) -> None:
+    parser = checkout_parser("benchmark.published_code", "a checkout of jianghoucheng/AlphaEdit")
+    parser.add_argument("--editor", choices=sorted(PRESETS), default="memit")
     args = parser.parse_args(argv)
     if args.repo is None or not (args.repo / PRESETS[args.editor]).is_file():
         parser.error(f"--repo {args.repo}: not a checkout of jianghoucheng/AlphaEdit (no {PRESETS[args.editor]})")
@@ -280,22 +324,11 @@ def main(argv=None) -> None:
     if not args.python:
         parser.error("--python: the interpreter that runs the published code (torch and transformers 4.x)")
     ours = seqedit_side(args.editor, args.edits, out, args.threads)
-    done = subprocess.run([args.python, "-m", "benchmark.published_code", "--side", "published", "--editor",
-                           args.editor, "--repo", str(args.repo.resolve()), "--threads", str(args.threads),
-                           "--out", str(args.out.resolve())],
-                          cwd=Path(__file__).resolve().parents[1], env={**os.environ, "PYTHONPATH": str(
-                              Path(__file__).resolve().parents[1])}, capture_output=True, text=True)
-    if done.returncode:
-        sys.exit(f"the published side failed:\n{done.stderr[-3000:]}")
+    run_published_side("benchmark.published_code", args, "--editor", args.editor)
     theirs = json.loads((out / "published.json").read_text())
     for line in compare(out):
         print(json.dumps({"editor": args.editor, **line}))
-    print(json.dumps({
-        "editor": args.editor, "model": "smollm2-135m", "edits": ours["edits"], "threads": args.threads,
-        "seqedit_seconds": [round(s, 2) for s in ours["seconds"]],
-        "published_seconds": [round(s, 2) for s in theirs["seconds"]],
-        "seqedit_peak_rss_mb": ours["peak_rss_mb"], "published_peak_rss_mb": theirs["peak_rss_mb"],
-        "published_device": theirs["device"], "preset_differs_from_seqedit": theirs["preset_differs"]}))
+    print(summary(args.editor, args, ours, theirs))
 
 
 if __name__ == "__main__":

@@ -22,17 +22,14 @@ seqedit's prefixes and C go into its `CONTEXT_TEMPLATES_CACHE` and `COV_CACHE`.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
 import types
 from pathlib import Path
 
-from benchmark.published_code import _rss_mb, compare, seqedit_side
+from benchmark.published_code import _rss_mb, checkout_parser, compare, run_published_side, seqedit_side, summary
 
 PRESET = "hparams/EMMET/llama-7b.yaml"
 PACKAGES = ("easyeditor/models/emmet", "easyeditor/models/rome", "easyeditor/util")
@@ -102,13 +99,7 @@ def published_side(repo: Path, out: Path, threads: int) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmark.published_emmet")
-    parser.add_argument("--repo", type=Path, help="a checkout of zjunlp/EasyEdit")
-    parser.add_argument("--python", help="an interpreter with torch and transformers 4.x for the published code")
-    parser.add_argument("--edits", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path("runs/published"))
-    parser.add_argument("--side", choices=["both", "published"], default="both", help=argparse.SUPPRESS)
+    parser = checkout_parser("benchmark.published_emmet", "a checkout of zjunlp/EasyEdit")
     args = parser.parse_args(argv)
     if args.repo is None or not (args.repo / PRESET).is_file() or not all((args.repo / p).is_dir() for p in PACKAGES):
         parser.error(f"--repo {args.repo}: not a checkout of zjunlp/EasyEdit (no {PRESET} or {', '.join(PACKAGES)})")
@@ -119,21 +110,11 @@ def main(argv=None) -> None:
     if not args.python:
         parser.error("--python: the interpreter that runs the published code (torch and transformers 4.x)")
     ours = seqedit_side("emmet", args.edits, out, args.threads, SHARED)
-    root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([args.python, "-m", "benchmark.published_emmet", "--side", "published", "--repo",
-                           str(args.repo.resolve()), "--threads", str(args.threads), "--out", str(args.out.resolve())],
-                          cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True)
-    if done.returncode:
-        sys.exit(f"the published side failed:\n{done.stderr[-3000:]}")
+    run_published_side("benchmark.published_emmet", args)
     theirs = json.loads((out / "published.json").read_text())
     for line in compare(out):
         print(json.dumps({"editor": "emmet", **line}))
-    print(json.dumps({
-        "editor": "emmet", "model": "smollm2-135m", "edits": ours["edits"], "threads": args.threads,
-        "seqedit_seconds": [round(s, 2) for s in ours["seconds"]],
-        "published_seconds": [round(s, 2) for s in theirs["seconds"]],
-        "seqedit_peak_rss_mb": ours["peak_rss_mb"], "published_peak_rss_mb": theirs["peak_rss_mb"],
-        "published_device": theirs["device"], "preset_differs_from_seqedit": theirs["preset_differs"]}))
+    print(summary("emmet", args, ours, theirs))
 
 
 if __name__ == "__main__":

@@ -15,15 +15,14 @@ difference of the restrained dW relative to its largest entry.
 
 from __future__ import annotations
 
-import argparse
 import ast
-import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from benchmark.published_code import tiny_check_main
 
 SOURCE = "easyeditor/editors/bi_editor_loadw.py"
 BASES = {"e": None, "2": 2.0, "1.5": 1.5, "1.2": 1.2}  # bl:141-149: Reduce "log", "log2", "log1_5", "log1_2"
@@ -91,15 +90,7 @@ def compare(repo: Path, edits: int = 3) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmark.published_prune", description=__doc__.split("\n")[0])
-    parser.add_argument("--repo", type=Path, required=True, help="a checkout of mjy1111/PRUNE")
-    args = parser.parse_args(argv)
-    try:
-        result = compare(args.repo)
-    except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    print(json.dumps(result))
+    tiny_check_main(argv, "benchmark.published_prune", __doc__.split("\n")[0], "a checkout of mjy1111/PRUNE", compare)
 
 
 if __name__ == "__main__":

@@ -11,15 +11,13 @@ the network's gradient. Nothing of the published code is kept here; it is read f
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
-import json
-import sys
 from pathlib import Path
 
 import torch
 
 from benchmark.models.base import linear_shape
+from benchmark.published_code import tiny_check_main
 
 PAD = 128  # the published editor.batch_size: rows go through the network in padded batches of it
 
@@ -122,15 +120,8 @@ def compare(repo: Path, rank: int = 16, blocks: int = 3) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmark.published_rledit", description=__doc__.split("\n")[0])
-    parser.add_argument("--repo", type=Path, required=True, help="a checkout holding the published nets.py")
-    args = parser.parse_args(argv)
-    try:
-        result = compare(args.repo)
-    except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    print(json.dumps(result))
+    tiny_check_main(argv, "benchmark.published_rledit", __doc__.split("\n")[0],
+                    "a checkout holding the published nets.py", compare)
 
 
 if __name__ == "__main__":

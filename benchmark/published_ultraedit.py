@@ -16,17 +16,16 @@ util.py import wandb, nltk and the training stack); nothing of the published cod
 
 from __future__ import annotations
 
-import argparse
 import ast
 import importlib.util
-import json
 import math
-import sys
 import tempfile
 import types
 from pathlib import Path
 
 import torch
+
+from benchmark.published_code import tiny_check_main
 
 FUNCTIONS = {"editor/ultraedit.py": ("pad_tensor", "ULTRAEDIT.cache", "ULTRAEDIT.predict_param_shifts"),
              "util.py": ("get_module", "get_shape", "cross_entropy", "Tracer", "TracerDict")}
@@ -133,18 +132,10 @@ def compare(repo: Path, token: str = "ans", turns: int = 3, per_turn: int = 4, c
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmark.published_ultraedit",
-                                     description=__doc__.split("\n")[0])
-    parser.add_argument("--repo", type=Path, required=True, help="a checkout of XiaojieGu/UltraEdit")
-    parser.add_argument("--token", choices=["ans", "mask"], default="ans",
-                        help="the rows read: the answer's positions (the authors' config) or every real one")
-    args = parser.parse_args(argv)
-    try:
-        result = compare(args.repo, args.token)
-    except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    print(json.dumps(result))
+    token = ("--token", {"choices": ["ans", "mask"], "default": "ans",
+                         "help": "the rows read: the answer's positions (the authors' config) or every real one"})
+    tiny_check_main(argv, "benchmark.published_ultraedit", __doc__.split("\n")[0],
+                    "a checkout of XiaojieGu/UltraEdit", compare, options=[token])
 
 
 if __name__ == "__main__":

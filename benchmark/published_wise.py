@@ -41,13 +41,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from benchmark.published_code import _model_folder, _rss_mb, compare, compare_sides
+from benchmark.published_code import (
+    _model_folder,
+    _rss_mb,
+    checkout_parser,
+    compare,
+    compare_sides,
+    run_published_side,
+    summary,
+)
 
 PRESET = "hparams/WISE/llama-7b.yaml"
 SOURCE = "easyeditor/models/wise"
@@ -240,13 +246,7 @@ def published_side(repo: Path, out: Path, threads: int, reductions: str = "publi
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmark.published_wise")
-    parser.add_argument("--repo", type=Path, help="a checkout of zjunlp/EasyEdit")
-    parser.add_argument("--python", help="an interpreter with torch and transformers 4.x for the published code")
-    parser.add_argument("--edits", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path("runs/published"))
-    parser.add_argument("--side", choices=["both", "published"], default="both", help=argparse.SUPPRESS)
+    parser = checkout_parser("benchmark.published_wise", "a checkout of zjunlp/EasyEdit")
     parser.add_argument("--reductions", choices=REDUCTIONS, default="published", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repo is None or not (args.repo / SOURCE / "WISE.py").is_file() or not (args.repo / PRESET).is_file():
@@ -263,29 +263,18 @@ def main(argv=None) -> None:
     seqedit_side(args.edits, out / "threads", other)
     for line in compare_sides(out / "seqedit_deltas.safetensors", out / "threads" / "seqedit_deltas.safetensors"):
         print(json.dumps({"editor": "wise", "control": f"seqedit at {args.threads} against {other} threads", **line}))
-    root = Path(__file__).resolve().parents[1]
     for reductions in REDUCTIONS:  # the published code as it is, then with seqedit's two reductions
-        done = subprocess.run([args.python, "-m", "benchmark.published_wise", "--side", "published", "--repo",
-                               str(args.repo.resolve()), "--threads", str(args.threads), "--out",
-                               str(args.out.resolve()), "--reductions", reductions],
-                              cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True)
-        if done.returncode:
-            sys.exit(f"the published side failed:\n{done.stderr[-3000:]}")
+        run_published_side("benchmark.published_wise", args, "--reductions", reductions)
         theirs = json.loads((out / f"published_{reductions}.json").read_text())
         for line in compare(out, f"published_{reductions}"):
             print(json.dumps({"editor": "wise", "published_reductions": reductions, **line}))
-        print(json.dumps({
-            "editor": "wise", "model": "smollm2-135m", "published_reductions": reductions, "edits": ours["edits"],
-            "threads": args.threads, "seqedit_steps": ours["steps"], "published_steps": theirs["steps"],
+        print(summary("wise", args, ours, theirs, published_reductions=reductions, **{
+            "seqedit_steps": ours["steps"], "published_steps": theirs["steps"],
             "seqedit_min_gap": [round(g, 4) for g in ours["min_gaps"]],
             "published_min_gap": [round(g, 4) for g in theirs["min_gaps"]],
             "seqedit_loss_first_last": ours["losses"], "published_loss_first_last": theirs["losses"],
-            "seqedit_seconds": [round(s, 2) for s in ours["seconds"]],
-            "published_seconds": [round(s, 2) for s in theirs["seconds"]],
-            "seqedit_peak_rss_mb": ours["peak_rss_mb"], "published_peak_rss_mb": theirs["peak_rss_mb"],
-            "published_device": theirs["device"], "templates_agree": theirs["templates_agree"],
-            "published_templates": None if theirs["templates_agree"] else theirs["own_templates"],
-            "preset_differs_from_seqedit": theirs["preset_differs"]}))
+            "templates_agree": theirs["templates_agree"],
+            "published_templates": None if theirs["templates_agree"] else theirs["own_templates"]}))
 
 
 if __name__ == "__main__":
