@@ -274,8 +274,6 @@ def checkout_parser(prog: str, repo_help: str) -> argparse.ArgumentParser:
 
 def run_published_side(module: str, args, *extra: str) -> None:
     """`module --side published` in the published code's interpreter, with this checkout importable."""
-    if not args.python:
-        sys.exit("error: --python: the interpreter that runs the published code (torch and transformers 4.x)")
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run([args.python, "-m", module, "--side", "published", "--repo", str(args.repo.resolve()),
                            "--threads", str(args.threads), "--out", str(args.out.resolve()), *extra],

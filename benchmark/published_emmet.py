@@ -13,7 +13,8 @@ is handed in) is an empty module. `--python` is an interpreter with torch and tr
 as for `benchmark.published_code`, whose seqedit side this reuses.
 
 The published side runs `apply_emmet_to_model` (em:25-66) one request at a time, so that each edit
-stands against C alone, with hparams/EMMET/llama-7b.yaml: `device` "cpu" where no GPU is present,
+stands against C alone, with hparams/EMMET/llama-7b.yaml (read as EasyEdit reads it: "5e-1" made a
+float by `HyperParams.construct_float_from_scientific_notation`): `device` "cpu" where no GPU is present,
 `v_loss_layer` the model's last block, `lm_head_module` the embeddings where the model ties its head
 to them (SmolLM2 does; compute_z.py:28-30 looks the head's weight up by a parameter name a tied
 head does not have), and every setting the two share from seqedit's config.

@@ -57,8 +57,8 @@ from benchmark.published_code import (
 
 PRESET = "hparams/WISE/llama-7b.yaml"
 SOURCE = "easyeditor/models/wise"
+REDUCTIONS = ("published", "seqedit")  # the published code as it is, and with seqedit's two reductions
 # seqedit's config field for each published hyperparameter the two share
-REDUCTIONS = ("published", "seqedit")
 SHARED = {"n_iter": "max_steps", "edit_lr": "lr", "mask_ratio": "mask_ratio", "norm_constraint": "norm_constraint",
           "act_ratio": "act_ratio", "save_freq": "save_freq", "merge_freq": "merge_freq",
           "densities": "densities", "weights": "weights"}
@@ -263,7 +263,7 @@ def main(argv=None) -> None:
     seqedit_side(args.edits, out / "threads", other)
     for line in compare_sides(out / "seqedit_deltas.safetensors", out / "threads" / "seqedit_deltas.safetensors"):
         print(json.dumps({"editor": "wise", "control": f"seqedit at {args.threads} against {other} threads", **line}))
-    for reductions in REDUCTIONS:  # the published code as it is, then with seqedit's two reductions
+    for reductions in REDUCTIONS:
         run_published_side("benchmark.published_wise", args, "--reductions", reductions)
         theirs = json.loads((out / f"published_{reductions}.json").read_text())
         for line in compare(out, f"published_{reductions}"):
