@@ -61,8 +61,9 @@ def _load_run(folder: Path, root: Path) -> dict:
         measured = {"data": config["data"], "loop": {k: config.get("loop", {}).get(k) for k in MEASURING_LOOP_KEYS}}
         run["data_settings"] = _flat(measured)
         run["data_id"] = hashlib.sha1(json.dumps(measured, sort_keys=True, default=str).encode()).hexdigest()[:6]
-        name = "edits.jsonl"
-        run["records"] = parse_all([json.loads(x) for x in (folder / name).read_text().splitlines() if x.strip()])
+        name = "edits.jsonl"  # absent from a folder that keeps the results only (benchmark/figures): no curves
+        lines = (folder / name).read_text().splitlines() if (folder / name).exists() else []
+        run["records"] = parse_all([json.loads(x) for x in lines if x.strip()])
         name = "results.json"
         results = json.loads((folder / name).read_text())
         metrics = results["metrics"]
@@ -259,6 +260,9 @@ def plots(runs: list[dict], out: Path) -> dict[tuple, list[Path]]:
     matplotlib.use("Agg")
     made: dict[tuple, list[Path]] = {}
     for key, members in groups(runs).items():
+        if not any(run["records"] for run in members):  # results-only folders: nothing to draw
+            made[key] = []
+            continue
         model, data, data_id = key
         slug = _slug(f"{data}-{Path(model).name}-{data_id}")
         title = f"{data}, {model}"

@@ -170,3 +170,19 @@ def test_markdown_shows_run_ids_and_settings_literally(tmp_path):
     assert "&lt;img src=x onerror=alert(1)&gt;" in text and "&lt;b&gt;x\\|y&lt;/b&gt;" in text
     rows = [line for line in text.splitlines() if "onerror" in line]
     assert rows and all(line.count(" | ") == rows[0].count(" | ") for line in rows)
+
+
+def test_folders_that_keep_the_results_only_give_their_rows(tmp_path):
+    """benchmark/figures keeps each run's config.yaml and results.json, not its records: the
+    leaderboard still makes its table from them (no curves for those runs); the real CounterFact
+    rows shipped there are the example."""
+    root = tmp_path / "figures"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "benchmark" / "figures" / "counterfact_seq_smollm2", root)
+    md, pngs = build(root, tmp_path / "out")
+    assert pngs == []  # no records, no curves
+    text = md.read_text()
+    for run_id, cell in (("grace_T100", "1.000 [1.000, 1.000]"), ("tpatcher_T100", "0.993 [0.983, 1.000]")):
+        assert re.search(rf"\| {run_id} \|.*{re.escape(cell)}", text), run_id
+    (root / "grace_T100" / "edits.jsonl").write_text("{not json\n")  # a broken record file is still refused
+    with pytest.raises(ValueError, match="edits.jsonl: not a readable run file"):
+        build(root, tmp_path / "out2")
