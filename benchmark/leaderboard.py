@@ -21,6 +21,7 @@ import hashlib
 import html
 import json
 import math
+import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -58,7 +59,8 @@ def _load_run(folder: Path, root: Path) -> dict:
                "editor": str(cfg.editor.name), "model": str(cfg.model.name),
                "data": str(cfg.data.name) + (f"/{cfg.data.task}" if "task" in cfg.data else ""),
                "settings": _flat(config)}
-        measured = {"data": config["data"], "loop": {k: config.get("loop", {}).get(k) for k in MEASURING_LOOP_KEYS}}
+        measured = {"data": _shipped_path(config["data"]),
+                    "loop": {k: config.get("loop", {}).get(k) for k in MEASURING_LOOP_KEYS}}
         run["data_settings"] = _flat(measured)
         run["data_id"] = hashlib.sha1(json.dumps(measured, sort_keys=True, default=str).encode()).hexdigest()[:6]
         name = "edits.jsonl"  # absent from a folder that keeps the results only (benchmark/figures): no curves
@@ -75,6 +77,16 @@ def _load_run(folder: Path, root: Path) -> dict:
     except Exception as err:  # YAML, JSON, a missing key or file: all mean "not a run folder"
         raise ValueError(f"{folder / name}: not a readable run file ({' '.join(str(err).split())[:100]})") from None
     return run
+
+
+def _shipped_path(data: dict) -> dict:
+    """The data settings with a path into a checkout's shipped samples (data/samples/...) named from
+    there: runs made from two checkouts read the same sample and belong in one table."""
+    path = data.get("path")
+    if isinstance(path, str) and f"{os.sep}data{os.sep}samples{os.sep}" in os.path.normpath(path):
+        normalised = os.path.normpath(path)
+        return {**data, "path": normalised[normalised.rindex(f"{os.sep}data{os.sep}samples{os.sep}") + 1:]}
+    return data
 
 
 def _flat(node, prefix: str = "") -> dict[str, object]:

@@ -186,3 +186,13 @@ def test_folders_that_keep_the_results_only_give_their_rows(tmp_path):
     (root / "grace_T100" / "edits.jsonl").write_text("{not json\n")  # a broken record file is still refused
     with pytest.raises(ValueError, match="edits.jsonl: not a readable run file"):
         build(root, tmp_path / "out2")
+
+
+def test_runs_of_a_shipped_sample_from_two_checkouts_share_a_table():
+    from benchmark.leaderboard import _shipped_path
+
+    a = _shipped_path({"name": "zsre", "path": "/tmp/wt-a/configs/experiment/../../data/samples/zsre_mend"})
+    b = _shipped_path({"name": "zsre", "path": "/home/me/seqedit/data/samples/zsre_mend"})
+    assert a == b == {"name": "zsre", "path": "data/samples/zsre_mend"}
+    mine = {"name": "counterfact", "path": "/data/counterfact-edit.json"}  # a user's file keeps its path
+    assert _shipped_path(mine) == mine
