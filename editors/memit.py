@@ -354,6 +354,7 @@ class MemitEditor(Editor):
         adj = torch.linalg.solve(C + torch.outer(key, key), key)
         return torch.outer(residual, adj)
 
+    @torch.no_grad()
     def _update(self, i: int, site, key: Tensor, residual: Tensor) -> None:
         site.out_proj.weight += self._delta(i, key, residual).to(site.out_proj.weight.dtype)
 

@@ -40,6 +40,7 @@ class RectEditor(MemitEditor):
         self._deltas: dict[int, torch.Tensor] = {}
         return super().edit(example)
 
+    @torch.no_grad()
     def _update(self, i: int, site, key: torch.Tensor, residual: torch.Tensor) -> None:
         # written whole, so the next block's keys see it (mr:68 on), and kept in float64: mr masks
         # and adds its float64 update (mr:46-61), where the difference of float32 weights would
