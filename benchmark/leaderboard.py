@@ -82,11 +82,9 @@ def _load_run(folder: Path, root: Path) -> dict:
 def _shipped_path(data: dict) -> dict:
     """The data settings with a path into a checkout's shipped samples (data/samples/...) named from
     there: runs made from two checkouts read the same sample and belong in one table."""
-    path = data.get("path")
-    if isinstance(path, str) and f"{os.sep}data{os.sep}samples{os.sep}" in os.path.normpath(path):
-        normalised = os.path.normpath(path)
-        return {**data, "path": normalised[normalised.rindex(f"{os.sep}data{os.sep}samples{os.sep}") + 1:]}
-    return data
+    path, marker = data.get("path"), os.sep + os.path.join("data", "samples", "")
+    path = os.path.normpath(path) if isinstance(path, str) else ""
+    return {**data, "path": path[path.rindex(marker) + 1:]} if marker in path else data
 
 
 def _flat(node, prefix: str = "") -> dict[str, object]:

@@ -29,6 +29,7 @@ summary line are printed; benchmark/figures/published_code_cpu.jsonl keeps a run
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import re
@@ -223,17 +224,33 @@ def _alphaedit_state(repo: Path, main, model, tok, hparams) -> dict:
     """P per layer by the published `get_project` (experiments/evaluate.py, run from its source
     text: the module itself imports the whole evaluation suite) and an empty cache_c, as
     evaluate.py:395-421 makes them."""
-    import ast
-
     import torch
 
-    source = (repo / "experiments" / "evaluate.py").read_text()
-    node = next(n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name == "get_project")
-    scope = {"torch": torch, "get_cov": main.get_cov}
-    exec(compile(ast.Module([node], []), "experiments/evaluate.py", "exec"), scope)
+    scope = define_from_source(repo / "experiments" / "evaluate.py", ["get_project"],
+                               {"torch": torch, "get_cov": main.get_cov})
     width = model.get_parameter(f"{hparams.rewrite_module_tmp.format(hparams.layers[-1])}.weight").shape[1]
     P = torch.stack([scope["get_project"](model, tok, layer, hparams) for layer in hparams.layers])
     return {"P": P, "cache_c": torch.zeros(len(hparams.layers), width, width)}
+
+
+def define_from_source(path: Path, names: list[str], scope: dict) -> dict:
+    """The named top-level functions and classes, and `Class.method`s, of a published file defined
+    from its source text in `scope` (which stands in for the file's imports: a published module
+    often imports a whole training stack this comparison never reaches); a name missing is a
+    FileNotFoundError naming it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no {path}")
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for name in names:
+        owner, _, member = name.rpartition(".")
+        nodes = next((n.body for n in tree.body if getattr(n, "name", "") == owner), []) if owner else tree.body
+        node = next((n for n in nodes if getattr(n, "name", "") == member), None)
+        if node is None:
+            raise FileNotFoundError(f"{path} has no {name}")
+        exec(compile(ast.Module([node], []), str(path), "exec"), scope)
+        if owner:
+            scope[name] = scope.pop(member)
+    return scope
 
 
 # -- both, and the comparison --------------------------------------------------------------------------

@@ -15,14 +15,13 @@ difference of the restrained dW relative to its largest entry.
 
 from __future__ import annotations
 
-import ast
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmark.published_code import tiny_check_main
+from benchmark.published_code import define_from_source, tiny_check_main
 
 SOURCE = "easyeditor/editors/bi_editor_loadw.py"
 BASES = {"e": None, "2": 2.0, "1.5": 1.5, "1.2": 1.2}  # bl:141-149: Reduce "log", "log2", "log1_5", "log1_2"
@@ -32,13 +31,7 @@ def published_functions(repo: Path) -> dict:
     path = repo / SOURCE
     if not path.is_file():
         raise FileNotFoundError(f"--repo {repo}: no {SOURCE} (a checkout of mjy1111/PRUNE)")
-    scope: dict = {"np": np, "math": math}
-    for node in ast.parse(path.read_text(encoding="utf-8")).body:
-        if isinstance(node, ast.FunctionDef) and node.name in ("func_log", "func_logn"):
-            exec(compile(ast.Module([node], []), str(path), "exec"), scope)
-    if not {"func_log", "func_logn"} <= scope.keys():
-        raise FileNotFoundError(f"--repo {repo}: {SOURCE} has no func_log and func_logn")
-    return scope
+    return define_from_source(path, ["func_log", "func_logn"], {"np": np, "math": math})
 
 
 def published_restrained(functions: dict, w0: np.ndarray, delta: np.ndarray, base: float | None) -> tuple:

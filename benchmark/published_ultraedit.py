@@ -16,7 +16,6 @@ util.py import wandb, nltk and the training stack); nothing of the published cod
 
 from __future__ import annotations
 
-import ast
 import importlib.util
 import math
 import tempfile
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from benchmark.published_code import tiny_check_main
+from benchmark.published_code import define_from_source, tiny_check_main
 
 FUNCTIONS = {"editor/ultraedit.py": ("pad_tensor", "ULTRAEDIT.cache", "ULTRAEDIT.predict_param_shifts"),
              "util.py": ("get_module", "get_shape", "cross_entropy", "Tracer", "TracerDict")}
@@ -41,19 +40,9 @@ def published_functions(repo: Path) -> dict:
     scope: dict = {"torch": torch, "nn": nn, "F": F, "math": math, "os": __import__("os"), "Conv1D": Conv1D,
                    "Dict": dict, "List": list, "Tuple": tuple, "Union": types.UnionType, "DictConfig": dict}
     for file, names in FUNCTIONS.items():
-        path = repo / file
-        if not path.is_file():
+        if not (repo / file).is_file():
             raise FileNotFoundError(f"--repo {repo}: no {file} (a checkout of XiaojieGu/UltraEdit)")
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        for name in names:
-            owner, _, member = name.rpartition(".")
-            nodes = tree.body if not owner else next(n for n in tree.body if getattr(n, "name", "") == owner).body
-            node = next((n for n in nodes if getattr(n, "name", "") == member), None)
-            if node is None:
-                raise FileNotFoundError(f"--repo {repo}: {file} has no {name}")
-            exec(compile(ast.Module([node], []), str(path), "exec"), scope)
-            if owner:
-                scope[name] = scope.pop(member)
+        define_from_source(repo / file, list(names), scope)
     spec = importlib.util.spec_from_file_location("published_nets", repo / "nets.py")
     nets = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(nets)
