@@ -409,6 +409,10 @@ class QueryMemory:
         picked = (self._gather(rows).to(keys.dtype) @ keys).gather(1, cols[:, None]).squeeze(1)
         return picked + bias[cols]
 
+    def gather_rows(self, rows: Tensor, dtype: torch.dtype) -> Tensor:
+        """M[rows] in `dtype`, read as `entries` reads them (the closed-form step's rows)."""
+        return self._gather(rows).to(dtype)
+
     def _gather(self, rows: Tensor) -> Tensor:
         """M[rows]: from the rows this step rescored where they hold them all (the same values)."""
         if self._gathered is not None and len(self._gathered[0]):

@@ -43,7 +43,8 @@ with the earlier patches, the residual), and each step runs only what follows it
 (`ModelAdapter.capture`): at the last FFN patch -> residual -> norm -> head on the scored rows
 (all position-wise); at an earlier FFN the block's output on every position and each later block,
 called with the arguments it got in the captured forward. Exact at any layer (tests compare it
-with `mode=naive`, which runs the full model every step).
+with `mode=naive`, which runs the full model every step). `step=closed` writes the patch's
+gradient out instead of running autograd through it (editors/tpatcher_step.py).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ from editors.base import Check, EditResult, HookedEditor, ReferenceOutputs
 from editors.configs.tpatcher import ACTIVATION_NAMES, MEMORY_LOSSES, RECIPE_DEFAULTS, RECIPES, TPatcherConfig  # noqa: F401  (its config, torch-free)
 from editors.patch_memory import QUANTIZED_SCAN, QueryMemory, smooth_top
 from editors.tpatcher_official import edit_official
+from editors.tpatcher_step import ClosedStep
 
 ACTIVATIONS = dict(zip(ACTIVATION_NAMES, (F.relu, F.gelu, F.silu)))
 THRESHOLDS = {"gelu": (-3.0, 3.0), "relu": (0.0, 0.0), "silu": (-8.0, 8.0)}
@@ -78,7 +80,7 @@ class PatchBank(nn.Module):
 
     def __init__(self, width: int, activation: str):
         super().__init__()
-        self.act = ACTIVATIONS[activation]
+        self.act, self.act_name = ACTIVATIONS[activation], activation
         self.register_buffer("keys", torch.zeros(width, 0))
         self.register_buffer("bias", torch.zeros(0))
         self.register_buffer("values", torch.zeros(0, width))
@@ -399,22 +401,36 @@ class TPatcherEditor(HookedEditor):
         kl_term = self._kl_term(new_delta) if cfg.memory_loss == "kl" and self.kl_pool else None
         screening = _Screening(self) if (cfg.memory_loss.startswith("l_m1") and cfg.memory_refresh > 1
                                         and len(self.memory) > cfg.memory_candidates * cfg.topk) else None
+        closed = self._closed_step() if cfg.step == "closed" else None
         steps, solved, quiet = 0, False, False
         with torch.enable_grad():
             for steps in range(cfg.max_steps + 1):
                 screen = screening.screen(steps, own, patches) if screening else None
-                if cfg.mode == "fast":
+                if closed is not None:
+                    state = closed.forward(query, own, patches.keys, patches.bias, patches.values(), self.act,
+                                           self.memory if screen is None else screen)
+                    added = state["delta"].to(cache.ffn_out.dtype).requires_grad_()
+                    logits = cache.finish(cache.ffn_out + added)
+                    edit_loss = adapter.loss(batch, logits)
+                    terms = closed.terms(edit_loss, state).as_dict()
+                elif cfg.mode == "fast":
                     logits = cache.finish(cache.ffn_out + new_delta(query).to(cache.ffn_out.dtype))
+                    terms = self.losses(logits, batch, own, patches.keys, patches.bias, screen)
                 else:
                     with adapter.added_to_ffn(new_delta, cfg.layer):
                         logits = adapter.scored_logits(batch)
-                terms = self.losses(logits, batch, own, patches.keys, patches.bias, screen)
+                    terms = self.losses(logits, batch, own, patches.keys, patches.bias, screen)
                 solved = self._solved(batch, logits.detach())
                 quiet = not cfg.stop_below_beta or float(terms.get("memory_max", -torch.inf)) <= self.silent_below
                 if screening and solved and quiet and cfg.stop_below_beta:  # the stop rule reads all the memory
                     quiet = screening.silent_on_all(patches)
                 if (solved and quiet and steps >= cfg.min_steps) or steps == cfg.max_steps:
                     break
+                if closed is not None:  # autograd on the tail alone, then the patch's gradient in closed form
+                    (tail_grad,) = torch.autograd.grad(edit_loss, added)
+                    closed.gradient(tail_grad.to(query.dtype), query, own, patches, state)
+                    optimizer.step()
+                    continue
                 loss = terms["edit"] + cfg.activation_weight * terms["activation"]
                 if "memory1" in terms:
                     loss = loss + cfg.memory_weight * (terms["memory1"] + terms.get("memory2", 0.0))
@@ -424,6 +440,11 @@ class TPatcherEditor(HookedEditor):
                 loss.backward()
                 optimizer.step()
         return steps, solved, quiet, screening
+
+    def _closed_step(self) -> ClosedStep:
+        cfg = self.config
+        return ClosedStep(self.bank.act_name, self.beta, self._shift, cfg.activation_weight, cfg.memory_weight,
+                          cfg.topk, cfg.topk_activation, cfg.memory_loss)
 
     @torch.no_grad()
     def _report(self, own: Tensor, patches: _Patches, solved: bool, quiet: bool, scanned: dict,

@@ -93,10 +93,10 @@ def test_fast_equals_naive_at_any_layer(family, layer):
     assert torch.allclose(fk, nk, atol=1e-4) and torch.allclose(fv, nv, atol=1e-4)
 
 
-def forced_edits(family: str, mode: str, layer: int, device: str = "cpu") -> tuple[Tensor, Tensor, int]:
+def forced_edits(family: str, mode: str, layer: int, device: str = "cpu", **overrides) -> tuple[Tensor, Tensor, int]:
     """Two edits of 25 forced steps on a 3-block tiny model; the patch keys, values and memory size."""
     adapter = tiny(FAMILIES[family], layers=3, seed=1, device=device)
-    editor = _editor(adapter, mode=mode, layer=layer, min_steps=25, max_steps=25)
+    editor = _editor(adapter, mode=mode, layer=layer, min_steps=25, max_steps=25, **overrides)
     editor.prepare(_splits(adapter).for_editor())
     for i, prompt in enumerate(["The capital of France is", "Lyon is a city in"]):
         torch.manual_seed(i)
@@ -104,6 +104,45 @@ def forced_edits(family: str, mode: str, layer: int, device: str = "cpu") -> tup
             else " Oslo"
         assert editor.edit(Example(f"e{i}", prompt, target)).steps == 25
     return editor.bank.keys.detach().cpu().clone(), editor.bank.values.detach().cpu().clone(), len(editor.memory)
+
+
+CLOSED_STEP_SETTINGS = {
+    "l_m1": {"memory_loss": "l_m1"}, "no-memory-loss": {"memory_loss": "none"},
+    "paper-sign": {"l_m2_sign": "paper"}, "gelu": {"activation": "gelu"}, "silu": {"activation": "silu"},
+    "one-patch": {"max_patches": 1}, "fp32-scan-every-step": {"memory_reuse": False, "memory_scan": "fp32"},
+    "screened": {"memory_refresh": 5, "memory_candidates": 1, "topk": 2},
+}
+
+
+def _closed_and_autograd_agree(family: str, layer: int, overrides: dict) -> None:
+    (ck, cv, cm), (ak, av, am) = (forced_edits(family, "fast", layer, step=step, **overrides)
+                                  for step in ("closed", "autograd"))
+    assert cm == am and ck.shape == ak.shape
+    assert torch.allclose(ck, ak, atol=1e-5) and torch.allclose(cv, av, atol=1e-5)
+
+
+@pytest.mark.parametrize("layer", [-1, -2])
+def test_closed_form_step_gives_the_autograd_steps_patches(family, layer):
+    """step=closed (the patch's gradient written out, autograd on the model's tail only) against
+    step=autograd: the same two edits of 25 forced Adam steps, every family, the last block and
+    the one before it (several patches an edit on the decoders' answers, one on the classifier's)."""
+    _closed_and_autograd_agree(family, layer, {})
+
+
+@pytest.mark.parametrize("layer", [-1, -2])
+@pytest.mark.parametrize("setting", CLOSED_STEP_SETTINGS)
+def test_closed_form_step_agrees_in_every_setting_it_serves(setting, layer):
+    """Each loss variant, activation and memory scan the closed step serves, on the decoder."""
+    _closed_and_autograd_agree("decoder", layer, CLOSED_STEP_SETTINGS[setting])
+
+
+def test_closed_form_step_is_refused_where_it_cannot_serve():
+    with pytest.raises(ValueError, match="editor.step=closed serves mode=fast"):
+        TPatcherConfig(name="tpatcher", step="closed", mode="naive")
+    with pytest.raises(ValueError, match="editor.step=closed serves mode=fast"):
+        TPatcherConfig(name="tpatcher", step="closed", memory_loss="kl")
+    with pytest.raises(ValueError, match="editor.step must be one of"):
+        TPatcherConfig(name="tpatcher", step="fused")
 
 
 def _memory_guarantee(editor, result, memory_examples, before):

@@ -44,13 +44,15 @@ class _FrozenProjection(torch.autograd.Function):
     W x^T (W's rows read in order) much faster than x W^T for a vocabulary-sized W: 7 rows x
     49,152 x 576 took 6 ms against 25 ms on 2 cores; autograd's own backward of W x^T, W^T g^T,
     took 104 ms, hence this function. The backward's g W is likewise computed as (W^T g^T)^T from
-    a transposed copy of W where one is given (`_transposed`)."""
+    a transposed copy of W where one is given (`_transposed`), and so is the forward, x (W^T): in
+    T-Patcher's SmolLM2-sized edit (7 rows, 100 steps, 40,000 memory rows, 2 quiet threads) 3.0 s an
+    edit against 3.5 s with W x^T."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, transposed: Tensor | None) -> Tensor:
         ctx.save_for_backward(weight if transposed is None else transposed)
         ctx.transposed = transposed is not None
-        return (weight @ x.T).T.contiguous()
+        return x @ transposed if transposed is not None else (weight @ x.T).T.contiguous()
 
     @staticmethod
     def backward(ctx, grad: Tensor):

@@ -10,6 +10,7 @@ from editors.configs.base import SteppedEditorConfig
 ACTIVATION_NAMES = ("relu", "gelu", "silu")
 RECIPES = ("seqedit", "official")
 MEMORY_LOSSES = ("l_m1+l_m2", "l_m1", "kl", "none")
+STEPS = ("autograd", "closed")
 # recipe -> defaults of the fields left unset: (max_steps, memory_weight, value_scale, mode)
 RECIPE_DEFAULTS = {"seqedit": (300, 10.0, 5.0, "fast"), "official": (2000, 5.0, 10.0, "naive")}
 
@@ -40,6 +41,10 @@ class TPatcherConfig(SteppedEditorConfig):
     mode: str | None = field(default=None, metadata={
         "help": "fast (cached upstream) | naive (full forward each step); unset: fast, or naive for recipe=official "
                 "(dropout makes a cache invalid)"})
+    step: str = field(default="autograd", metadata={
+        "help": "autograd | closed: closed writes the patch's gradient out and runs autograd on the model's tail "
+                "alone (editors/tpatcher_step.py; the same steps up to float rounding, no faster on CPU: "
+                "docs/performance.md); it serves mode=fast with memory_loss l_m1+l_m2, l_m1 or none"})
     memory_update: bool = field(default=True, metadata={"help": "add the stream's queries to the memory"})
     stop_margin: float = field(default=0.0, metadata={"help": "stop when the target leads by this logit margin"})
     stop_below_beta: bool = field(
@@ -96,6 +101,11 @@ class TPatcherConfig(SteppedEditorConfig):
             raise ValueError(f"editor.memory_loss must be one of {', '.join(MEMORY_LOSSES)}, got {self.memory_loss!r}")
         if self.recipe == "official" and self.memory_loss not in ("l_m1+l_m2", "none"):
             raise ValueError("editor.recipe=official runs the published memory loss (l_m1+l_m2) or none")
+        if self.step not in STEPS:
+            raise ValueError(f"editor.step must be one of {', '.join(STEPS)}, got {self.step!r}")
+        if self.step == "closed" and (self.mode != "fast" or self.memory_loss == "kl"):
+            raise ValueError("editor.step=closed serves mode=fast with memory_loss l_m1+l_m2, l_m1 or none; "
+                             "use editor.step=autograd for this setting")
         if self.kl_examples < 1:
             raise ValueError("editor.kl_examples must be at least 1")
         if self.memory_refresh < 1 or self.memory_candidates < 1:
