@@ -108,6 +108,34 @@ def test_editor_pages_quote_only_numbers_the_benchmark_pages_hold():
     assert found > 50
 
 
+def _quoted(metric: dict) -> str:
+    low, high = metric["ci95"]
+    return f"{metric['mean']:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def test_kept_results_are_quoted_as_their_results_files_hold_them():
+    """Every run kept in benchmark/figures (its config.yaml and results.json) is on the benchmarks
+    page with the numbers its results.json holds: Rel., Gen. and Loc. (ER, GR_final, Loc_final)
+    with their intervals, or for a run on D_val the mean of the three by which its grid chose. A
+    number copied wrong, or a kept run never reported, fails here."""
+    import json
+
+    page = " ".join((ROOT / "docs" / "benchmarks.md").read_text().split())
+    kept = sorted((ROOT / "benchmark" / "figures").glob("*/*/results.json"))
+    for path in kept:
+        results = json.loads(path.read_text())
+        metrics = [results["metrics"][name] for name in ("ER", "GR_final", "Loc_final")]
+        cells = [_quoted(metric) for metric in metrics]
+        mean = f"{sum(metric['mean'] for metric in metrics) / 3:.3f}"
+        where = path.parent.relative_to(ROOT)
+        if results["split"] == "val" and not all(cell in page for cell in cells):
+            assert mean in page, f"{where}: its mean of Rel., Gen. and Loc. ({mean}) is not on the benchmarks page"
+            continue
+        for name, cell in zip(("Rel.", "Gen.", "Loc."), cells):
+            assert cell in page, f"{where}: {name} {cell} is not on the benchmarks page"
+    assert len(kept) >= 30
+
+
 def test_dataset_pages_show_records_of_the_files_they_name():
     """Each `<!-- sample: FILE -->` block is a record of FILE as published (a JSON Lines line or an
     element of a JSON array); the facts page's is an example the embedded dataset makes."""
