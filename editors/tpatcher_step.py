@@ -88,12 +88,10 @@ class ClosedStep:
         state = {"z": z, "act": act_fn(z), "A": (own * keys.T).sum(-1) + bias}
         state["delta"] = state["act"] @ values
         if self.memory_loss.startswith("l_m1") and len(memory):
-            n = keys.shape[1]
             top1, top2 = memory.top_entries(keys, bias, [torch.zeros_like(bias), self.shift - state["A"]], self.topk)
             state["m1"] = self._entries(memory, keys, bias, top1)
             if self.memory_loss == "l_m1+l_m2":
                 state["m2"] = state["m1"] if top2 is top1 else self._entries(memory, keys, bias, top2)
-            state["n"] = n
         return state
 
     @staticmethod
