@@ -7,6 +7,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # real samples of the published files (their sources and licences: tests/fixtures/real/README.md)
 REAL_DATA = ROOT / "tests" / "fixtures" / "real"
 ZSRE_MEND = ROOT / "data" / "samples" / "zsre_mend"  # the real MEND-layout zsRE sample, shipped as data
+COUNTERFACT_EDIT = ROOT / "data" / "samples" / "counterfact_edit"  # 1,000 records of EasyEdit's CounterFact split
 # Rebuildable caches (tokenizer, facts table, initial models) persist between test sessions.
 os.environ.setdefault("SEQEDIT_CACHE", str(ROOT / ".cache" / "seqedit"))
 
