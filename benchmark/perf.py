@@ -30,13 +30,12 @@ default) runs only what follows the patched FFN and scans the memory through its
 top-k entries as fp32, editors/patch_memory.py) where that is measured faster over the first scans
 of its edits (`memory_scan=auto`), else in fp32 through the memory's transposed copy, and on CPU
 reads no row at a step whose scores it can bound from the previous step's (`memory_reuse`, the
-same top-k), with the patch's gradient in closed form (`step=closed`: autograd on the model's tail
-only, editors/tpatcher_step.py); a second run times the fast path with autograd over the whole step
-(`step=autograd`); further runs time the fast path scanning every step (`memory_reuse=false`), bounding
-every direction of the keys' move (`memory_basis=0`), with the fp32 scan, and with the approximate
-screened memory (`--refresh`). At the last block the
-fast path's milliseconds per step are printed beside a floor computed from the shapes and this
-machine's measured matmul and read throughput (`step_floor_ms`).
+same top-k); a second run times the fast path with the patch's gradient in closed form
+(`step=closed`: autograd on the model's tail only, editors/tpatcher_step.py); further runs time
+the fast path scanning every step (`memory_reuse=false`), bounding every direction of the keys'
+move (`memory_basis=0`), with the fp32 scan, and with the approximate screened memory
+(`--refresh`). At the last block the fast path's milliseconds per step are printed beside a floor
+computed from the shapes and this machine's measured matmul and read throughput (`step_floor_ms`).
 All paths make the same edits from the same seeds with the same step budget (`--steps`; every step is run,
 the stop rule is off), so the step counts are equal and the ratio is per step. Prints one JSON
 line per family.
@@ -551,7 +550,7 @@ def _tpatcher_line(args: argparse.Namespace, family: str) -> dict:
     run = partial(time_edits, adapter, family, edits=edits, memory=args.memory, steps=args.steps, layer=args.layer)
     naive, naive_steps, naive_keys, *_ = run(mode="naive", memory_scan="fp32", memory_reuse=False)
     fast, fast_steps, fast_keys, build_s, _, scan = run(mode="fast")
-    autograd, autograd_steps, autograd_keys, *_ = run(mode="fast", step="autograd")
+    closed, closed_steps, closed_keys, *_ = run(mode="fast", step="closed")
     every, _, every_keys, *_ = run(mode="fast", memory_reuse=False)
     unbased, _, unbased_keys, *_ = run(mode="fast", memory_basis=0)
     fp32, _, fp32_keys, *_ = run(mode="fast", memory_scan="fp32")
@@ -573,12 +572,12 @@ def _tpatcher_line(args: argparse.Namespace, family: str) -> dict:
         # beside the floor computed from the shapes and this machine's measured throughput
         **scan, **per_step,
         "max_key_diff": float((naive_keys - fast_keys).abs().max()),
-        # the same fast path with autograd over the whole step instead of the closed-form patch gradient
-        "autograd_step_median_s": round(median(autograd), 4),
-        "autograd_step_ms_per_step": round(1000 * median(autograd) / args.steps, 3),
-        "closed_step_speedup": round(median(autograd) / median(fast), 2),
-        "autograd_step_same_steps": autograd_steps == fast_steps,
-        "autograd_step_max_key_diff": float((autograd_keys - fast_keys).abs().max()),
+        # the same fast path with the patch's gradient in closed form instead of autograd (step=closed)
+        "closed_step_median_s": round(median(closed), 4),
+        "closed_step_ms_per_step": round(1000 * median(closed) / args.steps, 3),
+        "closed_step_speedup": round(median(fast) / median(closed), 2),
+        "closed_step_same_steps": closed_steps == fast_steps,
+        "closed_step_max_key_diff": float((closed_keys - fast_keys).abs().max()),
         # the fast path scanning the whole memory every step (memory_reuse=false)
         "scan_every_step_median_s": round(median(every), 4),
         "reuse_speedup": round(median(every) / median(fast), 2),
