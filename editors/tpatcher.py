@@ -412,7 +412,7 @@ class TPatcherEditor(HookedEditor):
                     added = state["delta"].to(cache.ffn_out.dtype).requires_grad_()
                     logits = cache.finish(cache.ffn_out + added)
                     edit_loss = adapter.loss(batch, logits)
-                    terms = closed.terms(edit_loss, state).as_dict()
+                    terms = closed.terms(edit_loss, state)
                 elif cfg.mode == "fast":
                     logits = cache.finish(cache.ffn_out + new_delta(query).to(cache.ffn_out.dtype))
                     terms = self.losses(logits, batch, own, patches.keys, patches.bias, screen)

@@ -34,7 +34,6 @@ independent check of the loss's gradient.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -52,22 +51,6 @@ def act_derivative(name: str, z: Tensor) -> Tensor:
         return 0.5 * (1.0 + torch.erf(z * _SQRT_HALF)) + z * torch.exp(-0.5 * z * z) * _INV_SQRT_2PI
     sig = torch.sigmoid(z)  # silu
     return sig * (1.0 + z * (1.0 - sig))
-
-
-@dataclass
-class StepTerms:
-    """The losses' values at this step (as the autograd step reports them) and what their
-    gradient needs; `memory_max` is the largest memory entry, for the stop rule."""
-
-    edit: Tensor
-    activation: Tensor
-    memory_max: Tensor | None = None
-    memory1: Tensor | None = None
-    memory2: Tensor | None = None
-
-    def as_dict(self) -> dict[str, Tensor]:
-        names = ("edit", "activation", "memory_max", "memory1", "memory2")
-        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 
 class ClosedStep:
@@ -103,18 +86,19 @@ class ClosedStep:
         return picked, rows, cols
 
     @torch.no_grad()
-    def terms(self, edit_loss: Tensor, state: dict) -> StepTerms:
+    def terms(self, edit_loss: Tensor, state: dict) -> dict[str, Tensor]:
+        """The losses' values at this step, named as the autograd step's `losses` names them (with
+        `memory_max`, the largest memory entry, for the stop rule)."""
         A = state["A"]
         activation = torch.exp(-A).squeeze(0) if len(A) == 1 else \
             (-A).topk(min(self.topk_activation, len(A))).values.exp().mean()
-        out = StepTerms(edit=edit_loss.detach(), activation=activation)
+        out = {"edit": edit_loss.detach(), "activation": activation}
         if "m1" in state:
             e1 = state["m1"][0]
-            out.memory_max = e1.max()
-            out.memory1 = torch.exp(e1 - self.beta).mean()
+            out["memory_max"], out["memory1"] = e1.max(), torch.exp(e1 - self.beta).mean()
             if "m2" in state:
                 e2, _, cols2 = state["m2"]
-                out.memory2 = torch.exp(e2 - A[cols2] + self.shift).mean()
+                out["memory2"] = torch.exp(e2 - A[cols2] + self.shift).mean()
         return out
 
     @torch.no_grad()

@@ -4,6 +4,7 @@ exist, and its cheap quick-tour commands run as written."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -118,8 +119,6 @@ def test_kept_results_are_quoted_as_their_results_files_hold_them():
     page with the numbers its results.json holds: Rel., Gen. and Loc. (ER, GR_final, Loc_final)
     with their intervals, or for a run on D_val the mean of the three by which its grid chose. A
     number copied wrong, or a kept run never reported, fails here."""
-    import json
-
     page = " ".join((ROOT / "docs" / "benchmarks.md").read_text().split())
     kept = sorted((ROOT / "benchmark" / "figures").glob("*/*/results.json"))
     for path in kept:
