@@ -26,7 +26,8 @@ seqedit sweep sweeps/FILE.yaml [--count N] [--test] [key=value ...]   offline W&
 seqedit config [key=value ...]        print the resolved config
 seqedit help [GROUP ...] [editor=NAME data=NAME model=NAME]   every key: type, default, help
                                       (GROUP: editor data model loop init logger trainer run)
-seqedit leaderboard RUNS_DIR [out=DIR]  leaderboard.md, leaderboard.html and plots of every run below RUNS_DIR
+seqedit leaderboard RUNS_DIR [out=DIR] [columns=M,M,...]   leaderboard.md, leaderboard.html and plots of
+                                      every run below RUNS_DIR, those metrics only if columns= is given
                                       (a sweep folder: the best trial per editor)
 seqedit demo [quick=true] [parts=qa,fc,zsre] [editors=a,b] the default job: initial models, every editor, leaderboard"""
 
@@ -158,8 +159,14 @@ def _leaderboard(args: list[str]) -> None:
 
         print(sweep_leaderboard(args[0]))
         return
-    out = next((a.split("=", 1)[1] for a in args[1:] if a.startswith("out=")), None)
-    md, pngs = build(args[0], out)
+    options = {"out": None, "columns": None}
+    for arg in args[1:]:
+        key, _, value = arg.partition("=")
+        if key not in options or not value:
+            raise ValueError(f"seqedit leaderboard: {arg!r} is not out=DIR or columns=NAME,NAME,...")
+        options[key] = value
+    columns = options["columns"].split(",") if options["columns"] else None
+    md, pngs = build(args[0], options["out"], columns)
     print(md)
     for png in pngs:
         print(png)

@@ -1,11 +1,12 @@
 """Gather runs into a leaderboard: `leaderboard.md`, `leaderboard.html` (one self-contained page:
 sortable tables, the figures embedded) and the plots as PNG files.
 
-    seqedit leaderboard RUNS_DIR [out=DIR]
+    seqedit leaderboard RUNS_DIR [out=DIR] [columns=ER,GR_final,Loc_final,...]
 
 One table per (model, dataset, data settings): runs are compared only where they streamed the
 same data (the `data` group and the loop keys that decide what is measured). Rows are runs, named
-by their folder below RUNS_DIR (the run id), with the settings that differ between them; columns
+by their folder below RUNS_DIR (the run id), with the settings that differ between them or from
+the editor's defaults; columns
 are the registered metrics as the mean over folds with its 95% interval (`[low, high]`, see
 `benchmark.metrics`; mean ± std over folds where a metric has no interval, as counts and costs
 do, or an older run lacks it), and the fold count. Within a table, every run whose interval
@@ -17,6 +18,8 @@ patch-by-mistake activation matrix (Fig. 5), named after the run so that none ov
 from __future__ import annotations
 
 import base64
+import dataclasses
+import functools
 import hashlib
 import html
 import json
@@ -58,7 +61,7 @@ def _load_run(folder: Path, root: Path) -> dict:
         run = {"dir": folder, "id": folder.relative_to(root).as_posix() if folder != root else folder.name,
                "editor": str(cfg.editor.name), "model": str(cfg.model.name),
                "data": str(cfg.data.name) + (f"/{cfg.data.task}" if "task" in cfg.data else ""),
-               "settings": _flat(config)}
+               "settings": _flat({**config, "data": _shipped_path(config["data"])})}
         measured = {"data": _shipped_path(config["data"]),
                     "loop": {k: config.get("loop", {}).get(k) for k in MEASURING_LOOP_KEYS}}
         run["data_settings"] = _flat(measured)
@@ -102,19 +105,42 @@ def groups(runs: list[dict]) -> dict[tuple[str, str, str], list[dict]]:
 
 
 def differing_settings(members: list[dict]) -> dict[str, dict[str, object]]:
-    """run id -> the settings in which it differs from another run of the table: any key outside
-    the editor group, and editor keys between runs of the same editor (different editors differ
-    in all of theirs, which says nothing)."""
-    def values(key: str, runs: list[dict]) -> set[str]:
-        return {json.dumps(r["settings"].get(key), default=str) for r in runs}
+    """run id -> the settings that set it apart: a key outside the editor group in which runs of
+    the table differ, an editor key in which runs of its own editor differ (different editors
+    differ in all of theirs, which says nothing), and an editor key the run set otherwise than the
+    editor's defaults (a tuned value, or a default changed since the run)."""
+    def values(key: str, runs: list[dict]) -> set[str]:  # a key a run lacks (another version's) is no difference
+        return {json.dumps(r["settings"][key], default=str) for r in runs if key in r["settings"]}
 
     by_editor = defaultdict(list)
     for r in members:
         by_editor[r["editor"]].append(r)
     keys = {k for r in members for k in r["settings"] if not k.startswith(NOT_SETTINGS) and k != "editor.name"}
-    differ = {k for k in keys if (any(len(values(k, rs)) > 1 for rs in by_editor.values())
-                                  if k.startswith("editor.") else len(values(k, members)) > 1)}
-    return {r["id"]: {k: r["settings"].get(k) for k in sorted(differ) if k in r["settings"]} for r in members}
+    shared = {k for k in keys if not k.startswith("editor.") and len(values(k, members)) > 1}
+    own = {editor: {k for k in keys if k.startswith("editor.") and len(values(k, rs)) > 1}
+           for editor, rs in by_editor.items()}
+    out = {}
+    for r in members:
+        defaults = _editor_defaults(r["editor"], str(r["settings"].get("model.name")))
+        changed = {k for k, v in r["settings"].items() if k in defaults and defaults[k] != v}
+        out[r["id"]] = {k: r["settings"].get(k) for k in sorted(shared | own[r["editor"]] | changed)
+                        if k in r["settings"]}
+    return out
+
+
+@functools.cache
+def _editor_defaults(name: str, model: str) -> dict[str, object]:
+    """The editor's keys as `editor=NAME model=MODEL` resolves them today (its presets' values
+    filled in, flat and `editor.` prefixed, as a run's config.yaml holds them); empty for a name
+    this checkout does not register (a run of another version, a user's plugin)."""
+    from benchmark.config import ConfigError, compose, instantiate
+    from benchmark.registry import UnknownNameError
+
+    try:
+        editor = dataclasses.asdict(instantiate(compose([f"editor={name}", f"model={model}"])).editor)
+    except (UnknownNameError, ConfigError):  # not registered here, or not for this model: nothing to compare
+        return {}
+    return {k: v for k, v in _flat({"editor": editor}).items() if k != "editor.name"}
 
 
 def _group_heading(key: tuple[str, str, str], all_groups: dict) -> tuple[str, str]:
@@ -158,8 +184,20 @@ def _cell(stat: dict | None, name: str) -> str:
     return " ".join(t for t in _cell_parts(stat, name) if t)
 
 
-def _columns(members: list[dict]) -> list[str]:
-    return [c for c in COLUMNS if any(c in r["metrics"] for r in members)]
+def check_columns(names: list[str] | None) -> list[str]:
+    """The metrics a table shows, in this order (all of COLUMNS by default); an unknown name is a
+    one-line error before anything is read or written."""
+    if names is None:
+        return list(COLUMNS)
+    unknown = [n for n in names if n not in COLUMNS]
+    if unknown or not names:
+        raise ValueError(f"columns: {', '.join(unknown) or 'none given'} is not a leaderboard metric; "
+                         f"choose from {', '.join(COLUMNS)}")
+    return list(names)
+
+
+def _columns(members: list[dict], chosen: list[str]) -> list[str]:
+    return [c for c in chosen if any(c in r["metrics"] for r in members)]
 
 
 def _best(members: list[dict], columns: list[str]) -> dict[str, set[str]]:
@@ -202,15 +240,15 @@ def _settings_text(settings: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in settings.items())
 
 
-def table(runs: list[dict]) -> str:
+def table(runs: list[dict], chosen: list[str] = COLUMNS) -> str:
     all_groups = groups(runs)
-    legend = "; ".join(f"**{m}** {METRICS[m].description}" for m in COLUMNS)
+    legend = "; ".join(f"**{m}** {METRICS[m].description}" for m in chosen)
     out = ["# seqedit leaderboard", "", f"Mean over folds [95% interval: {INTERVAL_METHOD}] (± std over folds where a "
            "metric has no interval); one table per model, dataset and data settings; in bold per table, the best "
            f"run of each ranked metric and every run whose interval overlaps it. {FOLDS_DIFFER}. Metrics: {legend}",
            ""]
     for key, members in all_groups.items():
-        columns = _columns(members)
+        columns = _columns(members, chosen)
         best = _best(members, columns)
         differ = differing_settings(members)
         title, data_line = _group_heading(key, all_groups)
@@ -374,7 +412,8 @@ PAGE_SCRIPT = """document.querySelectorAll('table.board th').forEach(function (t
 });"""
 
 
-def page(runs: list[dict], figures: dict[tuple, list[Path]], times: list[tuple[str, float, str]] = ()) -> str:
+def page(runs: list[dict], figures: dict[tuple, list[Path]], times: list[tuple[str, float, str]] = (),
+         chosen: list[str] = COLUMNS) -> str:
     """leaderboard.html: one file, no network (styles, script and figures inside it)."""
     esc = html.escape
     all_groups = groups(runs)
@@ -383,10 +422,10 @@ def page(runs: list[dict], figures: dict[tuple, list[Path]], times: list[tuple[s
              f"<p>Mean over folds [95% interval: {esc(INTERVAL_METHOD)}] (± std over folds where a metric has no "
              "interval); one table per model, dataset and data settings; click a column to sort by it; in bold, the "
              f"best run of each ranked metric and every run whose interval overlaps it. {esc(FOLDS_DIFFER)}.</p><dl>"]
-    parts += [f"<dt>{esc(m)}</dt><dd>{esc(METRICS[m].description)}</dd>" for m in COLUMNS]
+    parts += [f"<dt>{esc(m)}</dt><dd>{esc(METRICS[m].description)}</dd>" for m in chosen]
     parts.append("</dl>")
     for key, members in all_groups.items():
-        columns = _columns(members)
+        columns = _columns(members, chosen)
         best = _best(members, columns)
         differ = differing_settings(members)
         title, data_line = _group_heading(key, all_groups)
@@ -467,8 +506,11 @@ def _text_cell(text: str) -> str:
     return f"<td class='text' data-sort='{html.escape(text)}'>{html.escape(text)}</td>"
 
 
-def build(root: str | Path, out: str | Path | None = None) -> tuple[Path, list[Path]]:
-    """Writes leaderboard.md, leaderboard.html and the PNGs; returns the Markdown file and the PNGs."""
+def build(root: str | Path, out: str | Path | None = None,
+          columns: list[str] | None = None) -> tuple[Path, list[Path]]:
+    """Writes leaderboard.md, leaderboard.html and the PNGs; returns the Markdown file and the PNGs.
+    `columns`: the metrics the tables show, in this order (default: every one a run has)."""
+    chosen = check_columns(columns)
     root = Path(root)
     out = Path(out) if out else root
     runs = load_runs(root)
@@ -477,7 +519,7 @@ def build(root: str | Path, out: str | Path | None = None) -> tuple[Path, list[P
     out.mkdir(parents=True, exist_ok=True)
     times = demo_times(root)
     md = out / "leaderboard.md"
-    md.write_text(table(runs) + _times_markdown(times))
+    md.write_text(table(runs, chosen) + _times_markdown(times))
     figures = plots(runs, out)
-    (out / "leaderboard.html").write_text(page(runs, figures, times), encoding="utf-8")
+    (out / "leaderboard.html").write_text(page(runs, figures, times, chosen), encoding="utf-8")
     return md, [p for files in figures.values() for p in files]

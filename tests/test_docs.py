@@ -135,6 +135,21 @@ def test_kept_results_are_quoted_as_their_results_files_hold_them():
     assert len(kept) >= 30
 
 
+def test_the_leaderboard_page_is_the_table_its_command_makes():
+    """docs/results.md's table is what its `seqedit leaderboard ... columns=...` command makes of
+    the runs kept in benchmark/figures (the T = 100 table on D_edit): a row added, changed or
+    dropped on one side only fails here."""
+    from benchmark.leaderboard import load_runs, table
+
+    page = (ROOT / "docs" / "results.md").read_text()
+    columns = re.search(r"leaderboard benchmark/figures/zsre_seq_smollm2 .*?columns=([\w,]+)", page, re.S)[1]
+    made = table(load_runs(ROOT / "benchmark" / "figures" / "zsre_seq_smollm2"), columns.split(","))
+    section = made.split("Data settings: loop.max_fold_examples=100, loop.split=edit")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("|")]
+    shown = [line for line in page.split("## What it shows")[0].splitlines() if line.startswith("|")]
+    assert shown == rows and len(rows) >= 2 + 13
+
+
 def test_dataset_pages_show_records_of_the_files_they_name():
     """Each `<!-- sample: FILE -->` block is a record of FILE as published (a JSON Lines line or an
     element of a JSON array); the facts page's is an example the embedded dataset makes."""

@@ -17,7 +17,7 @@ from benchmark.leaderboard import build
 RUNS = {  # run id: (editor, data num_folds, editor settings, SR means)
     "a/tpatcher": ("tpatcher", 5, {"layer": -1}, 0.90),
     "b/tpatcher": ("tpatcher", 5, {"layer": -2}, 0.70),
-    "c/ft_all": ("ft_all", 5, {"lr": 0.01}, 0.80),
+    "c/ft_all": ("ft_all", 5, {"lr": 1e-5}, 0.80),  # ft_all's default lr
     "d/ft_all": ("ft_all", 2, {"lr": 0.01}, 0.50),  # other data settings: a table of its own
 }
 
@@ -55,7 +55,9 @@ def test_one_table_per_data_settings_with_run_ids_and_differences(board):
     assert "Data settings: data.num_folds=2" in text and "Data settings: data.num_folds=5" in text
     assert "| tpatcher | a/tpatcher | 2 | **0.900 ± 0.050** |" in text
     assert "editor.layer=-1" in text and "editor.layer=-2" in text  # same editor, other settings
-    assert "editor.lr" not in text  # different editors differ in all their keys: not shown
+    five, two = text.split("Data settings: data.num_folds=5")[1], text.split("Data settings: data.num_folds=2")[1]
+    assert "editor.lr" not in five.split("##")[0]  # different editors differ in all their keys: not shown
+    assert "| ft_all | d/ft_all | 2 | 0.500 ± 0.050 | 4 ± 1 | editor.lr=0.01 |" in two  # not ft_all's default
 
 
 def test_plots_never_overwrite_each_other_and_the_page_holds_them(board):
@@ -196,3 +198,13 @@ def test_runs_of_a_shipped_sample_from_two_checkouts_share_a_table():
     assert a == b == {"name": "zsre", "path": "data/samples/zsre_mend"}
     mine = {"name": "counterfact", "path": "/data/counterfact-edit.json"}  # a user's file keeps its path
     assert _shipped_path(mine) == mine
+
+
+def test_columns_choose_the_metrics_and_their_order(tmp_path):
+    write_runs(tmp_path / "runs")
+    md, _ = build(tmp_path / "runs", tmp_path / "out", columns=["E", "SR", "Loc"])  # Loc: no run has it
+    text = md.read_text()
+    assert text.count("| editor | run | folds | E | SR |") == 2 and "**Loc**" in text and "| Loc |" not in text
+    with pytest.raises(ValueError, match="columns: Rel is not a leaderboard metric"):
+        build(tmp_path / "runs", tmp_path / "again", columns=["SR", "Rel"])
+    assert not (tmp_path / "again").exists()  # refused before anything is written
