@@ -21,7 +21,7 @@ demo: $(REAL)
 	$(VENV)/bin/seqedit demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -rs
+	$(PY) -m pytest -q -rs --durations=15
 
 test-slow: $(REAL)
 	$(PY) -m pytest -q -m slow

@@ -110,7 +110,7 @@ def differing_settings(members: list[dict]) -> dict[str, dict[str, object]]:
     differ in all of theirs, which says nothing), and an editor key the run set otherwise than the
     editor's defaults (a tuned value, or a default changed since the run)."""
     def values(key: str, runs: list[dict]) -> set[str]:  # a key a run lacks (another version's) is no difference
-        return {json.dumps(r["settings"][key], default=str) for r in runs if key in r["settings"]}
+        return {_same(r["settings"][key]) for r in runs if key in r["settings"]}
 
     by_editor = defaultdict(list)
     for r in members:
@@ -122,10 +122,15 @@ def differing_settings(members: list[dict]) -> dict[str, dict[str, object]]:
     out = {}
     for r in members:
         defaults = _editor_defaults(r["editor"], str(r["settings"].get("model.name")))
-        changed = {k for k, v in r["settings"].items() if k in defaults and defaults[k] != v}
+        changed = {k for k, v in r["settings"].items() if k in defaults and _same(defaults[k]) != _same(v)}
         out[r["id"]] = {k: r["settings"].get(k) for k in sorted(shared | own[r["editor"]] | changed)
                         if k in r["settings"]}
     return out
+
+
+def _same(value) -> str:
+    """A setting as JSON: a dataclass's tuple and YAML's list of the same values compare equal."""
+    return json.dumps(value, default=str)
 
 
 @functools.cache
