@@ -208,3 +208,16 @@ def test_columns_choose_the_metrics_and_their_order(tmp_path):
     with pytest.raises(ValueError, match="columns: Rel is not a leaderboard metric"):
         build(tmp_path / "runs", tmp_path / "again", columns=["SR", "Rel"])
     assert not (tmp_path / "again").exists()  # refused before anything is written
+
+
+def test_a_run_of_an_editor_this_checkout_does_not_register_keeps_its_row(tmp_path):
+    """A user's plugin (or a run of another version): no defaults to compare its settings with,
+    so only the settings in which runs of the table differ are shown."""
+    write_runs(tmp_path / "runs")
+    folder = tmp_path / "runs" / "e" / "my_editor"
+    shutil.copytree(tmp_path / "runs" / "c" / "ft_all", folder)
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    config["editor"] = {"name": "my_editor", "lr": 0.5}
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    md, _ = build(tmp_path / "runs", tmp_path / "out")
+    assert "| my_editor | e/my_editor | 2 | 0.800 ± 0.050 | 4 ± 1 | - |" in md.read_text()
