@@ -6,8 +6,8 @@ sortable tables, the figures embedded) and the plots as PNG files.
 One table per (model, dataset, data settings): runs are compared only where they streamed the
 same data (the `data` group and the loop keys that decide what is measured). Rows are runs, named
 by their folder below RUNS_DIR (the run id), with the settings that differ between them or from
-the editor's defaults; columns
-are the registered metrics as the mean over folds with its 95% interval (`[low, high]`, see
+the editor's defaults; columns are the registered metrics (or those `columns=` names, in its
+order) as the mean over folds with its 95% interval (`[low, high]`, see
 `benchmark.metrics`; mean ± std over folds where a metric has no interval, as counts and costs
 do, or an older run lacks it), and the fold count. Within a table, every run whose interval
 overlaps the best run's is bold: a difference inside the noise is not a ranking. Plots per table:
@@ -123,7 +123,7 @@ def differing_settings(members: list[dict]) -> dict[str, dict[str, object]]:
     for r in members:
         defaults = _editor_defaults(r["editor"], str(r["settings"].get("model.name")))
         changed = {k for k, v in r["settings"].items() if k in defaults and _same(defaults[k]) != _same(v)}
-        out[r["id"]] = {k: r["settings"].get(k) for k in sorted(shared | own[r["editor"]] | changed)
+        out[r["id"]] = {k: r["settings"][k] for k in sorted(shared | own[r["editor"]] | changed)
                         if k in r["settings"]}
     return out
 
@@ -189,7 +189,7 @@ def _cell(stat: dict | None, name: str) -> str:
     return " ".join(t for t in _cell_parts(stat, name) if t)
 
 
-def check_columns(names: list[str] | None) -> list[str]:
+def _chosen_columns(names: list[str] | None) -> list[str]:
     """The metrics a table shows, in this order (all of COLUMNS by default); an unknown name is a
     one-line error before anything is read or written."""
     if names is None:
@@ -515,7 +515,7 @@ def build(root: str | Path, out: str | Path | None = None,
           columns: list[str] | None = None) -> tuple[Path, list[Path]]:
     """Writes leaderboard.md, leaderboard.html and the PNGs; returns the Markdown file and the PNGs.
     `columns`: the metrics the tables show, in this order (default: every one a run has)."""
-    chosen = check_columns(columns)
+    chosen = _chosen_columns(columns)
     root = Path(root)
     out = Path(out) if out else root
     runs = load_runs(root)
