@@ -58,11 +58,12 @@ def _load_run(folder: Path, root: Path) -> dict:
     try:
         cfg = OmegaConf.load(folder / name)
         config = OmegaConf.to_container(cfg, resolve=False)
+        config["data"] = _shipped_path(config["data"])  # a shipped sample named alike from any checkout
         run = {"dir": folder, "id": folder.relative_to(root).as_posix() if folder != root else folder.name,
                "editor": str(cfg.editor.name), "model": str(cfg.model.name),
                "data": str(cfg.data.name) + (f"/{cfg.data.task}" if "task" in cfg.data else ""),
-               "settings": _flat({**config, "data": _shipped_path(config["data"])})}
-        measured = {"data": _shipped_path(config["data"]),
+               "settings": _flat(config)}
+        measured = {"data": config["data"],
                     "loop": {k: config.get("loop", {}).get(k) for k in MEASURING_LOOP_KEYS}}
         run["data_settings"] = _flat(measured)
         run["data_id"] = hashlib.sha1(json.dumps(measured, sort_keys=True, default=str).encode()).hexdigest()[:6]
