@@ -84,6 +84,9 @@ def test_demo_estimate_scales_the_reference_timings_with_the_stream(tmp_path, mo
     monkeypatch.delitem(REFERENCE_SECONDS["qa"], "grace")  # an editor without a reference timing
     reference, fit = REFERENCE_SECONDS["qa"]["tpatcher"], REFERENCE_SECONDS["qa"][INITIAL]
     cfg = instantiate(compose(["experiment=demo_qa"]))
+    folds = len(cfg.loop.folds)
+    # the reference as if timed at this stream, whatever the shipped file's stream
+    monkeypatch.setattr("benchmark.demo.REFERENCE_STREAMED", {"qa": folds * cfg.loop.max_fold_examples})
     assert estimate("qa", cfg, ["tpatcher", "grace"]) == (reference + fit, [], [INITIAL, "tpatcher"], ["grace"])
     longer = instantiate(compose(["experiment=demo_qa", f"loop.max_fold_examples={2 * cfg.loop.max_fold_examples}"]))
     assert estimate("qa", longer, ["tpatcher"]).seconds == pytest.approx(2 * reference + fit)
@@ -91,7 +94,7 @@ def test_demo_estimate_scales_the_reference_timings_with_the_stream(tmp_path, mo
     assert estimate("qa", tiny, ["tpatcher"]) == (0.0, [], [], [INITIAL, "tpatcher"])
     # no fold list streams every fold; a whole-fold stream has no length before the data is read
     every = instantiate(compose(["experiment=demo_qa", "loop.folds=null"]))
-    assert estimate("qa", every, ["tpatcher"]).seconds == pytest.approx(every.data.num_folds / 2 * reference + fit)
+    assert estimate("qa", every, ["tpatcher"]).seconds == pytest.approx(every.data.num_folds / folds * reference + fit)
     whole = instantiate(compose(["experiment=demo_qa", "loop.max_fold_examples=null"]))
     assert estimate("qa", whole, ["tpatcher"]) == (fit, [], [INITIAL], ["tpatcher"])
     # another initial model (other epochs) has no reference fit; a cached one costs nothing
@@ -118,8 +121,11 @@ def test_demo_estimate_keeps_timings_apart_by_device(tmp_path, monkeypatch):
     cpu = instantiate(compose(["experiment=demo_qa"]))
     gpu = instantiate(compose(["experiment=demo_qa", "model.device=cuda", "trainer.accelerator=gpu"]))
     assert estimate("qa", gpu, ["tpatcher"]) == (0.0, [], [], [INITIAL, "tpatcher"])
-    (tmp_path / TIMINGS).write_text(json.dumps({"qa/tpatcher/smollm2-135m@cuda": {"seconds": 9.0, "examples": 40},
-                                                f"qa/{INITIAL}/smollm2-135m@cuda": {"seconds": 4.0, "examples": 40}}))
+    streamed = len(cpu.loop.folds) * cpu.loop.max_fold_examples  # timings at the demo's own stream
+    monkeypatch.setattr("benchmark.demo.REFERENCE_STREAMED", {"qa": streamed})
+    (tmp_path / TIMINGS).write_text(json.dumps({"qa/tpatcher/smollm2-135m@cuda": {"seconds": 9.0, "examples": streamed},
+                                                f"qa/{INITIAL}/smollm2-135m@cuda": {"seconds": 4.0,
+                                                                                   "examples": streamed}}))
     assert estimate("qa", gpu, ["tpatcher"]) == (13.0, [INITIAL, "tpatcher"], [], [])
     assert estimate("qa", cpu, ["tpatcher"]) == (sum(REFERENCE_SECONDS["qa"][k] for k in (INITIAL, "tpatcher")),
                                                  [], [INITIAL, "tpatcher"], [])
