@@ -5,12 +5,16 @@
                                     [--steps 10] [--device cuda]
     python -m benchmark.perf scale [--edits 1000] [--steps 100] [--out runs/perf/scale.png]
     python -m benchmark.perf editors [--only a,b] [--edits 20]
+    python -m benchmark.perf vstar [--only rome,memit,emmet] [--edits 5] [--model smollm2-135m]
 
 `editors` runs every registered editor (or `--only`) on one fixed workload: the tests' tiny LLaMA
 (its cached initial model) on a fold of the embedded facts, the settings the quick demo gives
 tiny models, and prints one JSON line each: seconds per edit (median), per evaluation of ER,
 TrainR and TestR (median) and of a fold's final evaluation, the run's wall time, and the share of
 it spent outside the editor's edits, so a change that slows any editor shows up side by side.
+
+`vstar` times the locate-then-edit editors' v* with `editor.mode=fast` against `kv` on SmolLM2
+and zsRE's requests (benchmark/perf_vstar.py).
 
 `suffix` times ft_last, ft_kl_last and constrained_ft (last block) with only the trained block
 run each step against the full forward (see `time_suffix`), and KE's and MEND's training edit
@@ -476,8 +480,9 @@ def time_editor(name: str, examples_streamed: int) -> dict:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmark.perf")
-    parser.add_argument("editor", choices=["tpatcher", "suffix", "scale", "editors"])
-    parser.add_argument("--only", default=None, help="editors: a comma-separated list (default: every editor)")
+    parser.add_argument("editor", choices=["tpatcher", "suffix", "scale", "editors", "vstar"])
+    parser.add_argument("--only", default=None, help="editors, vstar: a comma-separated list (default: every "
+                                                     "editor; vstar: rome,memit,emmet)")
     parser.add_argument("--out", default="runs/perf/scale.png", help="scale: where the plot (and .json) go")
     parser.add_argument("--family", choices=["classifier", "decoder", "seq2seq", "both"], default="both",
                         help="both: classifier and decoder")
@@ -496,8 +501,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Every argument that cannot work is one line (argparse's exit 2) before anything is timed."""
-    if args.model and args.editor != "suffix":
-        parser.error("--model applies to `suffix` only (tpatcher's memory rows are cached per sized model)")
+    if args.model and args.editor not in ("suffix", "vstar"):
+        parser.error("--model applies to `suffix` and `vstar` (tpatcher's memory rows are cached per sized model)")
+    if args.editor == "vstar" and args.model and len(args.model) > 1:
+        parser.error("--model: vstar takes one model")
     if args.device != "cpu" and args.editor == "scale":
         parser.error("--device applies to `tpatcher` and `suffix`; `scale` measures the CPU")
     try:
@@ -522,6 +529,10 @@ def main(argv=None) -> None:
     elif args.editor == "editors":
         for name in (args.only.split(",") if args.only else None) or _all_editors():
             print(json.dumps(time_editor(name, args.edits if args.edits != 5 else 20)), flush=True)
+    elif args.editor == "vstar":
+        from benchmark.perf_vstar import time_vstar
+
+        time_vstar((args.only or "rome,memit,emmet").split(","), args.edits, (args.model or [None])[0])
     elif args.editor == "suffix":
         adapters = (build("", name, args.device) for name in args.model) if args.model else \
             (build(family, device=args.device) for family in families)

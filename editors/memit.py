@@ -59,6 +59,7 @@ from benchmark.cache import cache_dir, pin, pin_mismatch, pin_path
 from benchmark.corpus import PUBLISHED, check_source, corpus_key, token_pieces
 from benchmark.corpus import resolve as resolve_corpus
 from benchmark.models.base import installed, linear_shape
+from benchmark.models.kept_positions import kept_positions
 from benchmark.records import write_atomically
 from benchmark.types import EditorData, Example
 from editors.base import Editor, EditResult
@@ -380,21 +381,27 @@ class MemitEditor(Editor):
         kl_row = (batch.owner == len(texts)).nonzero()[:1, 0] if subject else None
         delta = torch.zeros(self.sites[-1].width, device=adapter.device, requires_grad=True)
         seen: dict[str, Tensor] = {}
+        where = {"at": at}  # delta's position in each row of the forward that runs
 
         def add_delta(_m, _args, out):
             hidden = out[0] if isinstance(out, tuple) else out
-            seen.setdefault("init", hidden[0, at[0]].detach().clone())
+            seen.setdefault("init", hidden[0, where["at"][0]].detach().clone())
             hidden = hidden.clone()
-            hidden[torch.arange(len(at)), at] += delta.to(hidden.dtype)
+            hidden[torch.arange(len(at)), where["at"]] += delta.to(hidden.dtype)
             return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
 
         optimizer = torch.optim.Adam([delta], lr=cfg.v_lr)
         kl_init, steps = None, 0
         with installed([block.register_forward_hook(add_delta)]):
             forward = partial(adapter.scored_logits, batch)
-            if cfg.mode == "fast" and adapter.replays_blocks:  # only delta changes: earlier blocks see the same input
+            first = adapter.trained_suffix(block.parameters())
+            # only delta changes, at `at` or later: earlier blocks, and earlier positions, stay as they are
+            rerun = kept_positions(adapter, batch, first, at) if cfg.mode == "kv" else None
+            if rerun is not None:  # each row reruns from delta's position on: delta at its first position
+                forward, where["at"] = rerun[1], torch.zeros_like(at)
+            elif cfg.mode != "naive" and adapter.replays_blocks:
                 # bit for bit the full forward: Adam's steps turn any rounding difference into a different v*
-                _, forward = adapter.suffix(batch, adapter.trained_suffix(block.parameters()), as_forward=True)
+                _, forward = adapter.suffix(batch, first, as_forward=True)
             with torch.enable_grad():
                 for steps in range(1, cfg.v_steps + 1):
                     logits = forward()

@@ -70,3 +70,55 @@ def test_no_suffix_where_a_trained_parameter_is_outside_the_blocks():
     assert adapter.trained_suffix(adapter.select_parameters("0").values()) == 0
     assert adapter.trained_suffix(adapter.select_parameters("all").values()) is None
     assert adapter.trained_suffix(adapter.select_parameters("embeddings").values()) is None
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("first,starts", [(0, [3, 1, 5]), (1, [2, 0, 4]), (2, [3, 3, 7])])
+def test_kept_positions_rerun_gives_the_full_forwards_logits(attention, first, starts):
+    """A decoder's blocks rerun from each row's start on, over the kept keys and values of the
+    earlier positions, score as the full forward does (to float rounding) with a change added at
+    the start of each row, whatever the block, the starts (0 included) and the attention's mask."""
+    from benchmark.models.base import installed
+    from benchmark.models.kept_positions import kept_positions
+
+    adapter = tiny("tiny-llama", layers=3, seed=1)
+    adapter.model.config._attn_implementation = attention
+    prompts = ["The capital of France is", "Oslo is a city in", "Where is the Eiffel Tower located? It is in"]
+    batch = adapter.encode(prompts, [" Paris", " Norway and", " France"])
+    at, where = torch.tensor(starts), {}
+    change = torch.randn(adapter.model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+
+    def add(_m, _args, out):
+        out = out.clone()
+        out[torch.arange(3), where["at"]] += change
+        return out
+
+    with installed([adapter.layer_modules()[first].register_forward_hook(add)]):
+        where["at"] = at
+        full = adapter.scored_logits(batch)
+        logits, rerun = kept_positions(adapter, batch, first, at)
+        where["at"] = torch.zeros_like(at)
+        with torch.no_grad():
+            again = rerun()
+    assert rerun.start.shape[1] < batch.valid_mask.shape[1]  # fewer positions than the batch's
+    torch.testing.assert_close(again, full, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="before its row's start"):
+        kept_positions(adapter, batch, first, torch.tensor([6, 1, 1]))  # row 0's answer is read from 5
+
+
+def test_kept_positions_refuses_blocks_it_does_not_serve():
+    """GPT-2's blocks take their arguments by position: no rerun (the caller replays whole rows)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from benchmark.models.base import ModelConfig
+    from benchmark.models.decoder import DecoderLMAdapter
+    from benchmark.models.kept_positions import kept_positions
+    from benchmark.models.zoo import tiny_tokenizer
+
+    tok = tiny_tokenizer(with_eos=False)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=len(tok), n_positions=64,
+                                       bos_token_id=None, eos_token_id=None))
+    adapter = DecoderLMAdapter(model, tok, ModelConfig(name="tiny-gpt2"))
+    batch = adapter.encode(["The capital of France is"], [" Paris"])
+    assert kept_positions(adapter, batch, 0, torch.tensor([3])) is None
+    assert kept_positions(tiny("tiny-bert-mlm"), batch, 0, torch.tensor([3])) is None

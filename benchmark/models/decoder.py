@@ -40,6 +40,7 @@ class DecoderLMAdapter(ModelAdapter):
     family = "decoder"
     task = TASKS[GENERATION]
     replays_blocks = True
+    reruns_from_positions = True  # causal: `kept_positions` may rerun the blocks from a position on
 
     def __init__(self, model, tokenizer, config):
         super().__init__(model, tokenizer, config)

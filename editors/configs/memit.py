@@ -40,15 +40,18 @@ class LocateConfig(EditorConfig):
         "help": "tokens per piece C is counted over: longer texts are cut into pieces of this many (the published "
                 "code keeps each text's first tokens up to the model's context: 1,024 on GPT-2 XL, 8,192 on LLaMA-3)"})
     seed: int = field(default=0, metadata={"help": "seed of the generated prefixes"})
-    mode: str = field(default="fast", metadata={
-        "help": "fast: v*'s steps run only the block where delta is added and the later ones, from their input "
-                "recorded once per edit (exact: nothing before it changes while v* is optimised) | naive: the "
-                "full forward each step"})
+    mode: str = field(default="kv", metadata={
+        "help": "kv: as fast, and those blocks rerun only each text's positions from the subject's last token on, "
+                "attending to the earlier positions' keys and values kept from the first forward (a causal "
+                "decoder's earlier positions do not see delta; exact up to float rounding; other families: fast) "
+                "| fast: v*'s steps run only the block where delta is added and the later ones, from their input "
+                "recorded once per edit (bit for bit the full forward: nothing before it changes while v* is "
+                "optimised) | naive: the full forward each step"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.mode not in ("fast", "naive"):
-            raise ValueError(f"editor.mode must be fast or naive, got {self.mode!r}")
+        if self.mode not in ("kv", "fast", "naive"):
+            raise ValueError(f"editor.mode must be kv, fast or naive, got {self.mode!r}")
         if self.v_steps < 1:
             raise ValueError(f"editor.v_steps must be at least 1, got {self.v_steps}")
         if not self.layers or len(set(self.layers)) != len(self.layers):
