@@ -42,9 +42,10 @@ COLUMNS = ["SR", "GR", "GR_pooled", "ER", "GR_final", "TrainR", "TestR", "Loc", 
            "edit_seconds_median", "run_seconds", "params_added", "params_added_pct"]
 # loop keys that change what a run measures (which examples, which split): part of the data settings
 MEASURING_LOOP_KEYS = ("split", "mode", "folds", "max_fold_examples", "test_limit")
-# keys that never change a number: not shown as a difference between runs
+# keys that change no number beyond float rounding: not shown as a difference between runs
+# (editor.mode picks a path to the same computation: full forward, replayed blocks, kept positions)
 NOT_SETTINGS = ("run_id", "output_dir", "resume", "loop.progress", "loop.save_state", "loop.state_every",
-                "loop.state_overhead", "loop.eval_every", "logger.", "trainer.")
+                "loop.state_overhead", "loop.eval_every", "logger.", "trainer.", "editor.mode")
 
 
 def load_runs(root: Path) -> list[dict]:
@@ -123,7 +124,8 @@ def differing_settings(members: list[dict]) -> dict[str, dict[str, object]]:
     out = {}
     for r in members:
         defaults = _editor_defaults(r["editor"], str(r["settings"].get("model.name")))
-        changed = {k for k, v in r["settings"].items() if k in defaults and _same(defaults[k]) != _same(v)}
+        changed = {k for k, v in r["settings"].items()
+                   if k in defaults and _same(defaults[k]) != _same(v) and not k.startswith(NOT_SETTINGS)}
         out[r["id"]] = {k: r["settings"][k] for k in sorted(shared | own[r["editor"]] | changed)
                         if k in r["settings"]}
     return out

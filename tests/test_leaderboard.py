@@ -221,3 +221,16 @@ def test_a_run_of_an_editor_this_checkout_does_not_register_keeps_its_row(tmp_pa
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     md, _ = build(tmp_path / "runs", tmp_path / "out")
     assert "| my_editor | e/my_editor | 2 | 0.800 ± 0.050 | 4 ± 1 | - |" in md.read_text()
+
+
+def test_the_path_an_editor_mode_picks_is_not_a_setting(tmp_path):
+    """editor.mode chooses a path to the same computation (full forward, replayed blocks, kept
+    positions): a run made before a default path changed shows no setting for it, while a setting
+    that changes the computation still shows."""
+    write_runs(tmp_path / "runs")
+    config = tmp_path / "runs" / "c" / "ft_all" / "config.yaml"
+    config.write_text(config.read_text().replace("lr: 1.0e-05", "lr: 1.0e-05\n  mode: naive"))
+    md, _ = build(tmp_path / "runs", tmp_path / "out")
+    text = md.read_text()
+    assert "mode: naive" in config.read_text() and "editor.mode" not in text
+    assert "| ft_all | d/ft_all | 2 | 0.500 ± 0.050 | 4 ± 1 | editor.lr=0.01 |" in text
