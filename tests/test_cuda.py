@@ -106,3 +106,16 @@ def test_prefixes_are_the_cpus_with_the_model_on_cuda(name):
         editor = entry.target(entry.config_class(name=name, layers=[0], context_templates=6), adapter)
         prefixes.append(editor._prefixes())
     assert prefixes[0] == prefixes[1]
+
+
+def test_kept_positions_rerun_gives_the_full_forwards_logits_on_cuda():
+    """v*'s rerun from each row's start (editor.mode=kv) on the device: the full forward's logits."""
+    from benchmark.models.kept_positions import kept_positions
+    from tests.conftest import tiny
+
+    adapter = tiny("tiny-llama", layers=3, seed=1, device="cuda")
+    batch = adapter.encode(["The capital of France is", "Where is the Eiffel Tower located? It is in"],
+                           [" Paris", " France"])
+    logits, rerun = kept_positions(adapter, batch, 1, torch.tensor([3, 5]))
+    with torch.no_grad():
+        assert torch.allclose(rerun(), logits, atol=1e-3)
