@@ -5,9 +5,10 @@ once and reruns each block on the later positions only, attending to the kept on
 else (norms, FFNs, the head) is position-wise.
 
 On zsRE's requests under ROME's prefixes the subject ends near the prompt's end, so the rerun
-covers the prompt's last words and the answer: a fifth to a third of the positions. Exact up to
-float rounding (the attention and the projections sum over fewer rows at a time): the logits agree
-with the full forward's to about 1e-6, not bit for bit (tests/test_suffix.py).
+covers the prompt's last words and the answer: 27.5% of the texts' positions over three ROME edits
+(`python -m benchmark.perf vstar`). Exact up to float rounding (the attention and the projections
+sum over fewer rows at a time): the logits within 1e-5 of the full forward's, not bit for bit
+(tests/test_suffix.py).
 
 Served: decoder layers called as transformers' LLaMA-layout ones are (the hidden state, then the
 keyword arguments `attention_mask` as a 4-D mask or None, `position_ids`, `position_embeddings`,
