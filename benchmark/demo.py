@@ -17,6 +17,7 @@ network takes one Adam step either way).
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from benchmark.init import initial_weights
 from benchmark.leaderboard import DEMO_TIMES
 from benchmark.records import RunRecords
 from benchmark.registry import EDITORS
+from benchmark.speed import matmul_gflops
 
 PARTS = {"qa": "demo_qa", "fc": "demo_fc", "zsre": "demo_zsre"}
 # of the part's model (SmolLM2 / MiniLM / SmolLM2; tiny-llama / tiny-bert / tiny-llama)
@@ -88,9 +90,21 @@ def _reference() -> tuple[dict[str, dict[str, float]], dict[str, int], dict[str,
 
 
 REFERENCE_SECONDS, REFERENCE_STREAMED, REFERENCE_TRAINING = _reference()
+
+
+def _reference_gflops() -> float | None:
+    """The reference machine's fp32 matmul GFLOP/s as its demo measured it (`cpu_gflops`)."""
+    try:
+        return float(json.loads(REFERENCE_TIMES.read_text())["speed"]["matmul_gflops"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+REFERENCE_GFLOPS = _reference_gflops()
 # a default demo on a CPU leaves a run estimated longer than this to `editors=all` (the slow
-# locate-then-edit editors on SmolLM2), so the demo ends within half an hour of a fresh clone
-CPU_RUN_BUDGET = 120.0
+# locate-then-edit editors on SmolLM2, and on a slow CPU a few more), so that the demo ends within
+# about half an hour of a fresh clone on 2 cores
+CPU_RUN_BUDGET = 80.0
 REFERENCE_MODELS = {"qa": "smollm2-135m", "fc": "minilm-l6", "zsre": "smollm2-135m"}
 TIMINGS = "demo_timings.json"
 
@@ -130,6 +144,21 @@ def _scaled(seconds: float, measured_at: int | None, streamed: int | None, fixed
     if measured_at == streamed:
         return seconds
     return fixed + (seconds - fixed) * streamed / measured_at if streamed and measured_at else None
+
+
+@functools.cache
+def cpu_gflops() -> float:
+    """This CPU's fp32 matmul GFLOP/s on this process's threads (measured once, a fraction of a
+    second): CPUs of one kind of 2-core machine differ by 1.5x and more."""
+    import torch
+
+    return matmul_gflops(torch.device("cpu"), repeats=21, pick=min)
+
+
+def reference_scale() -> float:
+    """How many times longer a run takes here than on the reference machine, by their measured
+    matmul throughput (the demo's SmolLM2 runs are bound by it); 1 where the file gives none."""
+    return REFERENCE_GFLOPS / cpu_gflops() if REFERENCE_GFLOPS else 1.0
 
 
 def _timings() -> dict:
@@ -174,14 +203,15 @@ def _editor_seconds(part: str, cfg, editor: str, mine: dict) -> tuple[float | No
         seconds = _scaled(REFERENCE_SECONDS[part][editor], measured_at, streamed,
                           REFERENCE_TRAINING.get(part, {}).get(editor, 0.0))
         if seconds is not None:
-            return seconds, "reference"
+            return seconds * reference_scale(), "reference"
     return None, ""
 
 
 def estimate(part: str, cfg, editors: list[str]) -> Estimate:
     """Estimated seconds of a part's runs, from this machine's last timing of each (part, editor,
-    model, device), else the CPU reference machine's, scaled by the examples streamed, plus the
-    initial model's fit where it is not cached yet."""
+    model, device), else the CPU reference machine's, scaled by the examples streamed and by this
+    CPU's speed against the reference's (`reference_scale`), plus the initial model's fit where it
+    is not cached yet."""
     mine, total, here, cited, unknown = _timings(), 0.0, [], [], []
     reference = instantiate(compose([f"experiment={PARTS[part]}"]))
     on_reference = cfg.model.name == REFERENCE_MODELS[part] and cfg.model.device == "cpu"
@@ -193,7 +223,7 @@ def estimate(part: str, cfg, editors: list[str]) -> Estimate:
             here.append(INITIAL)
         elif on_reference and INITIAL in REFERENCE_SECONDS.get(part, {}) and \
                 weights == initial_weights(reference.model, reference.data, reference.init):
-            total += REFERENCE_SECONDS[part][INITIAL]  # the very initial model the reference fitted
+            total += REFERENCE_SECONDS[part][INITIAL] * reference_scale()  # the very model the reference fitted
             cited.append(INITIAL)
         else:
             unknown.append(INITIAL)
@@ -252,6 +282,10 @@ def demo(args: list[str]) -> Path:
                                                      *extra]))) for part in parts]
     runs = _announce(plan, editors, choice, root)
     start, times = time.perf_counter(), {"parts": {}}
+    if any(cfg.model.device == "cpu" for _, _, cfg in plan):  # what a later reference file is scaled by
+        import torch
+
+        times["speed"] = {"matmul_gflops": round(cpu_gflops(), 1), "threads": torch.get_num_threads()}
     for part, experiment, cfg in plan:
         _fit_initial(part, cfg, root, times)
         for editor in editors:
@@ -288,6 +322,10 @@ def _announce(plan: list, editors: list[str], choice: str | None, root: Path) ->
     left = [f"{v} (of {b})" for v, b in VARIANTS.items() if v not in editors] if choice is None else []
     print(f"[demo] editors: {', '.join(editors)}; results under {root}"
           + (f"; not run, editors=all adds them: {', '.join(left)}" if left else ""), flush=True)
+    if REFERENCE_GFLOPS and any(cfg.model.device == "cpu" and cfg.model.name == REFERENCE_MODELS[part]
+                                for part, _, cfg in plan):
+        print(f"[demo] this CPU: {cpu_gflops():.0f} GFLOP/s (fp32 matmul), the reference machine's "
+              f"{REFERENCE_GFLOPS:.0f}: its timings are scaled by {reference_scale():.2f}", flush=True)
     runs = {}
     for part, _, cfg in plan:
         runs[part] = [e for e in editors if FAMILY[part] in EDITORS.get(e).target.traits.families]

@@ -71,6 +71,7 @@ from benchmark.fact_source import TEMPLATES, raw_facts
 from benchmark.models.base import ModelConfig
 from benchmark.models.zoo import ADAPTERS, tiny_tokenizer
 from benchmark.record_types import EvalRecord, edits_in, fold_ends, parse_all
+from benchmark.speed import synced, throughput
 from benchmark.types import EditorData, Example
 from editors.tpatcher import TPatcherConfig, TPatcherEditor
 
@@ -102,13 +103,6 @@ def build(family: str, model: str | None = None, device: str = "cpu"):
                                              tie_word_embeddings=True, pad_token_id=tok.pad_token_id))
     return ADAPTERS[family](model.to(device), tok, ModelConfig(name=f"perf-{family}", eval_batch_size=128,
                                                                 device=device))
-
-
-def synced(device: torch.device) -> float:
-    """perf_counter once the device's queued work is done (CUDA runs asynchronously)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
 
 
 def examples(family: str, n: int) -> list[Example]:
@@ -180,26 +174,6 @@ def time_edits(adapter, family: str, mode: str, edits: list[Example], memory: in
     scan = {"memory_scan": "int8" if editor.memory.quantized else "fp32", "scan_ms": editor.memory.scan_ms}
     editor.reset()
     return times, step_counts, keys, build_seconds, missed, scan
-
-
-def throughput(device: torch.device, repeats: int = 7) -> dict[str, float]:
-    """Measured here, on this process's threads or the GPU: fp32 matmul GFLOP/s (an n^3 product, n
-    1,024 on CPU, 8,192 on CUDA, which a small one does not fill) and streaming read GB/s (a
-    matrix-vector product over a 256 MB matrix, bound by reading it)."""
-    def median_seconds(fn) -> float:
-        fn()
-        runs = []
-        for _ in range(repeats):
-            start = synced(device)
-            fn()
-            runs.append(synced(device) - start)
-        return statistics.median(runs)
-
-    n = 8192 if device.type == "cuda" else 1024
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    big, vector = torch.randn(65536, 1024, device=device), torch.randn(1024, 1, device=device)
-    return {"matmul_gflops": 2 * n**3 / median_seconds(lambda: a @ b) / 1e9,
-            "read_gb_s": 4 * big.numel() / median_seconds(lambda: big @ vector) / 1e9}
 
 
 def step_floor_ms(adapter, family: str, memory: int, edit: Example, speed: dict[str, float]) -> dict[str, float]:

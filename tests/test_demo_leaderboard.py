@@ -12,6 +12,13 @@ from tests.conftest import FAMILIES, REAL_DATA, TRAINING, data_for
 TINY_FOR = {"smollm2-135m": "tiny-llama", "minilm-l6": "tiny-bert"}
 
 
+@pytest.fixture(autouse=True)
+def _same_speed_as_the_reference(monkeypatch):
+    """The estimates' arithmetic is checked at this CPU's speed equal to the reference's (scale 1);
+    the scaling by speed has its own test."""
+    monkeypatch.setattr("benchmark.demo.REFERENCE_GFLOPS", None)
+
+
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml")))
 def test_every_experiment_runs_a_step_on_a_tiny_model(experiment, tmp_path):
     cfg = compose([f"experiment={experiment}"])
@@ -162,6 +169,24 @@ def test_a_training_phase_is_not_scaled_with_the_stream(tmp_path, monkeypatch):
     weights.parent.mkdir(parents=True)
     weights.write_bytes(b"")  # cached: no fit in the estimate
     assert estimate("qa", cfg, ["mend_style"]).seconds == pytest.approx(60.0 + 2 * 40.0)
+
+
+def test_reference_timings_are_scaled_by_this_cpus_speed(tmp_path, monkeypatch):
+    """On a CPU measured at half the reference machine's matmul throughput every reference timing
+    (runs and the initial fit) counts twice; this machine's own timings are not scaled."""
+    from benchmark.demo import TIMINGS, cpu_gflops, reference_scale
+
+    monkeypatch.setenv("SEQEDIT_CACHE", str(tmp_path))
+    cfg = instantiate(compose(["experiment=demo_qa"]))
+    streamed = len(cfg.loop.folds) * cfg.loop.max_fold_examples
+    monkeypatch.setattr("benchmark.demo.REFERENCE_STREAMED", {"qa": streamed})
+    same = estimate("qa", cfg, ["tpatcher"]).seconds
+    monkeypatch.setattr("benchmark.demo.REFERENCE_GFLOPS", 2 * cpu_gflops())
+    assert reference_scale() == 2.0 and cpu_gflops() > 0
+    assert estimate("qa", cfg, ["tpatcher"]).seconds == pytest.approx(2 * same)
+    (tmp_path / TIMINGS).write_text(json.dumps({"qa/tpatcher/smollm2-135m": {"seconds": 9.0, "examples": streamed}}))
+    fit = REFERENCE_SECONDS["qa"][INITIAL]
+    assert estimate("qa", cfg, ["tpatcher"]) == (pytest.approx(9.0 + 2 * fit), ["tpatcher"], [INITIAL], [])
 
 
 def test_init_command_trains_and_reports(capsys):
