@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+import torch
+
 from benchmark.cache import cache_dir
 from benchmark.config import compose, instantiate
 from benchmark.init import initial_weights
@@ -75,32 +77,24 @@ INITIAL = "initial model"  # the time file's name for a part's initial-model fit
 REFERENCE_TIMES = Path(__file__).resolve().parent / "figures" / "demo_cpu_2core" / DEMO_TIMES
 
 
-def _reference() -> tuple[dict[str, dict[str, float]], dict[str, int], dict[str, dict[str, float]]]:
+def _reference() -> tuple[dict[str, dict[str, float]], dict[str, int], dict[str, dict[str, float]], float | None]:
     """From the reference time file: {part: {editor or INITIAL: seconds}}, {part: examples each
-    editor streamed} and {part: {editor: seconds of its training phase}} (what a longer stream
-    does not lengthen); empty where the file is not there (an installed copy without the figures:
-    every run is then named as untimed) or says nothing of them."""
+    editor streamed}, {part: {editor: seconds of its training phase}} (what a longer stream does
+    not lengthen) and the reference machine's fp32 matmul GFLOP/s as its demo measured it
+    (`cpu_gflops`; None in a file without it); empty where the file is not there (an installed copy
+    without the figures: every run is then named as untimed) or says nothing of them."""
     try:
-        parts = json.loads(REFERENCE_TIMES.read_text())["parts"]
+        times = json.loads(REFERENCE_TIMES.read_text())
+        parts = times["parts"]
         return ({part: {name: float(s) for name, s in entry["editors"].items()} for part, entry in parts.items()},
                 {part: int(entry["streamed"]) for part, entry in parts.items() if "streamed" in entry},
-                {part: {e: float(t) for e, t in entry.get("training", {}).items()} for part, entry in parts.items()})
+                {part: {e: float(t) for e, t in entry.get("training", {}).items()} for part, entry in parts.items()},
+                float(times["speed"]["matmul_gflops"]) if "speed" in times else None)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return {}, {}, {}
+        return {}, {}, {}, None
 
 
-REFERENCE_SECONDS, REFERENCE_STREAMED, REFERENCE_TRAINING = _reference()
-
-
-def _reference_gflops() -> float | None:
-    """The reference machine's fp32 matmul GFLOP/s as its demo measured it (`cpu_gflops`)."""
-    try:
-        return float(json.loads(REFERENCE_TIMES.read_text())["speed"]["matmul_gflops"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-REFERENCE_GFLOPS = _reference_gflops()
+REFERENCE_SECONDS, REFERENCE_STREAMED, REFERENCE_TRAINING, REFERENCE_GFLOPS = _reference()
 # a default demo on a CPU leaves a run estimated longer than this to `editors=all` (the slow
 # locate-then-edit editors on SmolLM2, and on a slow CPU a few more), so that the demo ends within
 # about half an hour of a fresh clone on 2 cores
@@ -149,9 +143,7 @@ def _scaled(seconds: float, measured_at: int | None, streamed: int | None, fixed
 @functools.cache
 def cpu_gflops() -> float:
     """This CPU's fp32 matmul GFLOP/s on this process's threads (measured once, a fraction of a
-    second): CPUs of one kind of 2-core machine differ by 1.5x and more."""
-    import torch
-
+    second): two 2-core machines of one kind ran the demo's runs a median 1.51x apart."""
     return matmul_gflops(torch.device("cpu"), repeats=21, pick=min)
 
 
@@ -283,8 +275,6 @@ def demo(args: list[str]) -> Path:
     runs = _announce(plan, editors, choice, root)
     start, times = time.perf_counter(), {"parts": {}}
     if any(cfg.model.device == "cpu" for _, _, cfg in plan):  # what a later reference file is scaled by
-        import torch
-
         times["speed"] = {"matmul_gflops": round(cpu_gflops(), 1), "threads": torch.get_num_threads()}
     for part, experiment, cfg in plan:
         _fit_initial(part, cfg, root, times)
