@@ -37,9 +37,10 @@ reads no row at a step whose scores it can bound from the previous step's (`memo
 same top-k); a second run times the fast path with the patch's gradient in closed form
 (`step=closed`: autograd on the model's tail only, editors/tpatcher_step.py); further runs time
 the fast path scanning every step (`memory_reuse=false`), bounding every direction of the keys'
-move (`memory_basis=0`), with the fp32 scan, and with the approximate screened memory
-(`--refresh`). At the last block the fast path's milliseconds per step are printed beside a floor
-computed from the shapes and this machine's measured matmul and read throughput (`step_floor_ms`).
+move (`memory_basis=0`), with the fp32 scan, with the approximate screened memory (`--refresh`),
+and with the frozen head through BLAS products instead of oneDNN's linear (`blas_tail_*`). At
+the last block the fast path's milliseconds per step are printed beside a floor computed from
+the shapes and this machine's measured matmul and read throughput (`step_floor_ms`).
 All paths make the same edits from the same seeds with the same step budget (`--steps`; every step is run,
 the stop rule is off), so the step counts are equal and the ratio is per step. Prints one JSON
 line per family.
@@ -52,6 +53,8 @@ import json
 import resource
 import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -68,6 +71,7 @@ from transformers import (
 
 from benchmark.cache import cache_dir
 from benchmark.fact_source import TEMPLATES, raw_facts
+from benchmark.models import base
 from benchmark.models.base import ModelConfig
 from benchmark.models.zoo import ADAPTERS, tiny_tokenizer
 from benchmark.record_types import EvalRecord, edits_in, fold_ends, parse_all
@@ -527,6 +531,16 @@ def _scale(args: argparse.Namespace, families: list[str]) -> None:
     print(f"wrote {out} and {out.with_suffix('.json')}")
 
 
+@contextmanager
+def blas_tails() -> Iterator[None]:
+    """Frozen heads through the BLAS route (`benchmark.models.base._route`) within the block."""
+    kept, base.ONEDNN_TAILS = base.ONEDNN_TAILS, False
+    try:
+        yield
+    finally:
+        base.ONEDNN_TAILS = kept
+
+
 def _tpatcher_line(args: argparse.Namespace, family: str) -> dict:
     """T-Patcher's edits of one family in every mode, side by side in this one run."""
     adapter = build(family, device=args.device)
@@ -540,6 +554,8 @@ def _tpatcher_line(args: argparse.Namespace, family: str) -> dict:
     unbased, _, unbased_keys, *_ = run(mode="fast", memory_basis=0)
     fp32, _, fp32_keys, *_ = run(mode="fast", memory_scan="fp32")
     screened, _, screened_keys, _, missed, _ = run(mode="fast", memory_refresh=args.refresh)
+    with blas_tails():
+        blas, blas_steps, blas_keys, *_ = run(mode="fast")
     floor = {} if args.layer != -1 else \
         step_floor_ms(adapter, family, args.memory, edits[0], throughput(adapter.device))
     per_step = {"fast_ms_per_step": round(1000 * statistics.median(fast) / args.steps, 3), **floor}
@@ -581,6 +597,12 @@ def _tpatcher_line(args: argparse.Namespace, family: str) -> dict:
         "screened_speedup": round(median(naive) / median(screened), 2),
         "screened_max_key_diff": float((screened_keys - fast_keys).abs().max()),
         "screened_missed_topk_rows": missed,
+        # the fast path with the tail's frozen head through BLAS products instead of oneDNN's linear
+        # (benchmark/models/base.py `_route`; the same where oneDNN is missing)
+        "blas_tail_median_s": round(median(blas), 4),
+        "onednn_tail_speedup": round(median(blas) / median(fast), 2),
+        "blas_tail_same_steps": blas_steps == fast_steps,
+        "blas_tail_max_key_diff": float((blas_keys - fast_keys).abs().max()),
         "memory_build_s_per_1000": round(build_s, 2),
         "threads": torch.get_num_threads(),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

@@ -103,27 +103,35 @@ def test_tiny_models_are_deterministic_by_seed():
     assert torch.equal(pa, pb) and not torch.equal(pa, pc)
 
 
-@pytest.mark.parametrize("rows", [1, 3, 7])
-@pytest.mark.parametrize("threads", [1, 2])  # 2: the backward reads the weight's transposed copy
-def test_frozen_projection_matches_the_linear_layer_and_its_gradient(rows, threads, monkeypatch):
-    from benchmark.models.base import _TRANSPOSED, project
+@pytest.mark.parametrize("rows", [1, 3, 7, 40])
+@pytest.mark.parametrize("threads", [1, 2])  # 2: the BLAS route's backward reads the weight's transposed copy
+@pytest.mark.parametrize("onednn", [True, False])
+def test_frozen_projection_matches_the_linear_layer_and_its_gradient(rows, threads, onednn, monkeypatch):
+    import benchmark.models.base as base
 
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    monkeypatch.setattr(base, "ONEDNN_TAILS", onednn)
     layer = torch.nn.Linear(16, 50).requires_grad_(False)
     x = torch.randn(rows, 16, requires_grad=True)
+    route = base._route(x, layer.weight)
+    assert route == ("onednn" if onednn and torch.backends.mkldnn.is_available() else "blas")
 
     def gradient(out):
         return torch.autograd.grad((out * torch.arange(50.0)).sum(), x)[0]
 
-    out = project(x, layer)
+    out = base.project(x, layer)
     fast, slow = gradient(out), gradient(layer(x))
-    assert torch.allclose(out, layer(x), atol=1e-6) and torch.allclose(fast, slow, atol=1e-5)
+    exact = x.detach().double() @ layer.weight.double().T + layer.bias.double()
+    assert torch.allclose(out.double(), exact, atol=1e-6) and torch.allclose(fast, slow, atol=1e-5)
     with torch.no_grad():  # the weight rewritten in place (as MEMIT does): its transposed copy is made anew
         layer.weight.mul_(2)
-    assert torch.allclose(gradient(project(x, layer)), 2 * slow, atol=1e-5)
-    assert (layer in _TRANSPOSED) == (threads > 1)
+    assert torch.allclose(gradient(base.project(x, layer)), 2 * slow, atol=1e-5)
+    assert (layer in base._TRANSPOSED) == (threads > 1 or route == "onednn")
+    wide = torch.nn.Linear(16, 50).double().requires_grad_(False)  # float64: the BLAS route
+    assert base._route(x.double(), wide.weight) == "blas"
+    assert torch.allclose(base.project(x.detach().double(), wide), wide(x.detach().double()))
     layer.weight.requires_grad_(True)  # a trained head goes through the layer itself
-    assert project(x, layer).grad_fn.name() != out.grad_fn.name()
+    assert base.project(x, layer).grad_fn.name() != out.grad_fn.name()
 
 
 @pytest.mark.parametrize("layer", [-1, 0])

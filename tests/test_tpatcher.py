@@ -93,6 +93,18 @@ def test_fast_equals_naive_at_any_layer(family, layer):
     assert torch.allclose(fk, nk, atol=1e-4) and torch.allclose(fv, nv, atol=1e-4)
 
 
+@pytest.mark.parametrize("layer", [-1, -2])
+def test_fast_path_with_blas_heads_equals_naive(family, layer, monkeypatch):
+    """The frozen head's other route (BLAS products: a GPU, or a torch without oneDNN) gives the
+    full forward's patches too (the default route is the test above's)."""
+    import benchmark.models.base as base
+
+    nk, nv, nm = forced_edits(family, "naive", layer)
+    monkeypatch.setattr(base, "ONEDNN_TAILS", False)
+    fk, fv, fm = forced_edits(family, "fast", layer)
+    assert fm == nm and torch.allclose(fk, nk, atol=1e-4) and torch.allclose(fv, nv, atol=1e-4)
+
+
 def forced_edits(family: str, mode: str, layer: int, device: str = "cpu", **overrides) -> tuple[Tensor, Tensor, int]:
     """Two edits of 25 forced steps on a 3-block tiny model; the patch keys, values and memory size."""
     adapter = tiny(FAMILIES[family], layers=3, seed=1, device=device)

@@ -16,6 +16,7 @@ Editors and the loop see a model through three ideas:
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -40,40 +41,67 @@ def installed(handles: list) -> Iterator[list]:
 
 
 class _FrozenProjection(torch.autograd.Function):
-    """x W^T for a frozen W and a few rows x; the backward gives dL/dx = g W only. CPU BLAS runs
-    W x^T (W's rows read in order) much faster than x W^T for a vocabulary-sized W: 7 rows x
-    49,152 x 576 took 6 ms against 25 ms on 2 cores; autograd's own backward of W x^T, W^T g^T,
-    took 104 ms, hence this function. The backward's g W is likewise computed as (W^T g^T)^T from
-    a transposed copy of W where one is given (`_transposed`), and so is the forward, x (W^T): in
-    T-Patcher's SmolLM2-sized edit (7 rows, 100 steps, 40,000 memory rows, 2 quiet threads) 3.0 s an
-    edit against 3.5 s with W x^T."""
+    """x W^T for a frozen W and a few rows x; the backward gives dL/dx = g W only (autograd's own
+    backward of W x^T, W^T g^T, took 104 ms for 7 rows of a 49,152 x 576 W on 2 cores).
+
+    The route (`_route`): oneDNN's linear where torch has it (x86 and ARM CPU builds, float32,
+    oneDNN's exact float32 precision), with g W as g (W^T)^T from a transposed copy of W
+    (`_transposed`); otherwise the MKL products that measured fastest: W x^T (W's rows read in
+    order) and g W on 1 thread, x (W^T) and (W^T g^T)^T on 2 or more. On this project's 2-core
+    AMD EPYC, MKL's products of a few rows ran erratically by row count (2 threads, medians of 9
+    beside other runs: forward of 7 rows 23.2 ms as W x^T, 41.1 as x (W^T); backward 37.6 as g W,
+    20.1 from W^T) and oneDNN's steadily (11.4 and 12.0 ms; 1 row to 512 rows, never the slower;
+    `python -m benchmark.perf tpatcher` times a T-Patcher edit both ways). A fixed rule, not a
+    timed choice, so that a run's rounding does not depend on how busy the machine was."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, transposed: Tensor | None) -> Tensor:
+    def forward(ctx, x: Tensor, weight: Tensor, transposed: Tensor | None, route: str) -> Tensor:
         ctx.save_for_backward(weight if transposed is None else transposed)
-        ctx.transposed = transposed is not None
+        ctx.transposed, ctx.route = transposed is not None, route
+        if route == "onednn":
+            return _onednn_linear(x, weight)
         return x @ transposed if transposed is not None else (weight @ x.T).T.contiguous()
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         (weight,) = ctx.saved_tensors
-        return ((weight @ grad.T).T if ctx.transposed else grad @ weight), None, None
+        if ctx.route == "onednn":  # weight is W^T: g W = g (W^T)^T, oneDNN's linear with W^T as its weight
+            return _onednn_linear(grad, weight), None, None, None
+        return ((weight @ grad.T).T if ctx.transposed else grad @ weight), None, None, None
+
+
+def _onednn_linear(x: Tensor, weight: Tensor) -> Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, None, "none", [], "")
+
+
+# False: the BLAS route everywhere (benchmark.perf times both; tests check both)
+ONEDNN_TAILS = True
+
+
+@functools.cache
+def _has_onednn_linear() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def _route(x: Tensor, weight: Tensor) -> str:
+    """onednn | blas: which products `_FrozenProjection` uses for these rows and weight (see there)."""
+    usable = (ONEDNN_TAILS and weight.device.type == "cpu" and weight.dtype == x.dtype == torch.float32
+              and weight.is_contiguous() and _has_onednn_linear()
+              and torch.backends.mkldnn.matmul.fp32_precision in ("none", "ieee"))  # no bf16/tf32 arithmetic
+    return "onednn" if usable else "blas"
 
 
 # a layer's transposed copy (`_transposed`), kept as long as the layer lives
 _TRANSPOSED: weakref.WeakKeyDictionary[nn.Linear, tuple[tuple, Tensor]] = weakref.WeakKeyDictionary()
 
 
-def _transposed(layer: nn.Linear) -> Tensor | None:
+def _transposed(layer: nn.Linear, route: str) -> Tensor | None:
     """A contiguous copy of the frozen `layer.weight`'s transpose, made once and kept for the layer
-    while the weight's storage, version and device stay the same; on a CPU with 2 or more threads
-    only. There MKL's g W for a few rows g of a 49,152 x 576 W ran erratically by row count (2
-    quiet threads, medians of 11: 3 rows 28.7 ms, 5 rows 10.1, 7 rows 29.2) and W^T's copy times
-    g^T steadily (7.6, 11.8, 12.1 ms); on 1 thread the copy was the slower from 4 rows up (7 rows:
-    23.5 against 15.9 ms). The copy costs W's size once. A rule by thread count, not a timed
-    choice, so that a run's rounding does not depend on how busy the machine was."""
+    while the weight's storage, version and device stay the same; it costs W's size once. Read by
+    the oneDNN route's backward, and by the MKL route's on a CPU with 2 or more threads (on 1
+    thread MKL's g W was the faster: 7 rows 15.9 against 23.5 ms from the copy)."""
     weight = layer.weight
-    if weight.device.type != "cpu" or torch.get_num_threads() < 2:
+    if route == "blas" and (weight.device.type != "cpu" or torch.get_num_threads() < 2):
         return None
     stamp = (weight.data_ptr(), weight._version, weight.shape)
     kept = _TRANSPOSED.get(layer)
@@ -86,8 +114,9 @@ def project(x: Tensor, layer: nn.Linear) -> Tensor:
     """`layer(x)` for the rows x of a tail; through `_FrozenProjection` when its weight is frozen."""
     if not isinstance(layer, nn.Linear) or layer.weight.requires_grad or x.dim() != 2:
         return layer(x)
-    transposed = _transposed(layer) if x.requires_grad else None  # only a backward reads it
-    out = _FrozenProjection.apply(x, layer.weight, transposed)
+    route = _route(x, layer.weight)
+    transposed = _transposed(layer, route) if x.requires_grad else None  # only a backward reads it
+    out = _FrozenProjection.apply(x, layer.weight, transposed, route)
     return out if layer.bias is None else out + layer.bias
 
 

@@ -38,7 +38,7 @@ class DataConfig:
         if len(self.split_ratios) != 3 or any(r < 0 for r in self.split_ratios):
             raise ValueError("data.split_ratios must be three non-negative fractions")
         if abs(sum(self.split_ratios) - 1.0) > 1e-6:
-            raise ValueError(f"data.split_ratios must sum to 1, got {sum(self.split_ratios)}")
+            raise ValueError(f"data.split_ratios must sum to 1, got {sum(self.split_ratios):.6g}")
         if not 0 < self.background_fraction < 1:
             raise ValueError(f"data.background_fraction must be in (0, 1), got {self.background_fraction}")
         if not 0 < self.test_fraction < 1:
