@@ -46,8 +46,9 @@ class _FrozenProjection(torch.autograd.Function):
 
     The route (`_route`): oneDNN's linear where torch has it (x86 and ARM CPU builds, float32,
     oneDNN's exact float32 precision), with g W as g (W^T)^T from a transposed copy of W
-    (`_transposed`); otherwise the MKL products that measured fastest: W x^T (W's rows read in
-    order) and g W on 1 thread, x (W^T) and (W^T g^T)^T on 2 or more. On this project's 2-core
+    (`_transposed`); otherwise (a GPU, float64, a torch without oneDNN) the BLAS products that
+    measured fastest on a CPU: W x^T (W's rows read in order) and g W on 1 thread, x (W^T) and
+    (W^T g^T)^T on 2 or more. On this project's 2-core
     AMD EPYC, MKL's products of a few rows ran erratically by row count (2 threads, medians of 9
     beside other runs: forward of 7 rows 23.2 ms as W x^T, 41.1 as x (W^T); backward 37.6 as g W,
     20.1 from W^T) and oneDNN's steadily (11.4 and 12.0 ms; 1 row to 512 rows, never the slower;
@@ -98,7 +99,7 @@ _TRANSPOSED: weakref.WeakKeyDictionary[nn.Linear, tuple[tuple, Tensor]] = weakre
 def _transposed(layer: nn.Linear, route: str) -> Tensor | None:
     """A contiguous copy of the frozen `layer.weight`'s transpose, made once and kept for the layer
     while the weight's storage, version and device stay the same; it costs W's size once. Read by
-    the oneDNN route's backward, and by the MKL route's on a CPU with 2 or more threads (on 1
+    the oneDNN route's backward, and by the BLAS route's on a CPU with 2 or more threads (on 1
     thread MKL's g W was the faster: 7 rows 15.9 against 23.5 ms from the copy)."""
     weight = layer.weight
     if route == "blas" and (weight.device.type != "cpu" or torch.get_num_threads() < 2):
