@@ -129,18 +129,19 @@ def test_frozen_projection_matches_the_linear_layer_and_its_gradient(rows, threa
         layer.weight.mul_(2)
     assert torch.allclose(gradient(base.project(x, layer)).double(), 2 * exact_grad, atol=1e-4)
     assert (layer in base._TRANSPOSED) == (threads > 1 or route == "onednn")
-    wide = torch.nn.Linear(16, 50).double().requires_grad_(False)  # float64: the BLAS route
-    assert base._route(x.double(), wide.weight) == "blas"
-    assert torch.allclose(base.project(x.detach().double(), wide), wide(x.detach().double()))
     layer.weight.requires_grad_(True)  # a trained head goes through the layer itself
     assert base.project(x, layer).grad_fn.name() != out.grad_fn.name()
 
 
-def test_frozen_projection_leaves_onednn_when_its_float32_is_reduced():
-    """oneDNN's bf16/tf32 modes would round the head's products: the BLAS route serves then."""
+def test_frozen_projection_leaves_onednn_where_it_cannot_serve():
+    """float64, and oneDNN's bf16/tf32 modes (which would round the head's products): the BLAS
+    route serves then."""
     import benchmark.models.base as base
 
     x, weight = torch.randn(3, 16), torch.randn(50, 16)
+    wide = torch.nn.Linear(16, 50).double().requires_grad_(False)
+    assert base._route(x.double(), wide.weight) == "blas"
+    assert torch.allclose(base.project(x.double(), wide), wide(x.double()))
     matmul = torch.backends.mkldnn.matmul
     kept = matmul.fp32_precision
     try:
