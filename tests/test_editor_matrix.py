@@ -48,8 +48,8 @@ ROWS = {
     "defer": {"layer": 0, "max_steps": 100, "lr": 0.01, "stop_when_correct": True},
     "grace-last-warm": {"max_steps": 50, "layer": -1, "value_init": "warm", "stop_when_correct": True},
     "sera": {"encoder": "tiny-bert", "train_epochs": 3, "train_examples": 400, "backend": "torch"},
-    "ke_style": {"edit_lr": 0.1, "train_examples": 200, "train_epochs": 3, "train_lr": 1e-3},
-    "mend_style": {"edit_lr": 0.1, "train_examples": 200, "train_epochs": 3, "train_lr": 1e-3},
+    "ke_style": {"edit_lr": 0.1, "train_examples": 40, "train_epochs": 1, "train_lr": 1e-3},
+    "mend_style": {"edit_lr": 0.1, "train_examples": 40, "train_epochs": 1, "train_lr": 1e-3},
 }
 
 
@@ -114,13 +114,14 @@ def _outputs(adapter, examples):
         return adapter.scored_logits(batch)
 
 
-# Each cell of a trained editor trains its phase on first use (11-21 s from a cold cache). To keep
-# the default suite within its time budget (cold runs took 572-637 s with all but the masked
-# cells), these run with `slow`: the masked LM's (a cloze model none of their papers edits), KE's
-# and MEND's on the decoder (whose training step test_hypernet.py checks there by default) and
-# SERA's on seq2seq (its classifier and decoder cells stay).
-SLOW_CELLS = {("ke_style", "masked"), ("mend_style", "masked"), ("sera", "masked"), ("ke_style", "decoder"),
-              ("mend_style", "decoder"), ("sera", "seq2seq")}
+# Each cell of a trained editor trains its phase on first use. KE's and MEND's cells check the
+# mechanics of an edit, not what training taught (test_hypernet.py does, on the settings it
+# names), so their rows train briefly: 40 D'train edits, one epoch, 2-5 s a cell where the phase
+# is not cached, against 11-24 s with 200 edits and three epochs (beside an editing run). SERA's
+# cells need a scope that leaves the memory's other inputs alone (trained on 100 edits for one
+# epoch, its classifier cell answered three of six differently), so it trains fully, and its
+# masked-LM and seq2seq cells run with `slow` to keep the default suite within its time budget.
+SLOW_CELLS = {("sera", "masked"), ("sera", "seq2seq")}
 
 
 def _accepted(name: str, family: str) -> bool:
