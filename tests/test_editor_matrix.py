@@ -116,10 +116,10 @@ def _outputs(adapter, examples):
 
 # Each cell of a trained editor trains its phase on first use. KE's and MEND's cells check the
 # mechanics of an edit, not what training taught (test_hypernet.py does, on the settings it
-# names), so their rows train briefly: 40 D'train edits, one epoch, 2-5 s a cell where the phase
+# names), so their rows train briefly: 40 D'train edits, one epoch, 1.6-5.1 s a cell where the phase
 # is not cached, against 11-24 s with 200 edits and three epochs (beside an editing run). SERA's
 # cells need a scope that leaves the memory's other inputs alone (trained on 100 edits for one
-# epoch, its classifier cell answered three of six differently), so it trains fully, and its
+# epoch, its classifier cell answered four of six differently), so it trains fully, and its
 # masked-LM and seq2seq cells run with `slow` to keep the default suite within its time budget.
 SLOW_CELLS = {("sera", "masked"), ("sera", "seq2seq")}
 
