@@ -18,7 +18,7 @@ inside the loop included), plus up to 100 past edits divided by their count; at 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -78,7 +78,8 @@ def published_kl(batch_kls, batch_size: int, total: int, past: int) -> Tensor | 
     return kl
 
 
-def fine_tune(optimizer: torch.optim.Optimizer, max_steps: int, look: Callable[[], tuple[bool, Callable[[], Tensor]]],
+def fine_tune(optimizer: torch.optim.Optimizer, max_steps: int,
+              look: Callable[[], tuple[bool, Callable[[], Tensor | Iterable[Tensor]]]],
               after_step: Callable[[], None] | None = None) -> int:
     """The fine-tuning loop of every FT editor (FT, FT+KL, constrained FT; plain FT is the
     constrained one with delta = infinity, so no projection): `look()` says whether the edit holds
@@ -94,9 +95,13 @@ def fine_tune(optimizer: torch.optim.Optimizer, max_steps: int, look: Callable[[
     return steps
 
 
-def descend(optimizer: torch.optim.Optimizer, loss: Tensor, after_step: Callable[[], None] | None = None) -> None:
+def descend(optimizer: torch.optim.Optimizer, loss: Tensor | Iterable[Tensor],
+            after_step: Callable[[], None] | None = None) -> None:
+    """One step on `loss`: a tensor, or parts that sum to it, each made and backwarded in turn so
+    that one part's graph is alive at a time (the KL term over hundreds of pool examples)."""
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    for part in [loss] if isinstance(loss, Tensor) else loss:
+        part.backward()
     optimizer.step()
     if after_step is not None:
         after_step()
@@ -145,21 +150,33 @@ class FTEditor(Editor):
         optimizer = adam(params, cfg.lr)
         batch = adapter.encode([example.prompt], [example.target])
         _, forward = scored_forward(adapter, batch, params, cfg.mode)
-        kl_forward = reference = None
-        if cfg.kl_weight > 0:  # the pre-edit model's outputs, from the same recording forward
-            sample = random.sample(self.pool, min(cfg.kl_batch, len(self.pool)))
-            kl_batch = adapter.encode([e.prompt for e in sample], [e.target for e in sample])
-            reference, kl_forward = scored_forward(adapter, kl_batch, params, cfg.mode, reference=True)
+        kl_chunks = self._kl_chunks(params) if cfg.kl_weight > 0 else []
+        outputs = sum(len(reference) for reference, _ in kl_chunks)
 
         def look():
             logits = forward()
 
-            def loss() -> Tensor:
-                edit = adapter.loss(batch, logits)
-                return edit if kl_forward is None else edit + cfg.kl_weight * adapter.task.kl(reference, kl_forward())
+            def loss() -> Iterator[Tensor]:
+                yield adapter.loss(batch, logits)
+                # the KL averaged over all the sample's outputs, as the sum of each chunk's average
+                # weighted by its share of them: the same value and gradient, one chunk in memory
+                for reference, kl_forward in kl_chunks:
+                    yield cfg.kl_weight * len(reference) / outputs * adapter.task.kl(reference, kl_forward())
             return bool(adapter.token_correct(batch, logits).all()), loss
 
         return EditResult(steps=fine_tune(optimizer, cfg.max_steps, look))
+
+    def _kl_chunks(self, params: list[Tensor]) -> list[tuple[Tensor, Callable[[], Tensor]]]:
+        """The KL term's pool sample in chunks of `kl_chunk`, each with the pre-edit model's outputs
+        (from the same recording forward) and the function giving its current ones."""
+        cfg, adapter = self.config, self.adapter
+        sample = random.sample(self.pool, min(cfg.kl_batch, len(self.pool)))
+        chunks = []
+        for i in range(0, len(sample), cfg.kl_chunk):
+            part = sample[i : i + cfg.kl_chunk]
+            encoded = adapter.encode([e.prompt for e in part], [e.target for e in part])
+            chunks.append(scored_forward(adapter, encoded, params, cfg.mode, reference=True))
+        return chunks
 
     # -- the published code's recipe -----------------------------------------------------------
     def _edit_loss(self, batch) -> Tensor:

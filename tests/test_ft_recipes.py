@@ -79,3 +79,54 @@ def test_official_kl_is_to_the_original_model_and_seqedit_kl_to_the_pre_edit_one
             assert [e.prompt for e in editor.past] == ["The capital of France is", "Lyon is a city in"]
         else:
             assert editor.past == []  # the seqedit recipe keeps no past edits: its reference is f_pre
+
+
+@pytest.mark.parametrize("family", ["decoder", "classifier", "seq2seq"])
+@pytest.mark.parametrize("layers", ["all", "last"])  # all: the full forward; last: the recorded prefix
+def test_the_kl_term_in_chunks_gives_the_one_batch_gradient(family, layers, monkeypatch):
+    """kl_chunk bounds the KL term's memory: chunks of 3 (the last one short) and one batch of 10
+    give the KL term the same gradient on every tuned tensor. The tuned tensors are moved (the
+    same draw in both runs) before the chunks run: at the reference itself the KL's gradient is zero."""
+    import random
+
+    from editors import ft
+
+    adapter = trained_tiny(family)
+    prompts = ["The capital of Italy is", "Kyoto is a city in", "Canada is a country in",
+               "The currency of Peru is the", "The official language of Brazil is", "The capital of Kenya is",
+               "Lyon is a city in", "The capital of Spain is", "Osaka is a city in", "Chile is a country in"]
+    pool = [Example(f"m{i}", p, wrong_target(adapter, p)) for i, p in enumerate(prompts)]
+    example = Example("e", "The capital of France is", wrong_target(adapter, "The capital of France is"))
+    grads, parts_seen = {}, {}
+
+    def recorded(optimizer, loss, after_step=None):  # the KL's gradient at moved weights, no step
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        draw = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in params:
+                p.add_(1e-2 * torch.randn(p.shape, generator=draw))
+        optimizer.zero_grad(set_to_none=True)
+        parts = iter(loss)
+        next(parts)  # the edit loss, made before the move
+        parts_seen[chunk] = 1
+        for part in parts:  # each chunk's forward runs now, on the moved weights
+            part.backward()
+            parts_seen[chunk] += 1
+        grads[chunk] = [p.grad.clone() for p in params if p.grad is not None]
+
+    monkeypatch.setattr(ft, "descend", recorded)
+    initial = {name: value.clone() for name, value in adapter.model.state_dict().items()}
+    for chunk in (3, 10):
+        adapter.model.load_state_dict(initial)
+        editor = FTEditor(FTConfig(name="ft_kl", layers=layers, kl_weight=1.0, kl_batch=10, kl_chunk=chunk,
+                                   max_steps=1), adapter)
+        editor.prepare(EditorData(adapter.task, [], [], pool=pool))
+        random.seed(0)
+        editor.edit(example)
+    adapter.model.load_state_dict(initial)
+    assert parts_seen == {3: 1 + 4, 10: 1 + 1}  # the edit loss, then the chunks
+    assert len(grads[3]) == len(grads[10]) > 0
+    largest = max(float(g.abs().max()) for g in grads[10])
+    assert largest > 0
+    for chunked, whole in zip(grads[3], grads[10]):
+        assert float((chunked - whole).abs().max()) <= 1e-4 * largest  # float order only
