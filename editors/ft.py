@@ -152,12 +152,17 @@ class FTEditor(Editor):
         _, forward = scored_forward(adapter, batch, params, cfg.mode)
         kl_chunks = self._kl_chunks(params) if cfg.kl_weight > 0 else []
         outputs = sum(len(reference) for reference, _ in kl_chunks)
+        moved = False  # whether a step has moved the model off the pre-edit one, the KL's reference
 
         def look():
             logits = forward()
 
             def loss() -> Iterator[Tensor]:
+                nonlocal moved
                 yield adapter.loss(batch, logits)
+                if not moved:  # the first step: the model is its own reference, KL and gradient zero
+                    moved = True
+                    return
                 # the KL averaged over all the sample's outputs, as the sum of each chunk's average
                 # weighted by its share of them: the same value and gradient, one chunk in memory
                 for reference, kl_forward in kl_chunks:

@@ -86,7 +86,8 @@ def test_official_kl_is_to_the_original_model_and_seqedit_kl_to_the_pre_edit_one
 def test_the_kl_term_in_chunks_gives_the_one_batch_gradient(family, layers, monkeypatch):
     """kl_chunk bounds the KL term's memory: chunks of 3 (the last one short) and one batch of 10
     give the KL term the same gradient on every tuned tensor. The tuned tensors are moved (the
-    same draw in both runs) before the chunks run: at the reference itself the KL's gradient is zero."""
+    same draw in both runs) before the chunks run: at the reference itself the KL's gradient is
+    zero, which is why the first step leaves the KL out (the next test)."""
     import random
 
     from editors import ft
@@ -99,16 +100,18 @@ def test_the_kl_term_in_chunks_gives_the_one_batch_gradient(family, layers, monk
     example = Example("e", "The capital of France is", wrong_target(adapter, "The capital of France is"))
     grads, parts_seen = {}, {}
 
-    def recorded(optimizer, loss, after_step=None):  # the KL's gradient at moved weights, no step
+    def recorded(optimizer, loss, after_step=None):  # no optimiser step: a move, then the KL's gradient
         params = [p for group in optimizer.param_groups for p in group["params"]]
-        draw = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            for p in params:
-                p.add_(1e-2 * torch.randn(p.shape, generator=draw))
-        optimizer.zero_grad(set_to_none=True)
         parts = iter(loss)
-        next(parts)  # the edit loss, made before the move
-        parts_seen[chunk] = 1
+        next(parts)  # the edit loss
+        if chunk not in parts_seen:  # the first step, whose KL is left out: move the weights instead
+            parts_seen[chunk] = len(list(parts))
+            draw = torch.Generator().manual_seed(0)
+            with torch.no_grad():
+                for p in params:
+                    p.add_(1e-2 * torch.randn(p.shape, generator=draw))
+            return
+        optimizer.zero_grad(set_to_none=True)
         for part in parts:  # each chunk's forward runs now, on the moved weights
             part.backward()
             parts_seen[chunk] += 1
@@ -119,14 +122,41 @@ def test_the_kl_term_in_chunks_gives_the_one_batch_gradient(family, layers, monk
     for chunk in (3, 10):
         adapter.model.load_state_dict(initial)
         editor = FTEditor(FTConfig(name="ft_kl", layers=layers, kl_weight=1.0, kl_batch=10, kl_chunk=chunk,
-                                   max_steps=1), adapter)
+                                   max_steps=2), adapter)
         editor.prepare(EditorData(adapter.task, [], [], pool=pool))
         random.seed(0)
         editor.edit(example)
     adapter.model.load_state_dict(initial)
-    assert parts_seen == {3: 1 + 4, 10: 1 + 1}  # the edit loss, then the chunks
+    assert parts_seen == {3: 4, 10: 1}  # none at the first step; then every chunk
     assert len(grads[3]) == len(grads[10]) > 0
     largest = max(float(g.abs().max()) for g in grads[10])
     assert largest > 0
     for chunked, whole in zip(grads[3], grads[10]):
         assert float((chunked - whole).abs().max()) <= 1e-4 * largest  # float order only
+
+
+@pytest.mark.parametrize("family", ["decoder", "classifier", "seq2seq"])
+@pytest.mark.parametrize("layers", ["all", "last"])
+def test_the_kl_left_out_of_an_edits_first_step_is_zero_with_zero_gradient(family, layers):
+    """The seqedit recipe's KL reference is the pre-edit model, so at an edit's first step the KL
+    term is zero with a zero gradient, and leaving it out changes nothing beyond float rounding:
+    its gradient there is below 1e-6 of the edit loss's on every tuned tensor."""
+    import random
+
+    adapter = trained_tiny(family)
+    prompts = ["The capital of Italy is", "Kyoto is a city in", "Canada is a country in", "Lyon is a city in"]
+    pool = [Example(f"m{i}", p, wrong_target(adapter, p)) for i, p in enumerate(prompts)]
+    editor = FTEditor(FTConfig(name="ft_kl", layers=layers, kl_weight=1.0, kl_batch=4, kl_chunk=3), adapter)
+    editor.prepare(EditorData(adapter.task, [], [], pool=pool))
+    params = list(editor.trainable_parameters().values())
+    random.seed(0)
+    chunks = editor._kl_chunks(params)
+    batch = adapter.encode(["The capital of France is"], [wrong_target(adapter, "The capital of France is")])
+    with torch.enable_grad():
+        kl = sum(adapter.task.kl(reference, forward()) for reference, forward in chunks)
+        kl_grads = torch.autograd.grad(kl, params, allow_unused=True)
+        edit_grads = torch.autograd.grad(adapter.loss(batch, adapter.scored_logits(batch)), params, allow_unused=True)
+    assert abs(float(kl)) < 1e-6
+    edit_largest = max(float(g.abs().max()) for g in edit_grads if g is not None)
+    assert edit_largest > 0
+    assert max(float(g.abs().max()) for g in kl_grads if g is not None) < 1e-6 * edit_largest
