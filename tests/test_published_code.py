@@ -184,3 +184,38 @@ def test_the_emmet_comparison_copies_easyedits_packages_under_empty_parents(tmp_
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text(json.dumps({"tie_word_embeddings": True}))
     assert model_ties_head(tmp_path / "model")
+
+
+def test_the_tpatcher_comparison_refuses_a_missing_checkout_in_one_line(tmp_path, capsys):
+    from benchmark.published_tpatcher import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--repo", str(tmp_path)])
+    assert stop.value.code == 2 and "not a checkout of ZeroYuHuang/Transformer-Patcher" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        main(["--repo", str(tmp_path), "--memory", "0"])
+    assert stop.value.code == 2 and "--memory must be at least 1" in capsys.readouterr().err
+
+
+def test_the_published_tpatcher_modules_are_imported_with_their_three_substitutions(tmp_path, monkeypatch):
+    """A stand-in for the checkout's src/models/class_modules.py, which imports jsonlines through
+    its data module and names the hub's BERT, its tokenizer and torchmetrics 0.x's Accuracy."""
+    import sys
+
+    from benchmark.published_tpatcher import published_modules
+
+    models = tmp_path / "src" / "models"
+    models.mkdir(parents=True)
+    (tmp_path / "src" / "__init__.py").write_text("")
+    (models / "__init__.py").write_text("")
+    (models / "class_modules.py").write_text(
+        "import jsonlines\nfrom torchmetrics import Accuracy\nfrom transformers import BertModel, BertTokenizer\n")
+    for name in ("src", "src.models", "src.models.class_modules", "jsonlines"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    cls = published_modules(tmp_path)
+    assert str(tmp_path) not in sys.path  # the checkout's `src` is not left importable
+    assert cls.BertTokenizer.from_pretrained("bert-base-uncased") is None
+    metric = cls.Accuracy(threshold=0.0)  # torchmetrics 1.x refuses it without a task
+    assert float(metric(torch.tensor([2.0, -1.0]), torch.tensor([1, 0]))) == 0.5  # threshold 0 on probabilities
+    for name in ("src", "src.models", "src.models.class_modules", "jsonlines"):
+        sys.modules.pop(name, None)  # the stand-ins, jsonlines's empty module included
