@@ -6,6 +6,7 @@
     python -m benchmark.perf scale [--edits 1000] [--steps 100] [--out runs/perf/scale.png]
     python -m benchmark.perf editors [--only a,b] [--edits 20]
     python -m benchmark.perf vstar [--only rome,memit,emmet] [--edits 5] [--model smollm2-135m]
+    python -m benchmark.perf kl [--chunk 16] [--only ft_kl_all] [--model smollm2-135m] [--threads 1]
 
 `editors` runs every registered editor (or `--only`) on one fixed workload: the tests' tiny LLaMA
 (its cached initial model) on a fold of the embedded facts, the settings the quick demo gives
@@ -15,6 +16,9 @@ it spent outside the editor's edits, so a change that slows any editor shows up 
 
 `vstar` times the locate-then-edit editors' v* with `editor.mode=fast` against `kv` on SmolLM2
 and zsRE's requests (benchmark/perf_vstar.py).
+
+`kl` times one pass of FT+KL's KL term in chunks of `--chunk` pool examples, with the process's
+peak memory (benchmark/perf_kl.py).
 
 `suffix` times ft_last, ft_kl_last and constrained_ft (last block) with only the trained block
 run each step against the full forward (see `time_suffix`), and KE's and MEND's training edit
@@ -458,9 +462,11 @@ def time_editor(name: str, examples_streamed: int) -> dict:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmark.perf")
-    parser.add_argument("editor", choices=["tpatcher", "suffix", "scale", "editors", "vstar"])
+    parser.add_argument("editor", choices=["tpatcher", "suffix", "scale", "editors", "vstar", "kl"])
     parser.add_argument("--only", default=None, help="editors, vstar: a comma-separated list (default: every "
-                                                     "editor; vstar: rome,memit,emmet)")
+                                                     "editor; vstar: rome,memit,emmet); kl: one editor "
+                                                     "(default ft_kl_all)")
+    parser.add_argument("--chunk", type=int, default=16, help="kl: editor.kl_chunk")
     parser.add_argument("--out", default="runs/perf/scale.png", help="scale: where the plot (and .json) go")
     parser.add_argument("--family", choices=["classifier", "decoder", "seq2seq", "both"], default="both",
                         help="both: classifier and decoder")
@@ -479,10 +485,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Every argument that cannot work is one line (argparse's exit 2) before anything is timed."""
-    if args.model and args.editor not in ("suffix", "vstar"):
-        parser.error("--model applies to `suffix` and `vstar` (tpatcher's memory rows are cached per sized model)")
-    if args.editor == "vstar" and args.model and len(args.model) > 1:
-        parser.error("--model: vstar takes one model")
+    if args.model and args.editor not in ("suffix", "vstar", "kl"):
+        parser.error("--model applies to `suffix`, `vstar` and `kl` "
+                     "(tpatcher's memory rows are cached per sized model)")
+    if args.editor in ("vstar", "kl") and args.model and len(args.model) > 1:
+        parser.error(f"--model: {args.editor} takes one model")
+    if args.chunk < 1:
+        parser.error("--chunk must be at least 1")
     if args.device != "cpu" and args.editor == "scale":
         parser.error("--device applies to `tpatcher` and `suffix`; `scale` measures the CPU")
     try:
@@ -507,6 +516,10 @@ def main(argv=None) -> None:
     elif args.editor == "editors":
         for name in (args.only.split(",") if args.only else None) or _all_editors():
             print(json.dumps(time_editor(name, args.edits if args.edits != 5 else 20)), flush=True)
+    elif args.editor == "kl":
+        from benchmark.perf_kl import time_kl
+
+        print(json.dumps(time_kl(args.only or "ft_kl_all", args.chunk, (args.model or [None])[0])), flush=True)
     elif args.editor == "vstar":
         from benchmark.perf_vstar import time_vstar
 

@@ -67,3 +67,23 @@ def test_every_editor_has_a_timing_line_on_the_fixed_workload():
     assert line["editor"] == "grace" and line["edits"] >= 1 and line["edit_seconds_median"] > 0
     assert line["eval_seconds_median"] > 0 and line["final_eval_seconds"] > 0
     assert 0 <= line["outside_editor_share"] <= 1 and line["run_seconds"] > 0
+
+
+@pytest.mark.parametrize("argv, message", [(["kl", "--chunk", "0"], "--chunk must be at least 1"),
+                                           (["kl", "--model", "tiny-llama", "--model", "smollm2-135m"],
+                                            "kl takes one model")])
+def test_kl_timing_arguments_refused_in_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_kl_pass_is_timed_in_chunks_over_the_pool_sample():
+    """`python -m benchmark.perf kl`: the chunks cover the pool sample (kl_batch or the whole pool)."""
+    from benchmark.perf_kl import time_kl
+
+    line = time_kl("ft_kl_last", 3, "tiny-llama")
+    assert line["kl_chunk"] == 3 and line["outputs"] >= line["chunks"] > 1
+    assert line["references_s"] > 0 and line["forward_backward_s"] > 0 and line["peak_rss_mb"] > 0
+    with pytest.raises(SystemExit, match="has no KL term"):
+        time_kl("ft_all", 3, "tiny-llama")

@@ -19,7 +19,7 @@ class FTConfig(SteppedEditorConfig):
     lr: float = field(default=1e-5, metadata={"help": "Adam learning rate"})
     kl_weight: float = field(default=0.0, metadata={"help": "weight of the KL term; 0 is plain FT"})
     kl_batch: int = field(default=512, metadata={"help": "memory-pool examples sampled for the KL term"})
-    kl_chunk: int = field(default=64, metadata={
+    kl_chunk: int = field(default=16, metadata={
         "help": "pool examples per forward and backward of the KL term: bounds its memory (one chunk's graph at a "
                 "time), the same loss and gradient (seqedit recipe)"})
     recipe: str = field(default="seqedit", metadata={
