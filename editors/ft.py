@@ -81,6 +81,19 @@ def published_kl(batch_kls, batch_size: int, total: int, past: int) -> Tensor | 
     return kl
 
 
+def published_kl_weights(batches: int, batch_size: int, total: int, past: int) -> list[float]:
+    """Each batch's weight in `published_kl`'s sum, from the same arithmetic run on the weights:
+    sum(w * kl for w, kl in zip(weights, batch_kls)) is that sum, term by term."""
+    weights, seen = [], 0
+    for _ in range(batches):
+        weights.append(float(batch_size))
+        seen += batch_size
+        if seen + batch_size >= total - past:
+            break
+        weights = [w / seen for w in weights]
+    return weights
+
+
 def fine_tune(optimizer: torch.optim.Optimizer, max_steps: int,
               look: Callable[[], tuple[bool, Callable[[], Tensor | Iterable[Tensor]]]],
               after_step: Callable[[], None] | None = None) -> int:
@@ -226,13 +239,25 @@ class FTEditor(Editor):
 
     def official_kl(self, inputs: tuple | None = None) -> Tensor | float:
         """KL to the fold's original model: pool batches as `published_kl` sums them, plus the
-        past edits' KL divided by their count (utils.py:218-227)."""
+        past edits' KL divided by their count (utils.py:218-227). A step sums `official_kl_terms`
+        instead, in its gradients (the same value, tested)."""
         batches, references, n_pool = inputs or self._kl_references()
         kls = [self.adapter.task.kl(ref, self.adapter.scored_logits(b)) for ref, b in zip(references, batches)]
         kl = published_kl(kls[:n_pool], OFFICIAL_KL_BATCH, self.config.kl_batch, len(self.past))
         if self.past:
             kl = kl + sum(kls[n_pool:]) / len(self.past)
         return kl
+
+    def official_kl_terms(self, inputs: tuple | None = None) -> Iterator[Tensor]:
+        """`official_kl`'s terms, each batch's KL times its weight, made one at a time: a step
+        backwards each before the next is made, so one batch's graph is in memory."""
+        batches, references, n_pool = inputs or self._kl_references()
+        weights = published_kl_weights(n_pool, OFFICIAL_KL_BATCH, self.config.kl_batch, len(self.past))
+        if self.past:  # each past edit a batch of its own
+            weights += [1 / len(self.past)] * (len(batches) - n_pool)
+        assert len(weights) == len(batches), "the pool batches were cut by kl_batches_used"
+        for weight, reference, batch in zip(weights, references, batches):
+            yield weight * self.adapter.task.kl(reference, self.adapter.scored_logits(batch))
 
     def _edit_official(self, example: Example) -> EditResult:
         cfg, adapter = self.config, self.adapter
@@ -247,10 +272,9 @@ class FTEditor(Editor):
                 if steps > cfg.max_steps:  # the published check: max_steps + 1 steps at most
                     break
                 inputs = self._kl_references() if cfg.kl_weight > 0 else None
-                loss = self._edit_loss(batch)
-                if inputs is not None:
-                    loss = loss + cfg.kl_weight * self.official_kl(inputs)
-                loss.backward()
+                self._edit_loss(batch).backward()
+                for term in self.official_kl_terms(inputs) if inputs is not None else ():
+                    (cfg.kl_weight * term).backward()  # summed in the gradients, a batch's graph at a time
                 optimizer.step()
                 steps += 1
                 optimizer.zero_grad()

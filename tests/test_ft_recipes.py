@@ -12,6 +12,7 @@ from editors.ft import (
     FTEditor,
     kl_batches_used,
     published_kl,
+    published_kl_weights,
 )
 from tests.conftest import trained_tiny, wrong_target
 
@@ -160,3 +161,31 @@ def test_the_kl_left_out_of_an_edits_first_step_is_zero_with_zero_gradient(famil
     edit_largest = max(float(g.abs().max()) for g in edit_grads if g is not None)
     assert edit_largest > 0
     assert max(float(g.abs().max()) for g in kl_grads if g is not None) < 1e-6 * edit_largest
+
+
+def test_published_kl_weights_give_its_sum_term_by_term():
+    kls = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
+    for batches, total, past in [(7, 512, 0), (6, 512, 100), (1, 512, 500), (2, 512, 0), (8, 64, 0)]:
+        weights = published_kl_weights(batches, 64, total, past)
+        assert len(weights) == kl_batches_used(batches, 64, total, past)
+        assert sum(w * k for w, k in zip(weights, kls)) == pytest.approx(published_kl(kls[:batches], 64, total, past))
+
+
+def test_the_official_step_sums_the_kl_terms_in_its_gradients():
+    """The official recipe backwards the KL batch by batch: the terms add up to `official_kl`
+    (the published arithmetic, past edits included) in value and in gradient."""
+    adapter, editor = _editor("official", max_steps=3)
+    for prompt in ["The capital of France is", "Lyon is a city in"]:
+        editor.edit(Example(prompt, prompt, wrong_target(adapter, prompt)))
+    params = list(editor.trainable_parameters().values())
+    inputs = editor._kl_references()
+    with torch.enable_grad():
+        whole = editor.official_kl(inputs)
+        expected = torch.autograd.grad(whole, params)
+        terms = list(editor.official_kl_terms(inputs))
+        summed = [sum(g) for g in zip(*(torch.autograd.grad(t, params) for t in terms))]
+    assert len(terms) == len(inputs[0]) > 2 and float(whole) > 0
+    assert float(sum(terms)) == pytest.approx(float(whole), rel=1e-5)
+    largest = max(float(g.abs().max()) for g in expected)
+    for got, want in zip(summed, expected):
+        assert float((got - want).abs().max()) <= 1e-5 * largest
