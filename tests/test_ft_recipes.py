@@ -82,7 +82,7 @@ def test_official_kl_is_to_the_original_model_and_seqedit_kl_to_the_pre_edit_one
             assert editor.past == []  # the seqedit recipe keeps no past edits: its reference is f_pre
 
 
-@pytest.mark.parametrize("family", ["decoder", "classifier", "seq2seq"])
+@pytest.mark.parametrize("family", ["decoder", "classifier", "seq2seq", "masked"])
 @pytest.mark.parametrize("layers", ["all", "last"])  # all: the full forward; last: the recorded prefix
 def test_the_kl_term_in_chunks_gives_the_one_batch_gradient(family, layers, monkeypatch):
     """kl_chunk bounds the KL term's memory: chunks of 3 (the last one short) and one batch of 10
@@ -136,7 +136,7 @@ def test_the_kl_term_in_chunks_gives_the_one_batch_gradient(family, layers, monk
         assert float((chunked - whole).abs().max()) <= 1e-4 * largest  # float order only
 
 
-@pytest.mark.parametrize("family", ["decoder", "classifier", "seq2seq"])
+@pytest.mark.parametrize("family", ["decoder", "classifier", "seq2seq", "masked"])
 @pytest.mark.parametrize("layers", ["all", "last"])
 def test_the_kl_left_out_of_an_edits_first_step_is_zero_with_zero_gradient(family, layers):
     """The seqedit recipe's KL reference is the pre-edit model, so at an edit's first step the KL
