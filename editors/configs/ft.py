@@ -21,7 +21,7 @@ class FTConfig(SteppedEditorConfig):
     kl_batch: int = field(default=512, metadata={"help": "memory-pool examples sampled for the KL term"})
     kl_chunk: int = field(default=16, metadata={
         "help": "pool examples per forward and backward of the KL term: bounds its memory (one chunk's graph at a "
-                "time), the same loss and gradient (seqedit recipe)"})
+                "time), the same loss and gradient (seqedit recipe); on tiny models one chunk (>= kl_batch) is faster"})
     recipe: str = field(default="seqedit", metadata={
         "help": "seqedit | official: the published code's choices (see editors/ft.py and the README's recipe table)"})
     mode: str | None = field(default=None, metadata={
