@@ -13,7 +13,9 @@ tokenised), and torchmetrics' `Accuracy` is given `task="binary"`, which torchme
 requires; `jsonlines`, imported by its data module and never reached here, is an empty module
 where it is missing.
 
-Three steps are timed, each the median over its steps:
+Three steps are timed (milliseconds a step: the published step's median over `--steps` after two
+untimed ones; an official edit of `--steps` steps, divided by them; the median fast edit of 100
+steps, divided by 100):
 
 * published: `BertBinaryEditor.joint_training` (cls:355-366) on the claim repeated 8 times
   (utils:30) in train mode, the patch made as scripts/T-patch.py makes it (the key from the
