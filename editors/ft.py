@@ -30,6 +30,7 @@ from torch import Tensor
 from benchmark.types import CLASSIFICATION, GENERATION, EditorData, Example
 from editors.base import Editor, EditResult, ReferenceOutputs, scored_forward
 from editors.configs.ft import (  # noqa: F401  (its config, torch-free)
+    CPU_KL_CHUNK,
     OFFICIAL_KL_BATCH,
     OFFICIAL_PAST,
     OFFICIAL_STEPS,
@@ -192,9 +193,10 @@ class FTEditor(Editor):
         (from the same recording forward) and the function giving its current ones."""
         cfg, adapter = self.config, self.adapter
         sample = random.sample(self.pool, min(cfg.kl_batch, len(self.pool)))
+        size = cfg.kl_chunk or (CPU_KL_CHUNK if adapter.device.type == "cpu" else max(len(sample), 1))
         chunks = []
-        for i in range(0, len(sample), cfg.kl_chunk):
-            part = sample[i : i + cfg.kl_chunk]
+        for i in range(0, len(sample), size):
+            part = sample[i : i + size]
             encoded = adapter.encode([e.prompt for e in part], [e.target for e in part])
             chunks.append(scored_forward(adapter, encoded, params, cfg.mode, reference=True))
         return chunks

@@ -189,3 +189,16 @@ def test_the_official_step_sums_the_kl_terms_in_its_gradients():
     largest = max(float(g.abs().max()) for g in expected)
     for got, want in zip(summed, expected):
         assert float((got - want).abs().max()) <= 1e-5 * largest
+
+
+def test_unset_kl_chunk_is_16_on_a_cpu():
+    adapter = trained_tiny("decoder")
+    prompts = ["The capital of Italy is", "Kyoto is a city in", "Canada is a country in", "Lyon is a city in"]
+    pool = [Example(f"m{i}", p, " Europe") for i, p in enumerate(prompts * 10)]
+    editor = FTEditor(FTConfig(name="ft_kl", layers="last", kl_weight=1.0, kl_batch=40), adapter)
+    editor.prepare(EditorData(adapter.task, [], [], pool=pool))
+    assert FTConfig(name="ft_kl").kl_chunk is None and adapter.device.type == "cpu"
+    chunks = editor._kl_chunks(list(editor.trainable_parameters().values()))
+    assert [len(reference) >= 1 for reference, _ in chunks] == [True] * 3  # 16 + 16 + 8 examples
+    with pytest.raises(ValueError, match="kl_chunk >= 1"):
+        FTConfig(name="ft_kl", kl_chunk=0)

@@ -8,6 +8,7 @@ from benchmark.registry import EDITORS
 from editors.configs.base import SteppedEditorConfig
 
 RECIPES = ("seqedit", "official")
+CPU_KL_CHUNK = 16  # the fastest of 4, 16, 64 and one batch for SmolLM2 on a CPU (docs/editors/ft.md)
 OFFICIAL_STEPS, OFFICIAL_KL_BATCH, OFFICIAL_PAST = 2000, 64, 100
 
 
@@ -19,9 +20,10 @@ class FTConfig(SteppedEditorConfig):
     lr: float = field(default=1e-5, metadata={"help": "Adam learning rate"})
     kl_weight: float = field(default=0.0, metadata={"help": "weight of the KL term; 0 is plain FT"})
     kl_batch: int = field(default=512, metadata={"help": "memory-pool examples sampled for the KL term"})
-    kl_chunk: int = field(default=16, metadata={
+    kl_chunk: int | None = field(default=None, metadata={
         "help": "pool examples per forward and backward of the KL term: bounds its memory (one chunk's graph at a "
-                "time), the same loss and gradient (seqedit recipe); on tiny models one chunk (>= kl_batch) is faster"})
+                "time), the same loss and gradient (seqedit recipe); unset: 16 on a CPU, the whole sample on a GPU; "
+                "on tiny models one chunk (>= kl_batch) is faster"})
     recipe: str = field(default="seqedit", metadata={
         "help": "seqedit | official: the published code's choices (see editors/ft.py and the README's recipe table)"})
     mode: str | None = field(default=None, metadata={
@@ -43,7 +45,7 @@ class FTConfig(SteppedEditorConfig):
         super().__post_init__()
         if self.layers not in ("all", "last"):
             raise ValueError(f"editor.layers must be all or last, got {self.layers!r}")
-        if self.lr <= 0 or self.kl_weight < 0 or self.kl_batch < 1 or self.kl_chunk < 1:
+        if self.lr <= 0 or self.kl_weight < 0 or self.kl_batch < 1 or (self.kl_chunk is not None and self.kl_chunk < 1):
             raise ValueError("editor.lr > 0, editor.kl_weight >= 0, editor.kl_batch >= 1 and editor.kl_chunk >= 1 "
                              "are required")
 
