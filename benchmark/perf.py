@@ -53,6 +53,7 @@ line per family.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import resource
 import statistics
@@ -99,9 +100,11 @@ def build(family: str, model: str | None = None, device: str = "cpu"):
         tok = tiny_tokenizer(with_eos=True)
         model = BertForSequenceClassification(BertConfig(vocab_size=len(tok), num_labels=1))  # BERT-base sizes
     elif family == "seq2seq":  # BART-base sizes (the paper's QA model): 6 + 6 layers, width 768, 50,265 words
-        tok = tiny_tokenizer(with_eos=True)
+        tok = tiny_tokenizer(with_eos=True)  # (BartConfig's defaults are BART-large's: set every size)
         model = BartForConditionalGeneration(BartConfig(
-            vocab_size=50265, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+            vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6, encoder_ffn_dim=3072,
+            decoder_ffn_dim=3072, encoder_attention_heads=12, decoder_attention_heads=12,
+            pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
             eos_token_id=tok.eos_token_id, decoder_start_token_id=tok.eos_token_id,
             forced_eos_token_id=tok.eos_token_id))
     else:
@@ -143,7 +146,8 @@ def memory_rows(editor: TPatcherEditor, family: str, skip: int, size: int) -> fl
     """Fill the memory with `size` real, distinct queries of the patched layer (computed once,
     then cached on disk); returns the seconds it took per 1,000 examples when computed."""
     layer = editor.config.layer
-    path = cache_dir() / "perf" / f"{family}-{skip}-{size}{'' if layer == -1 else f'-layer{layer}'}.pt"
+    model = hashlib.sha1(editor.adapter.model.config.to_json_string().encode()).hexdigest()[:10]  # its sizes
+    path = cache_dir() / "perf" / f"{family}-{model}-{skip}-{size}{'' if layer == -1 else f'-layer{layer}'}.pt"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         rows, count, start = [], 0, time.perf_counter()

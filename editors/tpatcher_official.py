@@ -10,7 +10,8 @@ scripts/T-patch.py. Each edit is a Lightning fit of one batch per epoch, which h
   (utils:72); the edit loss is the label-smoothed NLL, eps 0.1, over the target tokens
   (s2s:306-311) or, for classification, BCE - 0.1 * Bernoulli entropy (cls:551-556);
 * l_a = mean of the top 5 of exp(-act) over copies and patches (patch:49-60); the memory losses
-  over every (memory row, copy, patch): l2 = S(mem - act + 3; 1000) and l1 = S(mem + 3; 1000)
+  over every (memory row, copy, patch): l2 = S(mem - act + m1; 1000) and l1 = S(mem - m2; 1000),
+  m1, m2 = 3, -3 for the classifier and 0, 0 for QA (`MARGINS`)
   (patch:64-88, 194-204), so a row counts once per copy and the top 1,000 hold ~125 rows;
 * Adam lr 0.01, weight decay 0.01 (s2s:484; utils:55-56), gradient norm clipped at 5 (tp:87),
   ReduceLROnPlateau(min, factor 0.5, patience 1, threshold 0.05) on the edit loss in eval mode
@@ -33,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from benchmark.models.task import Task
-from benchmark.types import Example
+from benchmark.types import CLASSIFICATION, GENERATION, Example
 from editors.base import EditResult
 from editors.patch_memory import smooth_top
 
@@ -43,7 +44,11 @@ CHECK_EVERY, FIRST_CHECK_EPOCH = 25, 100  # utils:68, 46
 PLATEAU = {"mode": "min", "factor": 0.5, "patience": 1, "threshold": 0.05}  # s2s:495-500
 STOP_THRESHOLD = 0.001  # s2s:444-446
 SMOOTHING = 0.1  # BartSeq2Seq eps (s2s:536); BertBinary eps (cls:486)
-MEMORY_TOPK, ACTIVATION_TOPK, MARGIN_1, MARGIN_2 = 1000, 5, 3.0, -3.0  # utils:71, 78, 74-75
+MEMORY_TOPK, ACTIVATION_TOPK = 1000, 5  # utils:71, 78
+# the memory loss's margins (margin_val1, margin_val2) per task: the classifier's editor hands the
+# arguments' 3 and -3 (utils:74-75) to its patch (cls:217-218); the QA editor's get_editors leaves
+# them out (s2s:234-242), so its patch keeps ModifyLinearOutput's defaults, 0 and 0 (patch.py:99)
+MARGINS = {CLASSIFICATION: (3.0, -3.0), GENERATION: (0.0, 0.0)}
 
 
 def official_edit_loss(task: Task, batch, logits: Tensor) -> Tensor:
@@ -52,12 +57,12 @@ def official_edit_loss(task: Task, batch, logits: Tensor) -> Tensor:
     return task.smoothed_loss(logits, batch.targets, SMOOTHING, token_mean=True)
 
 
-def memory_loss(memory: Tensor, keys: Tensor, bias: Tensor, acts: Tensor) -> Tensor:
-    """l1 + l2 over every (memory row, copy, patch), as calculate_memory_loss forms them:
-    memory [M, d], acts [copies, n]."""
+def memory_loss(memory: Tensor, keys: Tensor, bias: Tensor, acts: Tensor, margins: tuple[float, float]) -> Tensor:
+    """l1 + l2 over every (memory row, copy, patch), as calculate_memory_loss forms them
+    (patch.py:64-88): memory [M, d], acts [copies, n], margins (margin_val1, margin_val2)."""
     his = (memory @ keys + bias)[:, None, :]  # [M, 1, n]
-    l_margin = smooth_top(his - acts[None] + MARGIN_1, MEMORY_TOPK)
-    l_ceiling = smooth_top((his - MARGIN_2).expand(-1, acts.shape[0], -1), MEMORY_TOPK)
+    l_margin = smooth_top(his - acts[None] + margins[0], MEMORY_TOPK)
+    l_ceiling = smooth_top((his - margins[1]).expand(-1, acts.shape[0], -1), MEMORY_TOPK)
     return l_margin + l_ceiling
 
 
@@ -93,6 +98,7 @@ def edit_official(editor, example: Example) -> tuple[EditResult, Tensor]:
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=WEIGHT_DECAY)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, **PLATEAU)
     copies = adapter.encode([example.prompt] * COPIES, [example.target] * COPIES)
+    margins = MARGINS[adapter.task.kind]
     seen: dict[str, Tensor] = {}
 
     def delta(q: Tensor) -> Tensor:
@@ -117,7 +123,7 @@ def edit_official(editor, example: Example) -> tuple[EditResult, Tensor]:
                 loss = official_edit_loss(adapter.task, copies, logits)
                 loss = loss + cfg.activation_weight * smooth_top(-acts, ACTIVATION_TOPK)
                 if cfg.memory_loss != "none" and len(editor.memory):
-                    loss = loss + cfg.memory_weight * memory_loss(editor.memory.matrix, keys, bias, acts)
+                    loss = loss + cfg.memory_weight * memory_loss(editor.memory.matrix, keys, bias, acts, margins)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, CLIP_NORM)
@@ -130,7 +136,7 @@ def edit_official(editor, example: Example) -> tuple[EditResult, Tensor]:
                 logits, acts = forward(copies)
                 holds = bool(adapter.token_correct(copies, logits).all())
                 if epoch >= FIRST_CHECK_EPOCH and holds:
-                    val_losses.append(float(memory_loss(editor.val_memory, keys, bias, acts))
+                    val_losses.append(float(memory_loss(editor.val_memory, keys, bias, acts, margins))
                                       if cfg.memory_loss != "none" and len(editor.val_memory) else 0.0)
                     stopped = stop_now(val_losses)
                 plateau.step(float(official_edit_loss(adapter.task, copies, logits)))

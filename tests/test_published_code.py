@@ -197,9 +197,9 @@ def test_the_tpatcher_comparison_refuses_a_missing_checkout_in_one_line(tmp_path
     assert stop.value.code == 2 and "--memory must be at least 1" in capsys.readouterr().err
 
 
-def test_the_published_tpatcher_modules_are_imported_with_their_three_substitutions(tmp_path, monkeypatch):
+def test_the_published_tpatcher_modules_are_imported_with_their_substitutions(tmp_path, monkeypatch):
     """A stand-in for the checkout's src/models/class_modules.py, which imports jsonlines through
-    its data module and names the hub's BERT, its tokenizer and torchmetrics 0.x's Accuracy."""
+    its data module and names torchmetrics 0.x's Accuracy, and for src/utils.py."""
     import sys
 
     from benchmark.published_tpatcher import published_modules
@@ -207,15 +207,17 @@ def test_the_published_tpatcher_modules_are_imported_with_their_three_substituti
     models = tmp_path / "src" / "models"
     models.mkdir(parents=True)
     (tmp_path / "src" / "__init__.py").write_text("")
+    (tmp_path / "src" / "utils.py").write_text("def count_error_nums(model, data_point, device):\n    return 0, []\n")
     (models / "__init__.py").write_text("")
     (models / "class_modules.py").write_text(
         "import jsonlines\nfrom torchmetrics import Accuracy\nfrom transformers import BertModel, BertTokenizer\n")
-    for name in ("src", "src.models", "src.models.class_modules", "jsonlines"):
+    names = ("src", "src.models", "src.models.class_modules", "src.utils", "jsonlines")
+    for name in names:
         monkeypatch.delitem(sys.modules, name, raising=False)
-    cls = published_modules(tmp_path)
+    module, utils = published_modules(tmp_path, "classifier")
     assert str(tmp_path) not in sys.path  # the checkout's `src` is not left importable
-    assert cls.BertTokenizer.from_pretrained("bert-base-uncased") is None
-    metric = cls.Accuracy(threshold=0.0)  # torchmetrics 1.x refuses it without a task
+    assert utils.count_error_nums(None, None, None) == (0, [])
+    metric = module.Accuracy(threshold=0.0)  # torchmetrics 1.x refuses it without a task
     assert float(metric(torch.tensor([2.0, -1.0]), torch.tensor([1, 0]))) == 0.5  # threshold 0 on probabilities
-    for name in ("src", "src.models", "src.models.class_modules", "jsonlines"):
+    for name in names:
         sys.modules.pop(name, None)  # the stand-ins, jsonlines's empty module included

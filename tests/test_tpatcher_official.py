@@ -6,9 +6,9 @@ import torch
 
 from benchmark.config import compose, instantiate
 from benchmark.models.task import TASKS
-from benchmark.types import EditSplits, Example
+from benchmark.types import CLASSIFICATION, GENERATION, EditSplits, Example
 from editors.tpatcher import TPatcherConfig, TPatcherEditor
-from editors.tpatcher_official import COPIES, memory_loss, official_edit_loss, stop_now
+from editors.tpatcher_official import COPIES, MARGINS, memory_loss, official_edit_loss, stop_now
 from tests.conftest import trained_tiny, wrong_target
 
 
@@ -19,15 +19,19 @@ def test_stop_rule_is_the_published_early_stop():
     assert stop_now([1.0, 0.9995]) and stop_now([1.0, 1.2]) and stop_now([1.0, 0.9, 0.95])
 
 
-def test_memory_loss_counts_each_row_once_per_copy():
-    """With 8 equal copies the top 1,000 of (row, copy) entries are the top 125 rows, 8 times each."""
+@pytest.mark.parametrize("kind, m1, m2", [(CLASSIFICATION, 3.0, -3.0), (GENERATION, 0.0, 0.0)])
+def test_memory_loss_counts_each_row_once_per_copy(kind, m1, m2):
+    """With 8 equal copies the top 1,000 of (row, copy) entries are the top 125 rows, 8 times each;
+    the margins are the classifier editor's 3 and -3, the QA editor's 0 and 0 (its patch never
+    receives the arguments: seq2seq_modules.py:234-242)."""
     torch.manual_seed(0)
     memory, keys, bias = torch.randn(300, 4), torch.randn(4, 1), torch.tensor([0.1])
     act = 0.7
     his = (memory @ keys + bias).squeeze(1)
     top = his.topk(1000 // COPIES).values
-    expected = (top - act + 3).exp().mean() + (top + 3).exp().mean()
-    got = memory_loss(memory, keys, bias, torch.full((COPIES, 1), act))
+    expected = (top - act + m1).exp().mean() + (top - m2).exp().mean()
+    assert MARGINS[kind] == (m1, m2)
+    got = memory_loss(memory, keys, bias, torch.full((COPIES, 1), act), MARGINS[kind])
     assert got.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
