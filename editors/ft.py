@@ -168,7 +168,6 @@ class FTEditor(Editor):
         batch = adapter.encode([example.prompt], [example.target])
         _, forward = scored_forward(adapter, batch, params, cfg.mode)
         kl_chunks = self._kl_chunks(params) if cfg.kl_weight > 0 else []
-        outputs = sum(len(reference) for reference, _ in kl_chunks)
         moved = False  # whether a step has moved the model off the pre-edit one, the KL's reference
 
         def look():
@@ -180,10 +179,7 @@ class FTEditor(Editor):
                 if not moved:  # the first step: the model is its own reference, KL and gradient zero
                     moved = True
                     return
-                # the KL averaged over all the sample's outputs, as the sum of each chunk's average
-                # weighted by its share of them: the same value and gradient, one chunk in memory
-                for reference, kl_forward in kl_chunks:
-                    yield cfg.kl_weight * len(reference) / outputs * adapter.task.kl(reference, kl_forward())
+                yield from self._kl_terms(kl_chunks)
             return bool(adapter.token_correct(batch, logits).all()), loss
 
         return EditResult(steps=fine_tune(optimizer, cfg.max_steps, look))
@@ -200,6 +196,14 @@ class FTEditor(Editor):
             encoded = adapter.encode([e.prompt for e in part], [e.target for e in part])
             chunks.append(scored_forward(adapter, encoded, params, cfg.mode, reference=True))
         return chunks
+
+    def _kl_terms(self, chunks: list[tuple[Tensor, Callable[[], Tensor]]]) -> Iterator[Tensor]:
+        """The weighted KL over all the sample's outputs as one term per chunk, its average weighted
+        by its share of the outputs: the same value and gradient, each chunk's forward made only
+        when its term is asked for, so one chunk's graph is in memory."""
+        outputs = sum(len(reference) for reference, _ in chunks)
+        for reference, kl_forward in chunks:
+            yield self.config.kl_weight * len(reference) / outputs * self.adapter.task.kl(reference, kl_forward())
 
     # -- the published code's recipe -----------------------------------------------------------
     def _edit_loss(self, batch) -> Tensor:

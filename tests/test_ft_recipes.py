@@ -199,6 +199,6 @@ def test_unset_kl_chunk_is_16_on_a_cpu():
     editor.prepare(EditorData(adapter.task, [], [], pool=pool))
     assert FTConfig(name="ft_kl").kl_chunk is None and adapter.device.type == "cpu"
     chunks = editor._kl_chunks(list(editor.trainable_parameters().values()))
-    assert [len(reference) >= 1 for reference, _ in chunks] == [True] * 3  # 16 + 16 + 8 examples
+    assert len(chunks) == 3  # 16 + 16 + 8 examples
     with pytest.raises(ValueError, match="kl_chunk >= 1"):
         FTConfig(name="ft_kl", kl_chunk=0)
