@@ -3,8 +3,8 @@
 Adam at lr 1e-5 on the edit example until the model gets it right, within `max_steps`. The KL
 variants add KL(f_pre || f) on `kl_batch` examples sampled from the memory pool, f_pre being the
 model before this edit; its outputs are computed once per edit, since they do not change. The
-KL runs in chunks of `kl_chunk` examples, each backwarded before the next is made (the same
-gradient; less memory, and on a CPU less time), and an edit's first step leaves it out: the model
+KL runs in chunks of `kl_chunk` examples, shortest first, each backwarded before the next is made
+(the same gradient; less memory, and on a CPU less time), and an edit's first step leaves it out: the model
 is still f_pre there, where the KL and its gradient are zero.
 
 `recipe=official` follows the published code instead (ZeroYuHuang/Transformer-Patcher,
@@ -190,6 +190,10 @@ class FTEditor(Editor):
         cfg, adapter = self.config, self.adapter
         sample = random.sample(self.pool, min(cfg.kl_batch, len(self.pool)))
         size = cfg.kl_chunk or (CPU_KL_CHUNK if adapter.device.type == "cpu" else max(len(sample), 1))
+        if size < len(sample):  # chunks of similar lengths pad little; the KL sums over outputs, so
+            # their order changes nothing else (zsRE's pool on SmolLM2, chunks of 16: a third fewer positions)
+            lengths = adapter.encode([e.prompt for e in sample], [e.target for e in sample]).lengths().tolist()
+            sample = [sample[i] for i in sorted(range(len(sample)), key=lengths.__getitem__)]
         chunks = []
         for i in range(0, len(sample), size):
             part = sample[i : i + size]

@@ -191,6 +191,38 @@ def test_the_official_step_sums_the_kl_terms_in_its_gradients():
         assert float((got - want).abs().max()) <= 1e-5 * largest
 
 
+@pytest.mark.parametrize("family", ["decoder", "seq2seq"])
+def test_kl_chunks_group_the_drawn_sample_by_length(family, monkeypatch):
+    """The chunks hold the drawn sample (the same examples), shortest first, so each pads little:
+    every chunk's longest example is no longer than the next chunk's shortest (lengths over all
+    the model's inputs: a seq2seq model's encoder and decoder)."""
+    import random
+
+    adapter = trained_tiny(family)
+    prompts = ["The capital of Italy is", "Kyoto is a city in", "Canada is a country in", "Paris",
+               "The official language of the Federative Republic of Brazil is", "Lyon is in",
+               "The currency of the Republic of Peru is the", "Osaka is a city in", "Chile is a"]
+    pool = [Example(f"m{i}", p, wrong_target(adapter, p)) for i, p in enumerate(prompts)]
+    editor = FTEditor(FTConfig(name="ft_kl", layers="last", kl_weight=1.0, kl_batch=8, kl_chunk=3), adapter)
+    editor.prepare(EditorData(adapter.task, [], [], pool=pool))
+    encoded, encode = [], adapter.encode
+    monkeypatch.setattr(adapter, "encode", lambda p, t: encoded.append(encode(p, t)) or encoded[-1])
+    random.seed(3)
+    drawn = random.sample(pool, 8)
+    random.seed(3)
+    chunks = editor._kl_chunks(list(editor.trainable_parameters().values()))
+    whole, parts = encoded[0], encoded[1 : 1 + len(chunks)]
+    assert [b.size for b in parts] == [3, 3, 2] and whole.size == 8
+    assert sorted(whole.lengths().tolist()) == sorted(n for b in parts for n in b.lengths().tolist())
+    for shorter, longer in zip(parts, parts[1:]):
+        assert int(shorter.lengths().max()) <= int(longer.lengths().min())
+    assert sum(int(b.lengths().max()) * b.size for b in parts) < sum(
+        int(whole.lengths()[i : i + 3].max()) * len(drawn[i : i + 3]) for i in range(0, 8, 3))  # less padding
+    if family == "seq2seq":  # both the encoder's and the decoder's positions count
+        assert whole.lengths().tolist() == (whole.inputs["attention_mask"].sum(1)
+                                            + whole.inputs["decoder_attention_mask"].sum(1)).tolist()
+
+
 def test_unset_kl_chunk_is_16_on_a_cpu():
     adapter = trained_tiny("decoder")
     prompts = ["The capital of Italy is", "Kyoto is a city in", "Canada is a country in", "Lyon is a city in"]

@@ -150,6 +150,12 @@ class EncodedBatch:
     size: int  # number of examples B
     valid_mask: Tensor  # [B, T] bool: every real (non-padding) position
 
+    def lengths(self) -> Tensor:
+        """[B] each example's real positions over all the model's inputs (a seq2seq model's
+        encoder and decoder both): what a batch pads the others up to."""
+        masks = [v for k, v in self.inputs.items() if k.endswith("attention_mask")]
+        return sum(m.sum(1) for m in masks) if masks else self.valid_mask.sum(1)
+
 
 @dataclass
 class BlockCall:
