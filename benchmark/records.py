@@ -183,6 +183,23 @@ def code_version() -> str:
             return "unknown"
 
 
+def _note_resumed_code(config_path: Path) -> None:
+    """A run resumed under other code than it last ran with: a header line says so (the records
+    before it were made with the versions above it), so the results name every version they hold."""
+    text = config_path.read_text(encoding="utf-8")
+    versions = [line.rsplit(":", 1)[1].strip() for line in text.splitlines()
+                if line.startswith("# ") and "code_version:" in line]
+    current = code_version()
+    if versions and versions[-1] == current:
+        return
+    print(f"seqedit: {config_path.parent} ran with code {versions[-1] if versions else '(unrecorded)'}; resuming with "
+          f"{current} (its config.yaml records both)", file=sys.stderr)
+    lines = text.splitlines(keepends=True)
+    at = next((i for i, line in enumerate(lines) if not line.startswith("# ")), len(lines))
+    lines.insert(at, f"# resumed with code_version: {current}\n")
+    write_atomically(config_path, lambda tmp: tmp.write_text("".join(lines), encoding="utf-8"))
+
+
 class RunRecords:
     def __init__(self, run_dir: Path, config_yaml: str, seed: int, resume: bool):
         self.dir = Path(run_dir)
@@ -215,6 +232,10 @@ class RunRecords:
         self.state_dir.mkdir(exist_ok=True)
         if not resume:
             config_path.write_text(header + without_resume(config_yaml))
+        else:
+            _note_resumed_code(config_path)
+        self.header = "".join(line for line in config_path.read_text(encoding="utf-8").splitlines(keepends=True)
+                              if line.startswith("# "))  # seed and code versions, for the merged folder
         self.lines: list[dict] = self._read() if resume else []  # as written (the hash chain covers them)
         self._handle = open_no_follow(self.path, "a", encoding="utf-8")
 
@@ -303,10 +324,10 @@ class RunRecords:
         write_atomically(Path(folder) / name, lambda tmp: tmp.write_text(text))
 
     @staticmethod
-    def write_merged(folder: Path, config_yaml: str, seed: int, lines: list[dict]) -> None:
-        """The run folder of a multi-process run: its config and every rank's records as one file."""
+    def write_merged(folder: Path, config_yaml: str, header: str, lines: list[dict]) -> None:
+        """The run folder of a multi-process run: its config (headed as rank 0's: the seed and the
+        code versions its records were made with) and every rank's records as one file."""
         folder = Path(folder)
-        header = f"# seed: {seed}\n# code_version: {code_version()}\n"
         (folder / "config.yaml").write_text(header + without_resume(config_yaml))
         text = "".join(json.dumps(line) + "\n" for line in chained(lines))
         write_atomically(folder / RECORDS, lambda tmp: tmp.write_text(text, encoding="utf-8"))

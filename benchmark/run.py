@@ -317,7 +317,7 @@ def _results(plan: _Plan, records: RunRecords, initial: dict, editor: Editor, st
     """Metrics over the folds (every rank's under DDP), with what a reader needs to trust them:
     the split streamed, why a metric is null, state bytes per edit, prompts cut."""
     if plan.world > 1:
-        results = _gather_ranks(records, initial, plan.run_dir, to_yaml(plan.cfg), plan.run_cfg.seed, plan.rank,
+        results = _gather_ranks(records, initial, plan.run_dir, to_yaml(plan.cfg), plan.rank,
                                 plan.world)
     else:
         results = summarize(records)
@@ -371,13 +371,13 @@ def _null_metric_notes(results: dict[str, Any], initial: dict[str, Any], split: 
     return notes
 
 
-def _gather_ranks(records: RunRecords, initial: dict, run_dir: Path, config_yaml: str, seed: int, rank: int,
+def _gather_ranks(records: RunRecords, initial: dict, run_dir: Path, config_yaml: str, rank: int,
                   world: int) -> dict[str, Any]:
     """Rank 0 writes the records of every rank as one run; every rank returns the whole results."""
     parts = gather((records.lines, initial), world)
     lines = merge_lines([p[0] for p in parts])
     if rank == 0:
-        RunRecords.write_merged(run_dir, config_yaml, seed, lines)
+        RunRecords.write_merged(run_dir, config_yaml, records.header, lines)
         RunRecords.write_json_to(run_dir, "initial.json", merge_initial([p[1] for p in parts]))
     return summarize_lines(lines, run_dir)
 

@@ -188,6 +188,23 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path, crash_at, mode):
     assert [(x["fold"], x["index"]) for x in lines] == [(0, i) for i in range(4)] + [(1, i) for i in range(2)]
 
 
+def test_a_run_resumed_under_other_code_records_both_versions(tmp_path, monkeypatch, capsys):
+    """config.yaml heads the results with the code version; a resume under another version adds
+    a line (the records before it were made with the first), once per change."""
+    from benchmark import records
+
+    with pytest.raises(scripted.Crash):
+        _run(tmp_path, "editor.crash_at=2")
+    started = records.code_version()
+    monkeypatch.setattr(records, "code_version", lambda: "0123abcd")
+    _run(tmp_path, "editor.crash_at=2", "resume=true", calls=99)
+    header = [line for line in (tmp_path / "r" / "config.yaml").read_text().splitlines() if line.startswith("# ")]
+    assert header == ["# seed: 0", f"# code_version: {started}", "# resumed with code_version: 0123abcd"]
+    assert f"ran with code {started}; resuming with 0123abcd" in capsys.readouterr().err
+    records._note_resumed_code(tmp_path / "r" / "config.yaml")  # the same code again: nothing added
+    assert (tmp_path / "r" / "config.yaml").read_text().count("code_version") == 2
+
+
 def test_states_are_saved_within_their_share_of_the_time_and_a_resume_redoes_the_rest(tmp_path, monkeypatch):
     """loop.state_overhead: after a save that took 0.5 s the next waits 5 s (0.1, the default), so
     quick edits share one state; a crash then redoes every edit since it and ends as a clean run.

@@ -117,6 +117,9 @@ def test_two_cpu_processes_give_the_same_folds_as_one(tmp_path):
     assert len(read("one")) == len(read("two"))
     initial = [json.loads((tmp_path / run / "initial.json").read_text()) for run in ("one", "two")]
     assert initial[0] == initial[1]
+    header = lambda path: [x for x in path.read_text().splitlines() if x.startswith("# ")]  # noqa: E731
+    assert header(tmp_path / "two" / "config.yaml") == header(tmp_path / "two" / "ranks" / "0" / "config.yaml")
+    assert [x.split(":")[0] for x in header(tmp_path / "two" / "config.yaml")] == ["# seed", "# code_version"]
 
 
 def test_a_sweep_writes_under_output_dir_and_nothing_under_home(tmp_path, monkeypatch, capsys):
