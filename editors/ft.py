@@ -23,6 +23,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -184,7 +185,7 @@ class FTEditor(Editor):
 
         return EditResult(steps=fine_tune(optimizer, cfg.max_steps, look))
 
-    def _kl_chunks(self, params: list[Tensor]) -> list[tuple[Tensor, Callable[[], Tensor]]]:
+    def _kl_chunks(self, params: list[Tensor]) -> list[tuple[Any, Callable[[], Tensor]]]:
         """The KL term's pool sample in chunks of `kl_chunk`, each with the pre-edit model's outputs
         (from the same recording forward) and the function giving its current ones."""
         cfg, adapter = self.config, self.adapter
@@ -198,10 +199,11 @@ class FTEditor(Editor):
         for i in range(0, len(sample), size):
             part = sample[i : i + size]
             encoded = adapter.encode([e.prompt for e in part], [e.target for e in part])
-            chunks.append(scored_forward(adapter, encoded, params, cfg.mode, reference=True))
+            reference, forward = scored_forward(adapter, encoded, params, cfg.mode, reference=True)
+            chunks.append((adapter.task.kl_reference(reference), forward))  # read every step: prepared once
         return chunks
 
-    def _kl_terms(self, chunks: list[tuple[Tensor, Callable[[], Tensor]]]) -> Iterator[Tensor]:
+    def _kl_terms(self, chunks: list[tuple[Any, Callable[[], Tensor]]]) -> Iterator[Tensor]:
         """The weighted KL over all the sample's outputs as one term per chunk, its average weighted
         by its share of the outputs: the same value and gradient, each chunk's forward made only
         when its term is asked for, so one chunk's graph is in memory."""

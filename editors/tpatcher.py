@@ -317,7 +317,8 @@ class TPatcherEditor(HookedEditor):
         cfg, adapter = self.config, self.adapter
         sample = random.sample(self.kl_pool, min(cfg.kl_examples, len(self.kl_pool)))
         batch = adapter.encode([e.prompt for e in sample], [e.target for e in sample])
-        reference = self.references(sample, self.disabled)  # the original model's, once per example
+        # the original model's outputs (once per example), prepared once for every step
+        reference = adapter.task.kl_reference(self.references(sample, self.disabled))
         with torch.no_grad():
             cache = adapter.capture(batch, cfg.layer) if cfg.mode == "fast" else None
 

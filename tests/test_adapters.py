@@ -206,6 +206,30 @@ def test_the_task_object_answers_what_editors_used_to_branch_on():
     assert gen.kl(ref, same).abs().item() < 1e-6 and gen.kl(ref, torch.randn(4, 7)).item() > 0
 
 
+@pytest.mark.parametrize("rows,vocab,spread", [(1, 7, 1.0), (5, 1000, 8.0), (3, 49152, 4.0)])
+def test_generation_kl_gives_kl_divs_value_and_gradient(rows, vocab, spread):
+    """Generation's KL (closed form, a reference prepared once or given as logits) against
+    `F.kl_div` on log-softmaxes, in value and in gradient, with an output whose reference puts
+    no mass on some tokens (logits of -inf)."""
+    import torch.nn.functional as F
+
+    from benchmark.models.task import Generation
+
+    gen, draw = Generation(), torch.Generator().manual_seed(rows)
+    reference = spread * torch.randn(rows, vocab, generator=draw)
+    reference[0, : vocab // 3] = float("-inf")
+    logits = (reference.clamp(min=-30) + torch.randn(rows, vocab, generator=draw)).requires_grad_()
+    expected = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(reference, -1).clamp(min=-1e30),
+                        log_target=True, reduction="batchmean")
+    want = torch.autograd.grad(expected, logits)[0]
+    for given in (reference, gen.kl_reference(reference)):
+        value = gen.kl(given, logits)
+        got = torch.autograd.grad(value, logits)[0]
+        assert float(value) == pytest.approx(float(expected), rel=1e-4, abs=1e-6)
+        assert float((got - want).abs().max()) <= 1e-6 * max(1.0, float(want.abs().max()))
+    assert len(gen.kl_reference(reference)) == rows
+
+
 def test_an_examples_score_does_not_depend_on_its_batch(family):
     """`scores` batches examples by length: every score is the one the example gets alone, in the
     caller's order, for batch sizes that split the examples unevenly."""
