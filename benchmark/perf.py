@@ -466,7 +466,7 @@ def time_editor(name: str, examples_streamed: int) -> dict:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmark.perf")
-    parser.add_argument("editor", choices=["tpatcher", "suffix", "scale", "editors", "vstar", "kl"])
+    parser.add_argument("editor", choices=["tpatcher", "suffix", "scale", "editors", "vstar", "kl", "eval"])
     parser.add_argument("--only", default=None, help="editors, vstar: a comma-separated list (default: every "
                                                      "editor; vstar: rome,memit,emmet); kl: one editor "
                                                      "(default ft_kl_all)")
@@ -474,7 +474,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="runs/perf/scale.png", help="scale: where the plot (and .json) go")
     parser.add_argument("--family", choices=["classifier", "decoder", "seq2seq", "both"], default="both",
                         help="both: classifier and decoder")
-    parser.add_argument("--edits", type=int, default=None, help="edits timed (default 5; scale: 1,000)")
+    parser.add_argument("--edits", type=int, default=None,
+                        help="edits timed (default 5; scale: 1,000); eval: passes of each order (default 3)")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--memory", type=int, default=40_000)
     parser.add_argument("--threads", type=int, default=None)
@@ -489,10 +490,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Every argument that cannot work is one line (argparse's exit 2) before anything is timed."""
-    if args.model and args.editor not in ("suffix", "vstar", "kl"):
-        parser.error("--model applies to `suffix`, `vstar` and `kl` "
+    if args.model and args.editor not in ("suffix", "vstar", "kl", "eval"):
+        parser.error("--model applies to `suffix`, `vstar`, `kl` and `eval` "
                      "(tpatcher's memory rows are cached per sized model)")
-    if args.editor in ("vstar", "kl") and args.model and len(args.model) > 1:
+    if args.editor in ("vstar", "kl", "eval") and args.model and len(args.model) > 1:
         parser.error(f"--model: {args.editor} takes one model")
     if args.chunk < 1:
         parser.error("--chunk must be at least 1")
@@ -524,6 +525,11 @@ def main(argv=None) -> None:
         from benchmark.perf_kl import time_kl
 
         print(json.dumps(time_kl(args.only or "ft_kl_all", args.chunk, (args.model or [None])[0])), flush=True)
+    elif args.editor == "eval":
+        from benchmark.perf_eval import time_orders
+
+        for line in time_orders((args.model or [None])[0], args.edits if args.edits != 5 else 3):
+            print(json.dumps(line), flush=True)
     elif args.editor == "vstar":
         from benchmark.perf_vstar import time_vstar
 

@@ -193,8 +193,7 @@ class FTEditor(Editor):
         size = cfg.kl_chunk or (CPU_KL_CHUNK if adapter.device.type == "cpu" else max(len(sample), 1))
         if size < len(sample):  # chunks of similar lengths pad little; the KL sums over outputs, so
             # their order changes nothing else (zsRE's pool on SmolLM2, chunks of 16: a third fewer positions)
-            lengths = adapter.encode([e.prompt for e in sample], [e.target for e in sample]).lengths().tolist()
-            sample = [sample[i] for i in sorted(range(len(sample)), key=lengths.__getitem__)]
+            sample = [sample[i] for i in adapter.by_length([e.prompt for e in sample], [e.target for e in sample])]
         chunks = []
         for i in range(0, len(sample), size):
             part = sample[i : i + size]

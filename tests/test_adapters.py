@@ -231,8 +231,9 @@ def test_generation_kl_gives_kl_divs_value_and_gradient(rows, vocab, spread):
 
 
 def test_an_examples_score_does_not_depend_on_its_batch(family):
-    """`scores` batches examples by length: every score is the one the example gets alone, in the
-    caller's order, for batch sizes that split the examples unevenly."""
+    """`scores` batches examples by their real positions (tokens over all the model's inputs, each
+    batch's longest no longer than the next one's shortest): every score is the one the example
+    gets alone, in the caller's order, for batch sizes that split the examples unevenly."""
     from tests.conftest import DONORS, trained_tiny
 
     adapter = trained_tiny(family)
@@ -248,6 +249,8 @@ def test_an_examples_score_does_not_depend_on_its_batch(family):
     assert 0.0 in alone and 1.0 in alone  # both kinds, so a misplaced score would show
     for size in (3, 4, 64):
         adapter.config.eval_batch_size = size
+        lengths = [batch.lengths() for _, batch, _ in adapter._scored(prompts, targets)]
+        assert all(int(a.max()) <= int(b.min()) for a, b in zip(lengths, lengths[1:]))
         assert adapter.scores(prompts, targets) == alone
         backwards = adapter.scores(prompts[::-1], targets[::-1])
         assert backwards == alone[::-1]

@@ -211,7 +211,7 @@ def test_kl_chunks_group_the_drawn_sample_by_length(family, monkeypatch):
     drawn = random.sample(pool, 8)
     random.seed(3)
     chunks = editor._kl_chunks(list(editor.trainable_parameters().values()))
-    whole, parts = encoded[0], encoded[1 : 1 + len(chunks)]
+    parts, whole = encoded[-len(chunks) :], encode([e.prompt for e in drawn], [e.target for e in drawn])
     assert [b.size for b in parts] == [3, 3, 2] and whole.size == 8
     assert sorted(whole.lengths().tolist()) == sorted(n for b in parts for n in b.lengths().tolist())
     for shorter, longer in zip(parts, parts[1:]):

@@ -87,3 +87,14 @@ def test_the_kl_pass_is_timed_in_chunks_over_the_pool_sample():
     assert line["references_s"] > 0 and line["forward_backward_s"] > 0 and line["peak_rss_mb"] > 0
     with pytest.raises(SystemExit, match="has no KL term"):
         time_kl("ft_all", 3, "tiny-llama")
+
+
+def test_the_scoring_orders_are_timed_with_the_same_scores():
+    """`python -m benchmark.perf eval`: both orders score the same examples to the same scores, the
+    order by real positions padding no more than the order by characters."""
+    from benchmark.perf_eval import time_orders
+
+    lines = {line["order"]: line for line in time_orders("tiny-llama", 1)}
+    assert set(lines) == {"positions", "characters"} and all(x["same_scores"] for x in lines.values())
+    assert lines["positions"]["padded_positions"] <= lines["characters"]["padded_positions"]
+    assert lines["positions"]["examples"] > lines["positions"]["eval_batch_size"] // 2

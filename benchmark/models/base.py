@@ -205,12 +205,6 @@ def _first_tensor(args: tuple, kwargs: dict) -> Tensor:
     return args[0] if args else next(iter(kwargs.values()))
 
 
-def by_length(prompts: list[str], targets: list[Any]) -> list[int]:
-    """Indices of the examples, shortest (prompt and target, in characters) first, ties in their
-    order: batches cut from it pad little, and the same examples give the same batches."""
-    return sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(str(targets[i])))
-
-
 class ModelAdapter:
     """Base adapter. Subclasses set `family`, implement `encode`, `ffn_site`, `layer_modules`,
     `_residual_site`, `block_output`, `head` and `_forward_scored`."""
@@ -225,6 +219,7 @@ class ModelAdapter:
         self.tokenizer = tokenizer
         self.config = config
         self.prefix = None  # a `PrefixCache` (prefix_cache.py), lent by the loop for its own scoring only
+        self._lengths: dict[tuple[str, str], int] = {}  # (prompt, repr(target)) -> its real positions
 
     @property
     def scores_by_generation(self) -> bool:
@@ -332,7 +327,7 @@ class ModelAdapter:
         before reruns only the blocks an edit can change, from their cached input (`PrefixCache`,
         exact)."""
         step, cached = self.config.eval_batch_size, self.prefix is not None and self.prefix.check()
-        order = by_length(prompts, targets)
+        order = self.by_length(prompts, targets)
         for i in range(0, len(order), step):
             rows = order[i : i + step]
             chunk, answers = [prompts[r] for r in rows], [targets[r] for r in rows]
@@ -342,6 +337,21 @@ class ModelAdapter:
                 batch = self.encode(chunk, answers)
                 logits = self.scored_logits(batch)
             yield rows, batch, logits
+
+    def by_length(self, prompts: list[str], targets: list[Any]) -> list[int]:
+        """Indices of the examples, fewest real positions first (`EncodedBatch.lengths`, tokenized
+        once per example and kept), ties in their order: batches cut from it pad little, and the
+        same examples give the same batches. (Ordered by characters, zsRE's D_test and fold 0 on
+        SmolLM2 ran 4,876 positions for 3,107 real ones instead of 3,596, in 1.3x the time:
+        `python -m benchmark.perf eval`.)"""
+        keys = [(p, repr(t)) for p, t in zip(prompts, targets)]
+        missing = {k: t for k, t in zip(keys, targets) if k not in self._lengths}
+        if missing:
+            if len(self._lengths) + len(missing) > 1_000_000:  # a bound on what is kept
+                self._lengths.clear()
+            lengths = self.encode([p for p, _ in missing], list(missing.values())).lengths().tolist()
+            self._lengths.update(zip(missing, lengths))
+        return sorted(range(len(keys)), key=lambda i: self._lengths[keys[i]])
 
     @torch.no_grad()
     def scores(self, prompts: list[str], targets: list[Any]) -> list[float]:
