@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from benchmark.models.base import FFNSite, ModelAdapter, installed
+from benchmark.models.kept_positions import last_block_from_scored
 from benchmark.types import GENERATION, MODEL_FAMILIES, EditorData, Example
 from editors.configs.base import EditorConfig, TrainedEditorConfig  # noqa: F401  (its config, torch-free)
 
@@ -32,8 +33,14 @@ def scored_forward(adapter, batch, params: list[Tensor], mode: str,
     """A function giving the scored logits of `batch` with gradient each step, and (fast mode, or
     with `reference`) the current ones without gradient. Fast mode, where only a run of last blocks
     trains: their input is recorded now, in a forward that also gives the current logits, and a
-    step runs only them and the head (exact; `ModelAdapter.suffix`); otherwise the full forward."""
+    step runs only them and the head (exact; `ModelAdapter.suffix`), and where that run is the last
+    block alone, only its positions from each row's first scored one on (`last_block_from_scored`,
+    a causal decoder's LLaMA-layout blocks); otherwise the full forward."""
     first = adapter.trained_suffix(params) if mode == "fast" else None
+    if first is not None and first == len(adapter.layer_modules()) - 1:  # the last block alone
+        served = last_block_from_scored(adapter, batch)  # from the scored positions on (exact)
+        if served is not None:
+            return served
     if first is not None:
         return adapter.suffix(batch, first)
     current = None

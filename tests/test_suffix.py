@@ -122,3 +122,34 @@ def test_kept_positions_refuses_blocks_it_does_not_serve():
     batch = adapter.encode(["The capital of France is"], [" Paris"])
     assert kept_positions(adapter, batch, 0, torch.tensor([3])) is None
     assert kept_positions(tiny("tiny-bert-mlm"), batch, 0, torch.tensor([3])) is None
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_the_last_block_from_the_scored_positions_gives_the_full_forwards_logits_and_gradients(attention):
+    """Where only the last block trains, a step reruns it from each row's first scored position
+    on, its keys and values of the earlier positions made anew each call: after every weight of
+    the block has moved, the logits and the gradient of every weight are the full forward's (to
+    float rounding), on rows whose answers start at different positions."""
+    from benchmark.models.kept_positions import last_block_from_scored
+
+    adapter = tiny("tiny-llama", layers=3, seed=1)
+    adapter.model.config._attn_implementation = attention
+    prompts = ["The capital of France is", "Oslo is a city in", "Where is the Eiffel Tower located? It is in"]
+    batch = adapter.encode(prompts, [" Paris", " Norway and", " France"])
+    logits, rerun = last_block_from_scored(adapter, batch)
+    assert rerun.start.shape[1] < batch.valid_mask.shape[1] // 2  # the answers' positions, not the prompts'
+    params = list(adapter.layer_modules()[-1].parameters())
+    draw = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        torch.testing.assert_close(rerun(), logits, rtol=0, atol=1e-5)
+        for p in params:
+            p.add_(0.05 * torch.randn(p.shape, generator=draw))
+    with torch.enable_grad():
+        got = rerun()
+        got_grads = torch.autograd.grad(got.logsumexp(-1).sum(), params)
+        full = adapter.scored_logits(batch)
+        want_grads = torch.autograd.grad(full.logsumexp(-1).sum(), params)
+    torch.testing.assert_close(got, full, rtol=0, atol=1e-5)
+    assert float((got - logits).abs().max()) > 1e-2  # the weights moved the logits
+    for name, g, w in zip([n for n, _ in adapter.layer_modules()[-1].named_parameters()], got_grads, want_grads):
+        assert float((g - w).abs().max()) <= 1e-5 * max(1.0, float(w.abs().max())), name

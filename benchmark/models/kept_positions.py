@@ -10,6 +10,9 @@ covers the prompt's last words and the answer: 27.5% of the texts' positions ove
 sum over fewer rows at a time): the logits within 1e-5 of the full forward's, not bit for bit
 (tests/test_suffix.py).
 
+The same rerun serves a fine-tuned last block (`last_block_from_scored`, `live`): from each row's
+first scored position on, the earlier positions' keys and values made anew at each call.
+
 Served: decoder layers called as transformers' LLaMA-layout ones are (the hidden state, then the
 keyword arguments `attention_mask` as a 4-D mask or None, `position_ids`, `position_embeddings`,
 a cache under `cache` or `past_key_values`, `use_cache`, `cache_position`), with sdpa or eager
@@ -43,6 +46,22 @@ class _Recorder:
         return key, value
 
 
+class _Stopped(Exception):
+    """Raised by `_KeysOnly` once a block's keys and values are made: nothing after them is read."""
+
+
+class _KeysOnly:
+    """Stands in for the Cache in a block's call on the kept positions (`live`): keeps the keys
+    and values it is given, with their gradient, and stops the call there."""
+
+    def __init__(self):
+        self.kept = {}
+
+    def update(self, key: Tensor, value: Tensor, layer_idx: int, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        self.kept[layer_idx] = (key, value)
+        raise _Stopped
+
+
 class _Kept:
     """Stands in for the Cache in a rerun: the kept keys and values joined before the rerun's own."""
 
@@ -73,18 +92,26 @@ def _gather(value: Tensor, index: Tensor) -> Tensor:
 
 
 class KeptPositions:
-    """Reruns blocks `first`.. of a recorded forward (`calls`) on the positions at or after `starts`."""
+    """Reruns blocks `first`.. of a recorded forward (`calls`) on the positions at or after `starts`.
 
-    def __init__(self, adapter, batch: EncodedBatch, calls: list[BlockCall], starts: Tensor):
-        self.adapter, self.calls = adapter, calls
+    `live`: one block, the last, whose own weights may change between calls (a fine-tuned last
+    block): its keys and values of the kept positions are made anew at each call from their
+    recorded input (the block's attention stopped once they are made: no query, attention or FFN
+    runs there), and the rerun finishes with the adapter's `head` on the scored rows, as
+    `ModelAdapter.suffix` does."""
+
+    def __init__(self, adapter, batch: EncodedBatch, calls: list[BlockCall], starts: Tensor, live: bool = False):
+        if live and len(calls) != 1:
+            raise ValueError("KeptPositions: live keys and values serve one block, the last")
+        self.adapter, self.calls, self.live = adapter, calls, live
         device = calls[0].input().device
         starts = starts.to(device)
         lengths = batch.valid_mask.sum(1)  # right-padded rows: their real positions come first
-        live = lengths - starts
-        width = int(live.max())
+        rerun = lengths - starts  # each row's positions rerun
+        width = int(rerun.max())
         j = torch.arange(width, device=device)
         self.index = (starts[:, None] + j).clamp(max=batch.valid_mask.shape[1] - 1)  # [B, Q] positions rerun
-        real = j[None, :] < live[:, None]  # [B, Q] rerun positions that are the row's own
+        real = j[None, :] < rerun[:, None]  # [B, Q] rerun positions that are the row's own
         self.batch = dataclasses.replace(batch, score_mask=batch.score_mask.gather(1, self.index) & real)
         kept = int(starts.max())
         # query q of row i sees kept position p < starts[i], and rerun positions up to q of its own
@@ -104,6 +131,14 @@ class KeptPositions:
         self.kept = _Kept(recorder.kept)
         self.start = _gather(calls[0].input(), self.index)
         self.kwargs = [self._rerun_kwargs(call.kwargs, allowed) for call in calls]
+        if self.live:  # the kept positions' input, and the block's arguments there
+            self.prefix = calls[0].input()[:, :kept]
+            given = calls[0].kwargs
+            self.prefix_kwargs = {k: v for k, v in given.items()
+                                  if k not in ("hidden_states", "cache_position", "attention_mask")}
+            self.prefix_kwargs["position_embeddings"] = tuple(t[:, :kept] for t in given["position_embeddings"])
+            if given.get("position_ids") is not None:
+                self.prefix_kwargs["position_ids"] = given["position_ids"][:, :kept]
 
     def _rerun_kwargs(self, kwargs: dict[str, Any], allowed: Tensor) -> dict[str, Any]:
         out = {k: v for k, v in kwargs.items() if k not in ("hidden_states", "cache_position")}
@@ -118,16 +153,40 @@ class KeptPositions:
         """The scored logits of the recorded batch with the blocks' current state and hooks (under
         autograd), in the order of the full forward's."""
         hidden = self.start
+        if self.live:
+            out = self.calls[0].module(hidden, **{**self.kwargs[0], self.key: self._live_kept()})
+            hidden = out[0] if isinstance(out, tuple) else out
+            return self.adapter.head(hidden[self.batch.score_mask])
         for call, kwargs in zip(self.calls, self.kwargs):
             out = call.module(hidden, **kwargs)
             hidden = out[0] if isinstance(out, tuple) else out
         return self.adapter._scored_after_blocks(hidden, self.batch)
 
+    def _live_kept(self) -> _Kept:
+        """The block's keys and values of the kept positions under its current weights."""
+        keys = _KeysOnly()
+        try:
+            self.calls[0].module(self.prefix, **{**self.prefix_kwargs, self.key: keys})
+        except _Stopped:
+            pass
+        return _Kept(keys.kept)
 
-def kept_positions(adapter, batch: EncodedBatch, first: int, starts: Tensor):
+
+def last_block_from_scored(adapter, batch: EncodedBatch) -> tuple[Tensor, KeptPositions] | None:
+    """Where only the last block trains: (the scored logits, a rerun of that block from each row's
+    first scored position on, `live`), else None where not served. Its output is read only at
+    the scored positions, so the positions before them need only its keys and values: on zsRE's
+    pool with SmolLM2, 2,195 real positions of which 489 are scored."""
+    mask = batch.score_mask
+    first_scored = torch.where(mask, torch.arange(mask.shape[1], device=mask.device), mask.shape[1]).min(1).values
+    return kept_positions(adapter, batch, len(adapter.layer_modules()) - 1, first_scored, live=True)
+
+
+def kept_positions(adapter, batch: EncodedBatch, first: int, starts: Tensor, live: bool = False):
     """(the recorded forward's scored logits, a rerun from `starts` on) where the adapter's blocks
     are served (module docstring), else None. `starts[i]`: no position of row i before it may
-    change while the rerun is used; every scored position must be at or after it."""
+    change while the rerun is used; every scored position must be at or after it. `live`: see
+    `KeptPositions`."""
     if not getattr(adapter, "reruns_from_positions", False):
         return None
     config = adapter.model.config
@@ -140,4 +199,4 @@ def kept_positions(adapter, batch: EncodedBatch, first: int, starts: Tensor):
     first_scored = torch.where(mask, torch.arange(mask.shape[1], device=mask.device), mask.shape[1]).min(1).values
     if bool((starts.to(mask.device) > first_scored).any()) or bool((starts < 0).any()):
         raise ValueError("kept_positions: a scored position lies before its row's start")
-    return logits, KeptPositions(adapter, batch, calls, starts)
+    return logits, KeptPositions(adapter, batch, calls, starts, live)
