@@ -513,7 +513,7 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.edits is None:
-        args.edits = 1000 if args.editor == "scale" else 5
+        args.edits = {"scale": 1000, "eval": 3}.get(args.editor, 5)
     _check_args(parser, args)
     families = ["classifier", "decoder"] if args.family == "both" else [args.family]
     if args.editor == "scale":
@@ -528,7 +528,7 @@ def main(argv=None) -> None:
     elif args.editor == "eval":
         from benchmark.perf_eval import time_orders
 
-        for line in time_orders((args.model or [None])[0], args.edits if args.edits != 5 else 3):
+        for line in time_orders((args.model or [None])[0], args.edits):
             print(json.dumps(line), flush=True)
     elif args.editor == "vstar":
         from benchmark.perf_vstar import time_vstar

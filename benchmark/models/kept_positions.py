@@ -123,9 +123,9 @@ class KeptPositions:
         if mask is not None and mask.dtype != torch.bool:  # eager attention's additive mask
             allowed = torch.zeros(allowed.shape, dtype=mask.dtype, device=device).masked_fill(
                 ~allowed, torch.finfo(mask.dtype).min)
-        with torch.no_grad():  # the keys and values the rerun leaves as they are
+        with torch.no_grad():  # the keys and values the rerun leaves as they are (live: made at each call)
             hidden = calls[0].input()
-            for call in calls:
+            for call in calls if not live else []:
                 hidden = call.module(hidden, **{**call.kwargs, self.key: recorder})
                 hidden = hidden[0] if isinstance(hidden, tuple) else hidden
         self.kept = _Kept(recorder.kept)
