@@ -177,9 +177,13 @@ def last_block_from_scored(adapter, batch: EncodedBatch) -> tuple[Tensor, KeptPo
     first scored position on, `live`), else None where not served. Its output is read only at
     the scored positions, so the positions before them need only its keys and values: on zsRE's
     pool with SmolLM2, 2,195 real positions of which 489 are scored."""
+    return kept_positions(adapter, batch, len(adapter.layer_modules()) - 1, _first_scored(batch), live=True)
+
+
+def _first_scored(batch: EncodedBatch) -> Tensor:
+    """[B] each row's first scored position (the row's width where it has none)."""
     mask = batch.score_mask
-    first_scored = torch.where(mask, torch.arange(mask.shape[1], device=mask.device), mask.shape[1]).min(1).values
-    return kept_positions(adapter, batch, len(adapter.layer_modules()) - 1, first_scored, live=True)
+    return torch.where(mask, torch.arange(mask.shape[1], device=mask.device), mask.shape[1]).min(1).values
 
 
 def kept_positions(adapter, batch: EncodedBatch, first: int, starts: Tensor, live: bool = False):
@@ -195,8 +199,7 @@ def kept_positions(adapter, batch: EncodedBatch, first: int, starts: Tensor, liv
     logits, calls = adapter.recorded_calls(batch, first)
     if any(_cache_key(call) is None for call in calls):
         return None
-    mask = batch.score_mask
-    first_scored = torch.where(mask, torch.arange(mask.shape[1], device=mask.device), mask.shape[1]).min(1).values
-    if bool((starts.to(mask.device) > first_scored).any()) or bool((starts < 0).any()):
+    first_scored = _first_scored(batch)
+    if bool((starts.to(first_scored.device) > first_scored).any()) or bool((starts < 0).any()):
         raise ValueError("kept_positions: a scored position lies before its row's start")
     return logits, KeptPositions(adapter, batch, calls, starts, live)
