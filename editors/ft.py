@@ -3,9 +3,9 @@
 Adam at lr 1e-5 on the edit example until the model gets it right, within `max_steps`. The KL
 variants add KL(f_pre || f) on `kl_batch` examples sampled from the memory pool, f_pre being the
 model before this edit; its outputs are computed once per edit, since they do not change. The
-KL runs in chunks of `kl_chunk` examples, shortest first, each backwarded before the next is made
-(the same gradient; less memory, and on a CPU less time), and an edit's first step leaves it out: the model
-is still f_pre there, where the KL and its gradient are zero.
+KL runs in chunks of `kl_chunk` examples, shortest first, each backwarded before the next is
+made (the same gradient; less memory, and on a CPU less time), and an edit's first step leaves
+it out: the model is still f_pre there, where the KL and its gradient are zero.
 
 `recipe=official` follows the published code instead (ZeroYuHuang/Transformer-Patcher,
 scripts/ft.py and src/utils.py at commit fec629a; the README's recipe table cites each line):
